@@ -1,0 +1,1706 @@
+//! Configuration: the TOML of SPEC section 3 parsed into raw serde structs,
+//! then validated once into [`Config`], which holds only real objects
+//! (`Duration`, `Url`, `Regex`, enums, resolved [`Secret`]s).
+//!
+//! Strings and seconds stop here. Every error names the file, the line, the
+//! key (as a dotted path such as `probe[2].timeout`, 1-based) and what was
+//! expected. `check`, `run` and a reload all go through [`Config::load`].
+//! This module does no IO besides reading the file and resolving secrets.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+use crate::model::{Action, Color, Condition, Severity, Signal};
+use crate::secret::Secret;
+
+pub const DEFAULT_PATH: &str = "/etc/rollbackd/rollbackd.toml";
+
+/// `--config`, else `ROLLBACKD_CONFIG`, else [`DEFAULT_PATH`].
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("ROLLBACKD_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the configuration: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// The validated configuration.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub daemon: Daemon,
+    pub service: String,
+    pub colors: Colors,
+    pub active_file: Option<PathBuf>,
+    pub probes: Vec<Probe>,
+    pub rules: Vec<Rule>,
+    /// True when the file has no `[[rule]]` and the SPEC's matrix applies.
+    pub default_rules: bool,
+    pub actions: Actions,
+    pub rollback: Rollback,
+    pub notify: Vec<Notifier>,
+    /// Non-fatal findings `check` prints (a rule that can never fire, ...).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub state_dir: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub retention: Duration,
+    pub dry_run: bool,
+    pub watch_config: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Colors {
+    pub blue: ColorTarget,
+    pub green: ColorTarget,
+}
+
+impl Colors {
+    pub fn get(&self, color: Color) -> &ColorTarget {
+        match color {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ColorTarget {
+    pub base_url: Option<Url>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Run once per color.
+    PerColor,
+    /// Run once: a dependency both colors share (an absolute `url`).
+    Shared,
+}
+
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub name: String,
+    pub scope: Scope,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub confirm_interval: Option<Duration>,
+    pub health: bool,
+    pub check: Check,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Joined to each color's `base_url`.
+    Relative(String),
+    Absolute(Url),
+}
+
+#[derive(Debug, Clone)]
+pub enum Check {
+    Http(HttpCheck),
+    Tcp(TcpCheck),
+    Exec(ExecCheck),
+    Prometheus(PrometheusCheck),
+    Log(LogCheck),
+}
+
+impl Check {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Http(_) => "http",
+            Check::Tcp(_) => "tcp",
+            Check::Exec(_) => "exec",
+            Check::Prometheus(_) => "prometheus",
+            Check::Log(_) => "log",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    pub method: reqwest::Method,
+    pub endpoint: Endpoint,
+    pub headers: Vec<(String, Secret)>,
+    pub expect_status: Vec<RangeInclusive<u16>>,
+    pub body_contains: Option<String>,
+    pub body_regex: Option<Regex>,
+    pub expect_headers: Vec<String>,
+    pub follow_redirects: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpCheck {
+    /// `None`: the host and port of each color's `base_url`.
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecCheck {
+    pub command: Template,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrometheusCheck {
+    pub endpoint: Endpoint,
+    pub headers: Vec<(String, Secret)>,
+    pub requests: String,
+    pub errors: String,
+    pub latency: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum LogSource {
+    File(String),
+    Unit(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct LogCheck {
+    pub source: LogSource,
+    pub pattern: Regex,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub severity: Severity,
+    pub condition: Condition,
+    pub window: Duration,
+    pub hold_for: Duration,
+    pub min_samples: u32,
+    pub clear_after: u32,
+    /// The probes that feed this rule's signal, resolved at load time.
+    pub probes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Actions {
+    pub critical: Action,
+    pub high: Action,
+    pub medium: Action,
+    pub low: Action,
+}
+
+impl Actions {
+    pub fn for_severity(&self, s: Severity) -> Action {
+        match s {
+            Severity::Critical => self.critical,
+            Severity::High => self.high,
+            Severity::Medium => self.medium,
+            Severity::Low => self.low,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rollback {
+    pub prepare: Option<Template>,
+    pub command: Option<Template>,
+    pub retire: Option<Template>,
+    pub timeout: Duration,
+    pub verify_target: bool,
+    pub verify_after: Duration,
+    pub cooldown: Duration,
+    pub quarantine: bool,
+    pub bake: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    Slack,
+    Discord,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    pub url: Secret,
+    pub format: NotifyFormat,
+    pub min_severity: Severity,
+}
+
+/// An argv with `{name}` placeholders; never run through a shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(pub Vec<String>);
+
+impl Template {
+    pub fn render(&self, vars: &[(&str, &str)]) -> Vec<String> {
+        self.0.iter().map(|arg| render(arg, vars)).collect()
+    }
+
+    pub fn uses(&self, name: &str) -> bool {
+        let needle = format!("{{{name}}}");
+        self.0.iter().any(|a| a.contains(&needle))
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(" "))
+    }
+}
+
+/// Replace `{name}` with its value in one string.
+pub fn render(text: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = text.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+fn placeholders(text: &str) -> impl Iterator<Item = &str> {
+    text.match_indices('{').filter_map(move |(i, _)| {
+        let rest = &text[i + 1..];
+        let end = rest.find('}')?;
+        Some(&rest[..end])
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Defaults: SPEC sections 2 and 3.
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The default decision matrix of SPEC section 2.
+fn default_rule_specs() -> Vec<(Severity, &'static str, &'static str, u32)> {
+    vec![
+        (Severity::Critical, "health_failures >= 3", "10m", 3),
+        (Severity::Critical, "error_rate >= 100%", "1m", 5),
+        (Severity::High, "error_rate > 50%", "2m", 10),
+        (Severity::High, "latency_avg > 5000ms", "5m", 10),
+        (Severity::High, "degradation > 50%", "5m", 10),
+        (Severity::Medium, "error_rate > 10%", "5m", 10),
+        (Severity::Medium, "latency_avg > 2000ms", "5m", 10),
+        (Severity::Low, "error_rate > 2%", "15m", 20),
+        (Severity::Low, "latency_avg > 1000ms", "15m", 20),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Raw TOML shapes. Values that can be checked on their own are checked while
+// deserializing, so toml attaches the span of the bad value.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    service: RawService,
+    colors: RawColors,
+    #[serde(default)]
+    active: RawActive,
+    #[serde(default, rename = "probe")]
+    probes: Vec<Spanned<RawProbe>>,
+    #[serde(default, rename = "rule")]
+    rules: Option<Vec<Spanned<RawRule>>>,
+    #[serde(default)]
+    actions: RawActions,
+    rollback: Option<Spanned<RawRollback>>,
+    #[serde(default, rename = "notify")]
+    notify: Vec<Spanned<RawNotify>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: Option<PathBuf>,
+    listen: Option<Listen>,
+    retention: Option<HumanDuration>,
+    dry_run: Option<bool>,
+    watch_config: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColors {
+    blue: RawColor,
+    green: RawColor,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColor {
+    base_url: Option<HttpUrl>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawActive {
+    file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Http,
+    Tcp,
+    Exec,
+    Prometheus,
+    Log,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    name: String,
+    kind: Kind,
+    path: Option<String>,
+    url: Option<HttpUrl>,
+    address: Option<String>,
+    interval: Option<HumanDuration>,
+    timeout: Option<HumanDuration>,
+    confirm_interval: Option<HumanDuration>,
+    health: Option<bool>,
+    method: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    expect_status: Option<Vec<StatusSpec>>,
+    body_contains: Option<String>,
+    body_regex: Option<Pattern>,
+    expect_headers: Option<Vec<String>>,
+    follow_redirects: Option<bool>,
+    command: Option<Vec<String>>,
+    requests: Option<String>,
+    errors: Option<String>,
+    latency: Option<String>,
+    file: Option<String>,
+    unit: Option<String>,
+    pattern: Option<Pattern>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    severity: SeverityValue,
+    when: ConditionValue,
+    window: Option<HumanDuration>,
+    #[serde(rename = "for")]
+    hold_for: Option<HumanDuration>,
+    min_samples: Option<u32>,
+    clear_after: Option<u32>,
+    probes: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawActions {
+    critical: Option<Action>,
+    high: Option<Action>,
+    medium: Option<Action>,
+    low: Option<Action>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRollback {
+    prepare: Option<Vec<String>>,
+    command: Option<Vec<String>>,
+    retire: Option<Vec<String>>,
+    timeout: Option<HumanDuration>,
+    verify_target: Option<bool>,
+    verify_after: Option<HumanDuration>,
+    cooldown: Option<HumanDuration>,
+    quarantine: Option<bool>,
+    bake: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum NotifyKind {
+    Webhook,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    #[allow(dead_code)] // one kind today; the key is required so files stay explicit
+    kind: NotifyKind,
+    url: String,
+    format: Option<NotifyFormat>,
+    min_severity: Option<SeverityValue>,
+}
+
+/// A humantime duration: "5s", "2m", "14d".
+#[derive(Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(HumanDuration).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}): expected a number with a unit, like \"500ms\", \"5s\", \"2m\", \"14d\""
+            ))
+        })
+    }
+}
+
+struct HttpUrl(Url);
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let url = Url::parse(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid URL {text:?} ({e}): expected an absolute http(s) URL like \"http://127.0.0.1:8081\""
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(serde::de::Error::custom(format!(
+                "URL {text:?} has scheme {:?}: expected http or https",
+                url.scheme()
+            )));
+        }
+        Ok(HttpUrl(url))
+    }
+}
+
+struct Pattern(Regex);
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Regex::new(&text).map(Pattern).map_err(|e| {
+            serde::de::Error::custom(format!("invalid regular expression {text:?}: {e}"))
+        })
+    }
+}
+
+struct SeverityValue(Severity);
+
+impl<'de> Deserialize<'de> for SeverityValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map(SeverityValue)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+struct ConditionValue(Condition);
+
+impl<'de> Deserialize<'de> for ConditionValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map(ConditionValue)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `listen = "127.0.0.1:9797"`, or `"off"` for no HTTP listener.
+struct Listen(Option<SocketAddr>);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(Listen(None));
+        }
+        text.parse().map(|a| Listen(Some(a))).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid listen address {text:?}: expected IP:PORT like \"127.0.0.1:9797\", or \"off\""
+            ))
+        })
+    }
+}
+
+/// `200`, `"2xx"` or `"200-299"`.
+struct StatusSpec(RangeInclusive<u16>);
+
+impl<'de> Deserialize<'de> for StatusSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Code(i64),
+            Text(String),
+        }
+        let bad = |what: &str| {
+            serde::de::Error::custom(format!(
+                "invalid status {what}: expected a code like 200, a class like \"2xx\" or a range like \"200-299\""
+            ))
+        };
+        let in_range = |n: i64| (100..=599).contains(&n).then_some(n as u16);
+        match Either::deserialize(d)? {
+            Either::Code(n) => in_range(n)
+                .map(|c| StatusSpec(c..=c))
+                .ok_or_else(|| bad(&n.to_string())),
+            Either::Text(t) => {
+                let parsed = if let Some(class) = t.strip_suffix("xx") {
+                    class
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(|c| in_range(c * 100))
+                        .map(|lo| lo..=lo + 99)
+                } else if let Some((a, b)) = t.split_once('-') {
+                    match (
+                        a.trim().parse().ok().and_then(in_range),
+                        b.trim().parse().ok().and_then(in_range),
+                    ) {
+                        (Some(a), Some(b)) if a <= b => Some(a..=b),
+                        _ => None,
+                    }
+                } else {
+                    t.parse().ok().and_then(in_range).map(|c| c..=c)
+                };
+                parsed.map(StatusSpec).ok_or_else(|| bad(&format!("{t:?}")))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading and validation.
+
+/// The source text, kept to turn byte spans into line, column and key.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_col(self.text, span.start);
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            key: key_path_at(self.text, span.start),
+            message: message.into(),
+        }
+    }
+
+    /// An error about `key` inside the table spanning `table`: points at the
+    /// key's own line when it is written there.
+    fn key_error(
+        &self,
+        table: &Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let span = find_key(self.text, table, key).unwrap_or_else(|| table.clone());
+        let mut err = self.error(span, message);
+        if let ConfigError::Invalid { key: k, .. } = &mut err {
+            if !k.ends_with(key) {
+                *k = format!("{k}.{key}");
+            }
+        }
+        err
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+fn assignment_key(line: &str) -> Option<&str> {
+    let line = line.trim_start();
+    let eq = line.find('=')?;
+    let key = line[..eq].trim().trim_matches('"');
+    (!key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+    .then_some(key)
+}
+
+/// The dotted key at a byte offset: the enclosing table (`probe[2]`,
+/// 1-based for arrays of tables) and the nearest `key =` at or above it.
+fn key_path_at(text: &str, offset: usize) -> String {
+    let target_line = line_col(text, offset).0;
+    let mut table = String::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut key: Option<String> = None;
+    for (i, line) in text.lines().enumerate() {
+        if i + 1 > target_line {
+            break;
+        }
+        let trimmed = line.trim();
+        if let Some(name) = trimmed
+            .strip_prefix("[[")
+            .and_then(|r| r.split("]]").next())
+        {
+            let name = name.trim().to_owned();
+            let n = counts.entry(name.clone()).or_default();
+            *n += 1;
+            table = format!("{name}[{n}]");
+            key = None;
+        } else if let Some(name) = trimmed.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_owned();
+            key = None;
+        } else if let Some(k) = assignment_key(line) {
+            key = Some(k.to_owned());
+        }
+    }
+    match (table.is_empty(), key) {
+        (true, Some(k)) => k,
+        (false, Some(k)) => format!("{table}.{k}"),
+        (_, None) if table.is_empty() => "(top level)".to_owned(),
+        (_, None) => table,
+    }
+}
+
+fn find_key(text: &str, within: &Range<usize>, key: &str) -> Option<Range<usize>> {
+    let region = text.get(within.clone())?;
+    let mut offset = within.start;
+    for line in region.split_inclusive('\n') {
+        if assignment_key(line) == Some(key) {
+            let start = offset + (line.len() - line.trim_start().len());
+            return Some(start..start + key.len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
+fn toml_error(src: &Source, e: toml::de::Error) -> ConfigError {
+    let span = e.span().unwrap_or(0..0);
+    src.error(span, e.message().trim().to_owned())
+}
+
+impl Config {
+    /// Read, parse and validate: the one path used by `check`, `run` and reload.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let src = Source { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&src, e))?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let relative_to_config = |p: PathBuf| if p.is_relative() { base_dir.join(p) } else { p };
+        let mut warnings = Vec::new();
+
+        let daemon = Daemon {
+            state_dir: relative_to_config(
+                raw.daemon
+                    .state_dir
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/rollbackd")),
+            ),
+            listen: match raw.daemon.listen {
+                Some(Listen(addr)) => addr,
+                None => Some(SocketAddr::from(([127, 0, 0, 1], 9797))),
+            },
+            retention: raw
+                .daemon
+                .retention
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(14 * 86400)),
+            dry_run: raw.daemon.dry_run.unwrap_or(false),
+            watch_config: raw.daemon.watch_config.unwrap_or(true),
+        };
+
+        let raw_colors = raw.colors;
+        let colors = Colors {
+            blue: ColorTarget {
+                base_url: raw_colors.blue.base_url.map(|u| u.0),
+            },
+            green: ColorTarget {
+                base_url: raw_colors.green.base_url.map(|u| u.0),
+            },
+        };
+
+        let mut probes = Vec::new();
+        let mut names = HashSet::new();
+        for spanned in raw.probes {
+            let span = spanned.span();
+            let probe = validate_probe(&src, &span, spanned.into_inner(), &colors)?;
+            if !names.insert(probe.name.clone()) {
+                return Err(src.key_error(
+                    &span,
+                    "name",
+                    format!(
+                        "duplicate probe name {:?}: every probe needs its own name",
+                        probe.name
+                    ),
+                ));
+            }
+            probes.push(probe);
+        }
+        for p in &probes {
+            let headers = match &p.check {
+                Check::Http(h) => &h.headers,
+                Check::Prometheus(pr) => &pr.headers,
+                _ => continue,
+            };
+            for (name, secret) in headers {
+                if let Some(problem) = secret.problem() {
+                    warnings.push(format!(
+                        "probe {:?} header {name}: {problem}; the daemon must have it",
+                        p.name
+                    ));
+                }
+            }
+        }
+        if !probes
+            .iter()
+            .any(|p| p.health && p.scope == Scope::PerColor)
+        {
+            warnings.push(
+                "no probe has `health = true`: the health_failures rules have nothing to judge"
+                    .to_owned(),
+            );
+        }
+
+        let default_rules = raw.rules.is_none();
+        let rules = match raw.rules {
+            Some(rules) => {
+                let mut out = Vec::new();
+                for spanned in rules {
+                    let span = spanned.span();
+                    let rule = validate_rule(&src, &span, spanned.into_inner(), &probes)?;
+                    if out.iter().any(|r: &Rule| r.name == rule.name) {
+                        return Err(src.key_error(
+                            &span,
+                            "name",
+                            format!(
+                                "duplicate rule {:?}: give one of them a distinct `name`",
+                                rule.name
+                            ),
+                        ));
+                    }
+                    out.push(rule);
+                }
+                out
+            }
+            None => default_rule_specs()
+                .into_iter()
+                .map(|(severity, when, window, min_samples)| {
+                    let condition: Condition = when.parse().unwrap_or_else(|e| unreachable!("{e}"));
+                    let window =
+                        humantime::parse_duration(window).unwrap_or_else(|e| unreachable!("{e}"));
+                    make_rule(
+                        None,
+                        severity,
+                        condition,
+                        window,
+                        None,
+                        Some(min_samples),
+                        None,
+                        &probes,
+                    )
+                })
+                .collect(),
+        };
+
+        let actions = Actions {
+            critical: raw.actions.critical.unwrap_or(Action::Rollback),
+            high: raw.actions.high.unwrap_or(Action::Rollback),
+            medium: raw.actions.medium.unwrap_or(Action::Alert),
+            low: raw.actions.low.unwrap_or(Action::Log),
+        };
+
+        let (rb_span, rb) = match raw.rollback {
+            Some(r) => (r.span(), r.into_inner()),
+            None => (text.len()..text.len(), RawRollback::default()),
+        };
+        let rollback_vars = ["from", "to", "version", "incident"];
+        let template =
+            |key: &str, argv: Option<Vec<String>>| -> Result<Option<Template>, ConfigError> {
+                argv.map(|argv| validate_template(&src, &rb_span, key, argv, &rollback_vars))
+                    .transpose()
+            };
+        let rollback = Rollback {
+            prepare: template("prepare", rb.prepare)?,
+            command: template("command", rb.command)?,
+            retire: template("retire", rb.retire)?,
+            timeout: rb.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(120)),
+            verify_target: rb.verify_target.unwrap_or(true),
+            verify_after: rb
+                .verify_after
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(60)),
+            cooldown: rb
+                .cooldown
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(30 * 60)),
+            quarantine: rb.quarantine.unwrap_or(true),
+            bake: rb.bake.map(|d| d.0).unwrap_or(Duration::from_secs(30 * 60)),
+        };
+        if rollback.command.is_none() {
+            if let Some(sev) = Severity::ALL
+                .into_iter()
+                .find(|s| actions.for_severity(*s) == Action::Rollback)
+            {
+                let mut err = src.key_error(
+                    &rb_span,
+                    "command",
+                    format!(
+                        "[rollback] command is required because actions.{sev} = \"rollback\": \
+                         expected an argv like [\"/usr/local/bin/switch-color\", \"{{to}}\"] \
+                         (or set actions.{sev} = \"alert\")"
+                    ),
+                );
+                if let ConfigError::Invalid { key, .. } = &mut err {
+                    *key = "rollback.command".to_owned();
+                }
+                return Err(err);
+            }
+        }
+
+        let mut notify = Vec::new();
+        for spanned in raw.notify {
+            let span = spanned.span();
+            let n = spanned.into_inner();
+            let url = Secret::resolve(&n.url).map_err(|e| src.key_error(&span, "url", e))?;
+            if let Some(problem) = url.problem() {
+                warnings.push(format!(
+                    "[[notify]] url: {problem}; the daemon must have it"
+                ));
+            }
+            notify.push(Notifier {
+                url,
+                format: n.format.unwrap_or(NotifyFormat::Json),
+                min_severity: n.min_severity.map(|s| s.0).unwrap_or(Severity::Medium),
+            });
+        }
+
+        let mut config = Config {
+            path: path.to_path_buf(),
+            daemon,
+            service: raw.service.name,
+            colors,
+            active_file: raw.active.file.map(relative_to_config),
+            probes,
+            rules,
+            default_rules,
+            actions,
+            rollback,
+            notify,
+            warnings,
+        };
+        config.check_matrix_timing(&src)?;
+        Ok(config)
+    }
+
+    /// Reject Critical/High rules that cannot be acted on within the
+    /// matrix's time, or can never gather `min_samples`; warn for the others.
+    fn check_matrix_timing(&mut self, src: &Source) -> Result<(), ConfigError> {
+        let mut warnings = Vec::new();
+        for rule in &self.rules {
+            let limit = rule.severity.acted_on_within();
+            let problem = match self.detection_time(rule) {
+                Detection::Never(why) => {
+                    Some(format!("rule {:?} can never fire: {why}", rule.name))
+                }
+                Detection::Within(t) if t > limit => Some(format!(
+                    "rule {:?} detects in {} at worst, but {} must be acted on within {}",
+                    rule.name,
+                    humantime::format_duration(t),
+                    rule.severity,
+                    humantime::format_duration(limit)
+                )),
+                Detection::Within(_) => None,
+            };
+            if let Some(problem) = problem {
+                let urgent = matches!(rule.severity, Severity::Critical | Severity::High);
+                if urgent && !self.default_rules {
+                    let rule_span = rule_span(src.text, &self.rules, rule);
+                    return Err(src.error(
+                        rule_span,
+                        format!("{problem}: shorten `window`/`for`, lower `min_samples`, or probe more often"),
+                    ));
+                }
+                warnings.push(problem);
+            }
+        }
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+
+    /// Worst-case detection time of a rule (SPEC section 2): for
+    /// `health_failures`, the first sample up to one interval after the
+    /// fault, then the confirming samples; for windowed signals, the window.
+    /// Both plus `for`.
+    pub fn detection_time(&self, rule: &Rule) -> Detection {
+        let feeding: Vec<&Probe> = rule
+            .probes
+            .iter()
+            .filter_map(|n| self.probes.iter().find(|p| &p.name == n))
+            .collect();
+        if feeding.is_empty() {
+            return Detection::Never(format!("no probe feeds {}", rule.condition.signal.as_str()));
+        }
+        if rule.condition.signal == Signal::HealthFailures {
+            let needed = consecutive_needed(&rule.condition);
+            let worst = feeding
+                .iter()
+                .map(|p| {
+                    p.interval + p.confirm_interval.unwrap_or(p.interval) * needed.saturating_sub(1)
+                })
+                .max()
+                .unwrap_or_default();
+            return Detection::Within(worst + rule.hold_for);
+        }
+        let per_window: u64 = feeding
+            .iter()
+            .map(|p| (rule.window.as_millis() / p.interval.as_millis().max(1)) as u64)
+            .sum();
+        if per_window < u64::from(rule.min_samples) {
+            return Detection::Never(format!(
+                "its {} window holds at most {per_window} samples per color but min_samples = {}",
+                humantime::format_duration(rule.window),
+                rule.min_samples
+            ));
+        }
+        Detection::Within(rule.window + rule.hold_for)
+    }
+
+    pub fn probe(&self, name: &str) -> Option<&Probe> {
+        self.probes.iter().find(|p| p.name == name)
+    }
+
+    /// The URL a probe's endpoint resolves to for a color (or for the shared
+    /// target when the endpoint is absolute).
+    pub fn endpoint_url(&self, endpoint: &Endpoint, color: Option<Color>) -> Option<Url> {
+        match endpoint {
+            Endpoint::Absolute(url) => Some(url.clone()),
+            Endpoint::Relative(path) => {
+                let base = self.colors.get(color?).base_url.as_ref()?;
+                base.join(path).ok()
+            }
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.daemon.state_dir.join("rollbackd.db")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detection {
+    Within(Duration),
+    Never(String),
+}
+
+/// How many consecutive failed samples a `health_failures` condition needs.
+pub fn consecutive_needed(c: &Condition) -> u32 {
+    use crate::model::Op;
+    let t = c.threshold.max(0.0);
+    match c.op {
+        Op::Gt => t.floor() as u32 + 1,
+        _ => t.ceil() as u32,
+    }
+}
+
+/// The span from a `[name]` header to the next header (or the end).
+fn header_span(text: &str, name: &str) -> Option<Range<usize>> {
+    let mut offset = 0;
+    let mut start = None;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            if start.is_some() {
+                return start.map(|s| s..offset);
+            }
+            if trimmed.trim_start_matches('[').trim_end_matches(']').trim() == name {
+                start = Some(offset);
+            }
+        }
+        offset += line.len();
+    }
+    start.map(|s| s..text.len())
+}
+
+fn rule_span(text: &str, rules: &[Rule], rule: &Rule) -> Range<usize> {
+    // The n-th `[[rule]]` header in the text is the n-th rule.
+    let index = rules.iter().position(|r| r == rule).unwrap_or(0);
+    let mut offset = 0;
+    let mut seen = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim() == "[[rule]]" {
+            if seen == index {
+                return offset..offset + line.trim_end().len();
+            }
+            seen += 1;
+        }
+        offset += line.len();
+    }
+    0..0
+}
+
+fn validate_template(
+    src: &Source,
+    table: &Range<usize>,
+    key: &str,
+    argv: Vec<String>,
+    allowed: &[&str],
+) -> Result<Template, ConfigError> {
+    if argv.first().is_none_or(|a| a.is_empty()) {
+        return Err(src.key_error(
+            table,
+            key,
+            "expected a non-empty argv list, like [\"/usr/local/bin/switch-color\", \"{to}\"]",
+        ));
+    }
+    for arg in &argv {
+        for name in placeholders(arg) {
+            if !allowed.contains(&name) {
+                let list: Vec<String> = allowed.iter().map(|a| format!("{{{a}}}")).collect();
+                return Err(src.key_error(
+                    table,
+                    key,
+                    format!(
+                        "unknown placeholder {{{name}}}: expected one of {}",
+                        list.join(" ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Template(argv))
+}
+
+fn validate_probe(
+    src: &Source,
+    span: &Range<usize>,
+    raw: RawProbe,
+    colors: &Colors,
+) -> Result<Probe, ConfigError> {
+    let err = |key: &str, msg: String| src.key_error(span, key, msg);
+    let kind_name = match raw.kind {
+        Kind::Http => "http",
+        Kind::Tcp => "tcp",
+        Kind::Exec => "exec",
+        Kind::Prometheus => "prometheus",
+        Kind::Log => "log",
+    };
+    if raw.name.trim().is_empty() {
+        return Err(err("name", "expected a non-empty probe name".into()));
+    }
+    // Keys that only make sense for some kinds: say so rather than ignore them.
+    let allowed: &[&str] = match raw.kind {
+        Kind::Http => &[
+            "path",
+            "url",
+            "method",
+            "headers",
+            "expect_status",
+            "body_contains",
+            "body_regex",
+            "expect_headers",
+            "follow_redirects",
+        ],
+        Kind::Tcp => &["address"],
+        Kind::Exec => &["command"],
+        Kind::Prometheus => &["path", "url", "headers", "requests", "errors", "latency"],
+        Kind::Log => &["file", "unit", "pattern"],
+    };
+    let present = [
+        ("path", raw.path.is_some()),
+        ("url", raw.url.is_some()),
+        ("address", raw.address.is_some()),
+        ("method", raw.method.is_some()),
+        ("headers", raw.headers.is_some()),
+        ("expect_status", raw.expect_status.is_some()),
+        ("body_contains", raw.body_contains.is_some()),
+        ("body_regex", raw.body_regex.is_some()),
+        ("expect_headers", raw.expect_headers.is_some()),
+        ("follow_redirects", raw.follow_redirects.is_some()),
+        ("command", raw.command.is_some()),
+        ("requests", raw.requests.is_some()),
+        ("errors", raw.errors.is_some()),
+        ("latency", raw.latency.is_some()),
+        ("file", raw.file.is_some()),
+        ("unit", raw.unit.is_some()),
+        ("pattern", raw.pattern.is_some()),
+    ];
+    if let Some((key, _)) = present.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+        return Err(err(
+            key,
+            format!("`{key}` does not apply to kind = \"{kind_name}\""),
+        ));
+    }
+
+    let interval = raw.interval.map(|d| d.0).unwrap_or(DEFAULT_INTERVAL);
+    let timeout = raw
+        .timeout
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_TIMEOUT.min(interval));
+    if interval < Duration::from_millis(100) {
+        return Err(err("interval", "expected at least \"100ms\"".into()));
+    }
+    if timeout.is_zero() || timeout > interval {
+        return Err(err(
+            "timeout",
+            format!(
+                "expected a timeout above zero and no longer than the interval ({})",
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    let confirm_interval = raw.confirm_interval.map(|d| d.0);
+    if let Some(c) = confirm_interval {
+        if c.is_zero() || c > interval {
+            return Err(err(
+                "confirm_interval",
+                "expected a duration above zero and below `interval`".into(),
+            ));
+        }
+    }
+
+    let need_bases = |key: &str| -> Result<(), ConfigError> {
+        for color in Color::ALL {
+            if colors.get(color).base_url.is_none() {
+                let table = header_span(src.text, &format!("colors.{color}"))
+                    .or_else(|| header_span(src.text, "colors"))
+                    .unwrap_or(0..0);
+                return Err(src.key_error(
+                    &table,
+                    "base_url",
+                    format!(
+                        "probe {:?} uses a relative `{key}`, so [colors.{color}] needs a base_url \
+                         (or give the probe an absolute `url`)",
+                        raw.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    };
+    let endpoint = |path: Option<String>, url: Option<HttpUrl>| -> Result<Endpoint, ConfigError> {
+        match (path, url) {
+            (Some(_), Some(_)) => Err(err(
+                "url",
+                "set either `path` (per color) or `url` (shared), not both".into(),
+            )),
+            (Some(p), None) => {
+                if !p.starts_with('/') {
+                    return Err(err(
+                        "path",
+                        format!("expected a path starting with '/', found {p:?}"),
+                    ));
+                }
+                need_bases("path")?;
+                Ok(Endpoint::Relative(p))
+            }
+            (None, Some(u)) => Ok(Endpoint::Absolute(u.0)),
+            (None, None) => Err(err(
+                "path",
+                format!(
+                    "kind = \"{kind_name}\" needs `path` (against each color's base_url) or `url`"
+                ),
+            )),
+        }
+    };
+    let headers = |raw_headers: Option<BTreeMap<String, String>>| -> Result<Vec<(String, Secret)>, ConfigError> {
+        raw_headers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| {
+                reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| err("headers", format!("invalid header name {name:?}")))?;
+                let secret = Secret::resolve(&value).map_err(|e| err("headers", format!("{name}: {e}")))?;
+                Ok((name, secret))
+            })
+            .collect()
+    };
+
+    let check = match raw.kind {
+        Kind::Http => {
+            let method = match raw.method {
+                Some(m) => reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| err("method", format!("invalid HTTP method {m:?}")))?,
+                None => reqwest::Method::GET,
+            };
+            Check::Http(HttpCheck {
+                method,
+                endpoint: endpoint(raw.path, raw.url)?,
+                headers: headers(raw.headers)?,
+                expect_status: raw
+                    .expect_status
+                    .map(|v| v.into_iter().map(|s| s.0).collect())
+                    .unwrap_or_else(|| vec![200..=299]),
+                body_contains: raw.body_contains,
+                body_regex: raw.body_regex.map(|p| p.0),
+                expect_headers: raw.expect_headers.unwrap_or_default(),
+                follow_redirects: raw.follow_redirects.unwrap_or(false),
+            })
+        }
+        Kind::Tcp => {
+            if raw.address.is_none() {
+                need_bases("address")?;
+            }
+            Check::Tcp(TcpCheck {
+                address: raw.address,
+            })
+        }
+        Kind::Exec => {
+            let argv = raw.command.ok_or_else(|| {
+                err(
+                    "command",
+                    "kind = \"exec\" needs `command`, an argv list".into(),
+                )
+            })?;
+            Check::Exec(ExecCheck {
+                command: validate_template(src, span, "command", argv, &["color"])?,
+            })
+        }
+        Kind::Prometheus => {
+            let requests = raw.requests.ok_or_else(|| {
+                err("requests", "kind = \"prometheus\" needs `requests`, a counter like \"http_requests_total\"".into())
+            })?;
+            let errors = raw.errors.ok_or_else(|| {
+                err("errors", "kind = \"prometheus\" needs `errors`, like 'http_requests_total{code=~\"5..\"}'".into())
+            })?;
+            Check::Prometheus(PrometheusCheck {
+                endpoint: endpoint(raw.path, raw.url)?,
+                headers: headers(raw.headers)?,
+                requests,
+                errors,
+                latency: raw.latency,
+            })
+        }
+        Kind::Log => {
+            let source = match (raw.file, raw.unit) {
+                (Some(f), None) => LogSource::File(f),
+                (None, Some(u)) => LogSource::Unit(u),
+                _ => {
+                    return Err(err(
+                        "file",
+                        "kind = \"log\" needs exactly one of `file` or `unit`".into(),
+                    ));
+                }
+            };
+            let pattern = raw.pattern.ok_or_else(|| {
+                err(
+                    "pattern",
+                    "kind = \"log\" needs `pattern`, a regular expression".into(),
+                )
+            })?;
+            Check::Log(LogCheck {
+                source,
+                pattern: pattern.0,
+            })
+        }
+    };
+
+    let per_color = match &check {
+        Check::Http(h) => matches!(h.endpoint, Endpoint::Relative(_)),
+        Check::Prometheus(p) => matches!(p.endpoint, Endpoint::Relative(_)),
+        Check::Tcp(t) => t.address.as_ref().is_none_or(|a| a.contains("{color}")),
+        Check::Exec(e) => e.command.uses("color"),
+        Check::Log(l) => match &l.source {
+            LogSource::File(f) | LogSource::Unit(f) => f.contains("{color}"),
+        },
+    };
+    let scope = if per_color {
+        Scope::PerColor
+    } else {
+        Scope::Shared
+    };
+    let health = raw.health.unwrap_or(false);
+    if health && scope == Scope::Shared {
+        return Err(err(
+            "health",
+            format!(
+                "probe {:?} is shared (it does not run per color), so it cannot count toward a color's health",
+                raw.name
+            ),
+        ));
+    }
+    Ok(Probe {
+        name: raw.name,
+        scope,
+        interval,
+        timeout,
+        confirm_interval,
+        health,
+        check,
+    })
+}
+
+/// Which probes feed a signal when a rule names none: every per-color probe
+/// that produces it. Shared probes never judge a color.
+fn feeds(signal: Signal, probe: &Probe) -> bool {
+    if probe.scope == Scope::Shared {
+        return false;
+    }
+    match signal {
+        Signal::HealthFailures => probe.health,
+        Signal::ErrorRate => true,
+        Signal::LatencyAvg | Signal::LatencyP95 | Signal::Degradation => match &probe.check {
+            Check::Log(_) => false,
+            Check::Prometheus(p) => p.latency.is_some(),
+            _ => true,
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_rule(
+    name: Option<String>,
+    severity: Severity,
+    condition: Condition,
+    window: Duration,
+    hold_for: Option<Duration>,
+    min_samples: Option<u32>,
+    clear_after: Option<u32>,
+    probes: &[Probe],
+) -> Rule {
+    let min_default = match condition.signal {
+        Signal::HealthFailures => consecutive_needed(&condition),
+        _ => 10,
+    };
+    Rule {
+        name: name.unwrap_or_else(|| {
+            format!(
+                "{severity}: {condition} over {}",
+                humantime::format_duration(window)
+            )
+        }),
+        severity,
+        condition,
+        window,
+        hold_for: hold_for.unwrap_or_default(),
+        min_samples: min_samples.unwrap_or(min_default),
+        clear_after: clear_after.unwrap_or(3),
+        probes: probes
+            .iter()
+            .filter(|p| feeds(condition.signal, p))
+            .map(|p| p.name.clone())
+            .collect(),
+    }
+}
+
+fn validate_rule(
+    src: &Source,
+    span: &Range<usize>,
+    raw: RawRule,
+    probes: &[Probe],
+) -> Result<Rule, ConfigError> {
+    let err = |key: &str, msg: String| src.key_error(span, key, msg);
+    let condition = raw.when.0;
+    let window = raw
+        .window
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(5 * 60));
+    if window.is_zero() {
+        return Err(err(
+            "window",
+            "expected a window above zero, like \"2m\"".into(),
+        ));
+    }
+    if raw.clear_after == Some(0) {
+        return Err(err(
+            "clear_after",
+            "expected at least 1 clean evaluation".into(),
+        ));
+    }
+    let mut rule = make_rule(
+        raw.name,
+        raw.severity.0,
+        condition,
+        window,
+        raw.hold_for.map(|d| d.0),
+        raw.min_samples,
+        raw.clear_after,
+        probes,
+    );
+    if let Some(names) = raw.probes {
+        let mut chosen = Vec::new();
+        for name in names {
+            let probe = probes
+                .iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| err("probes", format!("no probe is named {name:?}")))?;
+            if !feeds(condition.signal, probe) {
+                let why = if probe.scope == Scope::Shared {
+                    "it is shared, and a shared dependency cannot judge a color".to_owned()
+                } else {
+                    format!("it does not produce {}", condition.signal.as_str())
+                };
+                return Err(err(
+                    "probes",
+                    format!("probe {name:?} cannot feed this rule: {why}"),
+                ));
+            }
+            chosen.push(name);
+        }
+        rule.probes = chosen;
+    }
+    Ok(rule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[daemon]
+state_dir = "state"
+
+[service]
+name = "beluga"
+
+[colors.blue]
+base_url = "http://127.0.0.1:8081"
+[colors.green]
+base_url = "http://127.0.0.1:8082"
+
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+health = true
+
+[rollback]
+command = ["/bin/true", "{to}"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/rollbackd/test.toml"), text)
+    }
+
+    fn invalid(text: &str) -> (usize, String, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line,
+                key,
+                message,
+                path,
+                ..
+            }) => {
+                assert_eq!(path, Path::new("/etc/rollbackd/test.toml"));
+                (line, key, message)
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("config was accepted"),
+        }
+    }
+
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    #[test]
+    fn good_config_gets_defaults_and_the_default_matrix() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.daemon.state_dir, Path::new("/etc/rollbackd/state"));
+        assert_eq!(c.probes[0].interval, Duration::from_secs(5));
+        assert_eq!(c.probes[0].scope, Scope::PerColor);
+        assert!(c.default_rules);
+        assert_eq!(c.rules.len(), 9);
+        let crit = &c.rules[0];
+        assert_eq!(crit.severity, Severity::Critical);
+        assert_eq!(crit.condition.to_string(), "health_failures >= 3");
+        assert_eq!(crit.probes, vec!["healthz".to_owned()]);
+        assert_eq!(
+            c.detection_time(crit),
+            Detection::Within(Duration::from_secs(15))
+        );
+        assert_eq!(
+            c.endpoint_url(&Endpoint::Relative("/healthz".into()), Some(Color::Green))
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:8082/healthz"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("health = true", "health = true\nhelth = false");
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "helth"));
+        assert_eq!(key, "probe[1].helth");
+        assert!(message.contains("unknown field `helth`"), "{message}");
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let text = GOOD.replace("health = true", "health = true\ninterval = \"5 parsecs\"");
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "parsecs"));
+        assert_eq!(key, "probe[1].interval");
+        assert!(
+            message.contains("expected a number with a unit"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rule_that_does_not_parse_is_located() {
+        let text = format!(
+            "{GOOD}\n[[rule]]\nseverity = \"high\"\nwhen = \"error_rate > fifty\"\nwindow = \"2m\"\n"
+        );
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "fifty"));
+        assert_eq!(key, "rule[1].when");
+        assert!(message.contains("SIGNAL OP VALUE"), "{message}");
+    }
+
+    #[test]
+    fn missing_color_is_rejected() {
+        let text = GOOD.replace("[colors.green]\nbase_url = \"http://127.0.0.1:8082\"\n", "");
+        let (_, key, message) = invalid(&text);
+        assert!(key.starts_with("colors"), "{key}");
+        assert!(message.contains("missing field `green`"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_probe_names_are_rejected() {
+        let text = format!("{GOOD}\n[[probe]]\nname = \"healthz\"\nkind = \"tcp\"\n");
+        let (line, key, message) = invalid(&text);
+        assert_eq!(
+            line,
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| l.contains("name = \"healthz\""))
+                .nth(1)
+                .unwrap()
+                .0
+                + 1
+        );
+        assert_eq!(key, "probe[2].name");
+        assert!(message.contains("duplicate probe name"), "{message}");
+    }
+
+    #[test]
+    fn relative_path_without_base_url_is_rejected() {
+        let text = GOOD.replace("base_url = \"http://127.0.0.1:8082\"", "");
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "[colors.green]"));
+        assert_eq!(key, "colors.green.base_url");
+        assert!(message.contains("needs a base_url"), "{message}");
+    }
+
+    #[test]
+    fn key_that_does_not_apply_to_the_kind_is_rejected() {
+        let text = GOOD.replace("health = true", "health = true\npattern = \"ERROR\"");
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "pattern ="));
+        assert_eq!(key, "probe[1].pattern");
+        assert!(
+            message.contains("does not apply to kind = \"http\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_placeholder_is_rejected() {
+        let text = GOOD.replace("\"{to}\"", "\"{target}\"");
+        let (_, key, message) = invalid(&text);
+        assert_eq!(key, "rollback.command");
+        assert!(
+            message.contains("unknown placeholder {target}"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn slow_critical_rule_is_rejected() {
+        let text = format!(
+            "{GOOD}\n[[rule]]\nseverity = \"critical\"\nwhen = \"error_rate > 90%\"\nwindow = \"10m\"\nmin_samples = 3\n"
+        );
+        let (line, _, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "[[rule]]"));
+        assert!(message.contains("must be acted on within 2m"), "{message}");
+    }
+
+    #[test]
+    fn unreachable_min_samples_is_rejected_for_high() {
+        let text = format!(
+            "{GOOD}\n[[rule]]\nseverity = \"high\"\nwhen = \"error_rate > 50%\"\nwindow = \"30s\"\nmin_samples = 50\n"
+        );
+        let (_, _, message) = invalid(&text);
+        assert!(message.contains("can never fire"), "{message}");
+    }
+
+    #[test]
+    fn secrets_resolve_and_never_show_in_debug() {
+        // SAFETY (edition 2024 marks set_var unsafe): this test is the only
+        // user of this variable name.
+        unsafe { std::env::set_var("ROLLBACKD_TEST_HOOK", "https://hooks.example/s3cr3t-token") };
+        let text = format!(
+            "{GOOD}\n[[notify]]\nkind = \"webhook\"\nurl = \"env:ROLLBACKD_TEST_HOOK\"\nformat = \"slack\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.notify[0].url.expose(),
+            Ok("https://hooks.example/s3cr3t-token")
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr3t"), "secret leaked into Debug");
+        assert!(debug.contains("env:ROLLBACKD_TEST_HOOK"));
+    }
+
+    #[test]
+    fn rollback_action_requires_a_command() {
+        let text = GOOD.replace("[rollback]\ncommand = [\"/bin/true\", \"{to}\"]\n", "");
+        let (_, key, message) = invalid(&text);
+        assert_eq!(key, "rollback.command");
+        assert!(message.contains("required"), "{message}");
+    }
+
+    #[test]
+    fn status_specs_accept_codes_classes_and_ranges() {
+        let text = GOOD.replace(
+            "health = true",
+            "health = true\nexpect_status = [200, \"3xx\", \"401-403\"]",
+        );
+        let c = parse(&text).unwrap();
+        let Check::Http(h) = &c.probes[0].check else {
+            panic!()
+        };
+        assert_eq!(h.expect_status, vec![200..=200, 300..=399, 401..=403]);
+        let bad = GOOD.replace("health = true", "health = true\nexpect_status = [\"9xx\"]");
+        assert!(invalid(&bad).2.contains("invalid status"));
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let text = GOOD.replace("kind = \"http\"", "kind = \"http");
+        let (line, _, _) = invalid(&text);
+        assert_eq!(line, line_of(&text, "kind = \"http"));
+    }
+}

@@ -1,0 +1,40 @@
+//! # rollbackd
+//!
+//! A watchdog for a service deployed blue/green on one host: it probes both
+//! colors, stores every sample, evaluates the rollback decision matrix over
+//! sliding windows and, when a Critical or High rule fires on the active
+//! color, switches traffic back after proving the other color healthy.
+//!
+//! # Layout
+//!
+//! - [`config`] turns the TOML into a validated [`config::Config`]; strings
+//!   and seconds stop there. [`secret`] keeps `env:`/`file:` values out of
+//!   every output.
+//! - [`model`] is the shared vocabulary: colors, severities, conditions,
+//!   samples.
+//! - [`probe`] runs one check against one color and always returns an
+//!   outcome; [`process`] runs argv commands with a process-group timeout.
+//! - [`store`] is the only module that speaks SQL.
+//! - [`matrix`] turns samples into verdicts and decisions. It does no IO and
+//!   reads no clock.
+//! - [`rollback`] is the guarded switch, a state machine persisted at every
+//!   step; [`active`] says which color serves traffic.
+//! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
+//!   act. [`signals`] and [`systemd`] connect it to the host; [`logging`]
+//!   picks journald, JSON or text.
+//! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
+
+pub mod active;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod matrix;
+pub mod model;
+pub mod probe;
+pub mod process;
+pub mod rollback;
+pub mod secret;
+pub mod signals;
+pub mod store;
+pub mod systemd;

@@ -1,0 +1,84 @@
+//! Logging setup: native journald (with `ROLLBACKD_*` fields and
+//! `MESSAGE_ID`), JSON lines, or human-readable text on stderr.
+//!
+//! Events name their structured fields `rollbackd.color`,
+//! `rollbackd.probe`, `rollbackd.rule`, `rollbackd.severity`,
+//! `rollbackd.incident`, which journald receives as `ROLLBACKD_COLOR` and so
+//! on, and `message_id`, which it receives as `MESSAGE_ID`.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Auto,
+    Journald,
+    Text,
+    Json,
+}
+
+/// Whether `JOURNAL_STREAM` names our stderr: then systemd connected it to
+/// the journal and native logging is better.
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let fd = std::io::stderr().as_raw_fd();
+    let Ok(meta) = std::fs::metadata(format!("/proc/self/fd/{fd}")) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
+}
+
+/// Install the global subscriber. `RUST_LOG` refines the level (default
+/// `info`). Returns the format in use.
+pub fn init(format: Format) -> Format {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = match format {
+        Format::Auto if stderr_is_journal() => Format::Journald,
+        Format::Auto => Format::Text,
+        f => f,
+    };
+    let result = match format {
+        Format::Journald => match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("rollbackd".into());
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .try_init()
+            }
+            Err(e) => {
+                eprintln!("rollbackd: journald is not reachable ({e}); logging text to stderr");
+                return init(Format::Text);
+            }
+        },
+        Format::Json => tracing_subscriber::registry()
+            .with(filter())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        Format::Text | Format::Auto => tracing_subscriber::registry()
+            .with(filter())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .try_init(),
+    };
+    // Already initialised (tests calling twice): keep the first.
+    let _ = result;
+    format
+}

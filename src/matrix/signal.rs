@@ -1,0 +1,106 @@
+//! Signal arithmetic over a slice of window points. Pure functions.
+
+/// One sample as the matrix keeps it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub at_ms: i64,
+    pub ok: bool,
+    pub latency_ms: Option<f64>,
+    /// Requests and errors this point stands for; `None` = no data.
+    pub counts: Option<(f64, f64)>,
+}
+
+/// What a signal computation found: the value, and how many samples it
+/// rests on (for `min_samples`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reading {
+    pub value: Option<f64>,
+    pub n: u64,
+}
+
+/// Errors over requests, in percent. No requests at all is no value.
+pub fn error_rate<'a>(points: impl Iterator<Item = &'a Point>) -> Reading {
+    let (mut n, mut requests, mut errors) = (0u64, 0.0, 0.0);
+    for (r, e) in points.filter_map(|p| p.counts) {
+        n += 1;
+        requests += r;
+        errors += e;
+    }
+    let value = (requests > 0.0).then(|| (errors / requests * 100.0).min(100.0));
+    Reading { value, n }
+}
+
+pub fn latency_avg<'a>(points: impl Iterator<Item = &'a Point>) -> Reading {
+    let (mut n, mut sum) = (0u64, 0.0);
+    for l in points.filter_map(|p| p.latency_ms) {
+        n += 1;
+        sum += l;
+    }
+    Reading {
+        value: (n > 0).then(|| sum / n as f64),
+        n,
+    }
+}
+
+/// Nearest-rank 95th percentile.
+pub fn latency_p95<'a>(points: impl Iterator<Item = &'a Point>) -> Reading {
+    let mut all: Vec<f64> = points.filter_map(|p| p.latency_ms).collect();
+    let n = all.len() as u64;
+    if all.is_empty() {
+        return Reading { value: None, n };
+    }
+    all.sort_by(f64::total_cmp);
+    let rank = ((0.95 * all.len() as f64).ceil() as usize).clamp(1, all.len());
+    Reading {
+        value: Some(all[rank - 1]),
+        n,
+    }
+}
+
+/// Percent by which `current` is worse than `baseline` (negative = better).
+pub fn degradation(current: f64, baseline: f64) -> Option<f64> {
+    (baseline > 0.0).then(|| (current / baseline - 1.0) * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(ok: bool, latency: f64) -> Point {
+        Point {
+            at_ms: 0,
+            ok,
+            latency_ms: Some(latency),
+            counts: Some((1.0, if ok { 0.0 } else { 1.0 })),
+        }
+    }
+
+    #[test]
+    fn error_rate_weighs_counts_and_skips_no_data() {
+        let mut pts = vec![p(true, 1.0), p(false, 1.0)];
+        pts.push(Point {
+            at_ms: 0,
+            ok: true,
+            latency_ms: None,
+            counts: Some((98.0, 0.0)),
+        });
+        pts.push(Point {
+            at_ms: 0,
+            ok: false,
+            latency_ms: None,
+            counts: None,
+        });
+        let r = error_rate(pts.iter());
+        assert_eq!(r.n, 3);
+        assert!((r.value.unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(error_rate([].iter()).value, None);
+    }
+
+    #[test]
+    fn p95_is_nearest_rank() {
+        let pts: Vec<Point> = (1..=100).map(|i| p(true, i as f64)).collect();
+        assert_eq!(latency_p95(pts.iter()).value, Some(95.0));
+        assert_eq!(latency_avg(pts.iter()).value, Some(50.5));
+        assert_eq!(degradation(150.0, 100.0), Some(50.0));
+    }
+}

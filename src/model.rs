@@ -1,0 +1,464 @@
+//! The shared vocabulary of SPEC section 1: colors, severities, actions,
+//! signals, conditions and samples. Plain values; no IO.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch: how every timestamp is stored.
+pub type Millis = i64;
+
+/// The wall clock, in [`Millis`]. Only the daemon, the CLI and the store read
+/// it; the matrix is handed times.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+pub fn duration_ms(d: Duration) -> Millis {
+    d.as_millis().min(i64::MAX as u128) as Millis
+}
+
+/// RFC 3339 in UTC, to the second, for humans.
+pub fn format_ms(ms: Millis) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Color {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "blue" => Ok(Color::Blue),
+            "green" => Ok(Color::Green),
+            other => Err(format!("expected \"blue\" or \"green\", found {other:?}")),
+        }
+    }
+}
+
+/// Ordered from least to most urgent, so `max()` is the worst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 4] = [
+        Severity::Critical,
+        Severity::High,
+        Severity::Medium,
+        Severity::Low,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// The matrix's "must be acted on within" column (SPEC section 2).
+    pub fn acted_on_within(self) -> Duration {
+        match self {
+            Severity::Critical => Duration::from_secs(2 * 60),
+            Severity::High => Duration::from_secs(5 * 60),
+            Severity::Medium => Duration::from_secs(15 * 60),
+            Severity::Low => Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "low" => Ok(Severity::Low),
+            "medium" => Ok(Severity::Medium),
+            "high" => Ok(Severity::High),
+            "critical" => Ok(Severity::Critical),
+            other => Err(format!(
+                "expected one of \"critical\", \"high\", \"medium\", \"low\", found {other:?}"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Rollback,
+    Alert,
+    Log,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Rollback => "rollback",
+            Action::Alert => "alert",
+            Action::Log => "log",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    ErrorRate,
+    LatencyAvg,
+    LatencyP95,
+    HealthFailures,
+    Degradation,
+}
+
+/// What a threshold is measured in, and so which units it may be written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Percent,
+    Millis,
+    Count,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::ErrorRate => "error_rate",
+            Signal::LatencyAvg => "latency_avg",
+            Signal::LatencyP95 => "latency_p95",
+            Signal::HealthFailures => "health_failures",
+            Signal::Degradation => "degradation",
+        }
+    }
+
+    pub fn unit(self) -> Unit {
+        match self {
+            Signal::ErrorRate | Signal::Degradation => Unit::Percent,
+            Signal::LatencyAvg | Signal::LatencyP95 => Unit::Millis,
+            Signal::HealthFailures => Unit::Count,
+        }
+    }
+}
+
+impl FromStr for Signal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "error_rate" => Ok(Signal::ErrorRate),
+            "latency_avg" => Ok(Signal::LatencyAvg),
+            "latency_p95" => Ok(Signal::LatencyP95),
+            "health_failures" => Ok(Signal::HealthFailures),
+            "degradation" => Ok(Signal::Degradation),
+            other => Err(format!(
+                "unknown signal {other:?}: expected error_rate, latency_avg, latency_p95, health_failures or degradation"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = "==")]
+    Eq,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Eq => "==",
+        }
+    }
+
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Op::Gt => value > threshold,
+            Op::Ge => value >= threshold,
+            Op::Lt => value < threshold,
+            Op::Le => value <= threshold,
+            Op::Eq => (value - threshold).abs() < 1e-9,
+        }
+    }
+}
+
+/// `SIGNAL OP VALUE`, with VALUE normalised to the signal's unit: percent as
+/// a number of percent (50.0), latency in milliseconds, counts as counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Condition {
+    pub signal: Signal,
+    pub op: Op,
+    pub threshold: f64,
+}
+
+impl Condition {
+    pub fn holds(&self, value: f64) -> bool {
+        self.op.holds(value, self.threshold)
+    }
+
+    /// The threshold written back with its unit, e.g. `50%`, `5000ms`, `3`.
+    pub fn threshold_text(&self) -> String {
+        format_value(self.signal, self.threshold)
+    }
+}
+
+/// A signal value written with its unit.
+pub fn format_value(signal: Signal, value: f64) -> String {
+    let n = if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    };
+    match signal.unit() {
+        Unit::Percent => format!("{n}%"),
+        Unit::Millis => format!("{n}ms"),
+        Unit::Count => n,
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.signal.as_str(),
+            self.op.as_str(),
+            self.threshold_text()
+        )
+    }
+}
+
+impl FromStr for Condition {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const GRAMMAR: &str =
+            "expected \"SIGNAL OP VALUE\", like \"error_rate > 50%\" or \"latency_avg > 5000ms\"";
+        let s = s.trim();
+        let op_at = s
+            .find(['<', '>', '='])
+            .ok_or_else(|| format!("no comparison operator in {s:?}: {GRAMMAR}"))?;
+        let signal: Signal = s[..op_at].trim().parse()?;
+        let rest = &s[op_at..];
+        let (op, value) = [
+            (">=", Op::Ge),
+            ("<=", Op::Le),
+            ("==", Op::Eq),
+            (">", Op::Gt),
+            ("<", Op::Lt),
+        ]
+        .into_iter()
+        .find_map(|(text, op)| rest.strip_prefix(text).map(|v| (op, v.trim())))
+        .ok_or_else(|| format!("bad operator in {s:?}: expected one of > >= < <= =="))?;
+        if value.is_empty() {
+            return Err(format!("missing value in {s:?}: {GRAMMAR}"));
+        }
+        let split = value
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(value.len());
+        let (number, unit) = (value[..split].trim(), value[split..].trim());
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("{value:?} is not a number with a unit: {GRAMMAR}"))?;
+        let threshold = match (signal.unit(), unit) {
+            (Unit::Percent, "%") => number,
+            (Unit::Millis, "ms") => number,
+            (Unit::Millis, "s") => number * 1000.0,
+            (Unit::Count, "") => number,
+            (Unit::Percent, _) => {
+                return Err(format!(
+                    "{} is a percentage: write the value like \"50%\"",
+                    signal.as_str()
+                ));
+            }
+            (Unit::Millis, _) => {
+                return Err(format!(
+                    "{} is a latency: write the value in ms or s, like \"5000ms\" or \"5s\"",
+                    signal.as_str()
+                ));
+            }
+            (Unit::Count, _) => {
+                return Err(format!(
+                    "{} is a count: write a bare number, like \"3\"",
+                    signal.as_str()
+                ));
+            }
+        };
+        Ok(Condition {
+            signal,
+            op,
+            threshold,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleStatus {
+    Ok,
+    Failed,
+    Timeout,
+    NoData,
+}
+
+impl SampleStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SampleStatus::Ok => "ok",
+            SampleStatus::Failed => "failed",
+            SampleStatus::Timeout => "timeout",
+            SampleStatus::NoData => "no_data",
+        }
+    }
+}
+
+impl FromStr for SampleStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ok" => Ok(SampleStatus::Ok),
+            "failed" => Ok(SampleStatus::Failed),
+            "timeout" => Ok(SampleStatus::Timeout),
+            "no_data" => Ok(SampleStatus::NoData),
+            other => Err(format!("unknown sample status {other:?}")),
+        }
+    }
+}
+
+/// One probe result. `requests`/`errors` carry counts for probes that see
+/// real traffic (prometheus, log); a plain check is one request, failed or not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub at_ms: Millis,
+    pub probe: String,
+    /// `None` for a shared probe (an absolute URL: a dependency of both colors).
+    pub color: Option<Color>,
+    pub deployment: Option<i64>,
+    pub ok: bool,
+    pub latency_ms: Option<f64>,
+    pub status: SampleStatus,
+    pub detail: String,
+    pub requests: Option<f64>,
+    pub errors: Option<f64>,
+}
+
+impl Sample {
+    /// Requests and errors this sample stands for, or `None` for no data.
+    pub fn counts(&self) -> Option<(f64, f64)> {
+        match self.status {
+            SampleStatus::NoData => None,
+            _ => match (self.requests, self.errors) {
+                (Some(r), Some(e)) => Some((r, e)),
+                _ => Some((1.0, if self.ok { 0.0 } else { 1.0 })),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_parse_with_units() {
+        let c: Condition = "error_rate > 50%".parse().unwrap();
+        assert_eq!(
+            (c.signal, c.op, c.threshold),
+            (Signal::ErrorRate, Op::Gt, 50.0)
+        );
+        let c: Condition = "latency_avg>5s".parse().unwrap();
+        assert_eq!(
+            (c.signal, c.op, c.threshold),
+            (Signal::LatencyAvg, Op::Gt, 5000.0)
+        );
+        let c: Condition = "latency_p95 <= 250ms".parse().unwrap();
+        assert_eq!((c.op, c.threshold), (Op::Le, 250.0));
+        let c: Condition = "health_failures >= 3".parse().unwrap();
+        assert_eq!(
+            (c.signal, c.op, c.threshold),
+            (Signal::HealthFailures, Op::Ge, 3.0)
+        );
+        assert_eq!(c.to_string(), "health_failures >= 3");
+        let c: Condition = "error_rate == 100%".parse().unwrap();
+        assert!(c.holds(100.0) && !c.holds(99.0));
+    }
+
+    #[test]
+    fn conditions_reject_wrong_units_and_garbage() {
+        for (text, needle) in [
+            ("error_rate > 50", "percentage"),
+            ("latency_avg > 5%", "latency"),
+            ("health_failures >= 3ms", "count"),
+            ("errors > 5%", "unknown signal"),
+            ("error_rate 50%", "no comparison"),
+            ("error_rate => 50%", "bad operator"),
+            ("error_rate > %", "not a number"),
+            ("error_rate >", "missing value"),
+        ] {
+            let err = text.parse::<Condition>().unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn severity_orders_by_urgency() {
+        assert!(Severity::Critical > Severity::High && Severity::Medium > Severity::Low);
+        assert_eq!(Severity::ALL.iter().max(), Some(&Severity::Critical));
+    }
+}

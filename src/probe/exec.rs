@@ -1,0 +1,30 @@
+//! `exec`: run an argv (never a shell) with `{color}` substituted; exit 0 is
+//! ok. Output is captured (capped) into the detail, and the process group is
+//! killed when the timeout strikes.
+
+use std::time::Duration;
+
+use super::Outcome;
+use crate::config::ExecCheck;
+use crate::model::{Color, SampleStatus};
+use crate::process::{self, Exit};
+
+pub async fn run(check: &ExecCheck, color: Option<Color>, timeout: Duration) -> Outcome {
+    let color_name = color.map(Color::as_str).unwrap_or("");
+    let argv = check.command.render(&[("color", color_name)]);
+    let env = [("ROLLBACKD_COLOR", color_name.to_owned())];
+    let done = process::run(&argv, &env, timeout).await;
+    let latency = Some(super::ms(done.elapsed));
+    let status = match done.exit {
+        Exit::Code(0) => SampleStatus::Ok,
+        Exit::TimedOut => SampleStatus::Timeout,
+        _ => SampleStatus::Failed,
+    };
+    Outcome {
+        status,
+        latency_ms: latency,
+        detail: done.describe(),
+        requests: None,
+        errors: None,
+    }
+}

@@ -1,0 +1,162 @@
+//! `http`: one request per run. Ok when the status is expected, the body
+//! holds `body_contains` / matches `body_regex`, and every `expect_headers`
+//! header is present. Latency runs from the request's start to the last body
+//! byte read. The body read stops at [`BODY_CAP`], so a target streaming
+//! gigabytes cannot bloat the daemon, and the probe's timeout bounds one
+//! that dribbles bytes. Redirects are not followed unless asked.
+
+use std::time::{Duration, Instant};
+
+use super::Outcome;
+use crate::config::{Config, HttpCheck};
+use crate::model::Color;
+
+/// How much of a body is read and kept for matching.
+pub const BODY_CAP: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct Clients {
+    no_redirects: reqwest::Client,
+    redirects: reqwest::Client,
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(concat!("rollbackd/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(2)
+        .pool_idle_timeout(Duration::from_secs(30))
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        let build = |b: reqwest::ClientBuilder| {
+            // Building fails only when the TLS backend cannot initialise, which
+            // with rustls and bundled roots does not happen at run time; fall
+            // back to the default client rather than abort the daemon.
+            b.build().unwrap_or_default()
+        };
+        Clients {
+            no_redirects: build(builder().redirect(reqwest::redirect::Policy::none())),
+            redirects: build(builder().redirect(reqwest::redirect::Policy::limited(5))),
+        }
+    }
+
+    pub async fn run(&self, config: &Config, check: &HttpCheck, color: Option<Color>) -> Outcome {
+        let Some(url) = config.endpoint_url(&check.endpoint, color) else {
+            return Outcome::failed(None, "no URL for this color (missing base_url)");
+        };
+        let client = if check.follow_redirects {
+            &self.redirects
+        } else {
+            &self.no_redirects
+        };
+        let mut request = client.request(check.method.clone(), url.clone());
+        for (name, value) in &check.headers {
+            match value.expose() {
+                Ok(v) => request = request.header(name.as_str(), v),
+                Err(problem) => return Outcome::failed(None, format!("header {name}: {problem}")),
+            }
+        }
+        let started = Instant::now();
+        let mut response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Outcome::failed(Some(started.elapsed()), describe_error(&e)),
+        };
+        let status = response.status();
+        let missing_headers: Vec<&str> = check
+            .expect_headers
+            .iter()
+            .filter(|h| !response.headers().contains_key(h.as_str()))
+            .map(String::as_str)
+            .collect();
+        let mut body = Vec::new();
+        let mut truncated = false;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = BODY_CAP - body.len();
+                    if chunk.len() >= room {
+                        body.extend_from_slice(&chunk[..room]);
+                        truncated = true;
+                        break;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Outcome::failed(
+                        Some(started.elapsed()),
+                        format!(
+                            "HTTP {}: body cut short: {}",
+                            status.as_u16(),
+                            describe_error(&e)
+                        ),
+                    );
+                }
+            }
+        }
+        let latency = started.elapsed();
+        let code = status.as_u16();
+        if !check.expect_status.iter().any(|r| r.contains(&code)) {
+            return Outcome::failed(Some(latency), format!("HTTP {code}: unexpected status"));
+        }
+        let text = String::from_utf8_lossy(&body);
+        if let Some(needle) = &check.body_contains {
+            if !text.contains(needle.as_str()) {
+                let scope = if truncated {
+                    " in the first 64 KiB"
+                } else {
+                    ""
+                };
+                return Outcome::failed(
+                    Some(latency),
+                    format!("HTTP {code}: body does not contain {needle:?}{scope}"),
+                );
+            }
+        }
+        if let Some(re) = &check.body_regex {
+            if !re.is_match(&text) {
+                return Outcome::failed(
+                    Some(latency),
+                    format!("HTTP {code}: body does not match /{re}/"),
+                );
+            }
+        }
+        if !missing_headers.is_empty() {
+            return Outcome::failed(
+                Some(latency),
+                format!(
+                    "HTTP {code}: missing header(s) {}",
+                    missing_headers.join(", ")
+                ),
+            );
+        }
+        Outcome::ok(latency, format!("HTTP {code}"))
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
+}
+
+/// reqwest's errors nest the useful cause (connection refused, reset) deep
+/// in the source chain; flatten it to one line.
+fn describe_error(e: &reqwest::Error) -> String {
+    let mut text = if e.is_connect() {
+        "connect failed".to_owned()
+    } else if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

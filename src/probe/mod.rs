@@ -1,0 +1,141 @@
+//! Probes: one file per kind. A probe runs against one color (or once, for a
+//! shared dependency) and always yields an [`Outcome`]; a dead, slow or
+//! lying target is a failed sample, never an `Err` and never a panic.
+//!
+//! This module knows nothing of windows, rules or the database: the daemon
+//! stamps the outcome with time and deployment and hands it on.
+
+pub mod exec;
+pub mod http;
+pub mod tcp;
+
+use std::time::{Duration, Instant};
+
+use crate::config::{Check, Config, Probe};
+use crate::model::{Color, Millis, Sample, SampleStatus};
+
+/// What one run of a probe saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: SampleStatus,
+    pub latency_ms: Option<f64>,
+    pub detail: String,
+    /// Real-traffic counts (prometheus, log); `None` for plain checks.
+    pub requests: Option<f64>,
+    pub errors: Option<f64>,
+}
+
+impl Outcome {
+    pub fn ok(latency: Duration, detail: impl Into<String>) -> Outcome {
+        Outcome {
+            status: SampleStatus::Ok,
+            latency_ms: Some(ms(latency)),
+            detail: detail.into(),
+            requests: None,
+            errors: None,
+        }
+    }
+
+    pub fn failed(latency: Option<Duration>, detail: impl Into<String>) -> Outcome {
+        Outcome {
+            status: SampleStatus::Failed,
+            latency_ms: latency.map(ms),
+            detail: detail.into(),
+            requests: None,
+            errors: None,
+        }
+    }
+
+    pub fn no_data(detail: impl Into<String>) -> Outcome {
+        Outcome {
+            status: SampleStatus::NoData,
+            latency_ms: None,
+            detail: detail.into(),
+            requests: None,
+            errors: None,
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.status == SampleStatus::Ok
+    }
+
+    pub fn into_sample(
+        self,
+        at_ms: Millis,
+        probe: &str,
+        color: Option<Color>,
+        deployment: Option<i64>,
+    ) -> Sample {
+        Sample {
+            at_ms,
+            probe: probe.to_owned(),
+            color,
+            deployment,
+            ok: self.status == SampleStatus::Ok,
+            latency_ms: self.latency_ms,
+            status: self.status,
+            detail: self.detail,
+            requests: self.requests,
+            errors: self.errors,
+        }
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Shared clients and state for running probes. Cheap to clone.
+#[derive(Clone)]
+pub struct Prober {
+    http: http::Clients,
+}
+
+impl Prober {
+    pub fn new() -> Prober {
+        Prober {
+            http: http::Clients::new(),
+        }
+    }
+
+    /// Run `probe` once against `color` (`None` for a shared probe), bounded
+    /// by the probe's timeout.
+    pub async fn run(&self, config: &Config, probe: &Probe, color: Option<Color>) -> Outcome {
+        if let Check::Exec(check) = &probe.check {
+            // exec bounds itself: it must kill the process group on timeout,
+            // which dropping its future would not do.
+            return exec::run(check, color, probe.timeout).await;
+        }
+        let started = Instant::now();
+        let work = async {
+            match &probe.check {
+                Check::Http(check) => self.http.run(config, check, color).await,
+                Check::Tcp(check) => tcp::run(config, check, color).await,
+                Check::Exec(_) | Check::Prometheus(_) | Check::Log(_) => Outcome::no_data(format!(
+                    "{} probes are not implemented yet",
+                    probe.check.kind()
+                )),
+            }
+        };
+        match tokio::time::timeout(probe.timeout, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome {
+                status: SampleStatus::Timeout,
+                latency_ms: Some(ms(started.elapsed())),
+                detail: format!(
+                    "no answer within {}",
+                    humantime::format_duration(probe.timeout)
+                ),
+                requests: None,
+                errors: None,
+            },
+        }
+    }
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        Prober::new()
+    }
+}

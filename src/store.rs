@@ -1,0 +1,874 @@
+//! The database boundary: the only module that speaks SQL.
+//!
+//! SQLite in WAL mode under `state_dir`, migrations embedded with
+//! `sqlx::migrate!` and run on open. Verbs are plain (`insert_samples`,
+//! `open_incident`, ...) and errors carry what was being done. Times are
+//! [`Millis`]. Callers never see a row type or a query string.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{FromRow, Row, SqlitePool};
+
+use crate::model::{Color, Millis, Sample, SampleStatus, Severity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {}: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {}: {source}", path.display())]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("cannot migrate database {}: {source}", path.display())]
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database error while {doing}: {source}")]
+    Query {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("a rollback is already in flight (incident #{0})")]
+    RollbackInFlight(i64),
+    #[error("no incident #{0}")]
+    NoIncident(i64),
+}
+
+impl StoreError {
+    /// A locked or busy database: worth a retry, not a crash.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Query {
+                source: sqlx::Error::Database(e),
+                ..
+            } => {
+                let msg = e.message();
+                msg.contains("locked") || msg.contains("busy")
+            }
+            StoreError::Query {
+                source: sqlx::Error::PoolTimedOut,
+                ..
+            } => true,
+            _ => false,
+        }
+    }
+}
+
+fn q(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { doing, source }
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Deployment {
+    pub id: i64,
+    pub color: Color,
+    pub version: String,
+    pub at_ms: Millis,
+    pub source: String,
+    pub quarantined: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StoredVerdict {
+    pub at_ms: Millis,
+    pub rule: String,
+    pub severity: Severity,
+    pub color: Color,
+    pub state: String,
+    pub n: i64,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub window_ms: i64,
+    pub baseline: Option<f64>,
+    pub detail: String,
+}
+
+/// What a new incident starts with.
+#[derive(Clone, Debug)]
+pub struct NewIncident {
+    pub at_ms: Millis,
+    pub trigger_kind: &'static str,
+    pub severity: Severity,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub evidence: String,
+    pub from_color: Option<Color>,
+    pub to_color: Option<Color>,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    /// Whether it holds the single in-flight rollback slot.
+    pub in_flight: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Incident {
+    pub id: i64,
+    pub opened_ms: Millis,
+    pub closed_ms: Option<Millis>,
+    pub trigger_kind: String,
+    pub severity: Severity,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub evidence: String,
+    pub from_color: Option<Color>,
+    pub to_color: Option<Color>,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    pub state: String,
+    pub outcome: Option<String>,
+    pub downtime_ms: Option<Millis>,
+    pub in_flight: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IncidentEvent {
+    pub at_ms: Millis,
+    pub state: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Pause {
+    pub id: i64,
+    pub at_ms: Millis,
+    pub until_ms: Millis,
+    pub reason: String,
+}
+
+#[derive(FromRow)]
+struct SampleRow {
+    at_ms: i64,
+    probe: String,
+    color: Option<String>,
+    deployment_id: Option<i64>,
+    ok: bool,
+    latency_ms: Option<f64>,
+    status: String,
+    detail: String,
+    requests: Option<f64>,
+    errors: Option<f64>,
+}
+
+impl From<SampleRow> for Sample {
+    fn from(r: SampleRow) -> Sample {
+        Sample {
+            at_ms: r.at_ms,
+            probe: r.probe,
+            color: r.color.and_then(|c| c.parse().ok()),
+            deployment: r.deployment_id,
+            ok: r.ok,
+            latency_ms: r.latency_ms,
+            status: SampleStatus::from_str(&r.status).unwrap_or(SampleStatus::Failed),
+            detail: r.detail,
+            requests: r.requests,
+            errors: r.errors,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct DeploymentRow {
+    id: i64,
+    color: String,
+    version: String,
+    at_ms: i64,
+    source: String,
+    quarantined: bool,
+}
+
+impl DeploymentRow {
+    fn into_deployment(self) -> Deployment {
+        Deployment {
+            id: self.id,
+            // The CHECK constraint in the schema admits only the two colors.
+            color: self.color.parse().unwrap_or(Color::Blue),
+            version: self.version,
+            at_ms: self.at_ms,
+            source: self.source,
+            quarantined: self.quarantined,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct IncidentRow {
+    id: i64,
+    opened_ms: i64,
+    closed_ms: Option<i64>,
+    trigger_kind: String,
+    severity: String,
+    rule: Option<String>,
+    reason: String,
+    evidence: String,
+    from_color: Option<String>,
+    to_color: Option<String>,
+    from_version: Option<String>,
+    to_version: Option<String>,
+    state: String,
+    outcome: Option<String>,
+    downtime_ms: Option<i64>,
+    in_flight: Option<i64>,
+}
+
+impl From<IncidentRow> for Incident {
+    fn from(r: IncidentRow) -> Incident {
+        Incident {
+            id: r.id,
+            opened_ms: r.opened_ms,
+            closed_ms: r.closed_ms,
+            trigger_kind: r.trigger_kind,
+            severity: r.severity.parse().unwrap_or(Severity::Critical),
+            rule: r.rule,
+            reason: r.reason,
+            evidence: r.evidence,
+            from_color: r.from_color.and_then(|c| c.parse().ok()),
+            to_color: r.to_color.and_then(|c| c.parse().ok()),
+            from_version: r.from_version,
+            to_version: r.to_version,
+            state: r.state,
+            outcome: r.outcome,
+            downtime_ms: r.downtime_ms,
+            in_flight: r.in_flight.is_some(),
+        }
+    }
+}
+
+const SAMPLE_COLUMNS: &str =
+    "at_ms, probe, color, deployment_id, ok, latency_ms, status, detail, requests, errors";
+const INCIDENT_COLUMNS: &str = "id, opened_ms, closed_ms, trigger_kind, severity, rule, reason, evidence, \
+     from_color, to_color, from_version, to_version, state, outcome, downtime_ms, in_flight";
+
+impl Store {
+    /// Open (creating if needed) `state_dir/rollbackd.db` and migrate it.
+    pub async fn open_dir(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        Store::open(&state_dir.join("rollbackd.db")).await
+    }
+
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: a committed transaction survives a crash of this
+            // process (kill -9); only a power loss may drop the last commits.
+            .synchronous(SqliteSynchronous::Normal)
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true)
+            .pragma("journal_size_limit", "67108864");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Store {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // --- samples ---------------------------------------------------------
+
+    /// Insert a batch in one transaction: all or nothing.
+    pub async fn insert_samples(&self, samples: &[Sample]) -> Result<(), StoreError> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("starting a sample batch"))?;
+        for s in samples {
+            sqlx::query(&format!(
+                "INSERT INTO samples ({SAMPLE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind(s.at_ms)
+            .bind(&s.probe)
+            .bind(s.color.map(Color::as_str))
+            .bind(s.deployment)
+            .bind(s.ok)
+            .bind(s.latency_ms)
+            .bind(s.status.as_str())
+            .bind(&s.detail)
+            .bind(s.requests)
+            .bind(s.errors)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("inserting samples"))?;
+        }
+        tx.commit().await.map_err(q("committing samples"))?;
+        Ok(())
+    }
+
+    /// Samples since a time, oldest first, optionally for one probe and color.
+    pub async fn samples(
+        &self,
+        probe: Option<&str>,
+        color: Option<Color>,
+        since_ms: Millis,
+    ) -> Result<Vec<Sample>, StoreError> {
+        let rows: Vec<SampleRow> = sqlx::query_as(&format!(
+            "SELECT {SAMPLE_COLUMNS} FROM samples \
+             WHERE at_ms >= ? AND (? IS NULL OR probe = ?) AND (? IS NULL OR color = ?) \
+             ORDER BY at_ms, id"
+        ))
+        .bind(since_ms)
+        .bind(probe)
+        .bind(probe)
+        .bind(color.map(Color::as_str))
+        .bind(color.map(Color::as_str))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading samples"))?;
+        Ok(rows.into_iter().map(Sample::from).collect())
+    }
+
+    pub async fn sample_count(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM samples")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("counting samples"))
+    }
+
+    // --- deployments -----------------------------------------------------
+
+    pub async fn record_deployment(
+        &self,
+        color: Color,
+        version: &str,
+        source: &str,
+        at_ms: Millis,
+    ) -> Result<Deployment, StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO deployments (color, version, at_ms, source) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(color.as_str())
+        .bind(version)
+        .bind(at_ms)
+        .bind(source)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("recording a deployment"))?;
+        Ok(Deployment {
+            id,
+            color,
+            version: version.to_owned(),
+            at_ms,
+            source: source.to_owned(),
+            quarantined: false,
+        })
+    }
+
+    /// The most recent deployment: the active color when there is no
+    /// `[active] file`.
+    pub async fn latest_deployment(&self) -> Result<Option<Deployment>, StoreError> {
+        let row: Option<DeploymentRow> = sqlx::query_as(
+            "SELECT id, color, version, at_ms, source, quarantined FROM deployments ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading the latest deployment"))?;
+        Ok(row.map(DeploymentRow::into_deployment))
+    }
+
+    /// The latest deployment of `color` before deployment `before_id`.
+    pub async fn previous_deployment_of(
+        &self,
+        color: Color,
+        before_id: i64,
+    ) -> Result<Option<Deployment>, StoreError> {
+        let row: Option<DeploymentRow> = sqlx::query_as(
+            "SELECT id, color, version, at_ms, source, quarantined FROM deployments \
+             WHERE color = ? AND id < ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(color.as_str())
+        .bind(before_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading the previous deployment"))?;
+        Ok(row.map(DeploymentRow::into_deployment))
+    }
+
+    pub async fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let rows: Vec<DeploymentRow> = sqlx::query_as(
+            "SELECT id, color, version, at_ms, source, quarantined FROM deployments ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing deployments"))?;
+        Ok(rows
+            .into_iter()
+            .map(DeploymentRow::into_deployment)
+            .collect())
+    }
+
+    /// Mark every deployment of a version as never to be restored automatically.
+    pub async fn quarantine_version(&self, version: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deployments SET quarantined = 1 WHERE version = ?")
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .map_err(q("quarantining a version"))?;
+        Ok(())
+    }
+
+    // --- verdicts --------------------------------------------------------
+
+    pub async fn insert_verdict(&self, v: &StoredVerdict) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO verdicts (at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(v.at_ms)
+        .bind(&v.rule)
+        .bind(v.severity.as_str())
+        .bind(v.color.as_str())
+        .bind(&v.state)
+        .bind(v.n)
+        .bind(v.value)
+        .bind(v.threshold)
+        .bind(v.window_ms)
+        .bind(v.baseline)
+        .bind(&v.detail)
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording a verdict"))?;
+        Ok(())
+    }
+
+    /// The latest stored verdict of every (rule, color).
+    pub async fn latest_verdicts(&self) -> Result<Vec<StoredVerdict>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT v.at_ms, v.rule, v.severity, v.color, v.state, v.n, v.value, v.threshold, v.window_ms, \
+             v.baseline, v.detail FROM verdicts v \
+             JOIN (SELECT MAX(id) AS id FROM verdicts GROUP BY rule, color) last ON last.id = v.id \
+             ORDER BY v.rule, v.color",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading verdicts"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredVerdict {
+                at_ms: r.get("at_ms"),
+                rule: r.get("rule"),
+                severity: r
+                    .get::<String, _>("severity")
+                    .parse()
+                    .unwrap_or(Severity::Low),
+                color: r.get::<String, _>("color").parse().unwrap_or(Color::Blue),
+                state: r.get("state"),
+                n: r.get("n"),
+                value: r.get("value"),
+                threshold: r.get("threshold"),
+                window_ms: r.get("window_ms"),
+                baseline: r.get("baseline"),
+                detail: r.get("detail"),
+            })
+            .collect())
+    }
+
+    // --- incidents -------------------------------------------------------
+
+    /// Open an incident and its first timeline event in one transaction.
+    /// With `in_flight`, fails with [`StoreError::RollbackInFlight`] when
+    /// another rollback holds the slot (in this process or any other).
+    pub async fn open_incident(
+        &self,
+        new: &NewIncident,
+        first_state: &str,
+        message: &str,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("opening an incident"))?;
+        let inserted = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO incidents (opened_ms, trigger_kind, severity, rule, reason, evidence, from_color, to_color, \
+             from_version, to_version, state, in_flight) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(new.at_ms)
+        .bind(new.trigger_kind)
+        .bind(new.severity.as_str())
+        .bind(&new.rule)
+        .bind(&new.reason)
+        .bind(&new.evidence)
+        .bind(new.from_color.map(Color::as_str))
+        .bind(new.to_color.map(Color::as_str))
+        .bind(&new.from_version)
+        .bind(&new.to_version)
+        .bind(first_state)
+        .bind(new.in_flight.then_some(1i64))
+        .fetch_one(&mut *tx)
+        .await;
+        let id = match inserted {
+            Ok(id) => id,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                drop(tx);
+                let holder = self.in_flight_incident().await?.map(|i| i.id).unwrap_or(0);
+                return Err(StoreError::RollbackInFlight(holder));
+            }
+            Err(e) => return Err(q("opening an incident")(e)),
+        };
+        insert_event(&mut tx, id, new.at_ms, first_state, message).await?;
+        tx.commit().await.map_err(q("opening an incident"))?;
+        Ok(id)
+    }
+
+    /// Move an incident to a new state, with its timeline event, atomically.
+    pub async fn advance_incident(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        state: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("advancing an incident"))?;
+        let changed = sqlx::query("UPDATE incidents SET state = ? WHERE id = ?")
+            .bind(state)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("advancing an incident"))?
+            .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::NoIncident(id));
+        }
+        insert_event(&mut tx, id, at_ms, state, message).await?;
+        tx.commit().await.map_err(q("advancing an incident"))?;
+        Ok(())
+    }
+
+    /// Record a timeline event without changing the state.
+    pub async fn add_incident_event(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        state: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(q("adding an incident event"))?;
+        insert_event(&mut tx, id, at_ms, state, message).await?;
+        tx.commit().await.map_err(q("adding an incident event"))?;
+        Ok(())
+    }
+
+    /// Close an incident: final state, outcome, downtime; frees the slot.
+    pub async fn close_incident(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        state: &str,
+        outcome: &str,
+        downtime_ms: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("closing an incident"))?;
+        sqlx::query(
+            "UPDATE incidents SET state = ?, outcome = ?, downtime_ms = ?, closed_ms = ?, in_flight = NULL WHERE id = ?",
+        )
+        .bind(state)
+        .bind(outcome)
+        .bind(downtime_ms)
+        .bind(at_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("closing an incident"))?;
+        insert_event(&mut tx, id, at_ms, state, outcome).await?;
+        tx.commit().await.map_err(q("closing an incident"))?;
+        Ok(())
+    }
+
+    pub async fn incident(&self, id: i64) -> Result<Incident, StoreError> {
+        let row: Option<IncidentRow> = sqlx::query_as(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading an incident"))?;
+        row.map(Incident::from).ok_or(StoreError::NoIncident(id))
+    }
+
+    pub async fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        let rows: Vec<IncidentRow> = sqlx::query_as(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing incidents"))?;
+        Ok(rows.into_iter().map(Incident::from).collect())
+    }
+
+    pub async fn in_flight_incident(&self) -> Result<Option<Incident>, StoreError> {
+        let row: Option<IncidentRow> = sqlx::query_as(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE in_flight IS NOT NULL"
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading the in-flight rollback"))?;
+        Ok(row.map(Incident::from))
+    }
+
+    pub async fn incident_events(&self, id: i64) -> Result<Vec<IncidentEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at_ms, state, message FROM incident_events WHERE incident_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading an incident timeline"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| IncidentEvent {
+                at_ms: r.get("at_ms"),
+                state: r.get("state"),
+                message: r.get("message"),
+            })
+            .collect())
+    }
+
+    /// When the last automatic rollback that switched traffic started: the
+    /// start of the cooldown.
+    pub async fn last_automatic_switch_ms(&self) -> Result<Option<Millis>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT MAX(i.opened_ms) FROM incidents i WHERE i.trigger_kind = 'automatic' \
+             AND EXISTS (SELECT 1 FROM incident_events e WHERE e.incident_id = i.id AND e.state = 'switching')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("reading the last rollback"))
+    }
+
+    // --- pauses ----------------------------------------------------------
+
+    pub async fn pause(
+        &self,
+        at_ms: Millis,
+        until_ms: Millis,
+        reason: &str,
+    ) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "INSERT INTO pauses (at_ms, until_ms, reason) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(at_ms)
+        .bind(until_ms)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("recording a pause"))
+    }
+
+    /// End every hold now. Returns how many were active.
+    pub async fn resume(&self, at_ms: Millis) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE pauses SET resumed_ms = ? WHERE resumed_ms IS NULL AND until_ms > ?",
+        )
+        .bind(at_ms)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(q("resuming"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// The hold in force at `now`, if any (the one that lasts longest).
+    pub async fn active_pause(&self, now_ms: Millis) -> Result<Option<Pause>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, at_ms, until_ms, reason FROM pauses WHERE resumed_ms IS NULL AND until_ms > ? \
+             ORDER BY until_ms DESC LIMIT 1",
+        )
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading pauses"))?;
+        Ok(row.map(|r| Pause {
+            id: r.get("id"),
+            at_ms: r.get("at_ms"),
+            until_ms: r.get("until_ms"),
+            reason: r.get("reason"),
+        }))
+    }
+
+    /// The database file's size in bytes (main file plus WAL).
+    pub fn size_bytes(&self) -> u64 {
+        let wal = self.path.with_extension("db-wal");
+        [self.path.as_path(), wal.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: i64,
+    at_ms: Millis,
+    state: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO incident_events (incident_id, at_ms, state, message) VALUES (?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(at_ms)
+    .bind(state)
+    .bind(message)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("recording an incident event"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at_ms: Millis, probe: &str, color: Color, ok: bool) -> Sample {
+        Sample {
+            at_ms,
+            probe: probe.into(),
+            color: Some(color),
+            deployment: Some(1),
+            ok,
+            latency_ms: Some(12.5),
+            status: if ok {
+                SampleStatus::Ok
+            } else {
+                SampleStatus::Failed
+            },
+            detail: if ok { String::new() } else { "HTTP 503".into() },
+            requests: None,
+            errors: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn samples_round_trip_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        let batch = vec![
+            sample(1000, "healthz", Color::Blue, true),
+            sample(2000, "healthz", Color::Green, false),
+        ];
+        store.insert_samples(&batch).await.unwrap();
+        assert_eq!(store.samples(None, None, 0).await.unwrap(), batch);
+        assert_eq!(
+            store
+                .samples(Some("healthz"), Some(Color::Green), 0)
+                .await
+                .unwrap(),
+            vec![batch[1].clone()]
+        );
+        assert!(store.samples(None, None, 2001).await.unwrap().is_empty());
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn only_one_rollback_can_be_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        let new = NewIncident {
+            at_ms: 1,
+            trigger_kind: "automatic",
+            severity: Severity::Critical,
+            rule: None,
+            reason: "test".into(),
+            evidence: "{}".into(),
+            from_color: Some(Color::Blue),
+            to_color: Some(Color::Green),
+            from_version: None,
+            to_version: None,
+            in_flight: true,
+        };
+        let first = store
+            .open_incident(&new, "requested", "detected")
+            .await
+            .unwrap();
+        // A second store on the same file stands for another process (the CLI).
+        let other = Store::open_dir(dir.path()).await.unwrap();
+        match other.open_incident(&new, "requested", "detected").await {
+            Err(StoreError::RollbackInFlight(id)) => assert_eq!(id, first),
+            other => panic!("expected RollbackInFlight, got {other:?}"),
+        }
+        store
+            .close_incident(first, 5, "verified", "rolled back", Some(4))
+            .await
+            .unwrap();
+        let second = other
+            .open_incident(&new, "requested", "detected")
+            .await
+            .unwrap();
+        assert!(second > first);
+        let events = store.incident_events(first).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.state.as_str()).collect::<Vec<_>>(),
+            ["requested", "verified"]
+        );
+    }
+
+    #[tokio::test]
+    async fn pauses_expire_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        store.pause(100, 200, "maintenance").await.unwrap();
+        assert_eq!(
+            store.active_pause(150).await.unwrap().unwrap().reason,
+            "maintenance"
+        );
+        assert!(
+            store.active_pause(200).await.unwrap().is_none(),
+            "a hold always expires"
+        );
+        assert_eq!(store.resume(150).await.unwrap(), 1);
+        assert!(store.active_pause(160).await.unwrap().is_none());
+    }
+}

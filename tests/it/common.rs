@@ -1,0 +1,214 @@
+//! Shared test parts: a two-color service whose health can be flipped, a
+//! config writer, a daemon child process, and condition polling with a
+//! deadline (never a sleep to "let it start").
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rollbackd");
+
+/// One color of the service under watch: `/healthz` answers with the
+/// status held in `status`.
+pub struct Color {
+    pub url: String,
+    pub status: Arc<AtomicU16>,
+}
+
+impl Color {
+    pub async fn start() -> Color {
+        let status = Arc::new(AtomicU16::new(200));
+        let app = Router::new()
+            .route(
+                "/healthz",
+                get(|State(s): State<Arc<AtomicU16>>| async move {
+                    let code =
+                        StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+                    (code, if code.is_success() { "ok" } else { "down" })
+                }),
+            )
+            .with_state(status.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Color { url, status }
+    }
+
+    pub fn set(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+}
+
+/// Poll `cond` until it holds or `limit` passes.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Env {
+    pub fn new(config_text: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("rollbackd.toml");
+        std::fs::write(&config, config_text).unwrap();
+        Env { dir, config }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Run a command to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "rollbackd {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Start `rollbackd run`; its log goes to `daemon.log` in the temp dir.
+    pub fn daemon(&self) -> Daemon {
+        let log = std::fs::File::create(self.path("daemon.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--log-format", "text", "run"])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Daemon {
+            child: Some(child),
+            log: self.path("daemon.log"),
+        }
+    }
+
+    pub async fn store(&self) -> rollbackd::store::Store {
+        rollbackd::store::Store::open_dir(&self.dir.path().join("state"))
+            .await
+            .unwrap()
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit after SIGTERM:\n{}",
+                read(&self.log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A config with both colors' health probes at a fast interval and a
+/// rollback command that appends its argv and environment to `switch.log`.
+pub fn fast_config(blue: &Color, green: &Color, dir: &Path, extra: &str) -> String {
+    let log = dir.join("switch.log");
+    format!(
+        r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+watch_config = false
+
+[service]
+name = "beluga"
+
+[colors.blue]
+base_url = "{blue}"
+[colors.green]
+base_url = "{green}"
+
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "200ms"
+timeout = "150ms"
+body_contains = "ok"
+health = true
+
+[rollback]
+command = ["/bin/sh", "-c", "echo \"$1 $2 $3|$ROLLBACKD_FROM $ROLLBACKD_TO $ROLLBACKD_VERSION $ROLLBACKD_SEVERITY $ROLLBACKD_INCIDENT|$ROLLBACKD_REASON\" >> {log}", "switch", "{{from}}", "{{to}}", "{{version}}"]
+verify_after = "5s"
+{extra}
+"#,
+        blue = blue.url,
+        green = green.url,
+        log = log.display(),
+    )
+}

@@ -1,0 +1,202 @@
+//! The spine end to end: config -> probe -> SQLite -> matrix -> rollback,
+//! with two real HTTP servers and the real binary.
+
+use std::time::Duration;
+
+use rollbackd::model::{Color, now_ms};
+
+use crate::common::{self, Env};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_then_failing_active_color_rolls_back_exactly_once() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), ""));
+    let switch_log = dir.path().join("switch.log");
+
+    // green ran v1, then blue got v2 and became active.
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+
+    let daemon = env.daemon();
+    let store = env.store().await;
+
+    // Healthy: plenty of samples on both colors, and no action at all.
+    let started = now_ms();
+    common::wait_for(
+        "15 healthy samples per color",
+        Duration::from_secs(20),
+        || async {
+            let blue_n = store
+                .samples(Some("healthz"), Some(Color::Blue), started)
+                .await
+                .unwrap()
+                .len();
+            let green_n = store
+                .samples(Some("healthz"), Some(Color::Green), started)
+                .await
+                .unwrap()
+                .len();
+            blue_n >= 15 && green_n >= 15
+        },
+    )
+    .await;
+    assert!(
+        store.incidents().await.unwrap().is_empty(),
+        "no incident while healthy"
+    );
+    assert!(!switch_log.exists(), "no switch while healthy");
+    let samples = store.samples(Some("healthz"), None, started).await.unwrap();
+    assert!(samples.iter().all(|s| s.ok), "healthy samples: {samples:?}");
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.color == Some(Color::Blue) && s.deployment.is_some())
+    );
+
+    // The active color starts failing.
+    blue.set(503);
+    common::wait_for(
+        "the rollback to be verified",
+        Duration::from_secs(20),
+        || async {
+            store
+                .incidents()
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|i| i.state == "verified")
+        },
+    )
+    .await;
+
+    let lines = common::read(&switch_log);
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "the switch ran once: {lines:?}\n{}",
+        common::read(&daemon.log)
+    );
+    let parts: Vec<&str> = lines[0].split('|').collect();
+    assert_eq!(
+        parts[0], "blue green v1",
+        "placeholders {{from}} {{to}} {{version}}"
+    );
+    assert_eq!(
+        parts[1], "blue green v1 critical 1",
+        "ROLLBACKD_* environment"
+    );
+    assert!(
+        parts[2].contains("health_failures"),
+        "ROLLBACKD_REASON names the rule: {}",
+        parts[2]
+    );
+
+    let latest = store.latest_deployment().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            latest.color,
+            latest.version.as_str(),
+            latest.source.as_str()
+        ),
+        (Color::Green, "v1", "rollback")
+    );
+
+    // Blue keeps failing as the standby: more samples arrive, nothing else runs.
+    let after = now_ms();
+    common::wait_for(
+        "10 more samples of each color",
+        Duration::from_secs(20),
+        || async {
+            store
+                .samples(Some("healthz"), Some(Color::Blue), after)
+                .await
+                .unwrap()
+                .len()
+                >= 10
+                && store
+                    .samples(Some("healthz"), Some(Color::Green), after)
+                    .await
+                    .unwrap()
+                    .len()
+                    >= 10
+        },
+    )
+    .await;
+    assert_eq!(
+        common::read(&switch_log).lines().count(),
+        1,
+        "still exactly one switch"
+    );
+    assert_eq!(store.incidents().await.unwrap().len(), 1);
+
+    let incident = store.incident(1).await.unwrap();
+    assert_eq!(
+        (incident.from_color, incident.to_color),
+        (Some(Color::Blue), Some(Color::Green))
+    );
+    assert_eq!(incident.from_version.as_deref(), Some("v2"));
+    assert!(incident.downtime_ms.is_some());
+    let states: Vec<String> = store
+        .incident_events(1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "requested",
+            "target_verified",
+            "switching",
+            "switched",
+            "verified"
+        ]
+    );
+
+    let status = env.cli_ok(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["active"]["color"], "green");
+
+    let exit = daemon.stop().await;
+    assert!(exit.success(), "SIGTERM exits 0, got {exit}");
+}
+
+#[tokio::test]
+async fn check_exits_0_on_the_example_and_78_on_a_bad_file() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/rollbackd.toml");
+    let out = std::process::Command::new(common::BIN)
+        .args(["--config", example, "check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("health_failures >= 3") && text.contains("DETECTS IN"),
+        "{text}"
+    );
+
+    let env = Env::new("[service]\nname = \"x\"\nbogus = 1\n");
+    let out = env.cli(&["check"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:3:1: service.bogus", env.config.display())),
+        "{err}"
+    );
+
+    // ROLLBACKD_CONFIG is used when --config is absent.
+    let out = std::process::Command::new(common::BIN)
+        .arg("check")
+        .env("ROLLBACKD_CONFIG", &env.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+}
