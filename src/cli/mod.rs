@@ -1,0 +1,187 @@
+//! The subcommands: argument shapes (clap) and what each one does. Every
+//! command but `run` works whether or not the daemon is running: they meet
+//! through the database.
+//!
+//! Exit codes (SPEC section 4): 0 ok; 1 the thing checked failed; 2 usage
+//! (clap); 78 bad configuration; 70 any other runtime error.
+//!
+//! This file holds the argument shapes and the dispatch; each command's
+//! work lives in its own file beside it.
+
+mod check;
+mod control;
+mod incidents;
+mod samples;
+mod status;
+
+pub use check::report as check_report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::logging;
+use crate::model::Color;
+use crate::store::Store;
+
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_CONFIG: i32 = 78;
+pub const EXIT_RUNTIME: i32 = 70;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rollbackd",
+    version,
+    about = "Watchdog for blue/green services: probe, decide, roll back safely"
+)]
+pub struct Cli {
+    /// Configuration file [default: $ROLLBACKD_CONFIG, else /etc/rollbackd/rollbackd.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format: journald when JOURNAL_STREAM names stderr, else text
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub log_format: logging::Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon (systemd Type=notify)
+    Run,
+    /// Validate the configuration; print probes, the matrix and detection times
+    Check,
+    /// Active color, deployment, latest verdicts, pause state, last incident
+    Status(JsonFlag),
+    /// Record a cutover made by a pipeline
+    Deploy(DeployArgs),
+    /// Roll back now through the guarded path (works with the daemon stopped)
+    Rollback(RollbackArgs),
+    /// Hold automatic rollbacks for a while (a hold always expires)
+    Pause(PauseArgs),
+    /// End a hold
+    Resume,
+    /// List incidents
+    Incidents(JsonFlag),
+    /// One incident with its timeline and evidence
+    Incident(IncidentArgs),
+    /// Raw samples
+    Samples(SamplesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct JsonFlag {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    #[arg(long)]
+    pub color: Color,
+    /// Version being deployed (commit SHA)
+    #[arg(long)]
+    pub version: String,
+    /// Who or what made the cutover
+    #[arg(long, default_value = "cli")]
+    pub source: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PauseArgs {
+    /// How long, e.g. 1h
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct IncidentArgs {
+    #[command(subcommand)]
+    pub action: IncidentAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentAction {
+    /// Show one incident
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SamplesArgs {
+    #[arg(long)]
+    pub probe: Option<String>,
+    #[arg(long)]
+    pub color: Option<Color>,
+    /// How far back, e.g. 10m
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub since: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A failure that is an answer, not an error: exit 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailed(pub String);
+
+/// The exit code for an error chain.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.downcast_ref::<config::ConfigError>().is_some() {
+        EXIT_CONFIG
+    } else if err.downcast_ref::<CheckFailed>().is_some() {
+        EXIT_FAILED
+    } else {
+        EXIT_RUNTIME
+    }
+}
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let path = config::resolve_path(cli.config.as_deref());
+    let config = Config::load(&path)?;
+    match cli.command {
+        Command::Run => run(config).await,
+        Command::Check => {
+            print!("{}", check::report(&config));
+            Ok(())
+        }
+        Command::Status(f) => status::run(&config, f.json).await,
+        Command::Deploy(a) => control::deploy(&config, a).await,
+        Command::Rollback(a) => control::rollback(&config, a).await,
+        Command::Pause(a) => control::pause(&config, a).await,
+        Command::Resume => control::resume(&config).await,
+        Command::Incidents(f) => incidents::list(&config, f.json).await,
+        Command::Incident(IncidentArgs {
+            action: IncidentAction::Show { id, json, markdown },
+        }) => incidents::show(&config, id, json, markdown).await,
+        Command::Samples(a) => samples::run(&config, a).await,
+    }
+}
+
+pub(crate) async fn open(config: &Config) -> anyhow::Result<Store> {
+    Ok(Store::open_dir(&config.daemon.state_dir).await?)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    crate::signals::forward(tx).context("cannot install signal handlers")?;
+    crate::daemon::run(config, rx).await?;
+    Ok(())
+}

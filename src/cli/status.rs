@@ -1,0 +1,85 @@
+//! `rollbackd status`: what an operator asks first.
+
+use serde_json::json;
+
+use super::open;
+use crate::config::Config;
+use crate::model::{Color, format_ms, format_value, now_ms};
+
+pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let now = now_ms();
+    let active = crate::active::current(config, &store).await.ok().flatten();
+    let verdicts = store.latest_verdicts().await?;
+    let pause = store.active_pause(now).await?;
+    let last_incident = store.incidents().await?.pop();
+    if as_json {
+        let doc = json!({
+            "service": config.service,
+            "active": active.as_ref().map(|(c, d)| json!({ "color": c, "deployment": d })),
+            "verdicts": verdicts,
+            "pause": pause,
+            "last_incident": last_incident,
+            "database_bytes": store.size_bytes(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    match &active {
+        Some((c, d)) => println!(
+            "active: {c} version {} since {} (deployment #{})",
+            d.version,
+            format_ms(d.at_ms),
+            d.id
+        ),
+        None => println!("active: unknown (no deployment recorded)"),
+    }
+    match &pause {
+        Some(p) => println!("paused until {}: {}", format_ms(p.until_ms), p.reason),
+        None => println!(
+            "automatic rollbacks: armed{}",
+            if config.daemon.dry_run {
+                " (dry run)"
+            } else {
+                ""
+            }
+        ),
+    }
+    println!("verdicts:");
+    if verdicts.is_empty() {
+        println!("  none yet");
+    }
+    for v in &verdicts {
+        let value = match (v.value, config.rules.iter().find(|r| r.name == v.rule)) {
+            (Some(x), Some(r)) => format_value(r.condition.signal, x),
+            (Some(x), None) => format!("{x:.2}"),
+            _ => "-".into(),
+        };
+        println!(
+            "  {:<6} {:<13} {:<46} n={:<4} value={value:<10} {}",
+            v.color.as_str(),
+            v.state,
+            v.rule,
+            v.n,
+            format_ms(v.at_ms)
+        );
+    }
+    match &last_incident {
+        Some(i) => println!(
+            "last incident: #{} {} {} -> {} {} ({})",
+            i.id,
+            i.severity,
+            i.from_color.map(Color::as_str).unwrap_or("?"),
+            i.to_color.map(Color::as_str).unwrap_or("?"),
+            i.state,
+            format_ms(i.opened_ms)
+        ),
+        None => println!("last incident: none"),
+    }
+    println!(
+        "database: {} ({} bytes)",
+        store.path().display(),
+        store.size_bytes()
+    );
+    Ok(())
+}
