@@ -48,9 +48,9 @@ pub enum DaemonError {
 }
 
 /// The latest deployment id of each color: samples are stamped with it.
-type DeploymentIds = HashMap<Color, i64>;
+pub(crate) type DeploymentIds = HashMap<Color, i64>;
 
-struct ProbeTask {
+pub(crate) struct ProbeTask {
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
 }
@@ -402,7 +402,7 @@ fn start_rollback(
     })
 }
 
-fn spawn_probes(
+pub(crate) fn spawn_probes(
     config: &Arc<Config>,
     prober: &Prober,
     tx: &mpsc::Sender<Sample>,
@@ -442,7 +442,7 @@ fn spawn_probes(
     tasks
 }
 
-async fn stop_probes(tasks: Vec<ProbeTask>) {
+pub(crate) async fn stop_probes(tasks: Vec<ProbeTask>) {
     for t in &tasks {
         let _ = t.stop.send(true);
     }

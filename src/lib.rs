@@ -22,12 +22,15 @@
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
 //!   act. [`signals`] and [`systemd`] connect it to the host; [`logging`]
 //!   picks journald, JSON or text.
+//! - [`gate`] judges one color before a cutover with the daemon's own
+//!   scheduler and matrix.
 //! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
 
 pub mod active;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod gate;
 pub mod logging;
 pub mod matrix;
 pub mod model;

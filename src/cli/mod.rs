@@ -10,6 +10,7 @@
 
 mod check;
 mod control;
+mod gate;
 mod incidents;
 mod samples;
 mod status;
@@ -58,6 +59,8 @@ pub enum Command {
     Status(JsonFlag),
     /// Record a cutover made by a pipeline
     Deploy(DeployArgs),
+    /// Before a cutover: probe a color for a while, judge it, exit 0 (pass) or 1 (fail)
+    Gate(gate::GateArgs),
     /// Roll back now through the guarded path (works with the daemon stopped)
     Rollback(RollbackArgs),
     /// Hold automatic rollbacks for a while (a hold always expires)
@@ -164,6 +167,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(f) => status::run(&config, f.json).await,
         Command::Deploy(a) => control::deploy(&config, a).await,
+        Command::Gate(a) => gate::run(config, a).await,
         Command::Rollback(a) => control::rollback(&config, a).await,
         Command::Pause(a) => control::pause(&config, a).await,
         Command::Resume => control::resume(&config).await,
