@@ -22,6 +22,7 @@
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
 //!   act. [`signals`] and [`systemd`] connect it to the host; [`logging`]
 //!   picks journald, JSON or text.
+//! - [`report`] summarises a deployment's lifetime (post-deploy report).
 //! - [`gate`] judges one color before a cutover with the daemon's own
 //!   scheduler and matrix.
 //! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
@@ -36,6 +37,7 @@ pub mod matrix;
 pub mod model;
 pub mod probe;
 pub mod process;
+pub mod report;
 pub mod rollback;
 pub mod secret;
 pub mod signals;

@@ -361,6 +361,23 @@ impl Store {
         Ok(rows.into_iter().map(Sample::from).collect())
     }
 
+    /// Samples in `[from, until)`, oldest first: a deployment's lifetime.
+    pub async fn samples_between(
+        &self,
+        from_ms: Millis,
+        until_ms: Millis,
+    ) -> Result<Vec<Sample>, StoreError> {
+        let rows: Vec<SampleRow> = sqlx::query_as(&format!(
+            "SELECT {SAMPLE_COLUMNS} FROM samples WHERE at_ms >= ? AND at_ms < ? ORDER BY at_ms, id"
+        ))
+        .bind(from_ms)
+        .bind(until_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading samples"))?;
+        Ok(rows.into_iter().map(Sample::from).collect())
+    }
+
     pub async fn sample_count(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM samples")
             .fetch_one(&self.pool)
@@ -485,25 +502,25 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(q("reading verdicts"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredVerdict {
-                at_ms: r.get("at_ms"),
-                rule: r.get("rule"),
-                severity: r
-                    .get::<String, _>("severity")
-                    .parse()
-                    .unwrap_or(Severity::Low),
-                color: r.get::<String, _>("color").parse().unwrap_or(Color::Blue),
-                state: r.get("state"),
-                n: r.get("n"),
-                value: r.get("value"),
-                threshold: r.get("threshold"),
-                window_ms: r.get("window_ms"),
-                baseline: r.get("baseline"),
-                detail: r.get("detail"),
-            })
-            .collect())
+        Ok(rows.into_iter().map(verdict_from_row).collect())
+    }
+
+    /// Stored verdicts in `[from, until)`, oldest first.
+    pub async fn verdicts_between(
+        &self,
+        from_ms: Millis,
+        until_ms: Millis,
+    ) -> Result<Vec<StoredVerdict>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail \
+             FROM verdicts WHERE at_ms >= ? AND at_ms < ? ORDER BY id",
+        )
+        .bind(from_ms)
+        .bind(until_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading verdicts"))?;
+        Ok(rows.into_iter().map(verdict_from_row).collect())
     }
 
     // --- incidents -------------------------------------------------------
@@ -741,6 +758,25 @@ impl Store {
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len())
             .sum()
+    }
+}
+
+fn verdict_from_row(r: sqlx::sqlite::SqliteRow) -> StoredVerdict {
+    StoredVerdict {
+        at_ms: r.get("at_ms"),
+        rule: r.get("rule"),
+        severity: r
+            .get::<String, _>("severity")
+            .parse()
+            .unwrap_or(Severity::Low),
+        color: r.get::<String, _>("color").parse().unwrap_or(Color::Blue),
+        state: r.get("state"),
+        n: r.get("n"),
+        value: r.get("value"),
+        threshold: r.get("threshold"),
+        window_ms: r.get("window_ms"),
+        baseline: r.get("baseline"),
+        detail: r.get("detail"),
     }
 }
 

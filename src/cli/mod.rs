@@ -12,6 +12,7 @@ mod check;
 mod control;
 mod gate;
 mod incidents;
+mod report;
 mod samples;
 mod status;
 
@@ -73,6 +74,8 @@ pub enum Command {
     Incident(IncidentArgs),
     /// Raw samples
     Samples(SamplesArgs),
+    /// Post-deploy summary: per color and probe, rules fired, availability
+    Report(report::ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -176,6 +179,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             action: IncidentAction::Show { id, json, markdown },
         }) => incidents::show(&config, id, json, markdown).await,
         Command::Samples(a) => samples::run(&config, a).await,
+        Command::Report(a) => report::run(&config, a).await,
     }
 }
 

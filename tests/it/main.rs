@@ -3,4 +3,5 @@
 
 mod common;
 mod gate;
+mod report;
 mod spine;

@@ -1,0 +1,32 @@
+//! `rollbackd report [--deployment N] [--markdown|--json]`: the post-deploy
+//! summary.
+
+use clap::Args;
+
+use super::open;
+use crate::config::Config;
+use crate::report;
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Which deployment [default: the latest]
+    #[arg(long)]
+    pub deployment: Option<i64>,
+    #[arg(long)]
+    pub markdown: bool,
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+}
+
+pub async fn run(config: &Config, a: ReportArgs) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let r = report::build(config, &store, a.deployment).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if a.markdown {
+        print!("{}", r.markdown());
+    } else {
+        print!("{}", r.text());
+    }
+    Ok(())
+}
