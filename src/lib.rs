@@ -25,12 +25,14 @@
 //! - [`report`] summarises a deployment's lifetime (post-deploy report).
 //! - [`gate`] judges one color before a cutover with the daemon's own
 //!   scheduler and matrix.
+//! - [`demo`] rehearses a rollback end to end on one terminal.
 //! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
 
 pub mod active;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod gate;
 pub mod logging;
 pub mod matrix;

@@ -6,6 +6,11 @@ use rollbackd::cli::{self, Cli};
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, cli::Command::Demo) && std::env::var_os("RUST_LOG").is_none() {
+        // The demo narrates; the daemon's own log shows warnings only.
+        // SAFETY: no other thread exists yet (the runtime starts below).
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
     rollbackd::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -23,10 +23,11 @@ pub fn duration_ms(d: Duration) -> Millis {
     d.as_millis().min(i64::MAX as u128) as Millis
 }
 
-/// RFC 3339 in UTC, to the second, for humans.
+/// RFC 3339 in UTC, to the millisecond: a rollback's steps are often
+/// milliseconds apart.
 pub fn format_ms(ms: Millis) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

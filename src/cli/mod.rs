@@ -17,6 +17,7 @@ mod samples;
 mod status;
 
 pub use check::report as check_report;
+pub use incidents::show as print_incident;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,6 +77,8 @@ pub enum Command {
     Samples(SamplesArgs),
     /// Post-deploy summary: per color and probe, rules fired, availability
     Report(report::ReportArgs),
+    /// A self-contained rehearsal: two local colors, a fault, the rollback (no config needed)
+    Demo,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +163,10 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    // Commands that need no configuration.
+    if let Command::Demo = cli.command {
+        return crate::demo::run().await;
+    }
     let path = config::resolve_path(cli.config.as_deref());
     let config = Config::load(&path)?;
     match cli.command {
@@ -180,6 +187,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }) => incidents::show(&config, id, json, markdown).await,
         Command::Samples(a) => samples::run(&config, a).await,
         Command::Report(a) => report::run(&config, a).await,
+        Command::Demo => Ok(()),
     }
 }
 
