@@ -8,6 +8,7 @@
 //! This file holds the argument shapes and the dispatch; each command's
 //! work lives in its own file beside it.
 
+mod assets;
 mod check;
 mod control;
 mod gate;
@@ -79,6 +80,9 @@ pub enum Command {
     Report(report::ReportArgs),
     /// A self-contained rehearsal: two local colors, a fault, the rollback (no config needed)
     Demo,
+    /// Write the man page and shell completions (for packaging)
+    #[command(hide = true)]
+    GenerateAssets(assets::AssetsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -164,8 +168,10 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     // Commands that need no configuration.
-    if let Command::Demo = cli.command {
-        return crate::demo::run().await;
+    match cli.command {
+        Command::Demo => return crate::demo::run().await,
+        Command::GenerateAssets(a) => return assets::run(a),
+        _ => {}
     }
     let path = config::resolve_path(cli.config.as_deref());
     let config = Config::load(&path)?;
@@ -187,7 +193,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }) => incidents::show(&config, id, json, markdown).await,
         Command::Samples(a) => samples::run(&config, a).await,
         Command::Report(a) => report::run(&config, a).await,
-        Command::Demo => Ok(()),
+        Command::Demo | Command::GenerateAssets(_) => Ok(()),
     }
 }
 

@@ -13,10 +13,15 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let verdicts = store.latest_verdicts().await?;
     let pause = store.active_pause(now).await?;
     let last_incident = store.incidents().await?.pop();
+    let standby = match &active {
+        Some((c, _)) => Some(standby_health(config, &store, c.other(), now).await?),
+        None => None,
+    };
     if as_json {
         let doc = json!({
             "service": config.service,
             "active": active.as_ref().map(|(c, d)| json!({ "color": c, "deployment": d })),
+            "standby": standby,
             "verdicts": verdicts,
             "pause": pause,
             "last_incident": last_incident,
@@ -33,6 +38,9 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
             d.id
         ),
         None => println!("active: unknown (no deployment recorded)"),
+    }
+    if let Some(s) = &standby {
+        println!("standby: {} {}", s.color, s.summary());
     }
     match &pause {
         Some(p) => println!("paused until {}: {}", format_ms(p.until_ms), p.reason),
@@ -82,4 +90,64 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         store.size_bytes()
     );
     Ok(())
+}
+
+/// The standby's latest health samples: is there somewhere to roll back to?
+#[derive(serde::Serialize)]
+struct Standby {
+    color: Color,
+    /// `None` when no health sample arrived in the last five minutes.
+    healthy: Option<bool>,
+    probes: Vec<serde_json::Value>,
+}
+
+impl Standby {
+    fn summary(&self) -> String {
+        let state = match self.healthy {
+            Some(true) => "healthy",
+            Some(false) => "FAILING",
+            None => "unknown (no recent health samples)",
+        };
+        let details: Vec<String> = self
+            .probes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {}",
+                    p["probe"].as_str().unwrap_or(""),
+                    p["status"].as_str().unwrap_or(""),
+                    p["at"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        if details.is_empty() {
+            state.to_owned()
+        } else {
+            format!("{state} ({})", details.join("; "))
+        }
+    }
+}
+
+async fn standby_health(
+    config: &Config,
+    store: &crate::store::Store,
+    color: Color,
+    now: i64,
+) -> anyhow::Result<Standby> {
+    let mut probes = Vec::new();
+    let mut healthy: Option<bool> = None;
+    for p in config.probes.iter().filter(|p| p.health) {
+        let recent = store
+            .samples(Some(&p.name), Some(color), now - 5 * 60 * 1000)
+            .await?;
+        if let Some(last) = recent.last() {
+            healthy = Some(healthy.unwrap_or(true) && last.ok);
+            probes.push(json!({ "probe": p.name, "ok": last.ok, "status": last.status.as_str(), "at": format_ms(last.at_ms), "detail": last.detail }));
+        }
+    }
+    Ok(Standby {
+        color,
+        healthy,
+        probes,
+    })
 }

@@ -160,6 +160,13 @@ async fn healthy_then_failing_active_color_rolls_back_exactly_once() {
     let status = env.cli_ok(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["active"]["color"], "green");
+    assert_eq!(status["standby"]["color"], "blue");
+    assert_eq!(
+        status["standby"]["healthy"], false,
+        "the rolled-back color is failing: {status}"
+    );
+    let text = env.cli_ok(&["status"]);
+    assert!(text.contains("standby: blue FAILING"), "{text}");
 
     let exit = daemon.stop().await;
     assert!(exit.success(), "SIGTERM exits 0, got {exit}");
