@@ -58,18 +58,27 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         println!("  none yet");
     }
     for v in &verdicts {
-        let value = match (v.value, config.rules.iter().find(|r| r.name == v.rule)) {
-            (Some(x), Some(r)) => format_value(r.condition.signal, x),
-            (Some(x), None) => format!("{x:.2}"),
-            _ => "-".into(),
+        let rule = config.rules.iter().find(|r| r.name == v.rule);
+        let show = |x: f64| match rule {
+            Some(r) => format_value(r.condition.signal, x),
+            None => format!("{x:.2}"),
         };
+        let value = v.value.map(show).unwrap_or_else(|| "-".into());
+        let window =
+            humantime::format_duration(std::time::Duration::from_millis(v.window_ms.max(0) as u64));
         println!(
-            "  {:<6} {:<13} {:<46} n={:<4} value={value:<10} {}",
+            "  {:<6} {:<13} {:<46} value={value} threshold={} n={} window={window} since {}{}",
             v.color.as_str(),
             v.state,
             v.rule,
+            show(v.threshold),
             v.n,
-            format_ms(v.at_ms)
+            format_ms(v.at_ms),
+            if v.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", v.detail)
+            }
         );
     }
     match &last_incident {
