@@ -34,10 +34,8 @@ pub async fn run(config: Config, a: GateArgs) -> anyhow::Result<()> {
     let bar = tty.then(|| {
         let bar = indicatif::ProgressBar::new(a.duration.as_millis() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} gate {prefix} [{bar:30}] {elapsed}/{len_s} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{spinner} gate {prefix} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_prefix(a.color.to_string());
         bar
@@ -60,7 +58,12 @@ pub async fn run(config: Config, a: GateArgs) -> anyhow::Result<()> {
     let result = gate::run(config.clone(), a.color, a.duration, |p| match &bar {
         Some(bar) => {
             bar.set_position(p.elapsed.as_millis() as u64);
-            bar.set_message(describe(p));
+            bar.set_message(format!(
+                "{}s/{}s {}",
+                p.elapsed.as_secs(),
+                p.total.as_secs(),
+                describe(p)
+            ));
         }
         None if last_line.elapsed() >= Duration::from_secs(5) || p.elapsed >= p.total => {
             last_line = std::time::Instant::now();
