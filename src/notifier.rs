@@ -15,6 +15,7 @@
 //! `daemon` for alerts and recoveries, through [`Recoveries`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -261,11 +262,40 @@ struct Job {
     notice: Notice,
 }
 
+/// Deliveries made and given up on by one [`Hub`] (the process-wide
+/// totals are [`sent_total`] and [`failed_total`]).
+#[derive(Default, Debug)]
+pub struct Stats {
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Stats {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn add_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        SENT.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add_failed(&self, n: u64) {
+        self.failed.fetch_add(n, Ordering::Relaxed);
+        FAILED.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// A handle on the notification queue. Cloning is cheap; the worker stops
 /// once every handle is dropped and the notices queued are delivered.
 #[derive(Clone)]
 pub struct Hub {
     tx: mpsc::Sender<Job>,
+    stats: Arc<Stats>,
 }
 
 impl Hub {
@@ -274,7 +304,14 @@ impl Hub {
     /// is queued before exiting.
     pub fn start(policy: Policy) -> (Hub, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Hub { tx }, tokio::spawn(work(rx, policy)))
+        let stats = Arc::new(Stats::default());
+        let worker = tokio::spawn(work(rx, policy, stats.clone()));
+        (Hub { tx, stats }, worker)
+    }
+
+    /// This hub's counters; they outlive the hub.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// Queue a notice for every target whose `min_severity` it meets.
@@ -290,7 +327,7 @@ impl Hub {
         }
         let n = targets.len() as u64;
         if let Err(e) = self.tx.try_send(Job { targets, notice }) {
-            FAILED.fetch_add(n, Ordering::Relaxed);
+            self.stats.add_failed(n);
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "the notification queue is full",
                 mpsc::error::TrySendError::Closed(_) => "the notification worker has stopped",
@@ -300,7 +337,7 @@ impl Hub {
     }
 }
 
-async fn work(mut rx: mpsc::Receiver<Job>, policy: Policy) {
+async fn work(mut rx: mpsc::Receiver<Job>, policy: Policy, stats: Arc<Stats>) {
     let client = match reqwest::Client::builder()
         .connect_timeout(policy.timeout)
         .timeout(policy.timeout)
@@ -311,7 +348,7 @@ async fn work(mut rx: mpsc::Receiver<Job>, policy: Policy) {
         Err(e) => {
             tracing::error!("cannot build the HTTP client for notifications: {e}");
             while let Some(job) = rx.recv().await {
-                FAILED.fetch_add(job.targets.len() as u64, Ordering::Relaxed);
+                stats.add_failed(job.targets.len() as u64);
             }
             return;
         }
@@ -322,8 +359,8 @@ async fn work(mut rx: mpsc::Receiver<Job>, policy: Policy) {
             while running.len() >= PARALLEL {
                 running.join_next().await;
             }
-            let (client, notice) = (client.clone(), job.notice.clone());
-            running.spawn(async move { deliver(&client, &target, &notice, policy).await });
+            let (client, notice, stats) = (client.clone(), job.notice.clone(), stats.clone());
+            running.spawn(async move { deliver(&client, &target, &notice, policy, &stats).await });
         }
         // Reap what has finished, without waiting.
         while running.try_join_next().is_some() {}
@@ -331,10 +368,16 @@ async fn work(mut rx: mpsc::Receiver<Job>, policy: Policy) {
     while running.join_next().await.is_some() {}
 }
 
-async fn deliver(client: &reqwest::Client, target: &Notifier, notice: &Notice, policy: Policy) {
+async fn deliver(
+    client: &reqwest::Client,
+    target: &Notifier,
+    notice: &Notice,
+    policy: Policy,
+    stats: &Stats,
+) {
     match attempt_all(client, target, notice, policy).await {
         Ok(attempts) => {
-            SENT.fetch_add(1, Ordering::Relaxed);
+            stats.add_sent();
             tracing::debug!(
                 rollbackd.severity = notice.severity.as_str(),
                 "notification sent to {} ({:?}) after {attempts} attempt(s)",
@@ -343,7 +386,7 @@ async fn deliver(client: &reqwest::Client, target: &Notifier, notice: &Notice, p
             );
         }
         Err(why) => {
-            FAILED.fetch_add(1, Ordering::Relaxed);
+            stats.add_failed(1);
             tracing::error!(
                 rollbackd.severity = notice.severity.as_str(),
                 rollbackd.incident = notice.incident.unwrap_or(0),
