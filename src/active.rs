@@ -65,7 +65,18 @@ pub async fn current(
                 None => Ok(Some((color, record_cutover(store, color, file).await?))),
             }
         }
-        _ => Ok(Some((color, record_cutover(store, color, file).await?))),
+        _ => {
+            // A rollback in flight onto this color moved the file itself and
+            // records its own deployment: not a pipeline's cutover.
+            if let Some(inc) = store.in_flight_incident().await? {
+                if inc.to_color == Some(color) {
+                    if let Some(target) = store.latest_deployment_of(color).await? {
+                        return Ok(Some((color, target)));
+                    }
+                }
+            }
+            Ok(Some((color, record_cutover(store, color, file).await?)))
+        }
     }
 }
 

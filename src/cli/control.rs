@@ -78,15 +78,7 @@ pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
             }
         }
     };
-    // Deliver the notices before exiting; the rollback itself is done.
-    drop(hub);
-    if tokio::time::timeout(policy.worst_case(), sender)
-        .await
-        .is_err()
-    {
-        eprintln!("note: some notifications were still being retried at exit");
-    }
-    match outcome {
+    let result = match outcome {
         Outcome::Verified { incident, to } => {
             println!("rolled back to {to}; verified healthy (incident #{incident})");
             Ok(())
@@ -105,7 +97,17 @@ pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
             Err(CheckFailed(format!("escalated (incident #{incident}): {why}")).into())
         }
         Outcome::Skipped { why } => Err(CheckFailed(format!("not started: {why}")).into()),
+    };
+    // The rollback is done (and its outcome printed); deliver the notices
+    // before exiting, bounded by their retry policy.
+    drop(hub);
+    if tokio::time::timeout(policy.worst_case(), sender)
+        .await
+        .is_err()
+    {
+        eprintln!("note: some notifications were still being retried at exit");
     }
+    result
 }
 
 /// The longest hold `pause` accepts: a hold always expires, and one that
