@@ -1038,3 +1038,48 @@ async fn the_daemon_notifies_alerts_and_recoveries_and_logs_holds() {
 async fn store_is_empty(env: &Env) -> bool {
     env.store().await.incidents().await.unwrap().is_empty()
 }
+
+#[tokio::test]
+async fn the_active_file_is_watched_and_a_deploy_ahead_of_the_switch_is_no_cutover() {
+    let w = World::new(Parts {
+        top: "[active]\nfile = \"active\"",
+        ..Parts::default()
+    })
+    .await;
+    let file = w.env.path("active");
+    std::fs::write(&file, "blue\n").unwrap();
+    let mut watch = rollbackd::active::Watch::new(&w.config);
+    w.deploy(Color::Blue, "v1").await;
+    let current = || async {
+        let (c, d) = rollbackd::active::current(&w.config, &w.store)
+            .await
+            .unwrap()
+            .unwrap();
+        (c, d.version)
+    };
+    assert_eq!(current().await, (Color::Blue, "v1".into()));
+
+    // The pipeline records green v2 before it switches: blue still serves.
+    w.deploy(Color::Green, "v2").await;
+    assert_eq!(current().await, (Color::Blue, "v1".into()));
+    assert_eq!(w.store.deployments().await.unwrap().len(), 2);
+
+    // It switches by replacing the file: the watch wakes, green v2 serves.
+    let tmp = w.env.path("active.tmp");
+    std::fs::write(&tmp, "green\n").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("notify reports the replaced file");
+    assert_eq!(current().await, (Color::Green, "v2".into()));
+    assert_eq!(w.store.deployments().await.unwrap().len(), 2);
+
+    // Someone flips it back by hand: a cutover, recorded as a deployment.
+    std::fs::write(&file, "blue\n").unwrap();
+    assert_eq!(current().await, (Color::Blue, "unknown".into()));
+    let latest = w.store.latest_deployment().await.unwrap().unwrap();
+    assert_eq!(
+        (latest.color, latest.source.as_str()),
+        (Color::Blue, "active-file")
+    );
+}
