@@ -120,10 +120,13 @@ pub fn holder_alive(holder: &str) -> bool {
     let Ok(pid) = pid.parse::<u32>() else {
         return false;
     };
-    match start_time(pid) {
-        Some(t) => start.parse::<u64>().is_ok_and(|s| s == 0 || s == t),
-        // No /proc entry: gone, unless /proc is not mounted at all.
-        None if std::path::Path::new("/proc/self/stat").exists() => false,
+    match proc_stat(pid) {
+        // A zombie has exited; only its exit status waits to be collected.
+        Some(('Z', _)) => false,
+        Some((_, t)) => start.parse::<u64>().is_ok_and(|s| s == 0 || s == t),
+        // Not visible in /proc: gone, or hidden from us (another user's
+        // process under `ProtectProc=invisible` or `hidepid`). Only the
+        // kernel's "no such process" proves it is gone.
         None => {
             let Ok(raw) = i32::try_from(pid) else {
                 return false;
@@ -138,11 +141,17 @@ pub fn holder_alive(holder: &str) -> bool {
 
 /// Field 22 of `/proc/PID/stat`: the start time in clock ticks since boot.
 fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, t)| t)
+}
+
+/// The state letter and start time from `/proc/PID/stat`.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count
     // fields after its closing parenthesis, which start at field 3.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
 }
 
 /// Run one guarded rollback from the active color to the other.
@@ -947,5 +956,33 @@ impl HoldLog {
             ),
         }
         self.current = seen;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_alive_while_its_process_runs_and_not_after() {
+        let me = holder_id();
+        let (_, start) = me.split_once('/').unwrap();
+        assert_ne!(start, "0", "the start time is read from /proc: {me}");
+        assert!(holder_alive(&me));
+        // The same pid with another start time is a reused pid: not us.
+        let pid = std::process::id();
+        assert!(!holder_alive(&format!("{pid}/1")));
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let child_pid = child.id();
+        // Exited but not yet reaped (a zombie) already counts as gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while proc_stat(child_pid).is_some_and(|(s, _)| s != 'Z') {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        assert!(!holder_alive(&format!("{child_pid}/0")));
+        child.wait().unwrap();
+        assert!(!holder_alive(&format!("{child_pid}/0")));
+        assert!(!holder_alive("garbage"));
     }
 }
