@@ -67,6 +67,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut recoveries = notifier::Recoveries::default();
     let mut holds = rollback::HoldLog::default();
     let mut active_watch = active::Watch::new(&config);
+    let mut rollback_verdict: Option<Verdict> = None;
 
     // A rollback interrupted by a crash is closed or resumed before anything
     // else can start a new one.
@@ -131,7 +132,10 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 for notice in recoveries.cleared(&config.service, &verdicts) {
                     hub.send(&config.notify, notice);
                 }
-                holds.check(&store).await;
+                if holds.check(&store).await {
+                    // A hold just ended: a rollback it held back goes now.
+                    next_attempt = Some(Instant::now());
+                }
                 let status = status_line(active, &verdicts);
                 if status != last_status {
                     systemd::status(&status);
@@ -145,6 +149,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                             if rollback_task.is_none() && due {
                                 let since = engine.failing_since(active_color);
                                 recoveries.notified(&v);
+                                rollback_verdict = Some(v.clone());
                                 rollback_task = Some(start_rollback(&config, &store, &prober, &hub, &v, since));
                                 next_attempt = None;
                             }
@@ -178,6 +183,11 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 match result {
                     Ok(Ok(outcome)) => {
                         tracing::info!("rollback finished: {outcome:?}");
+                        if let (Outcome::Skipped { why }, Some(v)) = (&outcome, rollback_verdict.take()) {
+                            if let Some(notice) = recoveries.held(&config.service, &v, why) {
+                                hub.send(&config.notify, notice);
+                            }
+                        }
                         if matches!(outcome, Outcome::Skipped { .. } | Outcome::Refused { .. }) {
                             next_attempt = Some(Instant::now() + RETRY_AFTER);
                         }

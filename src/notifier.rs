@@ -58,6 +58,9 @@ pub enum Event {
     RollbackEscalated,
     /// dry_run: the rollback that would have run.
     RollbackDryRun,
+    /// A rule asked for a rollback, but a pause, the cooldown or an
+    /// escalation holds automatic rollbacks.
+    RollbackHeld,
     /// A rule whose action is `alert` fired.
     Alert,
     /// A rule that was notified about is clear again.
@@ -73,6 +76,7 @@ impl Event {
             Event::RollbackRefused => "rollback refused",
             Event::RollbackEscalated => "rollback escalated",
             Event::RollbackDryRun => "dry run: would roll back",
+            Event::RollbackHeld => "rollback held",
             Event::Alert => "alert",
             Event::Recovered => "recovered",
         }
@@ -445,6 +449,9 @@ async fn attempt_all(
 #[derive(Default, Debug)]
 pub struct Recoveries {
     notified: HashMap<(String, Color), Severity>,
+    /// Why the last held rollback was held: each hold is announced once,
+    /// not at every retry.
+    last_hold: Option<String>,
 }
 
 impl Recoveries {
@@ -471,6 +478,25 @@ impl Recoveries {
             }
         }
         out
+    }
+
+    /// The notice for a rollback the matrix asked for but a hold skipped,
+    /// once per distinct hold.
+    pub fn held(&mut self, service: &str, v: &Verdict, why: &str) -> Option<Notice> {
+        if self.last_hold.as_deref() == Some(why) {
+            return None;
+        }
+        self.last_hold = Some(why.to_owned());
+        let mut n = Notice::new(
+            Event::RollbackHeld,
+            v.severity,
+            service,
+            format!("{} fired on {}, not rolled back: {why}", v.rule, v.color),
+        );
+        n.rule = Some(v.rule.clone());
+        n.color = Some(v.color);
+        n.detail = v.detail.clone();
+        Some(n)
     }
 
     /// The notice for a rule that fired with action `alert`.

@@ -925,18 +925,20 @@ pub struct HoldLog {
 }
 
 impl HoldLog {
-    pub async fn check(&mut self, store: &Store) {
+    /// Log a change of hold; true when a hold has just ended (expired or
+    /// resumed), so a rollback it held back can be tried at once.
+    pub async fn check(&mut self, store: &Store) -> bool {
         let now = now_ms();
         let pause = match store.active_pause(now).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("cannot read pauses: {e}");
-                return;
+                return false;
             }
         };
         let seen = pause.as_ref().map(|p| (p.id, p.until_ms));
         if seen == self.current {
-            return;
+            return false;
         }
         match &pause {
             Some(p) => tracing::warn!(
@@ -955,7 +957,9 @@ impl HoldLog {
                 }
             ),
         }
+        let ended = self.current.is_some() && seen.is_none();
         self.current = seen;
+        ended
     }
 }
 

@@ -1023,6 +1023,22 @@ async fn the_daemon_notifies_alerts_and_recoveries_and_logs_holds() {
         || async { common::read(&daemon.log).contains("automatic rollbacks are held until") },
     )
     .await;
+    // The active color fails during the hold: announced once, not acted on.
+    blue.set(503);
+    wait_for(
+        "a rollback_held notice",
+        Duration::from_secs(20),
+        || async {
+            hook.bodies("json").iter().any(|b| {
+                b["event"] == "rollback_held"
+                    && b["summary"].as_str().unwrap_or("").contains("db migration")
+            })
+        },
+    )
+    .await;
+    assert!(common::read(&env.path("switch.log")).is_empty());
+    assert!(store_is_empty(&env).await);
+    // Resume: the held rollback runs at once (not at the next retry).
     env.cli_ok(&["resume"]);
     wait_for(
         "the end of the hold in the log",
@@ -1030,8 +1046,27 @@ async fn the_daemon_notifies_alerts_and_recoveries_and_logs_holds() {
         || async { common::read(&daemon.log).contains("hold on automatic rollbacks ended") },
     )
     .await;
-    assert!(common::read(&env.path("switch.log")).is_empty());
-    assert!(store_is_empty(&env).await);
+    let store = env.store().await;
+    wait_for(
+        "the rollback after resume",
+        Duration::from_secs(10),
+        || async {
+            store
+                .incidents()
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|i| i.state == "verified")
+        },
+    )
+    .await;
+    assert_eq!(common::read(&env.path("switch.log")).trim(), "blue green");
+    let held = hook
+        .bodies("json")
+        .iter()
+        .filter(|b| b["event"] == "rollback_held")
+        .count();
+    assert_eq!(held, 1, "one notice per hold");
     assert!(daemon.stop().await.success());
 }
 
