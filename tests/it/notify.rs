@@ -244,3 +244,34 @@ async fn an_unreadable_secret_url_fails_without_leaking_anything() {
     drop(hub);
     worker.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_notification_from_the_cli_is_logged_without_its_url() {
+    let blue = crate::common::Color::start().await;
+    let green = crate::common::Color::start().await;
+    // A port with nothing listening: every attempt is refused.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let env = crate::common::Env::new("");
+    let secret = env.path("hook-url");
+    std::fs::write(&secret, format!("http://{closed}/T0KEN-s3cr3t\n")).unwrap();
+    let mut text = crate::common::fast_config(&blue, &green, env.dir.path(), "");
+    text.push_str(&format!(
+        "\n[[notify]]\nkind = \"webhook\"\nurl = \"file:{}\"\nformat = \"slack\"\nmin_severity = \"high\"\n",
+        secret.display()
+    ));
+    std::fs::write(&env.config, text).unwrap();
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    // Nothing to roll back to: refused, and the refusal is notified.
+    let out = env.cli(&["rollback", "--reason", "test"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("notification to file:{}", secret.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("after 4 attempt(s)"), "{stderr}");
+    assert!(!stderr.contains("T0KEN"), "the URL leaked: {stderr}");
+}
