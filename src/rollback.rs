@@ -105,6 +105,15 @@ impl Context<'_> {
     }
 }
 
+/// Who runs this process, for a manual rollback's record: the user behind
+/// `sudo` when there is one.
+pub fn operator() -> Option<String> {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .find(|u| !u.is_empty())
+}
+
 /// This process as an in-flight slot's holder: `pid/starttime` (the start
 /// time, from `/proc`, tells a reused pid from the process that died).
 pub fn holder_id() -> String {
@@ -196,11 +205,7 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
         Trigger::Automatic => format!("automatic rollback requested: {}", req.reason),
         Trigger::Manual => format!(
             "manual rollback requested{}: {}",
-            std::env::var("USER")
-                .ok()
-                .filter(|u| !u.is_empty())
-                .map(|u| format!(" by {u}"))
-                .unwrap_or_default(),
+            operator().map(|u| format!(" by {u}")).unwrap_or_default(),
             req.reason
         ),
     };

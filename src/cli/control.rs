@@ -48,7 +48,7 @@ pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
         severity: crate::model::Severity::Critical,
         rule: None,
         reason: a.reason.clone(),
-        evidence: json!({ "manual": true, "reason": a.reason, "user": std::env::var("USER").unwrap_or_default() }),
+        evidence: json!({ "manual": true, "reason": a.reason, "user": crate::rollback::operator().unwrap_or_default() }),
         since_ms: None,
     };
     let outcome = {

@@ -101,8 +101,8 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
     println!("timeline (UTC):");
     for e in &events {
         println!(
-            "  {}  {:<18} {}",
-            format_ms(e.at_ms),
+            "  {}  {:<20} {}",
+            precise(e.at_ms),
             label(&e.state),
             e.message
         );
@@ -162,7 +162,7 @@ pub fn markdown_report(service: &str, inc: &Incident, events: &[IncidentEvent]) 
         let _ = writeln!(
             out,
             "| {} | {} | {} |",
-            format_ms(e.at_ms),
+            precise(e.at_ms),
             label(&e.state),
             md(&e.message)
         );
@@ -207,26 +207,34 @@ fn summary_sentence(service: &str, inc: &Incident, events: &[IncidentEvent]) -> 
     let detected = events
         .iter()
         .find(|e| e.state == "detected")
-        .map(|e| format!(" started failing at {} and", format_ms(e.at_ms)))
+        .map(|e| format!(" {from} started failing at {}.", precise(e.at_ms)))
         .unwrap_or_default();
-    let why = match &inc.rule {
-        Some(r) => format!("rule `{}` fired", md(r)),
-        None => format!("an operator asked for it ({})", md(&inc.reason)),
+    let start = match &inc.rule {
+        Some(r) => format!(
+            "Rule `{}` fired on {service} {from}; rollbackd rolled back automatically.",
+            md(r)
+        ),
+        None => format!(
+            "An operator rolled back {service} {from}: {}.",
+            md(inc.reason.trim_end_matches('.'))
+        ),
     };
     let end = match inc.state.as_str() {
         "verified" => format!(
-            "rollbackd switched traffic to {to}, which passed its health probes; measured downtime {}.",
-            downtime(inc)
+            "Traffic moved to {to}, which passed its health probes{}.",
+            inc.downtime_ms
+                .map(|d| format!("; measured downtime {}", short_duration(d)))
+                .unwrap_or_default()
         ),
         "escalated" => format!(
-            "rollbackd switched traffic to {to}, but it did not pass its health probes in time: escalated, no further automatic switch."
+            "Traffic moved to {to}, but it did not pass its health probes in time: escalated, no further automatic switch."
         ),
-        "refused" => format!("rollbackd refused to switch to {to}; {from} kept serving."),
-        "failed" => "the rollback failed; see the timeline for where it stopped.".to_owned(),
-        "dry_run" => format!("dry run: rollbackd would have switched traffic to {to}."),
-        other => format!("the rollback is in progress (state {other})."),
+        "refused" => format!("The switch to {to} was refused; {from} kept serving."),
+        "failed" => "The rollback failed; the timeline shows where it stopped.".to_owned(),
+        "dry_run" => format!("Dry run: traffic would have moved to {to}."),
+        other => format!("The rollback is in progress (state {other})."),
     };
-    format!("{service} {from}{detected} {why}; {end}")
+    format!("{start}{detected} {end}")
 }
 
 /// The timeline's milestones for JSON readers: detected, rollback
@@ -263,8 +271,12 @@ fn evidence_line(evidence: &str) -> String {
     };
     if v.get("manual").is_some() {
         return format!(
-            "manual rollback by {}: {}",
-            v["user"].as_str().filter(|u| !u.is_empty()).unwrap_or("?"),
+            "manual rollback{}: {}",
+            v["user"]
+                .as_str()
+                .filter(|u| !u.is_empty())
+                .map(|u| format!(" by {u}"))
+                .unwrap_or_default(),
             v["reason"].as_str().unwrap_or("")
         );
     }
@@ -316,6 +328,12 @@ fn short_duration(ms: Millis) -> String {
         Duration::from_millis(ms)
     };
     humantime::format_duration(d).to_string()
+}
+
+/// A timeline time: steps are often within one second of each other.
+fn precise(ms: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn color(c: Option<Color>) -> &'static str {
