@@ -393,7 +393,7 @@ async fn deliver(
             stats.add_failed(1);
             tracing::error!(
                 rollbackd.severity = notice.severity.as_str(),
-                rollbackd.incident = notice.incident.unwrap_or(0),
+                rollbackd.incident = notice.incident,
                 "notification to {} ({:?}) failed: {why}; {} not notified",
                 target.url,
                 target.format,
