@@ -21,6 +21,7 @@ use crate::active;
 use crate::config::{Config, ConfigError, Scope, consecutive_needed};
 use crate::matrix::{self, Decision, Engine, State, Verdict};
 use crate::model::{Color, Sample, Signal, duration_ms, now_ms};
+use crate::notifier;
 use crate::probe::Prober;
 use crate::rollback::{self, Outcome, Request, RollbackError, Trigger};
 use crate::signals::Control;
@@ -60,6 +61,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut config = Arc::new(config);
     let store = Store::open_dir(&config.daemon.state_dir).await?;
     let prober = Prober::new();
+    // Notifications: a queue and its worker; sending never waits.
+    let notify_policy = notifier::Policy::default();
+    let (hub, notify_worker) = notifier::Hub::start(notify_policy);
+    let mut recoveries = notifier::Recoveries::default();
+    let mut holds = rollback::HoldLog::default();
+    let mut active_watch = active::Watch::new(&config);
+    let mut rollback_verdict: Option<Verdict> = None;
 
     // A rollback interrupted by a crash is closed or resumed before anything
     // else can start a new one.
@@ -68,6 +76,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             config: &config,
             store: &store,
             prober: &prober,
+            notify: Some(&hub),
         };
         if let Some(outcome) = rollback::reconcile(&ctx).await? {
             tracing::warn!("reconciled interrupted rollback: {outcome:?}");
@@ -120,6 +129,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 let mut verdicts = engine.evaluate(now, Color::Blue);
                 verdicts.extend(engine.evaluate(now, Color::Green));
                 record_changes(&store, &verdicts).await;
+                for notice in recoveries.cleared(&config.service, &verdicts) {
+                    hub.send(&config.notify, notice);
+                }
+                if holds.check(&store).await {
+                    // A hold just ended: a rollback it held back goes now.
+                    next_attempt = Some(Instant::now());
+                }
                 let status = status_line(active, &verdicts);
                 if status != last_status {
                     systemd::status(&status);
@@ -132,16 +148,21 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                             let due = v.changed || next_attempt.is_some_and(|t| Instant::now() >= t);
                             if rollback_task.is_none() && due {
                                 let since = engine.failing_since(active_color);
-                                rollback_task = Some(start_rollback(&config, &store, &prober, &v, since));
+                                recoveries.notified(&v);
+                                rollback_verdict = Some(v.clone());
+                                rollback_task = Some(start_rollback(&config, &store, &prober, &hub, &v, since));
                                 next_attempt = None;
                             }
                         }
-                        Decision::Alert(v) if v.changed => tracing::warn!(
-                            rollbackd.color = v.color.as_str(),
-                            rollbackd.rule = v.rule.as_str(),
-                            rollbackd.severity = v.severity.as_str(),
-                            "alert: {} on {}: {}", v.rule, v.color, v.detail
-                        ),
+                        Decision::Alert(v) if v.changed => {
+                            tracing::warn!(
+                                rollbackd.color = v.color.as_str(),
+                                rollbackd.rule = v.rule.as_str(),
+                                rollbackd.severity = v.severity.as_str(),
+                                "alert: {} on {}: {}", v.rule, v.color, v.detail
+                            );
+                            hub.send(&config.notify, recoveries.alert(&config.service, &v));
+                        }
                         Decision::Log(v) if v.changed => tracing::info!(
                             rollbackd.color = v.color.as_str(),
                             rollbackd.rule = v.rule.as_str(),
@@ -162,6 +183,11 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 match result {
                     Ok(Ok(outcome)) => {
                         tracing::info!("rollback finished: {outcome:?}");
+                        if let (Outcome::Skipped { why }, Some(v)) = (&outcome, rollback_verdict.take()) {
+                            if let Some(notice) = recoveries.held(&config.service, &v, why) {
+                                hub.send(&config.notify, notice);
+                            }
+                        }
                         if matches!(outcome, Outcome::Skipped { .. } | Outcome::Refused { .. }) {
                             next_attempt = Some(Instant::now() + RETRY_AFTER);
                         }
@@ -173,6 +199,12 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     Err(e) => tracing::error!("rollback task panicked: {e}"),
                 }
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or(active);
+            }
+            _ = active_watch.changed() => {
+                active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
+                    tracing::error!("cannot read the active color: {e}");
+                    active
+                });
             }
             _ = watchdog.tick(), if watchdog_period.is_some() => systemd::watchdog(),
             message = control.recv() => match message {
@@ -220,6 +252,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             "samples were dropped because the database refused writes"
         ),
         Err(e) => tracing::error!("sample writer panicked: {e}"),
+    }
+    drop(hub);
+    if tokio::time::timeout(notify_policy.worst_case(), notify_worker)
+        .await
+        .is_err()
+    {
+        tracing::warn!("notifications still being retried at exit were abandoned");
     }
     store.close().await;
     tracing::info!("stopped");
@@ -380,10 +419,11 @@ fn start_rollback(
     config: &Arc<Config>,
     store: &Store,
     prober: &Prober,
+    hub: &notifier::Hub,
     verdict: &Verdict,
     since_ms: Option<i64>,
 ) -> JoinHandle<Result<Outcome, RollbackError>> {
-    let (config, store, prober) = (config.clone(), store.clone(), prober.clone());
+    let (config, store, prober, hub) = (config.clone(), store.clone(), prober.clone(), hub.clone());
     let request = Request {
         trigger: Trigger::Automatic,
         severity: verdict.severity,
@@ -397,6 +437,7 @@ fn start_rollback(
             config: &config,
             store: &store,
             prober: &prober,
+            notify: Some(&hub),
         };
         rollback::execute(&ctx, request).await
     })

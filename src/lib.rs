@@ -18,7 +18,8 @@
 //! - [`matrix`] turns samples into verdicts and decisions. It does no IO and
 //!   reads no clock.
 //! - [`rollback`] is the guarded switch, a state machine persisted at every
-//!   step; [`active`] says which color serves traffic.
+//!   step; [`active`] says which color serves traffic; [`notifier`] sends
+//!   webhooks without ever making them wait.
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
 //!   act. [`signals`] and [`systemd`] connect it to the host; [`logging`]
 //!   picks journald, JSON or text.
@@ -37,6 +38,7 @@ pub mod gate;
 pub mod logging;
 pub mod matrix;
 pub mod model;
+pub mod notifier;
 pub mod probe;
 pub mod process;
 pub mod report;

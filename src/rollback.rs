@@ -9,7 +9,18 @@
 //! it announces, so a crash at any point leaves a state that says exactly
 //! what may have happened: `switching` means the command may have run, and
 //! [`reconcile`] never runs it again. The single in-flight slot in the
-//! database means two rollbacks (daemon and CLI) can never run at once.
+//! database means two rollbacks (daemon and CLI) can never run at once; the
+//! slot names the process holding it, so a rollback whose process died is
+//! taken over (by exactly one process) and closed, never left open.
+//!
+//! Guards on automatic rollbacks only: a pause, the cooldown (one automatic
+//! rollback whose command ran per `cooldown`), an unresolved escalation, and
+//! quarantine (a rolled-back deployment is never restored automatically; a
+//! new deployment starts clean). Guards on every rollback: a previous
+//! deployment must exist and the target must pass its health probes.
+//!
+//! This file decides and records; it does not choose when to roll back (the
+//! daemon and the CLI do) and it does not speak SQL (`store` does).
 
 use std::time::Duration;
 
@@ -17,10 +28,11 @@ use serde_json::json;
 
 use crate::active;
 use crate::config::{Config, Scope};
-use crate::model::{Color, Millis, Severity, now_ms};
+use crate::model::{Color, Millis, Severity, duration_ms, format_ms, now_ms};
+use crate::notifier::{Event, Hub, Notice};
 use crate::probe::Prober;
 use crate::process;
-use crate::store::{Deployment, NewIncident, Store, StoreError};
+use crate::store::{Deployment, Incident, NewIncident, Store, StoreError};
 
 /// Fixed journald MESSAGE_IDs (SPEC section 5), so operators can
 /// `journalctl MESSAGE_ID=...` across versions.
@@ -47,7 +59,8 @@ pub struct Request {
     pub reason: String,
     /// The verdict's evidence, as JSON.
     pub evidence: serde_json::Value,
-    /// When the trouble was first seen (first failing sample), for downtime.
+    /// When the trouble was first seen (first failing sample), for the
+    /// "detected" event and the downtime. `None`: read from stored samples.
     pub since_ms: Option<Millis>,
 }
 
@@ -80,33 +93,88 @@ pub struct Context<'a> {
     pub config: &'a Config,
     pub store: &'a Store,
     pub prober: &'a Prober,
+    /// Where rollback notices go (`[[notify]]`); `None` sends none.
+    pub notify: Option<&'a Hub>,
+}
+
+impl Context<'_> {
+    fn notify(&self, notice: Notice) {
+        if let Some(hub) = self.notify {
+            hub.send(&self.config.notify, notice);
+        }
+    }
+}
+
+/// Who runs this process, for a manual rollback's record: the user behind
+/// `sudo` when there is one.
+pub fn operator() -> Option<String> {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .find(|u| !u.is_empty())
+}
+
+/// This process as an in-flight slot's holder: `pid/starttime` (the start
+/// time, from `/proc`, tells a reused pid from the process that died).
+pub fn holder_id() -> String {
+    let pid = std::process::id();
+    format!("{pid}/{}", start_time(pid).unwrap_or(0))
+}
+
+/// Whether the process named by a holder id is still running.
+pub fn holder_alive(holder: &str) -> bool {
+    let Some((pid, start)) = holder.split_once('/') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    match proc_stat(pid) {
+        // A zombie has exited; only its exit status waits to be collected.
+        Some(('Z', _)) => false,
+        Some((_, t)) => start.parse::<u64>().is_ok_and(|s| s == 0 || s == t),
+        // Not visible in /proc: gone, or hidden from us (another user's
+        // process under `ProtectProc=invisible` or `hidepid`). Only the
+        // kernel's "no such process" proves it is gone.
+        None => {
+            let Ok(raw) = i32::try_from(pid) else {
+                return false;
+            };
+            !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+                Err(nix::errno::Errno::ESRCH)
+            )
+        }
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: the start time in clock ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, t)| t)
+}
+
+/// The state letter and start time from `/proc/PID/stat`.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // fields after its closing parenthesis, which start at field 3.
+    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
 }
 
 /// Run one guarded rollback from the active color to the other.
 pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, RollbackError> {
     let Context { config, store, .. } = *ctx;
+    // A rollback left in flight by a process that died is closed (or
+    // finished) first, so its slot never blocks this one for good.
+    if let Some(outcome) = reconcile(ctx).await? {
+        tracing::warn!("reconciled an interrupted rollback first: {outcome:?}");
+    }
     let now = now_ms();
     if req.trigger == Trigger::Automatic {
-        if let Some(p) = store.active_pause(now).await? {
-            return Ok(Outcome::Skipped {
-                why: format!(
-                    "automatic rollbacks are paused until {}: {}",
-                    crate::model::format_ms(p.until_ms),
-                    p.reason
-                ),
-            });
-        }
-        if let Some(last) = store.last_automatic_switch_ms().await? {
-            let cooldown = crate::model::duration_ms(config.rollback.cooldown);
-            if now - last < cooldown {
-                return Ok(Outcome::Skipped {
-                    why: format!(
-                        "in cooldown: the last automatic rollback was at {}, cooldown is {}",
-                        crate::model::format_ms(last),
-                        humantime::format_duration(config.rollback.cooldown)
-                    ),
-                });
-            }
+        if let Some(why) = automatic_hold(ctx, now).await? {
+            return Ok(Outcome::Skipped { why });
         }
     }
     let Some((from, active_dep)) = active::current(config, store).await? else {
@@ -131,15 +199,17 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
         from_version: Some(active_dep.version.clone()),
         to_version: target_dep.as_ref().map(|d| d.version.clone()),
         in_flight: true,
+        holder: Some(holder_id()),
     };
-    let id = match store
-        .open_incident(
-            &new,
-            "requested",
-            &format!("rollback requested: {}", req.reason),
-        )
-        .await
-    {
+    let requested = match req.trigger {
+        Trigger::Automatic => format!("automatic rollback requested: {}", req.reason),
+        Trigger::Manual => format!(
+            "manual rollback requested{}: {}",
+            operator().map(|u| format!(" by {u}")).unwrap_or_default(),
+            req.reason
+        ),
+    };
+    let id = match store.open_incident(&new, "requested", &requested).await {
         Ok(id) => id,
         Err(StoreError::RollbackInFlight(other)) => {
             return Ok(Outcome::Skipped {
@@ -148,6 +218,27 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
         }
         Err(e) => return Err(e.into()),
     };
+    let since_ms = match req.since_ms {
+        Some(s) => Some(s),
+        None => stored_failing_since(ctx, from, now).await?,
+    };
+    if let Some(since) = since_ms.filter(|s| *s <= now) {
+        store
+            .add_incident_event(
+                id,
+                since,
+                "detected",
+                &format!(
+                    "{from} ({}) started failing{}",
+                    active_dep.version,
+                    req.rule
+                        .as_deref()
+                        .map(|r| format!("; rule {r} fired at {}", format_ms(now)))
+                        .unwrap_or_default()
+                ),
+            )
+            .await?;
+    }
     tracing::warn!(
         rollbackd.incident = id,
         rollbackd.color = from.as_str(),
@@ -166,8 +257,83 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
         active_dep,
         target_dep,
         req,
+        since_ms,
     };
+    run.notify(
+        Event::RollbackStarted,
+        run.req.severity,
+        format!(
+            "rolling back {} -> {}: {}",
+            run.from, run.to, run.req.reason
+        ),
+    );
     run.proceed().await
+}
+
+/// Why an automatic rollback may not start now, if it may not.
+async fn automatic_hold(ctx: &Context<'_>, now: Millis) -> Result<Option<String>, StoreError> {
+    let Context { config, store, .. } = *ctx;
+    if let Some(p) = store.active_pause(now).await? {
+        return Ok(Some(format!(
+            "automatic rollbacks are paused until {}: {}",
+            format_ms(p.until_ms),
+            p.reason
+        )));
+    }
+    if let Some(inc) = store.unresolved_escalation().await? {
+        return Ok(Some(format!(
+            "rollback #{} escalated: no further automatic switch until a deployment is recorded or an operator rolls back",
+            inc.id
+        )));
+    }
+    if let Some(last) = store.cooldown_start_ms(config.daemon.dry_run).await? {
+        let cooldown = duration_ms(config.rollback.cooldown);
+        if now - last < cooldown {
+            return Ok(Some(format!(
+                "in cooldown: the last automatic rollback was at {}, cooldown is {}",
+                format_ms(last),
+                humantime::format_duration(config.rollback.cooldown)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// When the current failure streak of `color`'s health probes began,
+/// from the stored samples (a manual rollback, or after a restart). Only a
+/// streak that is still going (its last sample within a minute) counts.
+async fn stored_failing_since(
+    ctx: &Context<'_>,
+    color: Color,
+    now: Millis,
+) -> Result<Option<Millis>, StoreError> {
+    let mut earliest: Option<Millis> = None;
+    for probe in ctx
+        .config
+        .probes
+        .iter()
+        .filter(|p| p.health && p.scope == Scope::PerColor)
+    {
+        let samples = ctx
+            .store
+            .samples(Some(&probe.name), Some(color), now - 15 * 60 * 1000)
+            .await?;
+        let Some(last) = samples.last() else { continue };
+        if last.ok || now - last.at_ms > 60_000 {
+            continue;
+        }
+        let start = samples
+            .iter()
+            .rev()
+            .take_while(|s| !s.ok)
+            .last()
+            .map(|s| s.at_ms);
+        earliest = match (earliest, start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(earliest)
 }
 
 /// One rollback in progress: what it switches and where it stands.
@@ -179,6 +345,7 @@ struct Run<'c, 'a> {
     active_dep: Deployment,
     target_dep: Option<Deployment>,
     req: Request,
+    since_ms: Option<Millis>,
 }
 
 impl Run<'_, '_> {
@@ -186,15 +353,16 @@ impl Run<'_, '_> {
         vec![
             ("from", self.from.as_str().to_owned()),
             ("to", self.to.as_str().to_owned()),
-            (
-                "version",
-                self.target_dep
-                    .as_ref()
-                    .map(|d| d.version.clone())
-                    .unwrap_or_default(),
-            ),
+            ("version", self.target_version()),
             ("incident", self.id.to_string()),
         ]
+    }
+
+    fn target_version(&self) -> String {
+        self.target_dep
+            .as_ref()
+            .map(|d| d.version.clone())
+            .unwrap_or_default()
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
@@ -204,14 +372,20 @@ impl Run<'_, '_> {
             ("ROLLBACKD_REASON", self.req.reason.clone()),
             ("ROLLBACKD_SEVERITY", self.req.severity.as_str().to_owned()),
             ("ROLLBACKD_INCIDENT", self.id.to_string()),
-            (
-                "ROLLBACKD_VERSION",
-                self.target_dep
-                    .as_ref()
-                    .map(|d| d.version.clone())
-                    .unwrap_or_default(),
-            ),
+            ("ROLLBACKD_VERSION", self.target_version()),
         ]
+    }
+
+    fn notify(&self, event: Event, severity: Severity, summary: String) {
+        let mut n = Notice::new(event, severity, &self.ctx.config.service, summary);
+        n.incident = Some(self.id);
+        n.rule = self.req.rule.clone();
+        n.color = Some(self.from);
+        n.from = Some(self.from);
+        n.to = Some(self.to);
+        n.version = self.target_dep.as_ref().map(|d| d.version.clone());
+        n.detail = format!("trigger: {}", self.req.reason);
+        self.ctx.notify(n);
     }
 
     async fn event(&self, state: &str, message: &str) -> Result<(), StoreError> {
@@ -239,6 +413,14 @@ impl Run<'_, '_> {
                 None,
             )
             .await?;
+        self.notify(
+            Event::RollbackRefused,
+            self.req.severity,
+            format!(
+                "{} keeps serving: rollback to {} refused: {why}",
+                self.from, self.to
+            ),
+        );
         Ok(Outcome::Refused {
             incident: self.id,
             why,
@@ -249,7 +431,7 @@ impl Run<'_, '_> {
         tracing::error!(
             rollbackd.incident = self.id,
             rollbackd.color = self.from.as_str(),
-            rollbackd.severity = self.req.severity.as_str(),
+            rollbackd.severity = Severity::Critical.as_str(),
             message_id = message_id::FAILED,
             "rollback failed: {why}"
         );
@@ -257,6 +439,11 @@ impl Run<'_, '_> {
             .store
             .close_incident(self.id, now_ms(), "failed", &format!("failed: {why}"), None)
             .await?;
+        self.notify(
+            Event::RollbackFailed,
+            Severity::Critical,
+            format!("rollback {} -> {} failed: {why}", self.from, self.to),
+        );
         Ok(Outcome::Failed {
             incident: self.id,
             why,
@@ -291,12 +478,21 @@ impl Run<'_, '_> {
         if target.quarantined && self.req.trigger == Trigger::Automatic {
             return self
                 .refuse(format!(
-                    "version {} on {} is quarantined (it was rolled back before)",
+                    "version {} on {} is quarantined (it was rolled back before); only a new deploy or a manual rollback restores it",
                     target.version, self.to
                 ))
                 .await;
         }
         if let Some(prepare) = &config.rollback.prepare {
+            self.ctx
+                .store
+                .add_incident_event(
+                    self.id,
+                    now_ms(),
+                    "requested",
+                    &format!("preparing {}: running the prepare command", self.to),
+                )
+                .await?;
             let done = self.run_step("prepare", &prepare.0).await;
             if !done.success() {
                 return self
@@ -341,10 +537,12 @@ impl Run<'_, '_> {
         if config.daemon.dry_run {
             tracing::warn!(
                 rollbackd.incident = self.id,
-                color = self.from.as_str(),
-                "dry run: would roll back {} -> {}",
+                rollbackd.color = self.from.as_str(),
+                rollbackd.severity = self.req.severity.as_str(),
+                "dry run: would roll back {} -> {} ({})",
                 self.from,
-                self.to
+                self.to,
+                target.version
             );
             self.ctx
                 .store
@@ -352,10 +550,21 @@ impl Run<'_, '_> {
                     self.id,
                     now_ms(),
                     "dry_run",
-                    &format!("dry run: would have switched {} -> {}", self.from, self.to),
+                    &format!(
+                        "dry run: would roll back {} -> {} ({}); the command was not run",
+                        self.from, self.to, target.version
+                    ),
                     None,
                 )
                 .await?;
+            self.notify(
+                Event::RollbackDryRun,
+                self.req.severity,
+                format!(
+                    "would roll back {} -> {} ({}): {}",
+                    self.from, self.to, target.version, self.req.reason
+                ),
+            );
             return Ok(Outcome::DryRun {
                 incident: self.id,
                 to: self.to,
@@ -401,14 +610,29 @@ impl Run<'_, '_> {
         self.switched(target, done.describe()).await
     }
 
-    async fn switched(self, target: Deployment, how: String) -> Result<Outcome, RollbackError> {
+    /// The switch landed: record the deployment it made and quarantine the
+    /// one it left (each idempotent, so a resumed run may redo them).
+    async fn record_switch(
+        &self,
+        target: &Deployment,
+        already_recorded: bool,
+    ) -> Result<(), StoreError> {
         let store = self.ctx.store;
-        store
-            .record_deployment(self.to, &target.version, "rollback", now_ms())
-            .await?;
-        if self.ctx.config.rollback.quarantine {
-            store.quarantine_version(&self.active_dep.version).await?;
+        if !already_recorded {
+            store
+                .record_deployment(self.to, &target.version, "rollback", now_ms())
+                .await?;
         }
+        if self.ctx.config.rollback.quarantine {
+            store
+                .quarantine_deployment(self.active_dep.id, &self.active_dep.version)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn switched(self, target: Deployment, how: String) -> Result<Outcome, RollbackError> {
+        self.record_switch(&target, false).await?;
         self.event(
             "switched",
             &format!("traffic moved to {} ({}): {how}", self.to, target.version),
@@ -421,8 +645,8 @@ impl Run<'_, '_> {
         let config = self.ctx.config;
         match wait_healthy(self.ctx, self.to, config.rollback.verify_after).await {
             Ok(()) => {
-                let now = now_ms();
-                let downtime = self.req.since_ms.map(|s| (now - s).max(0));
+                let verified_at = now_ms();
+                let downtime = self.since_ms.map(|s| (verified_at - s).max(0));
                 if let Some(retire) = &config.rollback.retire {
                     let done = self.run_step("retire", &retire.0).await;
                     self.ctx
@@ -447,12 +671,35 @@ impl Run<'_, '_> {
                     .store
                     .close_incident(
                         self.id,
-                        now_ms(),
+                        verified_at,
                         "verified",
-                        &format!("rolled back to {}; verified healthy", self.to),
+                        &format!(
+                            "rolled back to {} ({}); verified healthy",
+                            self.to,
+                            self.target_version()
+                        ),
                         downtime,
                     )
                     .await?;
+                self.notify(
+                    Event::RollbackCompleted,
+                    self.req.severity,
+                    format!(
+                        "rolled back {} -> {} ({}); {} passes health{}",
+                        self.from,
+                        self.to,
+                        self.target_version(),
+                        self.to,
+                        downtime
+                            .map(|d| format!(
+                                "; measured downtime {}",
+                                humantime::format_duration(Duration::from_secs(
+                                    (d as u64).div_ceil(1000)
+                                ))
+                            ))
+                            .unwrap_or_default()
+                    ),
+                );
                 Ok(Outcome::Verified {
                     incident: self.id,
                     to: self.to,
@@ -481,6 +728,11 @@ impl Run<'_, '_> {
                         None,
                     )
                     .await?;
+                self.notify(
+                    Event::RollbackEscalated,
+                    Severity::Critical,
+                    format!("ESCALATED: switched to {} but {why}", self.to),
+                );
                 Ok(Outcome::Escalated {
                     incident: self.id,
                     why,
@@ -525,111 +777,60 @@ pub async fn wait_healthy(ctx: &Context<'_>, color: Color, budget: Duration) -> 
     }
 }
 
-/// After a restart: close or resume the rollback that was in flight when
-/// the daemon (or CLI) stopped. Never runs the switch command twice.
+/// Close or resume the rollback left in flight by a process that died (the
+/// daemon after a kill -9, a CLI killed mid-rollback). Does nothing while
+/// the holder lives. Never runs the switch command again: `switching`
+/// resumes only when the `[active] file` proves the switch landed.
 pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackError> {
     let store = ctx.store;
     let Some(inc) = store.in_flight_incident().await? else {
         return Ok(None);
     };
-    let (Some(from), Some(to)) = (inc.from_color, inc.to_color) else {
-        store
-            .close_incident(
-                inc.id,
-                now_ms(),
-                "failed",
-                "interrupted; colors unknown",
-                None,
-            )
-            .await?;
-        return Ok(Some(Outcome::Failed {
-            incident: inc.id,
-            why: "interrupted".into(),
-        }));
-    };
+    let me = holder_id();
+    if let Some(holder) = inc.holder.as_deref() {
+        if holder == me || holder_alive(holder) {
+            return Ok(None);
+        }
+    }
+    if !store
+        .take_over_incident(inc.id, inc.holder.as_deref(), &me)
+        .await?
+    {
+        // Another process took it over first.
+        return Ok(None);
+    }
     tracing::warn!(
         rollbackd.incident = inc.id,
-        "found rollback #{} interrupted in state {}: reconciling",
+        "rollback #{} was interrupted in state {} (its process {} is gone): reconciling",
         inc.id,
-        inc.state
+        inc.state,
+        inc.holder.as_deref().unwrap_or("unknown")
     );
+    let run = resumed_run(ctx, &inc).await?;
     match inc.state.as_str() {
         "requested" | "target_verified" => {
-            let why = "interrupted before the switch command ran (restart); nothing was changed"
-                .to_owned();
-            store
-                .close_incident(inc.id, now_ms(), "failed", &why, None)
-                .await?;
-            Ok(Some(Outcome::Failed {
-                incident: inc.id,
-                why,
-            }))
+            let why = "interrupted before the switch command ran; nothing was switched".to_owned();
+            Ok(Some(run.fail(why).await?))
         }
         "switching" | "switched" => {
             // Did the switch happen? The active file says so when there is
             // one; otherwise only `switched` (recorded after exit 0) does.
             let landed = match &ctx.config.active_file {
-                Some(file) => active::read_file(file).ok() == Some(to),
+                Some(file) => active::read_file(file).ok() == Some(run.to),
                 None => inc.state == "switched",
             };
             if !landed {
                 let why = format!(
-                    "interrupted while switching {from} -> {to}; the command's outcome is unknown and it was NOT run again: check which color serves traffic"
+                    "interrupted while switching {} -> {}; the command's outcome is unknown and it was NOT run again: check which color serves traffic",
+                    run.from, run.to
                 );
-                tracing::error!(
-                    rollbackd.incident = inc.id,
-                    message_id = message_id::FAILED,
-                    "rollback failed: {why}"
-                );
-                store
-                    .close_incident(inc.id, now_ms(), "failed", &why, None)
-                    .await?;
-                return Ok(Some(Outcome::Failed {
-                    incident: inc.id,
-                    why,
-                }));
+                return Ok(Some(run.fail(why).await?));
             }
-            let latest = store.latest_deployment().await?;
-            let active_dep = latest.clone().unwrap_or(Deployment {
-                id: 0,
-                color: from,
-                version: inc.from_version.clone().unwrap_or_default(),
-                at_ms: inc.opened_ms,
-                source: "unknown".into(),
-                quarantined: false,
-            });
-            let target = Deployment {
-                id: 0,
-                color: to,
-                version: inc.to_version.clone().unwrap_or_else(|| "unknown".into()),
-                at_ms: now_ms(),
-                source: "rollback".into(),
-                quarantined: false,
-            };
-            let req = Request {
-                trigger: if inc.trigger_kind == "manual" {
-                    Trigger::Manual
-                } else {
-                    Trigger::Automatic
-                },
-                severity: inc.severity,
-                rule: inc.rule.clone(),
-                reason: inc.reason.clone(),
-                evidence: json!({}),
-                since_ms: Some(inc.opened_ms),
-            };
-            let run = Run {
-                ctx,
-                id: inc.id,
-                from,
-                to,
-                active_dep: Deployment {
-                    color: from,
-                    version: inc.from_version.clone().unwrap_or_default(),
-                    ..active_dep
-                },
-                target_dep: Some(target.clone()),
-                req,
+            let Some(target) = run.target_dep.clone() else {
+                return Ok(Some(
+                    run.fail("interrupted; the restored version is unknown".into())
+                        .await?,
+                ));
             };
             store
                 .add_incident_event(
@@ -639,25 +840,158 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
                     "resumed after restart: the switch had landed",
                 )
                 .await?;
-            let already_recorded = latest.is_some_and(|d| d.color == to && d.source == "rollback");
-            if inc.state == "switched" || already_recorded {
-                Ok(Some(run.verify_after().await?))
-            } else {
-                Ok(Some(
-                    run.switched(target, "confirmed after restart".into())
-                        .await?,
-                ))
+            let latest = store.latest_deployment().await?;
+            let already_recorded = latest.is_some_and(|d| {
+                d.color == run.to && d.source == "rollback" && d.at_ms >= inc.opened_ms
+            });
+            run.record_switch(&target, already_recorded).await?;
+            if inc.state != "switched" {
+                run.event(
+                    "switched",
+                    &format!(
+                        "traffic moved to {} ({}): confirmed after restart",
+                        run.to, target.version
+                    ),
+                )
+                .await?;
             }
+            Ok(Some(run.verify_after().await?))
         }
         other => {
             let why = format!("interrupted in unexpected state {other}");
-            store
-                .close_incident(inc.id, now_ms(), "failed", &why, None)
-                .await?;
-            Ok(Some(Outcome::Failed {
-                incident: inc.id,
-                why,
-            }))
+            Ok(Some(run.fail(why).await?))
         }
+    }
+}
+
+/// Rebuild a [`Run`] from a stored incident.
+async fn resumed_run<'c, 'a>(
+    ctx: &'c Context<'a>,
+    inc: &Incident,
+) -> Result<Run<'c, 'a>, StoreError> {
+    let from = inc.from_color.unwrap_or(Color::Blue);
+    let to = inc.to_color.unwrap_or(from.other());
+    // The deployment rolled back: the latest of `from` opened before the
+    // incident (the rollback records only deployments of `to`).
+    let active_dep = match ctx.store.latest_deployment_of(from).await? {
+        Some(d) if d.at_ms <= inc.opened_ms => d,
+        _ => Deployment {
+            id: 0,
+            color: from,
+            version: inc.from_version.clone().unwrap_or_default(),
+            at_ms: inc.opened_ms,
+            source: "unknown".into(),
+            quarantined: false,
+        },
+    };
+    let target_dep = inc.to_version.clone().map(|version| Deployment {
+        id: 0,
+        color: to,
+        version,
+        at_ms: now_ms(),
+        source: "rollback".into(),
+        quarantined: false,
+    });
+    let since_ms = ctx
+        .store
+        .incident_events(inc.id)
+        .await?
+        .into_iter()
+        .find(|e| e.state == "detected")
+        .map(|e| e.at_ms);
+    Ok(Run {
+        ctx,
+        id: inc.id,
+        from,
+        to,
+        active_dep,
+        target_dep,
+        req: Request {
+            trigger: if inc.trigger_kind == "manual" {
+                Trigger::Manual
+            } else {
+                Trigger::Automatic
+            },
+            severity: inc.severity,
+            rule: inc.rule.clone(),
+            reason: inc.reason.clone(),
+            evidence: serde_json::from_str(&inc.evidence).unwrap_or_else(|_| json!({})),
+            since_ms,
+        },
+        since_ms,
+    })
+}
+
+/// Logs when a hold on automatic rollbacks starts and ends, as seen by the
+/// daemon (the hold is written by `rollbackd pause`, another process).
+#[derive(Default, Debug)]
+pub struct HoldLog {
+    current: Option<(i64, Millis)>,
+}
+
+impl HoldLog {
+    /// Log a change of hold; true when a hold has just ended (expired or
+    /// resumed), so a rollback it held back can be tried at once.
+    pub async fn check(&mut self, store: &Store) -> bool {
+        let now = now_ms();
+        let pause = match store.active_pause(now).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot read pauses: {e}");
+                return false;
+            }
+        };
+        let seen = pause.as_ref().map(|p| (p.id, p.until_ms));
+        if seen == self.current {
+            return false;
+        }
+        match &pause {
+            Some(p) => tracing::warn!(
+                "automatic rollbacks are held until {} (pause #{}): {}",
+                format_ms(p.until_ms),
+                p.id,
+                p.reason
+            ),
+            None => tracing::warn!(
+                "the hold on automatic rollbacks ended (pause #{} {}); automatic rollbacks are armed",
+                self.current.map(|c| c.0).unwrap_or(0),
+                if self.current.is_some_and(|c| c.1 <= now) {
+                    "expired"
+                } else {
+                    "was resumed"
+                }
+            ),
+        }
+        let ended = self.current.is_some() && seen.is_none();
+        self.current = seen;
+        ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_alive_while_its_process_runs_and_not_after() {
+        let me = holder_id();
+        let (_, start) = me.split_once('/').unwrap();
+        assert_ne!(start, "0", "the start time is read from /proc: {me}");
+        assert!(holder_alive(&me));
+        // The same pid with another start time is a reused pid: not us.
+        let pid = std::process::id();
+        assert!(!holder_alive(&format!("{pid}/1")));
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let child_pid = child.id();
+        // Exited but not yet reaped (a zombie) already counts as gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while proc_stat(child_pid).is_some_and(|(s, _)| s != 'Z') {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::yield_now();
+        }
+        assert!(!holder_alive(&format!("{child_pid}/0")));
+        child.wait().unwrap();
+        assert!(!holder_alive(&format!("{child_pid}/0")));
+        assert!(!holder_alive("garbage"));
     }
 }

@@ -112,6 +112,8 @@ pub struct NewIncident {
     pub to_version: Option<String>,
     /// Whether it holds the single in-flight rollback slot.
     pub in_flight: bool,
+    /// The process running it (see `rollback::holder_alive`).
+    pub holder: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -132,6 +134,7 @@ pub struct Incident {
     pub outcome: Option<String>,
     pub downtime_ms: Option<Millis>,
     pub in_flight: bool,
+    pub holder: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -222,6 +225,7 @@ struct IncidentRow {
     outcome: Option<String>,
     downtime_ms: Option<i64>,
     in_flight: Option<i64>,
+    holder: Option<String>,
 }
 
 impl From<IncidentRow> for Incident {
@@ -243,6 +247,7 @@ impl From<IncidentRow> for Incident {
             outcome: r.outcome,
             downtime_ms: r.downtime_ms,
             in_flight: r.in_flight.is_some(),
+            holder: r.holder,
         }
     }
 }
@@ -250,7 +255,7 @@ impl From<IncidentRow> for Incident {
 const SAMPLE_COLUMNS: &str =
     "at_ms, probe, color, deployment_id, ok, latency_ms, status, detail, requests, errors";
 const INCIDENT_COLUMNS: &str = "id, opened_ms, closed_ms, trigger_kind, severity, rule, reason, evidence, \
-     from_color, to_color, from_version, to_version, state, outcome, downtime_ms, in_flight";
+     from_color, to_color, from_version, to_version, state, outcome, downtime_ms, in_flight, holder";
 
 impl Store {
     /// Open (creating if needed) `state_dir/rollbackd.db` and migrate it.
@@ -457,16 +462,6 @@ impl Store {
             .collect())
     }
 
-    /// Mark every deployment of a version as never to be restored automatically.
-    pub async fn quarantine_version(&self, version: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE deployments SET quarantined = 1 WHERE version = ?")
-            .bind(version)
-            .execute(&self.pool)
-            .await
-            .map_err(q("quarantining a version"))?;
-        Ok(())
-    }
-
     // --- verdicts --------------------------------------------------------
 
     pub async fn insert_verdict(&self, v: &StoredVerdict) -> Result<(), StoreError> {
@@ -537,7 +532,7 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(q("opening an incident"))?;
         let inserted = sqlx::query_scalar::<_, i64>(
             "INSERT INTO incidents (opened_ms, trigger_kind, severity, rule, reason, evidence, from_color, to_color, \
-             from_version, to_version, state, in_flight) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             from_version, to_version, state, in_flight, holder) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(new.at_ms)
         .bind(new.trigger_kind)
@@ -551,6 +546,7 @@ impl Store {
         .bind(&new.to_version)
         .bind(first_state)
         .bind(new.in_flight.then_some(1i64))
+        .bind(&new.holder)
         .fetch_one(&mut *tx)
         .await;
         let id = match inserted {
@@ -672,7 +668,7 @@ impl Store {
 
     pub async fn incident_events(&self, id: i64) -> Result<Vec<IncidentEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT at_ms, state, message FROM incident_events WHERE incident_id = ? ORDER BY id",
+            "SELECT at_ms, state, message FROM incident_events WHERE incident_id = ? ORDER BY at_ms, id",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -688,16 +684,80 @@ impl Store {
             .collect())
     }
 
-    /// When the last automatic rollback that switched traffic started: the
-    /// start of the cooldown.
-    pub async fn last_automatic_switch_ms(&self) -> Result<Option<Millis>, StoreError> {
+    // --- guarded rollback (issue 5): quarantine, cooldown, holders -------
+
+    /// Never restore deployment `id` automatically again, nor any earlier
+    /// deployment of the same known version. A later `deploy` (a new row)
+    /// starts clean.
+    pub async fn quarantine_deployment(&self, id: i64, version: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE deployments SET quarantined = 1 WHERE id = ? \
+             OR (id < ? AND version = ? AND version NOT IN ('', 'unknown'))",
+        )
+        .bind(id)
+        .bind(id)
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .map_err(q("quarantining a deployment"))?;
+        Ok(())
+    }
+
+    /// The most recent deployment of one color.
+    pub async fn latest_deployment_of(
+        &self,
+        color: Color,
+    ) -> Result<Option<Deployment>, StoreError> {
+        self.previous_deployment_of(color, i64::MAX).await
+    }
+
+    /// When the cooldown started: the last automatic rollback whose switch
+    /// command ran (it may have moved traffic even if it then failed), and
+    /// with `dry_run` also the last one that would have run it.
+    pub async fn cooldown_start_ms(&self, dry_run: bool) -> Result<Option<Millis>, StoreError> {
         sqlx::query_scalar(
             "SELECT MAX(i.opened_ms) FROM incidents i WHERE i.trigger_kind = 'automatic' \
-             AND EXISTS (SELECT 1 FROM incident_events e WHERE e.incident_id = i.id AND e.state = 'switching')",
+             AND (EXISTS (SELECT 1 FROM incident_events e WHERE e.incident_id = i.id AND e.state = 'switching') \
+                  OR (? AND i.state = 'dry_run'))",
         )
+        .bind(dry_run)
         .fetch_one(&self.pool)
         .await
         .map_err(q("reading the last rollback"))
+    }
+
+    /// The last escalated incident, unless a deployment was recorded after
+    /// it closed (an operator or pipeline acted since).
+    pub async fn unresolved_escalation(&self) -> Result<Option<Incident>, StoreError> {
+        let row: Option<IncidentRow> = sqlx::query_as(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.state = 'escalated' \
+             AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.at_ms > i.closed_ms) \
+             ORDER BY i.id DESC LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading escalations"))?;
+        Ok(row.map(Incident::from))
+    }
+
+    /// Take over an in-flight incident from `old` (a process that died):
+    /// true for exactly one caller.
+    pub async fn take_over_incident(
+        &self,
+        id: i64,
+        old: Option<&str>,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE incidents SET holder = ? WHERE id = ? AND in_flight IS NOT NULL AND holder IS ?",
+        )
+        .bind(new)
+        .bind(id)
+        .bind(old)
+        .execute(&self.pool)
+        .await
+        .map_err(q("taking over a rollback"))?;
+        Ok(done.rows_affected() == 1)
     }
 
     // --- pauses ----------------------------------------------------------
@@ -864,6 +924,7 @@ mod tests {
             from_version: None,
             to_version: None,
             in_flight: true,
+            holder: None,
         };
         let first = store
             .open_incident(&new, "requested", "detected")

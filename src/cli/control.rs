@@ -6,6 +6,7 @@ use serde_json::json;
 use super::{CheckFailed, DeployArgs, PauseArgs, RollbackArgs, open};
 use crate::config::Config;
 use crate::model::{duration_ms, format_ms, now_ms};
+use crate::notifier;
 use crate::probe::Prober;
 use crate::rollback::{self, Outcome, Request, Trigger};
 
@@ -40,26 +41,50 @@ pub async fn deploy(config: &Config, a: DeployArgs) -> anyhow::Result<()> {
 pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
     let store = open(config).await?;
     let prober = Prober::new();
-    let ctx = rollback::Context {
-        config,
-        store: &store,
-        prober: &prober,
-    };
+    let policy = notifier::Policy::default();
+    let (hub, sender) = notifier::Hub::start(policy);
     let request = Request {
         trigger: Trigger::Manual,
         severity: crate::model::Severity::Critical,
         rule: None,
         reason: a.reason.clone(),
-        evidence: json!({ "manual": true, "reason": a.reason, "user": std::env::var("USER").unwrap_or_default() }),
+        evidence: json!({ "manual": true, "reason": a.reason, "user": crate::rollback::operator().unwrap_or_default() }),
         since_ms: None,
     };
-    match rollback::execute(&ctx, request).await? {
+    let outcome = {
+        let ctx = rollback::Context {
+            config,
+            store: &store,
+            prober: &prober,
+            notify: Some(&hub),
+        };
+        let work = rollback::execute(&ctx, request);
+        tokio::pin!(work);
+        // Never abandon a rollback half-way on a stray Ctrl-C: the first one
+        // only says what is happening; a second one exits, and the next
+        // rollbackd (daemon or CLI) reconciles what was left.
+        let mut interrupts = 0;
+        loop {
+            tokio::select! {
+                outcome = &mut work => break outcome?,
+                _ = tokio::signal::ctrl_c() => {
+                    interrupts += 1;
+                    if interrupts >= 2 {
+                        eprintln!("abandoning: the rollback will be reconciled by the next rollbackd; it never runs the switch twice");
+                        std::process::exit(130);
+                    }
+                    eprintln!("a rollback is in progress and will finish (every step is bounded); press Ctrl-C again to abandon it");
+                }
+            }
+        }
+    };
+    let result = match outcome {
         Outcome::Verified { incident, to } => {
             println!("rolled back to {to}; verified healthy (incident #{incident})");
             Ok(())
         }
         Outcome::DryRun { incident, to } => {
-            println!("dry run: would have switched to {to} (incident #{incident})");
+            println!("dry run: would roll back to {to} (incident #{incident})");
             Ok(())
         }
         Outcome::Refused { incident, why } => {
@@ -72,17 +97,42 @@ pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
             Err(CheckFailed(format!("escalated (incident #{incident}): {why}")).into())
         }
         Outcome::Skipped { why } => Err(CheckFailed(format!("not started: {why}")).into()),
+    };
+    // The rollback is done (and its outcome printed); deliver the notices
+    // before exiting, bounded by their retry policy.
+    drop(hub);
+    if tokio::time::timeout(policy.worst_case(), sender)
+        .await
+        .is_err()
+    {
+        eprintln!("note: some notifications were still being retried at exit");
     }
+    result
 }
 
+/// The longest hold `pause` accepts: a hold always expires, and one that
+/// outlives a month is a forgotten one.
+const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 pub async fn pause(config: &Config, a: PauseArgs) -> anyhow::Result<()> {
+    if a.duration.is_zero() || a.duration > MAX_HOLD {
+        clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            format!(
+                "--for must be more than 0 and at most {} (a hold always expires)\n",
+                humantime::format_duration(MAX_HOLD)
+            ),
+        )
+        .exit();
+    }
     let store = open(config).await?;
     let now = now_ms();
     let until = now + duration_ms(a.duration);
-    store.pause(now, until, &a.reason).await?;
-    tracing::info!(
-        "automatic rollbacks paused for {}: {}",
+    let id = store.pause(now, until, &a.reason).await?;
+    tracing::warn!(
+        "automatic rollbacks held for {} until {} (pause #{id}): {}",
         humantime::format_duration(a.duration),
+        format_ms(until),
         a.reason
     );
     println!(
@@ -95,7 +145,9 @@ pub async fn pause(config: &Config, a: PauseArgs) -> anyhow::Result<()> {
 
 pub async fn resume(config: &Config) -> anyhow::Result<()> {
     let n = open(config).await?.resume(now_ms()).await?;
-    tracing::info!("automatic rollbacks resumed");
+    if n > 0 {
+        tracing::warn!("hold on automatic rollbacks ended by resume");
+    }
     println!(
         "{}",
         if n > 0 {

@@ -1,12 +1,16 @@
-//! `rollbackd incidents` and `incident show N [--json|--markdown]`.
+//! `rollbackd incidents` and `incident show N [--json|--markdown]`: the
+//! record of every rollback (or refused one) as text, JSON, or a Markdown
+//! report an on-call engineer pastes into a post-mortem. This file only
+//! renders what `store` holds; it changes nothing.
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::open;
+use super::{CheckFailed, open};
 use crate::config::Config;
-use crate::model::{Color, format_ms};
+use crate::model::{Color, Millis, Signal, format_ms, format_value};
+use crate::store::{Incident, IncidentEvent, StoreError};
 
 pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let list = open(config).await?.incidents().await?;
@@ -16,17 +20,24 @@ pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
     }
     if list.is_empty() {
         println!("no incidents");
+        return Ok(());
     }
+    println!(
+        "{:<5} {:<20}  {:<8} {:<9} {:<14}  {:<10} {:<9} reason",
+        "id", "opened (UTC)", "severity", "trigger", "switch", "outcome", "downtime"
+    );
     for i in &list {
         println!(
-            "#{:<4} {}  {:<8} {:<9} {} -> {}  {:<10} {}",
+            "#{:<4} {:<20}  {:<8} {:<9} {:<14}  {:<10} {:<9} {}",
             i.id,
             format_ms(i.opened_ms),
             i.severity.as_str(),
             i.trigger_kind,
-            i.from_color.map(Color::as_str).unwrap_or("?"),
-            i.to_color.map(Color::as_str).unwrap_or("?"),
+            format!("{} -> {}", color(i.from_color), color(i.to_color)),
             i.state,
+            i.downtime_ms
+                .map(short_duration)
+                .unwrap_or_else(|| "-".into()),
             i.reason
         );
     }
@@ -35,65 +46,31 @@ pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
 
 pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> anyhow::Result<()> {
     let store = open(config).await?;
-    let inc = store.incident(id).await?;
+    let inc = match store.incident(id).await {
+        Ok(i) => i,
+        Err(StoreError::NoIncident(_)) => {
+            return Err(
+                CheckFailed(format!("no incident #{id} (see `rollbackd incidents`)")).into(),
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
     let events = store.incident_events(id).await?;
     if as_json {
+        let evidence: Value = serde_json::from_str(&inc.evidence).unwrap_or(json!(inc.evidence));
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "incident": inc, "timeline": events }))?
+            serde_json::to_string_pretty(&json!({
+                "incident": inc,
+                "evidence": evidence,
+                "timeline": events,
+                "milestones": milestones(&events),
+            }))?
         );
         return Ok(());
     }
-    let color = |c: Option<Color>| c.map(Color::as_str).unwrap_or("?");
-    let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
     if markdown {
-        println!(
-            "# Incident #{}: {} rollback of {}",
-            inc.id, inc.severity, config.service
-        );
-        println!();
-        println!("## Summary\n");
-        println!("- **Severity:** {}", inc.severity);
-        println!("- **Trigger:** {} — {}", inc.trigger_kind, inc.reason);
-        println!(
-            "- **From:** {} ({})",
-            color(inc.from_color),
-            version(&inc.from_version)
-        );
-        println!(
-            "- **To:** {} ({})",
-            color(inc.to_color),
-            version(&inc.to_version)
-        );
-        println!(
-            "- **Outcome:** {} — {}",
-            inc.state,
-            inc.outcome.clone().unwrap_or_else(|| "in progress".into())
-        );
-        if let Some(d) = inc.downtime_ms {
-            println!(
-                "- **Measured downtime:** {}",
-                humantime::format_duration(Duration::from_millis(d as u64))
-            );
-        }
-        println!("\n## Timeline (UTC)\n");
-        println!("| time | state | event |\n|---|---|---|");
-        for e in &events {
-            println!(
-                "| {} | {} | {} |",
-                format_ms(e.at_ms),
-                e.state,
-                e.message.replace('|', "\\|")
-            );
-        }
-        println!("\n## Evidence\n\n```json\n{}\n```", inc.evidence);
-        println!("\n## Root cause\n\n_To be filled in by the on-call engineer._");
-        println!(
-            "\n## Resolution\n\n{}",
-            inc.outcome
-                .clone()
-                .unwrap_or_else(|| "_Rollback still in progress._".into())
-        );
+        print!("{}", markdown_report(&config.service, &inc, &events));
         return Ok(());
     }
     println!(
@@ -101,6 +78,9 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         inc.id, inc.severity, inc.trigger_kind
     );
     println!("  reason:   {}", inc.reason);
+    if let Some(rule) = &inc.rule {
+        println!("  rule:     {rule}");
+    }
     println!(
         "  from:     {} ({})",
         color(inc.from_color),
@@ -116,16 +96,255 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         "  outcome:  {}",
         inc.outcome.clone().unwrap_or_else(|| "in progress".into())
     );
-    if let Some(d) = inc.downtime_ms {
+    println!("  downtime: {}", downtime(&inc));
+    println!("  evidence: {}", evidence_line(&inc.evidence));
+    println!("timeline (UTC):");
+    for e in &events {
         println!(
-            "  downtime: {}",
-            humantime::format_duration(Duration::from_millis(d as u64))
+            "  {}  {:<20} {}",
+            precise(e.at_ms),
+            label(&e.state),
+            e.message
         );
     }
-    println!("  evidence: {}", inc.evidence);
-    println!("timeline:");
-    for e in &events {
-        println!("  {}  {:<16} {}", format_ms(e.at_ms), e.state, e.message);
-    }
     Ok(())
+}
+
+/// The post-mortem starter: summary, severity, timeline, evidence, a
+/// root-cause placeholder and the resolution.
+pub fn markdown_report(service: &str, inc: &Incident, events: &[IncidentEvent]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let kind = if inc.trigger_kind == "manual" {
+        "manual"
+    } else {
+        "automatic"
+    };
+    let _ = writeln!(
+        out,
+        "# Incident #{}: {} {} rollback of {service}\n",
+        inc.id, inc.severity, kind
+    );
+    let _ = writeln!(out, "## Summary\n");
+    let _ = writeln!(out, "{}\n", summary_sentence(service, inc, events));
+    let _ = writeln!(out, "| | |\n|---|---|");
+    let _ = writeln!(out, "| **Severity** | {} |", inc.severity);
+    let _ = writeln!(
+        out,
+        "| **Trigger** | {kind}{} |",
+        inc.rule
+            .as_deref()
+            .map(|r| format!(": `{}`", md(r)))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(out, "| **Reason** | {} |", md(&inc.reason));
+    let _ = writeln!(
+        out,
+        "| **From** | {} (`{}`) |",
+        color(inc.from_color),
+        md(&version(&inc.from_version))
+    );
+    let _ = writeln!(
+        out,
+        "| **To** | {} (`{}`) |",
+        color(inc.to_color),
+        md(&version(&inc.to_version))
+    );
+    let _ = writeln!(out, "| **Outcome** | {} |", inc.state);
+    let _ = writeln!(out, "| **Measured downtime** | {} |", downtime(inc));
+    let _ = writeln!(out, "| **Opened** | {} |", format_ms(inc.opened_ms));
+    if let Some(c) = inc.closed_ms {
+        let _ = writeln!(out, "| **Closed** | {} |", format_ms(c));
+    }
+    let _ = writeln!(out, "\n## Timeline (UTC)\n");
+    let _ = writeln!(out, "| time | step | event |\n|---|---|---|");
+    for e in events {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            precise(e.at_ms),
+            label(&e.state),
+            md(&e.message)
+        );
+    }
+    let _ = writeln!(out, "\n## Evidence\n");
+    let _ = writeln!(out, "{}\n", md(&evidence_line(&inc.evidence)));
+    let pretty = serde_json::from_str::<Value>(&inc.evidence)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| inc.evidence.clone());
+    let _ = writeln!(out, "```json\n{pretty}\n```");
+    let _ = writeln!(out, "\n## Root cause\n");
+    let _ = writeln!(
+        out,
+        "_To be filled in by the on-call engineer: what changed in `{}`, why the checks caught it, why it was not caught before the cutover._",
+        md(&version(&inc.from_version))
+    );
+    let _ = writeln!(out, "\n## Resolution\n");
+    let _ = writeln!(
+        out,
+        "{}",
+        md(&inc
+            .outcome
+            .clone()
+            .unwrap_or_else(|| "_Rollback still in progress._".into()))
+    );
+    let _ = writeln!(out, "\n## Follow-up\n\n- [ ] ");
+    out
+}
+
+fn summary_sentence(service: &str, inc: &Incident, events: &[IncidentEvent]) -> String {
+    let from = format!(
+        "{} (`{}`)",
+        color(inc.from_color),
+        md(&version(&inc.from_version))
+    );
+    let to = format!(
+        "{} (`{}`)",
+        color(inc.to_color),
+        md(&version(&inc.to_version))
+    );
+    let detected = events
+        .iter()
+        .find(|e| e.state == "detected")
+        .map(|e| format!(" {from} started failing at {}.", precise(e.at_ms)))
+        .unwrap_or_default();
+    let start = match &inc.rule {
+        Some(r) => format!(
+            "Rule `{}` fired on {service} {from}; rollbackd rolled back automatically.",
+            md(r)
+        ),
+        None => format!(
+            "An operator rolled back {service} {from}: {}.",
+            md(inc.reason.trim_end_matches('.'))
+        ),
+    };
+    let end = match inc.state.as_str() {
+        "verified" => format!(
+            "Traffic moved to {to}, which passed its health probes{}.",
+            inc.downtime_ms
+                .map(|d| format!("; measured downtime {}", short_duration(d)))
+                .unwrap_or_default()
+        ),
+        "escalated" => format!(
+            "Traffic moved to {to}, but it did not pass its health probes in time: escalated, no further automatic switch."
+        ),
+        "refused" => format!("The switch to {to} was refused; {from} kept serving."),
+        "failed" => "The rollback failed; the timeline shows where it stopped.".to_owned(),
+        "dry_run" => format!("Dry run: traffic would have moved to {to}."),
+        other => format!("The rollback is in progress (state {other})."),
+    };
+    format!("{start}{detected} {end}")
+}
+
+/// The timeline's milestones for JSON readers: detected, rollback
+/// initiated, completed (traffic moved), validated.
+fn milestones(events: &[IncidentEvent]) -> Value {
+    let first = |state: &str| -> Option<Millis> {
+        events.iter().find(|e| e.state == state).map(|e| e.at_ms)
+    };
+    json!({
+        "detected_ms": first("detected"),
+        "initiated_ms": first("requested"),
+        "completed_ms": first("switched"),
+        "validated_ms": first("verified"),
+    })
+}
+
+/// What each state means on a timeline.
+fn label(state: &str) -> &str {
+    match state {
+        "detected" => "detected",
+        "requested" => "rollback initiated",
+        "target_verified" => "target verified",
+        "switching" => "switching",
+        "switched" => "rollback completed",
+        "verified" => "validated",
+        other => other,
+    }
+}
+
+/// The verdict evidence in one line, when it is a verdict.
+fn evidence_line(evidence: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(evidence) else {
+        return evidence.to_owned();
+    };
+    if v.get("manual").is_some() {
+        return format!(
+            "manual rollback{}: {}",
+            v["user"]
+                .as_str()
+                .filter(|u| !u.is_empty())
+                .map(|u| format!(" by {u}"))
+                .unwrap_or_default(),
+            v["reason"].as_str().unwrap_or("")
+        );
+    }
+    let (Some(rule), Some(color)) = (v["rule"].as_str(), v["color"].as_str()) else {
+        return evidence.to_owned();
+    };
+    let signal: Option<Signal> = serde_json::from_value(v["signal"].clone()).ok();
+    let fmt = |x: &Value| match (x.as_f64(), signal) {
+        (Some(x), Some(s)) => format_value(s, x),
+        (Some(x), None) => format!("{x}"),
+        _ => "-".into(),
+    };
+    format!(
+        "`{rule}` {} on {color} at {}: value {} against threshold {} over {} samples in a {} window{}{}",
+        v["state"].as_str().unwrap_or("fired"),
+        v["at_ms"].as_i64().map(format_ms).unwrap_or_default(),
+        fmt(&v["value"]),
+        fmt(&v["threshold"]),
+        v["n"],
+        v["window_ms"]
+            .as_i64()
+            .map(short_duration)
+            .unwrap_or_else(|| "?".into()),
+        v["baseline"]
+            .as_f64()
+            .map(|b| format!(" (baseline {})", fmt(&json!(b))))
+            .unwrap_or_default(),
+        v["detail"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map(|d| format!("; {d}"))
+            .unwrap_or_default(),
+    )
+}
+
+fn downtime(inc: &Incident) -> String {
+    match inc.downtime_ms {
+        Some(d) => format!("{} (from detection to validation)", short_duration(d)),
+        None => "not measured".into(),
+    }
+}
+
+fn short_duration(ms: Millis) -> String {
+    let ms = ms.max(0) as u64;
+    // Whole seconds read better; sub-second ones keep their millis.
+    let d = if ms >= 1000 {
+        Duration::from_secs(ms.div_ceil(1000))
+    } else {
+        Duration::from_millis(ms)
+    };
+    humantime::format_duration(d).to_string()
+}
+
+/// A timeline time: steps are often within one second of each other.
+fn precise(ms: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn color(c: Option<Color>) -> &'static str {
+    c.map(Color::as_str).unwrap_or("?")
+}
+
+fn version(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "?".into())
+}
+
+/// Text safe inside a Markdown table cell.
+fn md(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
 }

@@ -31,7 +31,7 @@ fn demo_detects_rolls_back_verifies_and_reports() {
         "switching",
         "verified         rolled back to green",
         "traffic is on green",
-        "# Incident #1: critical rollback of beluga",
+        "# Incident #1: critical automatic rollback of beluga",
         "## Root cause",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");

@@ -5,5 +5,7 @@ mod assets;
 mod common;
 mod demo;
 mod gate;
+mod notify;
 mod report;
+mod rollback;
 mod spine;

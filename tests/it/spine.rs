@@ -149,6 +149,7 @@ async fn healthy_then_failing_active_color_rolls_back_exactly_once() {
     assert_eq!(
         states,
         [
+            "detected",
             "requested",
             "target_verified",
             "switching",

@@ -1,0 +1,1129 @@
+//! The guarded rollback: its guards (previous deployment, target health,
+//! quarantine, cooldown, pause, escalation, dry run), its timeline and
+//! notifications, crash recovery (`reconcile`) for every state, and kill -9
+//! of a real `rollbackd run` in the middle of a slow switch command.
+//!
+//! In-process tests drive `rollback::execute` with real HTTP colors, a real
+//! SQLite file and real commands; the daemon tests use the real binary.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use rollbackd::config::Config;
+use rollbackd::model::{Color, Severity, now_ms};
+use rollbackd::notifier::{Hub, Policy};
+use rollbackd::probe::Prober;
+use rollbackd::rollback::{self, Context, Outcome, Request, Trigger};
+use rollbackd::store::Store;
+use serde_json::json;
+
+use crate::common::{self, Env, wait_for};
+use crate::notify::Receiver;
+
+/// Sections of a test config; the switch command appends "FROM TO" to
+/// `switch.log`.
+#[derive(Default)]
+struct Parts<'a> {
+    daemon: &'a str,
+    top: &'a str,
+    rollback: &'a str,
+}
+
+fn config_text(dir: &Path, blue: &str, green: &str, hook: &str, p: Parts) -> String {
+    let log = dir.join("switch.log");
+    format!(
+        r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+watch_config = false
+{daemon}
+
+[service]
+name = "beluga"
+
+[colors.blue]
+base_url = "{blue}"
+[colors.green]
+base_url = "{green}"
+
+[[notify]]
+kind = "webhook"
+url = "{hook}/json"
+format = "json"
+min_severity = "low"
+
+{top}
+
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "200ms"
+timeout = "150ms"
+body_contains = "ok"
+health = true
+
+[rollback]
+command = ["/bin/sh", "-c", "echo \"$1 $2\" >> {log}", "switch", "{{from}}", "{{to}}"]
+{rollback}
+"#,
+        daemon = p.daemon,
+        top = p.top,
+        // Unless the test says otherwise, the restored color gets 3s.
+        rollback = if p.rollback.contains("verify_after") {
+            p.rollback.to_owned()
+        } else {
+            format!("verify_after = \"3s\"\n{}", p.rollback)
+        },
+        log = log.display(),
+    )
+}
+
+/// One in-process world: two colors, a webhook receiver, a store.
+struct World {
+    env: Env,
+    // Serves blue's /healthz for as long as the world lives.
+    _blue: common::Color,
+    green: common::Color,
+    hook: Receiver,
+    config: Config,
+    store: Store,
+    prober: Prober,
+    hub: Hub,
+}
+
+impl World {
+    async fn new(p: Parts<'_>) -> World {
+        let blue = common::Color::start().await;
+        let green = common::Color::start().await;
+        let hook = Receiver::start().await;
+        let env = Env::new("");
+        let text = config_text(env.dir.path(), &blue.url, &green.url, &hook.url, p);
+        std::fs::write(&env.config, text).unwrap();
+        let config = Config::load(&env.config).unwrap();
+        let store = env.store().await;
+        let (hub, _worker) = Hub::start(Policy {
+            attempts: 2,
+            backoff: Duration::from_millis(20),
+            timeout: Duration::from_secs(2),
+        });
+        World {
+            env,
+            _blue: blue,
+            green,
+            hook,
+            config,
+            store,
+            prober: Prober::new(),
+            hub,
+        }
+    }
+
+    fn ctx(&self) -> Context<'_> {
+        Context {
+            config: &self.config,
+            store: &self.store,
+            prober: &self.prober,
+            notify: Some(&self.hub),
+        }
+    }
+
+    async fn execute(&self, req: Request) -> Outcome {
+        rollback::execute(&self.ctx(), req).await.unwrap()
+    }
+
+    async fn deploy(&self, color: Color, version: &str) -> i64 {
+        self.store
+            .record_deployment(color, version, "cli", now_ms())
+            .await
+            .unwrap()
+            .id
+    }
+
+    fn switches(&self) -> Vec<String> {
+        common::read(&self.env.path("switch.log"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn states(&self, id: i64) -> Vec<String> {
+        self.store
+            .incident_events(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.state)
+            .collect()
+    }
+
+    /// Wait for a webhook notice of this event and incident.
+    async fn notice(&self, event: &str, incident: i64) -> serde_json::Value {
+        let find = || {
+            self.hook
+                .bodies("json")
+                .into_iter()
+                .find(|b| b["event"] == event && b["incident"] == incident)
+        };
+        wait_for(
+            &format!("a {event} notice for #{incident}"),
+            Duration::from_secs(5),
+            || async { find().is_some() },
+        )
+        .await;
+        find().unwrap()
+    }
+}
+
+fn automatic() -> Request {
+    Request {
+        trigger: Trigger::Automatic,
+        severity: Severity::Critical,
+        rule: Some("critical: health_failures >= 3 over 10m".into()),
+        reason: "health_failures >= 3 on the active color".into(),
+        evidence: json!({ "rule": "critical: health_failures >= 3 over 10m", "color": "blue" }),
+        since_ms: Some(now_ms() - 3000),
+    }
+}
+
+fn manual(reason: &str) -> Request {
+    Request {
+        trigger: Trigger::Manual,
+        severity: Severity::Critical,
+        rule: None,
+        reason: reason.into(),
+        evidence: json!({ "manual": true, "reason": reason }),
+        since_ms: None,
+    }
+}
+
+#[tokio::test]
+async fn automatic_rollback_records_the_timeline_quarantines_and_cools_down() {
+    let mut w = World::new(Parts::default()).await;
+    w.deploy(Color::Green, "v1").await;
+    let v2 = w.deploy(Color::Blue, "v2").await;
+    let req = automatic();
+    let since = req.since_ms.unwrap();
+
+    let Outcome::Verified { incident, to } = w.execute(req).await else {
+        panic!("expected a verified rollback");
+    };
+    assert_eq!(to, Color::Green);
+    assert_eq!(w.switches(), ["blue green"]);
+    let events = w.store.incident_events(incident).await.unwrap();
+    let states: Vec<&str> = events.iter().map(|e| e.state.as_str()).collect();
+    assert_eq!(
+        states,
+        [
+            "detected",
+            "requested",
+            "target_verified",
+            "switching",
+            "switched",
+            "verified"
+        ]
+    );
+    assert_eq!(events[0].at_ms, since, "detected when the trouble began");
+    let inc = w.store.incident(incident).await.unwrap();
+    assert!(!inc.in_flight);
+    assert!(
+        inc.downtime_ms.unwrap() >= 3000,
+        "downtime runs from detection to validation: {:?}",
+        inc.downtime_ms
+    );
+    assert_eq!(
+        (inc.from_version.as_deref(), inc.to_version.as_deref()),
+        (Some("v2"), Some("v1"))
+    );
+    let started = w.notice("rollback_started", incident).await;
+    assert_eq!(started["severity"], "critical");
+    let done = w.notice("rollback_completed", incident).await;
+    assert_eq!(
+        (&done["from"], &done["to"]),
+        (&json!("blue"), &json!("green"))
+    );
+
+    // The rolled-back deployment is quarantined; the restored one is not.
+    let deps = w.store.deployments().await.unwrap();
+    assert!(deps.iter().find(|d| d.id == v2).unwrap().quarantined);
+    let latest = w.store.latest_deployment().await.unwrap().unwrap();
+    assert_eq!(
+        (latest.color, latest.version.as_str(), latest.quarantined),
+        (Color::Green, "v1", false)
+    );
+
+    // Cooldown: the next automatic rollback within 30m is not attempted.
+    match w.execute(automatic()).await {
+        Outcome::Skipped { why } => assert!(why.contains("cooldown"), "{why}"),
+        other => panic!("expected a cooldown skip, got {other:?}"),
+    }
+    assert_eq!(w.store.incidents().await.unwrap().len(), 1);
+
+    // Without the cooldown, quarantine still refuses to restore v2.
+    w.config.rollback.cooldown = Duration::ZERO;
+    match w.execute(automatic()).await {
+        Outcome::Refused { incident, why } => {
+            assert!(why.contains("quarantined"), "{why}");
+            let n = w.notice("rollback_refused", incident).await;
+            assert!(n["summary"].as_str().unwrap().contains("quarantined"));
+            assert_eq!(w.store.incident(incident).await.unwrap().state, "refused");
+        }
+        other => panic!("expected a quarantine refusal, got {other:?}"),
+    }
+    assert_eq!(w.switches().len(), 1, "a refusal runs nothing");
+
+    // A new deploy of blue (even of v2 again), then green v3 failing: the
+    // new blue deployment starts clean and may be restored automatically.
+    w.deploy(Color::Blue, "v2").await;
+    w.deploy(Color::Green, "v3").await;
+    let Outcome::Verified { to, .. } = w.execute(automatic()).await else {
+        panic!("a new deployment is not quarantined");
+    };
+    assert_eq!(to, Color::Blue);
+    assert_eq!(w.switches(), ["blue green", "green blue"]);
+}
+
+#[tokio::test]
+async fn refusals_are_incidents_that_alert_and_do_not_start_the_cooldown() {
+    let w = World::new(Parts::default()).await;
+    w.deploy(Color::Blue, "v1").await;
+    // Nothing to go back to.
+    let Outcome::Refused { incident, why } = w.execute(manual("bad deploy")).await else {
+        panic!("expected a refusal with no previous deployment");
+    };
+    assert!(why.contains("no previous deployment"), "{why}");
+    w.notice("rollback_refused", incident).await;
+
+    // A standby failing its health probes is never switched onto.
+    w.deploy(Color::Green, "v2").await;
+    w.deploy(Color::Blue, "v3").await;
+    w.green.set(503);
+    let Outcome::Refused { incident, why } = w.execute(automatic()).await else {
+        panic!("expected a refusal onto an unhealthy standby");
+    };
+    assert!(why.contains("green is not healthy"), "{why}");
+    let inc = w.store.incident(incident).await.unwrap();
+    assert_eq!((inc.state.as_str(), inc.in_flight), ("refused", false));
+    assert_eq!(w.states(incident).await.last().unwrap(), "refused");
+    w.notice("rollback_refused", incident).await;
+    assert!(w.switches().is_empty());
+
+    // A pause holds automatic rollbacks, not manual ones.
+    w.green.set(200);
+    let now = now_ms();
+    w.store
+        .pause(now, now + 60_000, "maintenance")
+        .await
+        .unwrap();
+    match w.execute(automatic()).await {
+        Outcome::Skipped { why } => assert!(why.contains("paused") && why.contains("maintenance")),
+        other => panic!("expected a pause skip, got {other:?}"),
+    }
+    w.store.resume(now_ms()).await.unwrap();
+    // The refusal did not start a cooldown: this one runs.
+    let Outcome::Verified { to, .. } = w.execute(automatic()).await else {
+        panic!("expected the rollback once green is healthy");
+    };
+    assert_eq!(to, Color::Green);
+    assert_eq!(w.switches(), ["blue green"]);
+}
+
+#[tokio::test]
+async fn dry_run_does_everything_but_the_command() {
+    let w = World::new(Parts {
+        daemon: "dry_run = true",
+        ..Parts::default()
+    })
+    .await;
+    w.deploy(Color::Green, "v1").await;
+    w.deploy(Color::Blue, "v2").await;
+    let Outcome::DryRun { incident, to } = w.execute(automatic()).await else {
+        panic!("expected a dry run");
+    };
+    assert_eq!(to, Color::Green);
+    assert!(w.switches().is_empty(), "the command never runs in dry run");
+    let inc = w.store.incident(incident).await.unwrap();
+    assert_eq!(inc.state, "dry_run");
+    assert!(
+        inc.outcome
+            .unwrap()
+            .contains("would roll back blue -> green")
+    );
+    w.notice("rollback_dry_run", incident).await;
+    let latest = w.store.latest_deployment().await.unwrap().unwrap();
+    assert_eq!(latest.color, Color::Blue, "nothing was switched");
+    // In dry run the cooldown is simulated too: one incident, not one a minute.
+    assert!(matches!(
+        w.execute(automatic()).await,
+        Outcome::Skipped { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_restored_color_that_stays_unhealthy_escalates_and_holds_automatic_switches() {
+    let mut w = World::new(Parts {
+        rollback: "verify_target = false\nverify_after = \"600ms\"\ncooldown = \"0s\"",
+        ..Parts::default()
+    })
+    .await;
+    w.deploy(Color::Green, "v1").await;
+    w.deploy(Color::Blue, "v2").await;
+    w.green.set(503);
+    let Outcome::Escalated { incident, why } = w.execute(automatic()).await else {
+        panic!("expected an escalation");
+    };
+    assert!(why.contains("no further automatic switch"), "{why}");
+    assert_eq!(w.switches(), ["blue green"]);
+    let n = w.notice("rollback_escalated", incident).await;
+    assert_eq!(n["severity"], "critical");
+    assert_eq!(w.store.incident(incident).await.unwrap().state, "escalated");
+
+    // No second automatic switch, even with quarantine off and no cooldown.
+    w.config.rollback.quarantine = false;
+    match w.execute(automatic()).await {
+        Outcome::Skipped { why } => assert!(why.contains("escalated"), "{why}"),
+        other => panic!("expected an escalation hold, got {other:?}"),
+    }
+    // Deployments recorded afterwards (the pipeline shipped a fix to blue,
+    // then v4 to green) lift the hold: v4 failing rolls back to blue v3.
+    w.deploy(Color::Blue, "v3").await;
+    w.deploy(Color::Green, "v4").await;
+    let outcome = w.execute(automatic()).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Verified {
+                to: Color::Blue,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
+/// A color whose health is a file: 200 while `path` exists.
+async fn file_color(path: PathBuf) -> String {
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(|State(p): State<PathBuf>| async move {
+                if p.exists() {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "stopped")
+                }
+            }),
+        )
+        .with_state(path);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn prepare_restarts_the_standby_and_retire_stops_the_old_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("green.up");
+    let green = file_color(up.clone()).await;
+    let blue = common::Color::start().await;
+    let hook = Receiver::start().await;
+    let retired = dir.path().join("retired");
+    let rollback = format!(
+        "prepare = [\"/usr/bin/touch\", \"{}/{{to}}.up\"]\nretire = [\"/bin/sh\", \"-c\", \"echo $1 > {}\", \"retire\", \"{{from}}\"]",
+        dir.path().display(),
+        retired.display()
+    );
+    let env = Env::new("");
+    let text = config_text(
+        env.dir.path(),
+        &blue.url,
+        &green,
+        &hook.url,
+        Parts {
+            rollback: &rollback,
+            ..Parts::default()
+        },
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let config = Config::load(&env.config).unwrap();
+    let store = env.store().await;
+    store
+        .record_deployment(Color::Green, "v1", "cli", 1)
+        .await
+        .unwrap();
+    store
+        .record_deployment(Color::Blue, "v2", "cli", 2)
+        .await
+        .unwrap();
+    let prober = Prober::new();
+    let ctx = Context {
+        config: &config,
+        store: &store,
+        prober: &prober,
+        notify: None,
+    };
+    assert!(!up.exists(), "green starts stopped");
+    let outcome = rollback::execute(&ctx, manual("v2 corrupts queues"))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Verified { .. }), "{outcome:?}");
+    assert!(up.exists(), "prepare started green");
+    assert_eq!(common::read(&retired).trim(), "blue", "retire stopped blue");
+    let events = store.incident_events(1).await.unwrap();
+    let text: Vec<String> = events.iter().map(|e| e.message.clone()).collect();
+    let prepared = text.iter().position(|m| m.starts_with("prepared green"));
+    let verified = events.iter().position(|e| e.state == "target_verified");
+    assert!(
+        prepared.is_some() && prepared < verified,
+        "prepare runs before the target is verified: {text:?}"
+    );
+    assert!(
+        text.iter().any(|m| m.starts_with("retired blue")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|m| m.starts_with("manual rollback requested")),
+        "{text:?}"
+    );
+}
+
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_switch_command_is_killed_with_its_group_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child.pid");
+    let rollback = format!(
+        "timeout = \"500ms\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 60 & echo $! > {}; wait\"]",
+        pidfile.display()
+    );
+    // Replace the default command: a config with this one only.
+    let w = World::new(Parts::default()).await;
+    let text = common::read(&w.env.config).replace(
+        &format!(
+            "command = [\"/bin/sh\", \"-c\", \"echo \\\"$1 $2\\\" >> {}\", \"switch\", \"{{from}}\", \"{{to}}\"]",
+            w.env.path("switch.log").display()
+        ),
+        &rollback,
+    );
+    assert!(text.contains("sleep 60"), "the command was replaced");
+    std::fs::write(&w.env.config, text).unwrap();
+    let config = Config::load(&w.env.config).unwrap();
+    w.deploy(Color::Green, "v1").await;
+    w.deploy(Color::Blue, "v2").await;
+    let ctx = Context {
+        config: &config,
+        ..w.ctx()
+    };
+    let started = std::time::Instant::now();
+    let outcome = rollback::execute(&ctx, automatic()).await.unwrap();
+    let Outcome::Failed { incident, why } = outcome else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    assert!(why.contains("timed out"), "{why}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let child: i32 = common::read(&pidfile).trim().parse().unwrap();
+    wait_for(
+        "the command's background child to be killed",
+        Duration::from_secs(5),
+        || async { gone(child) },
+    )
+    .await;
+    w.notice("rollback_failed", incident).await;
+    // The command ran: the cooldown counts it, no automatic retry.
+    assert!(matches!(
+        rollback::execute(&ctx, automatic()).await.unwrap(),
+        Outcome::Skipped { .. }
+    ));
+}
+
+/// A holder id for a process that has exited.
+fn dead_holder() -> String {
+    let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    // Start time 1 never matches a live process that reused the pid.
+    format!("{pid}/1")
+}
+
+async fn stranded(w: &World, holder: String, states: &[&str]) -> i64 {
+    let new = rollbackd::store::NewIncident {
+        at_ms: now_ms(),
+        trigger_kind: "automatic",
+        severity: Severity::Critical,
+        rule: Some("critical: health_failures >= 3 over 10m".into()),
+        reason: "test".into(),
+        evidence: "{}".into(),
+        from_color: Some(Color::Blue),
+        to_color: Some(Color::Green),
+        from_version: Some("v2".into()),
+        to_version: Some("v1".into()),
+        in_flight: true,
+        holder: Some(holder),
+    };
+    let id = w
+        .store
+        .open_incident(&new, "requested", "requested")
+        .await
+        .unwrap();
+    for s in states {
+        w.store.advance_incident(id, now_ms(), s, s).await.unwrap();
+    }
+    id
+}
+
+#[tokio::test]
+async fn reconcile_closes_or_resumes_what_a_dead_process_left_and_waits_for_a_live_one() {
+    let w = World::new(Parts::default()).await;
+    w.deploy(Color::Green, "v1").await;
+    w.deploy(Color::Blue, "v2").await;
+
+    // A live holder (a CLI mid-rollback): left alone, and it blocks others.
+    let mut cli = std::process::Command::new("/bin/sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let id = stranded(&w, format!("{}/0", cli.id()), &["target_verified"]).await;
+    assert_eq!(rollback::reconcile(&w.ctx()).await.unwrap(), None);
+    match w.execute(manual("now")).await {
+        Outcome::Skipped { why } => assert!(why.contains("in flight"), "{why}"),
+        other => panic!("two rollbacks at once: {other:?}"),
+    }
+    assert!(w.store.incident(id).await.unwrap().in_flight);
+    // It dies: the next reconcile closes it; nothing was switched.
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    let Some(Outcome::Failed { why, .. }) = rollback::reconcile(&w.ctx()).await.unwrap() else {
+        panic!("expected the interrupted rollback to be closed");
+    };
+    assert!(why.contains("before the switch command ran"), "{why}");
+    let inc = w.store.incident(id).await.unwrap();
+    assert_eq!((inc.state.as_str(), inc.in_flight), ("failed", false));
+    w.notice("rollback_failed", id).await;
+
+    // `switching` with no active file to prove it landed: failed, never rerun.
+    let id = stranded(&w, dead_holder(), &["target_verified", "switching"]).await;
+    let Some(Outcome::Failed { why, .. }) = rollback::reconcile(&w.ctx()).await.unwrap() else {
+        panic!("expected failed");
+    };
+    assert!(why.contains("NOT run again"), "{why}");
+    assert!(!w.store.incident(id).await.unwrap().in_flight);
+
+    // `switched`: the switch landed; verify and close it.
+    let id = stranded(
+        &w,
+        dead_holder(),
+        &["target_verified", "switching", "switched"],
+    )
+    .await;
+    let outcome = rollback::reconcile(&w.ctx()).await.unwrap();
+    assert_eq!(
+        outcome,
+        Some(Outcome::Verified {
+            incident: id,
+            to: Color::Green
+        })
+    );
+    let latest = w.store.latest_deployment().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            latest.color,
+            latest.version.as_str(),
+            latest.source.as_str()
+        ),
+        (Color::Green, "v1", "rollback")
+    );
+    assert!(
+        w.store
+            .deployments()
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.version == "v2" && d.quarantined)
+    );
+    assert!(w.switches().is_empty(), "reconcile never runs the command");
+    assert_eq!(rollback::reconcile(&w.ctx()).await.unwrap(), None);
+    assert!(w.store.in_flight_incident().await.unwrap().is_none());
+}
+
+/// A daemon config for the kill -9 tests: the active file, a switch command
+/// that records each run, then blocks on a fifo until the test writes a
+/// line, then writes `{to}` into the active file.
+fn crash_config(dir: &Path, blue: &str, green: &str, hook: &str) -> String {
+    let script = format!(
+        "echo $$ >> {runs}; read line < {fifo}; printf '%s\\n' \"$1\" > {active}",
+        runs = dir.join("runs").display(),
+        fifo = dir.join("fifo").display(),
+        active = dir.join("active").display(),
+    );
+    let text = config_text(
+        dir,
+        blue,
+        green,
+        hook,
+        Parts {
+            top: "[active]\nfile = \"active\"",
+            rollback: "timeout = \"2m\"",
+            ..Parts::default()
+        },
+    );
+    let default = format!(
+        "command = [\"/bin/sh\", \"-c\", \"echo \\\"$1 $2\\\" >> {}\", \"switch\", \"{{from}}\", \"{{to}}\"]",
+        dir.join("switch.log").display()
+    );
+    assert!(text.contains(&default));
+    text.replace(
+        &default,
+        &format!(
+            "command = [\"/bin/sh\", \"-c\", {}, \"switch\", \"{{to}}\"]",
+            toml_string(&script)
+        ),
+    )
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn mkfifo(path: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo");
+}
+
+/// Let the blocked switch command go on.
+async fn release(fifo: PathBuf) {
+    tokio::task::spawn_blocking(move || std::fs::write(fifo, "go\n").unwrap())
+        .await
+        .unwrap();
+}
+
+async fn crash_setup() -> (Env, common::Color, common::Color, Receiver) {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let hook = Receiver::start().await;
+    let env = Env::new("");
+    let dir = env.dir.path();
+    std::fs::write(
+        &env.config,
+        crash_config(dir, &blue.url, &green.url, &hook.url),
+    )
+    .unwrap();
+    mkfifo(&dir.join("fifo"));
+    // The pipeline deployed v1 to green, then v2 to blue and switched.
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    std::fs::write(dir.join("active"), "blue\n").unwrap();
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    (env, blue, green, hook)
+}
+
+/// Wait until the daemon's rollback is blocked inside the switch command.
+async fn wait_switching(env: &Env, store: &Store, daemon: &common::Daemon) -> i64 {
+    wait_for(
+        "the switch command to be running",
+        Duration::from_secs(20),
+        || async {
+            !common::read(&env.path("runs")).is_empty()
+                && store
+                    .in_flight_incident()
+                    .await
+                    .unwrap()
+                    .is_some_and(|i| i.state == "switching")
+        },
+    )
+    .await;
+    let inc = store.in_flight_incident().await.unwrap().unwrap();
+    assert!(
+        inc.holder
+            .as_deref()
+            .unwrap_or("")
+            .starts_with(&format!("{}/", daemon.pid())),
+        "the daemon holds the slot: {:?}",
+        inc.holder
+    );
+    inc.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_switch_then_restart_finishes_it_without_rerunning() {
+    let (env, blue, _green, hook) = crash_setup().await;
+    let store = env.store().await;
+    let daemon = env.daemon();
+    blue.set(503);
+    let id = wait_switching(&env, &store, &daemon).await;
+
+    // Two rollbacks can never run at once: the CLI is turned away.
+    let out = env.cli(&["rollback", "--reason", "me too"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already in flight"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(daemon);
+    let inc = store.incident(id).await.unwrap();
+    assert_eq!((inc.state.as_str(), inc.in_flight), ("switching", true));
+
+    // The orphaned command finishes the switch while no daemon runs.
+    release(env.path("fifo")).await;
+    wait_for("the switch to land", Duration::from_secs(10), || async {
+        common::read(&env.path("active")).trim() == "green"
+    })
+    .await;
+
+    let daemon = env.daemon();
+    wait_for("the incident to close", Duration::from_secs(20), || async {
+        !store.incident(id).await.unwrap().in_flight
+    })
+    .await;
+    let inc = store.incident(id).await.unwrap();
+    assert_eq!(inc.state, "verified", "{}", common::read(&daemon.log));
+    let messages: Vec<String> = store
+        .incident_events(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.contains("resumed after restart")),
+        "{messages:?}"
+    );
+    let latest = store.latest_deployment().await.unwrap().unwrap();
+    assert_eq!(
+        (latest.color, latest.version.as_str()),
+        (Color::Green, "v1")
+    );
+    // Blue keeps failing as the standby; more samples, nothing more runs.
+    let after = now_ms();
+    wait_for("10 more blue samples", Duration::from_secs(20), || async {
+        store
+            .samples(Some("healthz"), Some(Color::Blue), after)
+            .await
+            .unwrap()
+            .len()
+            >= 10
+    })
+    .await;
+    assert_eq!(
+        common::read(&env.path("runs")).lines().count(),
+        1,
+        "the switch command ran exactly once"
+    );
+    assert_eq!(store.incidents().await.unwrap().len(), 1);
+    // The restarted daemon sent the completion the first one could not.
+    wait_for("the completion notice", Duration::from_secs(10), || async {
+        hook.bodies("json")
+            .iter()
+            .any(|b| b["event"] == "rollback_completed" && b["incident"] == id)
+    })
+    .await;
+    assert!(daemon.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_the_switch_unfinished_closes_the_incident_and_never_reruns() {
+    let (env, blue, _green, _hook) = crash_setup().await;
+    let store = env.store().await;
+    let daemon = env.daemon();
+    blue.set(503);
+    let id = wait_switching(&env, &store, &daemon).await;
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(daemon);
+    // The command dies too (say the host's OOM killer took both).
+    let pid: i32 = common::read(&env.path("runs")).trim().parse().unwrap();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the command to die", Duration::from_secs(5), || async {
+        gone(pid)
+    })
+    .await;
+
+    let daemon = env.daemon();
+    wait_for("the incident to close", Duration::from_secs(20), || async {
+        !store.incident(id).await.unwrap().in_flight
+    })
+    .await;
+    let inc = store.incident(id).await.unwrap();
+    assert_eq!(inc.state, "failed");
+    assert!(
+        inc.outcome
+            .as_deref()
+            .unwrap_or("")
+            .contains("NOT run again"),
+        "{:?}",
+        inc.outcome
+    );
+    // Blue still fails and is still active, but the command that may have
+    // run starts the cooldown: no second run, no second incident.
+    let after = now_ms();
+    wait_for("10 more blue samples", Duration::from_secs(20), || async {
+        store
+            .samples(Some("healthz"), Some(Color::Blue), after)
+            .await
+            .unwrap()
+            .len()
+            >= 10
+    })
+    .await;
+    assert_eq!(common::read(&env.path("runs")).lines().count(), 1);
+    assert_eq!(store.incidents().await.unwrap().len(), 1);
+    assert!(store.in_flight_incident().await.unwrap().is_none());
+    assert!(daemon.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_rollback_with_the_daemon_stopped_and_its_report() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let hook = Receiver::start().await;
+    let env = Env::new("");
+    std::fs::write(
+        &env.config,
+        config_text(
+            env.dir.path(),
+            &blue.url,
+            &green.url,
+            &hook.url,
+            Parts::default(),
+        ),
+    )
+    .unwrap();
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let out = env.cli_ok(&["rollback", "--reason", "v2 | corrupts queues"]);
+    assert!(out.contains("rolled back to green"), "{out}");
+    assert_eq!(common::read(&env.path("switch.log")).trim(), "blue green");
+    // The CLI delivered its notices before exiting.
+    let events: Vec<String> = hook
+        .bodies("json")
+        .iter()
+        .map(|b| b["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["rollback_started", "rollback_completed"]);
+
+    let list = env.cli_ok(&["incidents"]);
+    assert!(
+        list.contains("manual") && list.contains("blue -> green") && list.contains("verified"),
+        "{list}"
+    );
+    let md = env.cli_ok(&["incident", "show", "1", "--markdown"]);
+    for part in [
+        "# Incident #1: critical manual rollback of beluga",
+        "## Summary",
+        "| **Severity** | critical |",
+        "## Timeline (UTC)",
+        "| rollback initiated |",
+        "| rollback completed |",
+        "| validated |",
+        "## Root cause",
+        "_To be filled in",
+        "## Resolution",
+        "rolled back to green (v1); verified healthy",
+        "v2 \\| corrupts queues",
+    ] {
+        assert!(md.contains(part), "missing {part:?} in:\n{md}");
+    }
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["incident", "show", "1", "--json"])).unwrap();
+    assert_eq!(shown["incident"]["trigger_kind"], "manual");
+    assert_eq!(shown["evidence"]["reason"], "v2 | corrupts queues");
+    assert!(shown["milestones"]["validated_ms"].is_i64());
+    let missing = env.cli(&["incident", "show", "9"]);
+    assert_eq!(missing.status.code(), Some(1));
+
+    // Pauses always expire: zero and unbounded holds are refused.
+    assert_eq!(
+        env.cli(&["pause", "--for", "0s", "--reason", "x"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        env.cli(&["pause", "--for", "400d", "--reason", "x"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let out = env.cli_ok(&["pause", "--for", "1h", "--reason", "db migration"]);
+    assert!(out.contains("db migration"), "{out}");
+    let status = env.cli_ok(&["status"]);
+    assert!(status.contains("paused until"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_notifies_alerts_and_recoveries_and_logs_holds() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let hook = Receiver::start().await;
+    let env = Env::new("");
+    std::fs::write(
+        &env.config,
+        config_text(
+            env.dir.path(),
+            &blue.url,
+            &green.url,
+            &hook.url,
+            Parts::default(),
+        ),
+    )
+    .unwrap();
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let daemon = env.daemon();
+    // The standby fails: alerts, never a rollback.
+    green.set(503);
+    wait_for(
+        "an alert notice for green",
+        Duration::from_secs(20),
+        || async {
+            hook.bodies("json")
+                .iter()
+                .any(|b| b["event"] == "alert" && b["color"] == "green")
+        },
+    )
+    .await;
+    green.set(200);
+    wait_for(
+        "a recovery notice for green",
+        Duration::from_secs(20),
+        || async {
+            hook.bodies("json")
+                .iter()
+                .any(|b| b["event"] == "recovered" && b["color"] == "green")
+        },
+    )
+    .await;
+    env.cli_ok(&["pause", "--for", "1h", "--reason", "db migration"]);
+    wait_for(
+        "the hold in the daemon's log",
+        Duration::from_secs(10),
+        || async { common::read(&daemon.log).contains("automatic rollbacks are held until") },
+    )
+    .await;
+    // The active color fails during the hold: announced once, not acted on.
+    blue.set(503);
+    wait_for(
+        "a rollback_held notice",
+        Duration::from_secs(20),
+        || async {
+            hook.bodies("json").iter().any(|b| {
+                b["event"] == "rollback_held"
+                    && b["summary"].as_str().unwrap_or("").contains("db migration")
+            })
+        },
+    )
+    .await;
+    assert!(common::read(&env.path("switch.log")).is_empty());
+    assert!(store_is_empty(&env).await);
+    // Resume: the held rollback runs at once (not at the next retry).
+    env.cli_ok(&["resume"]);
+    wait_for(
+        "the end of the hold in the log",
+        Duration::from_secs(10),
+        || async { common::read(&daemon.log).contains("hold on automatic rollbacks ended") },
+    )
+    .await;
+    let store = env.store().await;
+    wait_for(
+        "the rollback after resume",
+        Duration::from_secs(10),
+        || async {
+            store
+                .incidents()
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|i| i.state == "verified")
+        },
+    )
+    .await;
+    assert_eq!(common::read(&env.path("switch.log")).trim(), "blue green");
+    let held = hook
+        .bodies("json")
+        .iter()
+        .filter(|b| b["event"] == "rollback_held")
+        .count();
+    assert_eq!(held, 1, "one notice per hold");
+    assert!(daemon.stop().await.success());
+}
+
+async fn store_is_empty(env: &Env) -> bool {
+    env.store().await.incidents().await.unwrap().is_empty()
+}
+
+#[tokio::test]
+async fn the_active_file_is_watched_and_a_deploy_ahead_of_the_switch_is_no_cutover() {
+    let w = World::new(Parts {
+        top: "[active]\nfile = \"active\"",
+        ..Parts::default()
+    })
+    .await;
+    let file = w.env.path("active");
+    std::fs::write(&file, "blue\n").unwrap();
+    let mut watch = rollbackd::active::Watch::new(&w.config);
+    w.deploy(Color::Blue, "v1").await;
+    let current = || async {
+        let (c, d) = rollbackd::active::current(&w.config, &w.store)
+            .await
+            .unwrap()
+            .unwrap();
+        (c, d.version)
+    };
+    assert_eq!(current().await, (Color::Blue, "v1".into()));
+
+    // The pipeline records green v2 before it switches: blue still serves.
+    w.deploy(Color::Green, "v2").await;
+    assert_eq!(current().await, (Color::Blue, "v1".into()));
+    assert_eq!(w.store.deployments().await.unwrap().len(), 2);
+
+    // It switches by replacing the file: the watch wakes, green v2 serves.
+    let tmp = w.env.path("active.tmp");
+    std::fs::write(&tmp, "green\n").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("notify reports the replaced file");
+    assert_eq!(current().await, (Color::Green, "v2".into()));
+    assert_eq!(w.store.deployments().await.unwrap().len(), 2);
+
+    // Someone flips it back by hand: a cutover, recorded as a deployment.
+    // File times are coarse (a kernel tick): date the write a second after
+    // the deploy, as a hand edit would be.
+    std::fs::write(&file, "blue\n").unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(1);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert_eq!(current().await, (Color::Blue, "unknown".into()));
+    let latest = w.store.latest_deployment().await.unwrap().unwrap();
+    assert_eq!(
+        (latest.color, latest.source.as_str()),
+        (Color::Blue, "active-file")
+    );
+}
