@@ -22,18 +22,18 @@ use crate::config::{Config, ConfigError, Scope, consecutive_needed};
 use crate::matrix::{self, Decision, Engine, State, Verdict};
 use crate::model::{Color, Sample, Signal, duration_ms, now_ms};
 use crate::probe::Prober;
+use crate::retention;
 use crate::rollback::{self, Outcome, Request, RollbackError, Trigger};
 use crate::signals::Control;
 use crate::store::{Store, StoreError, StoredVerdict};
 use crate::systemd;
+use crate::writer::write_samples;
 
 /// How often verdicts are evaluated.
 const EVAL_PERIOD: Duration = Duration::from_millis(250);
 /// While a rollback-worthy rule stays fired but the rollback was skipped or
 /// refused, how long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
-/// Samples kept in memory while the database refuses writes.
-const WRITE_BUFFER_CAP: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -82,6 +82,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
 
     let (writer_tx, writer_rx) = mpsc::channel::<Sample>(8192);
     let writer = tokio::spawn(write_samples(store.clone(), writer_rx));
+    // Retention: dropping the sender stops it; a reload sends the new value.
+    let (retention_tx, retention_rx) = watch::channel(config.daemon.retention);
+    let maintenance = tokio::spawn(retention::maintain(store.clone(), retention_rx));
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
     let mut probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
 
@@ -183,6 +186,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                             tracing::info!("configuration reloaded from {}", new.path.display());
                             engine.reconfigure(&new);
                             config = Arc::new(new);
+                            retention_tx.send_replace(config.daemon.retention);
                             stop_probes(std::mem::take(&mut probes)).await;
                             probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
                         }
@@ -220,6 +224,10 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             "samples were dropped because the database refused writes"
         ),
         Err(e) => tracing::error!("sample writer panicked: {e}"),
+    }
+    drop(retention_tx);
+    if let Err(e) = maintenance.await {
+        tracing::error!("database maintenance task panicked: {e}");
     }
     store.close().await;
     tracing::info!("stopped");
@@ -510,70 +518,4 @@ impl ProbeJob {
             }
         }
     }
-}
-
-/// The batching writer: one transaction per batch; while the database is
-/// locked or failing, samples wait in a bounded buffer and the write is
-/// retried with backoff. Overflow drops the oldest, counted and logged.
-/// Returns how many samples were dropped.
-async fn write_samples(store: Store, mut rx: mpsc::Receiver<Sample>) -> u64 {
-    const BATCH_WINDOW: Duration = Duration::from_millis(200);
-    const BATCH_MAX: usize = 500;
-    let mut pending: Vec<Sample> = Vec::new();
-    let mut dropped = 0u64;
-    let mut backoff = Duration::from_millis(100);
-    let mut open = true;
-    while open || !pending.is_empty() {
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(s) => pending.push(s),
-                None => break,
-            }
-        }
-        // Gather what arrives shortly after, up to a batch.
-        let deadline = Instant::now() + BATCH_WINDOW;
-        while open && pending.len() < BATCH_MAX {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => pending.push(s),
-                Ok(None) => open = false,
-                Err(_) => break,
-            }
-        }
-        if pending.len() > WRITE_BUFFER_CAP {
-            let excess = pending.len() - WRITE_BUFFER_CAP;
-            pending.drain(..excess);
-            dropped += excess as u64;
-            tracing::error!(
-                dropped = excess,
-                "sample buffer full: dropped the oldest samples"
-            );
-        }
-        match store.insert_samples(&pending).await {
-            Ok(()) => {
-                pending.clear();
-                backoff = Duration::from_millis(100);
-            }
-            Err(e) => {
-                tracing::warn!(
-                    buffered = pending.len(),
-                    "cannot store samples yet ({e}); retrying in {backoff:?}"
-                );
-                if !open {
-                    // Shutting down: a few more tries, then give up loudly.
-                    if backoff >= Duration::from_secs(2) {
-                        dropped += pending.len() as u64;
-                        tracing::error!(
-                            dropped = pending.len(),
-                            "giving up on unstored samples at shutdown"
-                        );
-                        pending.clear();
-                        break;
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    dropped
 }
