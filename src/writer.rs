@@ -46,7 +46,7 @@ pub struct Writer {
     pub buffer_cap: usize,
     pub first_backoff: Duration,
     pub max_backoff: Duration,
-    stats: Arc<WriterStats>,
+    pub stats: Arc<WriterStats>,
 }
 
 impl Default for Writer {
