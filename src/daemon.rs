@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -22,6 +21,7 @@ use crate::config::{Config, ConfigError, Scope, consecutive_needed};
 use crate::matrix::{self, Decision, Engine, State, Verdict};
 use crate::model::{Color, Sample, Signal, duration_ms, now_ms};
 use crate::probe::Prober;
+use crate::probe::schedule::{self, Cadence};
 use crate::retention;
 use crate::rollback::{self, Outcome, Request, RollbackError, Trigger};
 use crate::signals::Control;
@@ -472,50 +472,23 @@ struct ProbeJob {
 }
 
 impl ProbeJob {
-    /// Probe on the interval, with a random offset so probes do not fire
-    /// together; missed ticks are skipped, and a run never overlaps itself
-    /// (the next tick waits for this one). After a failure with
-    /// `confirm_interval`, re-probe at that pace until a success clears it or
-    /// the failures needed to confirm it are in.
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Probe on the probe's cadence (see `probe::schedule`), stamping each
+    /// outcome with time and the color's deployment.
+    async fn run(self, stop: watch::Receiver<bool>) {
         let probe = &self.config.probes[self.index];
-        let jitter_cap = probe.interval.min(Duration::from_secs(1));
-        let offset = rand::thread_rng().gen_range(Duration::ZERO..=jitter_cap);
-        let mut ticker = tokio::time::interval_at(Instant::now() + offset, probe.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
-            let mut confirming = 0;
-            loop {
-                let outcome = tokio::select! {
-                    o = self.prober.run(&self.config, probe, self.color) => o,
-                    _ = stop.changed() => return,
-                };
-                let ok = outcome.is_ok();
-                let deployment = self
-                    .color
-                    .and_then(|c| self.deployments.borrow().get(&c).copied());
-                let sample = outcome.into_sample(now_ms(), &probe.name, self.color, deployment);
-                if self.tx.send(sample).await.is_err() {
-                    return;
-                }
-                match probe.confirm_interval {
-                    Some(pace) if !ok && confirming < self.confirms => {
-                        confirming += 1;
-                        tokio::select! {
-                            _ = tokio::time::sleep(pace) => {}
-                            _ = stop.changed() => return,
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            if confirming > 0 {
-                ticker.reset();
-            }
-        }
+        let cadence = Cadence::for_probe(probe, self.confirms);
+        let (config, prober, color) = (&self.config, &self.prober, self.color);
+        let (tx, deployments) = (&self.tx, &self.deployments);
+        schedule::drive(
+            cadence,
+            move || prober.run(config, probe, color),
+            move |outcome| {
+                let deployment = color.and_then(|c| deployments.borrow().get(&c).copied());
+                let sample = outcome.into_sample(now_ms(), &probe.name, color, deployment);
+                async move { tx.send(sample).await.is_ok() }
+            },
+            stop,
+        )
+        .await;
     }
 }

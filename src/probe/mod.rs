@@ -9,6 +9,7 @@ pub mod exec;
 pub mod http;
 pub mod log;
 pub mod prometheus;
+pub mod schedule;
 pub mod tcp;
 
 use std::sync::{Arc, Mutex};
