@@ -187,6 +187,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                             engine.reconfigure(&new);
                             config = Arc::new(new);
                             retention_tx.send_replace(config.daemon.retention);
+                            prober.forget_removed(&config);
                             stop_probes(std::mem::take(&mut probes)).await;
                             probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
                         }

@@ -387,7 +387,9 @@ pub async fn run(
     let vars = [("color", color.map(Color::as_str).unwrap_or(""))];
     let pattern = match Regex::new(check.pattern.as_str()) {
         Ok(p) => p,
-        Err(e) => return Outcome::failed(None, format!("pattern: {e}")),
+        // Validated at load time; if it still fails, it says nothing about
+        // the service.
+        Err(e) => return Outcome::no_data(format!("cannot use `pattern`: {e}")),
     };
     match &check.source {
         LogSource::File(template) => {
@@ -533,6 +535,15 @@ async fn read_journal(journal: &mut Journal, unit: &str, pattern: &Regex) -> Out
         return Outcome::no_data(format!("started following the journal of {unit}"));
     }
     tally.outcome(&format!("the journal of {unit}"), pattern)
+}
+
+impl Memory {
+    /// Forget every follower whose probe is not in `keep` (a reload removed
+    /// it): its file handle and watch go with it.
+    pub fn retain_probes(&mut self, keep: &dyn Fn(&str) -> bool) {
+        self.files.retain(|(probe, _), _| keep(probe));
+        self.journals.retain(|(probe, _), _| keep(probe));
+    }
 }
 
 /// For tests and `check`: where a file probe reads.

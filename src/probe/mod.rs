@@ -86,6 +86,22 @@ impl Outcome {
     }
 }
 
+/// The most of a detail a sample keeps: details are short, and the full
+/// story (a body, a command's output) belongs in logs, not in every row.
+pub const DETAIL_CAP: usize = 1024;
+
+fn cap_detail(mut o: Outcome) -> Outcome {
+    if o.detail.len() > DETAIL_CAP {
+        let mut end = DETAIL_CAP;
+        while !o.detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        o.detail.truncate(end);
+        o.detail.push_str(" [...]");
+    }
+    o
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -111,9 +127,28 @@ impl Prober {
         }
     }
 
+    /// After a reload: drop the memory of probes the config no longer has
+    /// (their followed files and watches close). Changed probes start over
+    /// by themselves; unchanged ones keep their memory.
+    pub fn forget_removed(&self, config: &Config) {
+        let keep = |name: &str| config.probe(name).is_some();
+        self.scrapes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain_probes(&keep);
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain_probes(&keep);
+    }
+
     /// Run `probe` once against `color` (`None` for a shared probe), bounded
-    /// by the probe's timeout.
+    /// by the probe's timeout. The detail is capped at [`DETAIL_CAP`].
     pub async fn run(&self, config: &Config, probe: &Probe, color: Option<Color>) -> Outcome {
+        cap_detail(self.run_uncapped(config, probe, color).await)
+    }
+
+    async fn run_uncapped(&self, config: &Config, probe: &Probe, color: Option<Color>) -> Outcome {
         if let Check::Exec(check) = &probe.check {
             // exec bounds itself: it must kill the process group on timeout,
             // which dropping its future would not do.

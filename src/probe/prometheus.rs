@@ -411,6 +411,13 @@ pub struct Memory {
     previous: HashMap<(String, Option<Color>), Previous>,
 }
 
+impl Memory {
+    /// Forget the scrapes of probes not in `keep` (a reload removed them).
+    pub fn retain_probes(&mut self, keep: &dyn Fn(&str) -> bool) {
+        self.previous.retain(|(probe, _), _| keep(probe));
+    }
+}
+
 /// What the interval between two scrapes held.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Interval {
@@ -490,6 +497,12 @@ fn outcome(i: &Interval, scrape_ms: f64) -> Outcome {
     }
 }
 
+/// A selector that does not parse says nothing about the service: no data,
+/// never an error that could count toward a rollback.
+fn misconfigured(key: &str, problem: &str) -> Outcome {
+    Outcome::no_data(format!("cannot use `{key}`: {problem}"))
+}
+
 pub async fn run(
     clients: &Clients,
     memory: &Mutex<Memory>,
@@ -500,15 +513,15 @@ pub async fn run(
 ) -> Outcome {
     let requests = match Selector::parse(&check.requests) {
         Ok(s) => s,
-        Err(e) => return Outcome::failed(None, format!("requests: {e}")),
+        Err(e) => return misconfigured("requests", &e),
     };
     let errors = match Selector::parse(&check.errors) {
         Ok(s) => s,
-        Err(e) => return Outcome::failed(None, format!("errors: {e}")),
+        Err(e) => return misconfigured("errors", &e),
     };
     let latency = match check.latency.as_deref().map(Selector::parse).transpose() {
         Ok(s) => s,
-        Err(e) => return Outcome::failed(None, format!("latency: {e}")),
+        Err(e) => return misconfigured("latency", &e),
     };
     let Some(url) = config.endpoint_url(&check.endpoint, color) else {
         return Outcome::failed(None, "no URL for this color (missing base_url)");

@@ -952,3 +952,135 @@ async fn samples_command_prints_a_table_and_json() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no probe is named"));
 }
+
+#[tokio::test]
+async fn a_reload_that_removes_a_probe_forgets_its_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("blue.log");
+    std::fs::write(&log, "").unwrap();
+    let probe = format!(
+        "[[probe]]\nname = \"errors\"\nkind = \"log\"\nfile = \"{}/{{color}}.log\"\npattern = \"ERROR\"\n",
+        dir.path().display()
+    );
+    let with = config(dir.path(), "http://127.0.0.1:9", &probe);
+    let without = config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        "[[probe]]\nname = \"h\"\nkind = \"tcp\"\n",
+    );
+    let prober = Prober::new();
+    assert_status(
+        &run_blue(&prober, &with, "errors").await,
+        SampleStatus::NoData,
+        "started following",
+    );
+    assert_status(
+        &run_blue(&prober, &with, "errors").await,
+        SampleStatus::NoData,
+        "no new lines",
+    );
+    prober.forget_removed(&with);
+    assert_status(
+        &run_blue(&prober, &with, "errors").await,
+        SampleStatus::NoData,
+        "no new lines",
+    );
+    prober.forget_removed(&without);
+    assert_status(
+        &run_blue(&prober, &with, "errors").await,
+        SampleStatus::NoData,
+        "started following",
+    );
+}
+
+#[tokio::test]
+async fn details_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        "[[probe]]\nname = \"loud\"\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"head -c 3000 /dev/zero | tr '\\\\0' é; exit 1\"]\n",
+    );
+    let o = run_blue(&Prober::new(), &c, "loud").await;
+    assert_eq!(o.status, SampleStatus::Failed);
+    assert!(
+        o.detail.len() <= rollbackd::probe::DETAIL_CAP + 6,
+        "{}",
+        o.detail.len()
+    );
+    assert!(o.detail.ends_with(" [...]"), "{}", o.detail);
+}
+
+/// The daemon end to end: a failing health probe on a 5 s interval with a
+/// 200 ms confirm_interval has its three failures stored within about a
+/// second, not ten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_confirms_a_failure_at_the_confirm_interval() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    blue.set(503);
+    let env = Env::new(&format!(
+        r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+watch_config = false
+
+[service]
+name = "beluga"
+
+[colors.blue]
+base_url = "{}"
+[colors.green]
+base_url = "{}"
+
+[actions]
+critical = "alert"
+high = "alert"
+
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "5s"
+timeout = "1s"
+confirm_interval = "200ms"
+health = true
+"#,
+        blue.url, green.url
+    ));
+    let daemon = env.daemon();
+    let store = env.store().await;
+    common::wait_for(
+        "three failed blue samples",
+        Duration::from_secs(15),
+        || async {
+            store
+                .samples(Some("healthz"), Some(Color::Blue), 0)
+                .await
+                .unwrap()
+                .len()
+                >= 3
+        },
+    )
+    .await;
+    let blue_samples = store
+        .samples(Some("healthz"), Some(Color::Blue), 0)
+        .await
+        .unwrap();
+    assert!(blue_samples[..3].iter().all(|s| !s.ok), "{blue_samples:?}");
+    let spread = blue_samples[2].at_ms - blue_samples[0].at_ms;
+    assert!(
+        (300..2000).contains(&spread),
+        "three failures {spread} ms apart; the interval alone would take 10 s"
+    );
+    let green_samples = store
+        .samples(Some("healthz"), Some(Color::Green), 0)
+        .await
+        .unwrap();
+    assert!(
+        green_samples.len() <= 2 && green_samples.iter().all(|s| s.ok),
+        "a healthy color is not re-probed fast: {green_samples:?}"
+    );
+    assert!(daemon.stop().await.success());
+}
