@@ -172,7 +172,10 @@ impl Prober {
             Ok(outcome) => outcome,
             Err(_) => Outcome {
                 status: SampleStatus::Timeout,
-                latency_ms: Some(ms(started.elapsed())),
+                // For prometheus and log probes the time spent is not the
+                // service's latency.
+                latency_ms: matches!(probe.check, Check::Http(_) | Check::Tcp(_))
+                    .then(|| ms(started.elapsed())),
                 detail: format!(
                     "no answer within {}",
                     humantime::format_duration(probe.timeout)

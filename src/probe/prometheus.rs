@@ -15,6 +15,8 @@
 //! requests are "no data"; otherwise the sample is ok when the interval had
 //! no errors and failed when it had some, with `requests`/`errors` set and
 //! `latency_ms` the histogram's average. The p95 estimate goes in the detail.
+//! A failed scrape has no latency: how long the metrics page took says
+//! nothing about the app's requests.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -537,17 +539,14 @@ pub async fn run(
     let mut response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
-            return Outcome::failed(
-                Some(started.elapsed()),
-                format!("scrape failed: {}", http::describe_error(&e)),
-            );
+            return Outcome::failed(None, format!("scrape failed: {}", http::describe_error(&e)));
         }
     };
     let code = response.status();
     let body = match http::read_capped(&mut response, SCRAPE_CAP).await {
         Ok((_, true)) => {
             return Outcome::failed(
-                Some(started.elapsed()),
+                None,
                 format!(
                     "scrape failed: the metrics page is larger than {} MiB",
                     SCRAPE_CAP >> 20
@@ -556,18 +555,12 @@ pub async fn run(
         }
         Ok((body, false)) => body,
         Err(e) => {
-            return Outcome::failed(
-                Some(started.elapsed()),
-                format!("scrape failed: {}", http::describe_error(&e)),
-            );
+            return Outcome::failed(None, format!("scrape failed: {}", http::describe_error(&e)));
         }
     };
     let scrape_ms = super::ms(started.elapsed());
     if !code.is_success() {
-        return Outcome::failed(
-            Some(started.elapsed()),
-            format!("scrape failed: HTTP {}", code.as_u16()),
-        );
+        return Outcome::failed(None, format!("scrape failed: HTTP {}", code.as_u16()));
     }
     let text = String::from_utf8_lossy(&body);
     let scrape = match Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))) {

@@ -544,6 +544,7 @@ latency = "http_request_duration_seconds"
     // A scrape that fails is a failed sample.
     let o = run_blue(&prober, &c, "traffic").await;
     assert_status(&o, SampleStatus::Failed, "scrape failed: HTTP 500");
+    assert_eq!(o.latency_ms, None, "a scrape's own time is not the app's latency");
 
     *page.lock().unwrap() = metrics(100, 0, 100, 0, 1.0);
     let o = run_blue(&prober, &c, "traffic").await;
