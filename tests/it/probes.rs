@@ -544,7 +544,10 @@ latency = "http_request_duration_seconds"
     // A scrape that fails is a failed sample.
     let o = run_blue(&prober, &c, "traffic").await;
     assert_status(&o, SampleStatus::Failed, "scrape failed: HTTP 500");
-    assert_eq!(o.latency_ms, None, "a scrape's own time is not the app's latency");
+    assert_eq!(
+        o.latency_ms, None,
+        "a scrape's own time is not the app's latency"
+    );
 
     *page.lock().unwrap() = metrics(100, 0, 100, 0, 1.0);
     let o = run_blue(&prober, &c, "traffic").await;
@@ -1084,4 +1087,74 @@ health = true
         "a healthy color is not re-probed fast: {green_samples:?}"
     );
     assert!(daemon.stop().await.success());
+}
+
+/// TLS is rustls with verification on: a self-signed certificate is a failed
+/// sample naming the certificate, not a silent pass.
+#[tokio::test]
+async fn https_with_an_untrusted_certificate_is_a_failed_sample() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let certs = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    let c = config(
+        dir.path(),
+        &url,
+        "[[probe]]\nname = \"h\"\nkind = \"http\"\npath = \"/\"\ntimeout = \"3s\"",
+    );
+    let o = run_blue(&Prober::new(), &c, "h").await;
+    assert_eq!(o.status, SampleStatus::Failed, "{o:?}");
+    assert!(o.detail.to_lowercase().contains("certificate"), "{o:?}");
 }
