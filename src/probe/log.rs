@@ -448,7 +448,7 @@ pub async fn run(
                 entry.1.clone()
             };
             let mut journal = journal.lock().await;
-            read_journal(&mut journal, &unit, &pattern).await
+            read_journal(JOURNALCTL, &mut journal, &unit, &pattern).await
         }
     }
 }
@@ -469,7 +469,15 @@ pub fn parse_journal_line(line: &str) -> Option<(String, Vec<u8>)> {
     Some((cursor, message))
 }
 
-async fn read_journal(journal: &mut Journal, unit: &str, pattern: &Regex) -> Outcome {
+/// Found on `PATH`, as systemd installs it.
+const JOURNALCTL: &str = "journalctl";
+
+async fn read_journal(
+    program: &str,
+    journal: &mut Journal,
+    unit: &str,
+    pattern: &Regex,
+) -> Outcome {
     let mut args: Vec<String> = vec![
         "--unit".into(),
         unit.into(),
@@ -488,7 +496,7 @@ async fn read_journal(journal: &mut Journal, unit: &str, pattern: &Regex) -> Out
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut child = match tokio::process::Command::new("journalctl")
+    let mut child = match tokio::process::Command::new(program)
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -672,6 +680,55 @@ mod tests {
         append(&path, &format!("{}\n", "x".repeat(LINE_CAP * 2 + 10)));
         let (t, _) = f.take();
         assert_eq!(t.lines, 3);
+    }
+
+    /// A stand-in for journalctl: it records its arguments and prints one
+    /// entry when joining, three after the cursor.
+    #[tokio::test]
+    async fn journal_is_joined_at_its_newest_entry_then_read_after_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let args_log = dir.path().join("args");
+        let fake = dir.path().join("journalctl");
+        std::fs::write(
+            &fake,
+            format!(
+                r#"#!/bin/sh
+echo "$@" >> {args}
+case "$*" in
+  *--after-cursor=c1*)
+    echo '{{"__CURSOR":"c2","MESSAGE":"GET / 200"}}'
+    echo 'not json'
+    echo '{{"__CURSOR":"c3","MESSAGE":"ERROR db down"}}'
+    echo '{{"__CURSOR":"c4","MESSAGE":[69,82,82,79,82,32,255]}}' ;;
+  *--after-cursor=c4*) ;;
+  *) echo '{{"__CURSOR":"c1","MESSAGE":"ERROR old news"}}' ;;
+esac
+"#,
+                args = args_log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let program = fake.to_str().unwrap();
+        let pattern = Regex::new("ERROR").unwrap();
+        let mut journal = Journal::default();
+
+        let o = read_journal(program, &mut journal, "beluga@blue.service", &pattern).await;
+        assert_eq!(o.status, SampleStatus::NoData, "{o:?}");
+        let o = read_journal(program, &mut journal, "beluga@blue.service", &pattern).await;
+        assert_eq!(o.status, SampleStatus::Failed, "{o:?}");
+        assert_eq!((o.requests, o.errors), (Some(3.0), Some(2.0)));
+        assert!(o.detail.contains("ERROR db down"), "{o:?}");
+        let o = read_journal(program, &mut journal, "beluga@blue.service", &pattern).await;
+        assert_eq!(o.status, SampleStatus::NoData, "{o:?}");
+
+        let args = std::fs::read_to_string(&args_log).unwrap();
+        let calls: Vec<&str> = args.lines().collect();
+        assert_eq!(calls.len(), 3);
+        assert!(calls[0].contains("--unit beluga@blue.service") && calls[0].contains("--lines=1"));
+        assert!(calls[1].contains("--after-cursor=c1"), "{args}");
+        assert!(calls[2].contains("--after-cursor=c4"), "{args}");
     }
 
     #[test]
