@@ -84,6 +84,10 @@ pub async fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> 
         }
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // If this future is dropped mid-run (a probe stopped by a reload or
+    // shutdown), `kill_on_drop` would kill only the child: the guard takes
+    // the whole group with it.
+    let _group = GroupGuard(pgid);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let collect = async {
@@ -134,6 +138,14 @@ pub async fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> 
                 elapsed,
             }
         }
+    }
+}
+
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
     }
 }
 

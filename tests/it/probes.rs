@@ -1158,3 +1158,28 @@ async fn https_with_an_untrusted_certificate_is_a_failed_sample() {
     assert_eq!(o.status, SampleStatus::Failed, "{o:?}");
     assert!(o.detail.to_lowercase().contains("certificate"), "{o:?}");
 }
+
+/// A probe stopped mid-run (reload, shutdown) takes its whole process group
+/// with it, not only the direct child.
+#[tokio::test]
+async fn an_exec_probe_dropped_mid_run_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("survived");
+    let c = config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        &format!(
+            "[[probe]]\nname = \"slow\"\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"(sleep 1; touch {}) & sleep 30\", \"{{color}}\"]\ninterval = \"30s\"\ntimeout = \"20s\"\n",
+            marker.display()
+        ),
+    );
+    let prober = Prober::new();
+    let run = run_blue(&prober, &c, "slow");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), run)
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await; // proving an absence needs the time to pass
+    assert!(!marker.exists(), "a grandchild outlived the dropped probe");
+}
