@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -23,18 +22,19 @@ use crate::matrix::{self, Decision, Engine, State, Verdict};
 use crate::model::{Color, Sample, Signal, duration_ms, now_ms};
 use crate::notifier;
 use crate::probe::Prober;
+use crate::probe::schedule::{self, Cadence};
+use crate::retention;
 use crate::rollback::{self, Outcome, Request, RollbackError, Trigger};
 use crate::signals::Control;
 use crate::store::{Store, StoreError, StoredVerdict};
 use crate::systemd;
+use crate::writer::write_samples;
 
 /// How often verdicts are evaluated.
 const EVAL_PERIOD: Duration = Duration::from_millis(250);
 /// While a rollback-worthy rule stays fired but the rollback was skipped or
 /// refused, how long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
-/// Samples kept in memory while the database refuses writes.
-const WRITE_BUFFER_CAP: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -91,6 +91,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
 
     let (writer_tx, writer_rx) = mpsc::channel::<Sample>(8192);
     let writer = tokio::spawn(write_samples(store.clone(), writer_rx));
+    // Retention: dropping the sender stops it; a reload sends the new value.
+    let (retention_tx, retention_rx) = watch::channel(config.daemon.retention);
+    let maintenance = tokio::spawn(retention::maintain(store.clone(), retention_rx));
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
     let mut probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
 
@@ -215,6 +218,8 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                             tracing::info!("configuration reloaded from {}", new.path.display());
                             engine.reconfigure(&new);
                             config = Arc::new(new);
+                            retention_tx.send_replace(config.daemon.retention);
+                            prober.forget_removed(&config);
                             stop_probes(std::mem::take(&mut probes)).await;
                             probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
                         }
@@ -252,6 +257,10 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             "samples were dropped because the database refused writes"
         ),
         Err(e) => tracing::error!("sample writer panicked: {e}"),
+    }
+    drop(retention_tx);
+    if let Err(e) = maintenance.await {
+        tracing::error!("database maintenance task panicked: {e}");
     }
     drop(hub);
     if tokio::time::timeout(notify_policy.worst_case(), notify_worker)
@@ -505,116 +514,23 @@ struct ProbeJob {
 }
 
 impl ProbeJob {
-    /// Probe on the interval, with a random offset so probes do not fire
-    /// together; missed ticks are skipped, and a run never overlaps itself
-    /// (the next tick waits for this one). After a failure with
-    /// `confirm_interval`, re-probe at that pace until a success clears it or
-    /// the failures needed to confirm it are in.
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Probe on the probe's cadence (see `probe::schedule`), stamping each
+    /// outcome with time and the color's deployment.
+    async fn run(self, stop: watch::Receiver<bool>) {
         let probe = &self.config.probes[self.index];
-        let jitter_cap = probe.interval.min(Duration::from_secs(1));
-        let offset = rand::thread_rng().gen_range(Duration::ZERO..=jitter_cap);
-        let mut ticker = tokio::time::interval_at(Instant::now() + offset, probe.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop.changed() => return,
-            }
-            let mut confirming = 0;
-            loop {
-                let outcome = tokio::select! {
-                    o = self.prober.run(&self.config, probe, self.color) => o,
-                    _ = stop.changed() => return,
-                };
-                let ok = outcome.is_ok();
-                let deployment = self
-                    .color
-                    .and_then(|c| self.deployments.borrow().get(&c).copied());
-                let sample = outcome.into_sample(now_ms(), &probe.name, self.color, deployment);
-                if self.tx.send(sample).await.is_err() {
-                    return;
-                }
-                match probe.confirm_interval {
-                    Some(pace) if !ok && confirming < self.confirms => {
-                        confirming += 1;
-                        tokio::select! {
-                            _ = tokio::time::sleep(pace) => {}
-                            _ = stop.changed() => return,
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            if confirming > 0 {
-                ticker.reset();
-            }
-        }
+        let cadence = Cadence::for_probe(probe, self.confirms);
+        let (config, prober, color) = (&self.config, &self.prober, self.color);
+        let (tx, deployments) = (&self.tx, &self.deployments);
+        schedule::drive(
+            cadence,
+            move || prober.run(config, probe, color),
+            move |outcome| {
+                let deployment = color.and_then(|c| deployments.borrow().get(&c).copied());
+                let sample = outcome.into_sample(now_ms(), &probe.name, color, deployment);
+                async move { tx.send(sample).await.is_ok() }
+            },
+            stop,
+        )
+        .await;
     }
-}
-
-/// The batching writer: one transaction per batch; while the database is
-/// locked or failing, samples wait in a bounded buffer and the write is
-/// retried with backoff. Overflow drops the oldest, counted and logged.
-/// Returns how many samples were dropped.
-async fn write_samples(store: Store, mut rx: mpsc::Receiver<Sample>) -> u64 {
-    const BATCH_WINDOW: Duration = Duration::from_millis(200);
-    const BATCH_MAX: usize = 500;
-    let mut pending: Vec<Sample> = Vec::new();
-    let mut dropped = 0u64;
-    let mut backoff = Duration::from_millis(100);
-    let mut open = true;
-    while open || !pending.is_empty() {
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(s) => pending.push(s),
-                None => break,
-            }
-        }
-        // Gather what arrives shortly after, up to a batch.
-        let deadline = Instant::now() + BATCH_WINDOW;
-        while open && pending.len() < BATCH_MAX {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => pending.push(s),
-                Ok(None) => open = false,
-                Err(_) => break,
-            }
-        }
-        if pending.len() > WRITE_BUFFER_CAP {
-            let excess = pending.len() - WRITE_BUFFER_CAP;
-            pending.drain(..excess);
-            dropped += excess as u64;
-            tracing::error!(
-                dropped = excess,
-                "sample buffer full: dropped the oldest samples"
-            );
-        }
-        match store.insert_samples(&pending).await {
-            Ok(()) => {
-                pending.clear();
-                backoff = Duration::from_millis(100);
-            }
-            Err(e) => {
-                tracing::warn!(
-                    buffered = pending.len(),
-                    "cannot store samples yet ({e}); retrying in {backoff:?}"
-                );
-                if !open {
-                    // Shutting down: a few more tries, then give up loudly.
-                    if backoff >= Duration::from_secs(2) {
-                        dropped += pending.len() as u64;
-                        tracing::error!(
-                            dropped = pending.len(),
-                            "giving up on unstored samples at shutdown"
-                        );
-                        pending.clear();
-                        break;
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-    dropped
 }

@@ -42,7 +42,7 @@ impl Finished {
             Exit::Signal(s) => format!("killed by signal {s}"),
             Exit::TimedOut => format!(
                 "timed out after {}",
-                humantime::format_duration(self.elapsed)
+                humantime::format_duration(Duration::from_millis(self.elapsed.as_millis() as u64))
             ),
             Exit::SpawnFailed(e) => format!("could not start: {e}"),
         };
@@ -84,6 +84,10 @@ pub async fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> 
         }
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // If this future is dropped mid-run (a probe stopped by a reload or
+    // shutdown), `kill_on_drop` would kill only the child: the guard takes
+    // the whole group with it.
+    let _group = GroupGuard(pgid);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let collect = async {
@@ -98,7 +102,8 @@ pub async fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> 
         truncate(&mut out, OUTPUT_CAP);
         out
     };
-    let work = async { tokio::join!(child.wait(), collect) };
+    tokio::pin!(collect);
+    let work = async { tokio::join!(child.wait(), &mut collect) };
     match tokio::time::timeout(timeout, work).await {
         Ok((status, output)) => {
             let exit = match status {
@@ -118,14 +123,29 @@ pub async fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> 
         }
         Err(_) => {
             kill_group(pgid);
+            let elapsed = started.elapsed();
             // Reap it so no zombie is left; SIGKILL cannot be ignored.
             let _ = child.wait().await;
+            // With the group dead its pipes close: what it printed before
+            // the timeout is kept (bounded, in case something escaped the
+            // group and holds a pipe open).
+            let output = tokio::time::timeout(Duration::from_millis(500), &mut collect)
+                .await
+                .unwrap_or_default();
             Finished {
                 exit: Exit::TimedOut,
-                output: String::new(),
-                elapsed: started.elapsed(),
+                output,
+                elapsed,
             }
         }
+    }
+}
+
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
     }
 }
 

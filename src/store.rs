@@ -252,6 +252,63 @@ impl From<IncidentRow> for Incident {
     }
 }
 
+// --- retention types ----------------------------------------------------
+
+const MINUTE_MS: Millis = 60_000;
+
+/// What one retention pass did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RetentionReport {
+    /// Raw samples deleted (after being rolled up, unless no-data).
+    pub deleted_samples: u64,
+    /// (probe, color, minute) rollup rows written or merged into.
+    pub minutes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CompactReport {
+    pub freed_pages: u64,
+    /// False when a reader kept the WAL from being truncated this time.
+    pub checkpointed: bool,
+    pub size_bytes: u64,
+}
+
+/// One probe's samples on one color over one minute, after the raw samples
+/// are gone. `color` is `None` for a shared probe.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rollup {
+    pub probe: String,
+    pub color: Option<Color>,
+    pub minute_ms: Millis,
+    pub count: i64,
+    pub failures: i64,
+    pub latency_avg: Option<f64>,
+    pub latency_p95: Option<f64>,
+    pub latency_max: Option<f64>,
+}
+
+#[derive(Default)]
+struct MinuteStats {
+    count: i64,
+    failures: i64,
+    latencies: Vec<f64>,
+}
+
+impl MinuteStats {
+    /// Average, p95 (nearest rank) and maximum latency.
+    fn latency(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
+        if self.latencies.is_empty() {
+            return (None, None, None);
+        }
+        let mut all = self.latencies.clone();
+        all.sort_by(f64::total_cmp);
+        let n = all.len();
+        let avg = all.iter().sum::<f64>() / n as f64;
+        let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n);
+        (Some(avg), Some(all[rank - 1]), all.last().copied())
+    }
+}
+
 const SAMPLE_COLUMNS: &str =
     "at_ms, probe, color, deployment_id, ok, latency_ms, status, detail, requests, errors";
 const INCIDENT_COLUMNS: &str = "id, opened_ms, closed_ms, trigger_kind, severity, rule, reason, evidence, \
@@ -389,6 +446,171 @@ impl Store {
             .await
             .map_err(q("counting samples"))
     }
+
+    // --- retention: rollups, deletion, a bounded file ----------------------
+    //
+    // Raw samples older than the retention are rolled up per probe, color
+    // and minute, then deleted; old rollups are deleted; freed pages go back
+    // to the file system (incremental vacuum) and the WAL is truncated.
+
+    /// Roll up and delete every raw sample older than `before_ms` (rounded
+    /// down to a whole minute, so a minute is never split), an hour of
+    /// samples per transaction so a long backlog never holds the write lock
+    /// for long. No-data samples are deleted without being counted.
+    pub async fn roll_up_samples(&self, before_ms: Millis) -> Result<RetentionReport, StoreError> {
+        const CHUNK_MS: Millis = 60 * 60 * 1000;
+        let before_ms = before_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let mut report = RetentionReport::default();
+        loop {
+            let oldest: Option<Millis> =
+                sqlx::query_scalar("SELECT MIN(at_ms) FROM samples WHERE at_ms < ?")
+                    .bind(before_ms)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(q("finding old samples"))?;
+            let Some(oldest) = oldest else { break };
+            let end = (oldest.div_euclid(MINUTE_MS) * MINUTE_MS + CHUNK_MS).min(before_ms);
+            let mut tx = self.pool.begin().await.map_err(q("rolling up samples"))?;
+            let rows = sqlx::query(
+                "SELECT probe, COALESCE(color, '') AS color, at_ms, ok, status, latency_ms \
+                 FROM samples WHERE at_ms < ? ORDER BY probe, color, at_ms",
+            )
+            .bind(end)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q("reading samples to roll up"))?;
+            let mut minutes: std::collections::BTreeMap<(String, String, Millis), MinuteStats> =
+                Default::default();
+            for r in &rows {
+                let status: String = r.get("status");
+                if status == SampleStatus::NoData.as_str() {
+                    continue;
+                }
+                let at: Millis = r.get("at_ms");
+                let m = minutes
+                    .entry((
+                        r.get("probe"),
+                        r.get("color"),
+                        at.div_euclid(MINUTE_MS) * MINUTE_MS,
+                    ))
+                    .or_default();
+                m.count += 1;
+                if !r.get::<bool, _>("ok") {
+                    m.failures += 1;
+                }
+                if let Some(l) = r.get::<Option<f64>, _>("latency_ms") {
+                    m.latencies.push(l);
+                }
+            }
+            for ((probe, color, minute), m) in &minutes {
+                let (avg, p95, max) = m.latency();
+                sqlx::query(
+                    "INSERT INTO rollups (probe, color, minute_ms, count, failures, latency_avg, latency_p95, latency_max) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (probe, color, minute_ms) DO UPDATE SET \
+                       latency_avg = CASE WHEN latency_avg IS NULL THEN excluded.latency_avg \
+                         WHEN excluded.latency_avg IS NULL THEN latency_avg \
+                         ELSE (latency_avg * count + excluded.latency_avg * excluded.count) / (count + excluded.count) END, \
+                       latency_p95 = MAX(COALESCE(latency_p95, excluded.latency_p95), COALESCE(excluded.latency_p95, latency_p95)), \
+                       latency_max = MAX(COALESCE(latency_max, excluded.latency_max), COALESCE(excluded.latency_max, latency_max)), \
+                       count = count + excluded.count, \
+                       failures = failures + excluded.failures",
+                )
+                .bind(probe)
+                .bind(color)
+                .bind(minute)
+                .bind(m.count)
+                .bind(m.failures)
+                .bind(avg)
+                .bind(p95)
+                .bind(max)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("writing rollups"))?;
+            }
+            let deleted = sqlx::query("DELETE FROM samples WHERE at_ms < ?")
+                .bind(end)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("deleting rolled-up samples"))?
+                .rows_affected();
+            tx.commit().await.map_err(q("rolling up samples"))?;
+            report.deleted_samples += deleted;
+            report.minutes += minutes.len() as u64;
+        }
+        Ok(report)
+    }
+
+    /// Delete rollups of minutes before `before_ms`.
+    pub async fn delete_rollups(&self, before_ms: Millis) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM rollups WHERE minute_ms < ?")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(q("deleting old rollups"))?
+            .rows_affected())
+    }
+
+    /// Give free pages back to the file system and truncate the WAL. The
+    /// checkpoint is skipped (not an error) while a reader holds the WAL;
+    /// `journal_size_limit` bounds it then.
+    pub async fn compact(&self) -> Result<CompactReport, StoreError> {
+        let free_before: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("reading the free page count"))?;
+        sqlx::query("PRAGMA incremental_vacuum")
+            .execute(&self.pool)
+            .await
+            .map_err(q("vacuuming"))?;
+        let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("checkpointing the WAL"))?;
+        let busy: i64 = row.get(0);
+        Ok(CompactReport {
+            freed_pages: free_before.max(0) as u64,
+            checkpointed: busy == 0,
+            size_bytes: self.size_bytes(),
+        })
+    }
+
+    /// Rollups since a minute, oldest first, optionally for one probe and color.
+    pub async fn rollups(
+        &self,
+        probe: Option<&str>,
+        color: Option<Color>,
+        since_ms: Millis,
+    ) -> Result<Vec<Rollup>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT probe, color, minute_ms, count, failures, latency_avg, latency_p95, latency_max \
+             FROM rollups WHERE minute_ms >= ? AND (? IS NULL OR probe = ?) AND (? IS NULL OR color = ?) \
+             ORDER BY minute_ms, probe, color",
+        )
+        .bind(since_ms)
+        .bind(probe)
+        .bind(probe)
+        .bind(color.map(Color::as_str))
+        .bind(color.map(Color::as_str))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading rollups"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Rollup {
+                probe: r.get("probe"),
+                color: r.get::<String, _>("color").parse().ok(),
+                minute_ms: r.get("minute_ms"),
+                count: r.get("count"),
+                failures: r.get("failures"),
+                latency_avg: r.get("latency_avg"),
+                latency_p95: r.get("latency_p95"),
+                latency_max: r.get("latency_max"),
+            })
+            .collect())
+    }
+
+    // --- end of retention ------------------------------------------------
 
     // --- deployments -----------------------------------------------------
 

@@ -1,10 +1,12 @@
-//! `rollbackd samples`: raw samples, as a table or JSON.
+//! `rollbackd samples`: raw samples of one probe and/or color since a time,
+//! as a table (one line per sample) or as JSON (every field). It reads the
+//! database only; it works whether or not the daemon runs.
 
 use anyhow::bail;
 
 use super::{CheckFailed, SamplesArgs, open};
 use crate::config::Config;
-use crate::model::{Color, duration_ms, format_ms, now_ms};
+use crate::model::{Color, Sample, duration_ms, format_ms, now_ms};
 
 pub async fn run(config: &Config, a: SamplesArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.probe {
@@ -24,21 +26,39 @@ pub async fn run(config: &Config, a: SamplesArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<16} {:<6} {:<8} {:>10}  DETAIL",
-        "TIME", "PROBE", "COLOR", "STATUS", "LATENCY"
+        "{:<20} {:<16} {:<6} {:<8} {:>10} {:>12}  DETAIL",
+        "TIME", "PROBE", "COLOR", "STATUS", "LATENCY", "ERRORS"
     );
     for s in &list {
-        println!(
-            "{:<20} {:<16} {:<6} {:<8} {:>10}  {}",
-            format_ms(s.at_ms),
-            s.probe,
-            s.color.map(Color::as_str).unwrap_or("shared"),
-            s.status.as_str(),
-            s.latency_ms
-                .map(|l| format!("{l:.1}ms"))
-                .unwrap_or_else(|| "-".into()),
-            s.detail
-        );
+        println!("{}", row(s));
     }
     Ok(())
+}
+
+/// One table line. ERRORS is `errors/requests` for probes that count real
+/// traffic (prometheus, log); the detail is kept on one line.
+fn row(s: &Sample) -> String {
+    let errors = match (s.errors, s.requests) {
+        (Some(e), Some(r)) => format!("{e:.0}/{r:.0}"),
+        _ => "-".into(),
+    };
+    let detail = s
+        .detail
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    format!(
+        "{:<20} {:<16} {:<6} {:<8} {:>10} {:>12}  {}",
+        format_ms(s.at_ms),
+        s.probe,
+        s.color.map(Color::as_str).unwrap_or("shared"),
+        s.status.as_str(),
+        s.latency_ms
+            .map(|l| format!("{l:.1}ms"))
+            .unwrap_or_else(|| "-".into()),
+        errors,
+        detail
+    )
 }

@@ -42,6 +42,11 @@ impl Clients {
         }
     }
 
+    /// The client that follows no redirect: scrapes use it.
+    pub fn plain(&self) -> &reqwest::Client {
+        &self.no_redirects
+    }
+
     pub async fn run(&self, config: &Config, check: &HttpCheck, color: Option<Color>) -> Outcome {
         let Some(url) = config.endpoint_url(&check.endpoint, color) else {
             return Outcome::failed(None, "no URL for this color (missing base_url)");
@@ -70,32 +75,19 @@ impl Clients {
             .filter(|h| !response.headers().contains_key(h.as_str()))
             .map(String::as_str)
             .collect();
-        let mut body = Vec::new();
-        let mut truncated = false;
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = BODY_CAP - body.len();
-                    if chunk.len() >= room {
-                        body.extend_from_slice(&chunk[..room]);
-                        truncated = true;
-                        break;
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Outcome::failed(
-                        Some(started.elapsed()),
-                        format!(
-                            "HTTP {}: body cut short: {}",
-                            status.as_u16(),
-                            describe_error(&e)
-                        ),
-                    );
-                }
+        let (body, truncated) = match read_capped(&mut response, BODY_CAP).await {
+            Ok(read) => read,
+            Err(e) => {
+                return Outcome::failed(
+                    Some(started.elapsed()),
+                    format!(
+                        "HTTP {}: body cut short: {}",
+                        status.as_u16(),
+                        describe_error(&e)
+                    ),
+                );
             }
-        }
+        };
         let latency = started.elapsed();
         let code = status.as_u16();
         if !check.expect_status.iter().any(|r| r.contains(&code)) {
@@ -142,9 +134,28 @@ impl Default for Clients {
     }
 }
 
+/// Read a response body up to `cap` bytes; the rest is never read (the
+/// connection is dropped with the response). Returns the bytes and whether
+/// the body was longer than the cap.
+pub async fn read_capped(
+    response: &mut reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
 /// reqwest's errors nest the useful cause (connection refused, reset) deep
 /// in the source chain; flatten it to one line.
-fn describe_error(e: &reqwest::Error) -> String {
+pub fn describe_error(e: &reqwest::Error) -> String {
     let mut text = if e.is_connect() {
         "connect failed".to_owned()
     } else if e.is_timeout() {

@@ -7,8 +7,12 @@
 
 pub mod exec;
 pub mod http;
+pub mod log;
+pub mod prometheus;
+pub mod schedule;
 pub mod tcp;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Check, Config, Probe};
@@ -82,26 +86,69 @@ impl Outcome {
     }
 }
 
+/// The most of a detail a sample keeps: details are short, and the full
+/// story (a body, a command's output) belongs in logs, not in every row.
+pub const DETAIL_CAP: usize = 1024;
+
+fn cap_detail(mut o: Outcome) -> Outcome {
+    if o.detail.len() > DETAIL_CAP {
+        let mut end = DETAIL_CAP;
+        while !o.detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        o.detail.truncate(end);
+        o.detail.push_str(" [...]");
+    }
+    o
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Shared clients and state for running probes. Cheap to clone.
+/// Shared clients and state for running probes. Cheap to clone: every clone
+/// shares the HTTP connection pools and the memory of stateful probes (the
+/// previous scrape of each prometheus probe, the followed log files), keyed
+/// by (probe, color). A reload keeps the `Prober`, so an unchanged probe
+/// keeps its memory; a changed one starts over.
 #[derive(Clone)]
 pub struct Prober {
     http: http::Clients,
+    scrapes: Arc<Mutex<prometheus::Memory>>,
+    logs: Arc<Mutex<log::Memory>>,
 }
 
 impl Prober {
     pub fn new() -> Prober {
         Prober {
             http: http::Clients::new(),
+            scrapes: Arc::default(),
+            logs: Arc::default(),
         }
     }
 
+    /// After a reload: drop the memory of probes the config no longer has
+    /// (their followed files and watches close). Changed probes start over
+    /// by themselves; unchanged ones keep their memory.
+    pub fn forget_removed(&self, config: &Config) {
+        let keep = |name: &str| config.probe(name).is_some();
+        self.scrapes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain_probes(&keep);
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain_probes(&keep);
+    }
+
     /// Run `probe` once against `color` (`None` for a shared probe), bounded
-    /// by the probe's timeout.
+    /// by the probe's timeout. The detail is capped at [`DETAIL_CAP`].
     pub async fn run(&self, config: &Config, probe: &Probe, color: Option<Color>) -> Outcome {
+        cap_detail(self.run_uncapped(config, probe, color).await)
+    }
+
+    async fn run_uncapped(&self, config: &Config, probe: &Probe, color: Option<Color>) -> Outcome {
         if let Check::Exec(check) = &probe.check {
             // exec bounds itself: it must kill the process group on timeout,
             // which dropping its future would not do.
@@ -112,17 +159,23 @@ impl Prober {
             match &probe.check {
                 Check::Http(check) => self.http.run(config, check, color).await,
                 Check::Tcp(check) => tcp::run(config, check, color).await,
-                Check::Exec(_) | Check::Prometheus(_) | Check::Log(_) => Outcome::no_data(format!(
-                    "{} probes are not implemented yet",
-                    probe.check.kind()
-                )),
+                Check::Prometheus(check) => {
+                    prometheus::run(&self.http, &self.scrapes, config, &probe.name, check, color)
+                        .await
+                }
+                Check::Log(check) => log::run(&self.logs, &probe.name, check, color).await,
+                // Handled above; never reached, but a sample rather than a panic.
+                Check::Exec(_) => Outcome::failed(None, "exec probe scheduled wrongly"),
             }
         };
         match tokio::time::timeout(probe.timeout, work).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome {
                 status: SampleStatus::Timeout,
-                latency_ms: Some(ms(started.elapsed())),
+                // For prometheus and log probes the time spent is not the
+                // service's latency.
+                latency_ms: matches!(probe.check, Check::Http(_) | Check::Tcp(_))
+                    .then(|| ms(started.elapsed())),
                 detail: format!(
                     "no answer within {}",
                     humantime::format_duration(probe.timeout)

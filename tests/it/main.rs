@@ -6,6 +6,7 @@ mod common;
 mod demo;
 mod gate;
 mod notify;
+mod probes;
 mod report;
 mod rollback;
 mod spine;

@@ -1,0 +1,241 @@
+//! The batching sample writer: samples from the work loop go to SQLite in
+//! batches, one transaction each.
+//!
+//! When the database is locked or failing, samples wait in a bounded buffer
+//! while the write is retried with backoff, and the channel keeps being
+//! drained meanwhile, so a locked database never stalls the work loop. Only
+//! when the buffer overflows are samples dropped: the oldest first, counted
+//! in [`WriterStats`] and logged. At shutdown (the channel closed) it keeps
+//! trying for [`SHUTDOWN_GRACE`] and then gives up loudly.
+//!
+//! It owns no SQL (that is `store.rs`) and makes no decision about samples.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::model::Sample;
+use crate::store::Store;
+
+/// Samples kept in memory while the database refuses writes.
+pub const WRITE_BUFFER_CAP: usize = 100_000;
+/// After the channel closed, how long unstored samples are still retried.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Counters a caller can read while the writer runs (e.g. for `/metrics`).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Failed write attempts (locked or failing database).
+    pub retries: AtomicU64,
+}
+
+/// The writer's limits; [`Writer::default`] is what the daemon uses.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    /// How long to gather samples into one batch once the first arrives.
+    pub batch_window: Duration,
+    /// Most samples in one transaction.
+    pub batch_max: usize,
+    /// Most samples waiting in memory; beyond it the oldest are dropped.
+    pub buffer_cap: usize,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    pub stats: Arc<WriterStats>,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Writer {
+            batch_window: Duration::from_millis(200),
+            batch_max: 500,
+            buffer_cap: WRITE_BUFFER_CAP,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// The daemon's writer with default limits. Returns how many samples were
+/// dropped.
+pub async fn write_samples(store: Store, rx: mpsc::Receiver<Sample>) -> u64 {
+    Writer::default().run(store, rx).await
+}
+
+struct Buffer<'a> {
+    pending: VecDeque<Sample>,
+    cap: usize,
+    stats: &'a WriterStats,
+    /// Drops since the last log line, so an overflow logs once in a while,
+    /// not once per sample.
+    unlogged: u64,
+}
+
+impl Buffer<'_> {
+    fn push(&mut self, sample: Sample) {
+        if self.pending.len() >= self.cap {
+            self.pending.pop_front();
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.unlogged += 1;
+            if self.unlogged == 1 || self.unlogged % 1000 == 0 {
+                tracing::error!(
+                    dropped = self.stats.dropped.load(Ordering::Relaxed),
+                    cap = self.cap,
+                    "sample buffer full while the database refuses writes: dropping the oldest samples"
+                );
+            }
+        }
+        self.pending.push_back(sample);
+    }
+}
+
+impl Writer {
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.stats.clone()
+    }
+
+    /// Write until the channel closes and everything is stored (or given up
+    /// on). Returns how many samples were dropped in all.
+    pub async fn run(self, store: Store, mut rx: mpsc::Receiver<Sample>) -> u64 {
+        let stats = self.stats.clone();
+        let mut buf = Buffer {
+            pending: VecDeque::new(),
+            cap: self.buffer_cap.max(1),
+            stats: &stats,
+            unlogged: 0,
+        };
+        let mut open = true;
+        let mut closed_at: Option<Instant> = None;
+        let mut backoff = self.first_backoff;
+        loop {
+            if buf.pending.is_empty() {
+                if !open {
+                    break;
+                }
+                match rx.recv().await {
+                    Some(s) => buf.push(s),
+                    None => break,
+                }
+                // Gather what arrives shortly after, up to a batch.
+                let deadline = Instant::now() + self.batch_window;
+                while buf.pending.len() < self.batch_max {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(s)) => buf.push(s),
+                        Ok(None) => {
+                            open = false;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            // Whatever already waits joins the buffer (bounded by its cap).
+            while open {
+                match rx.try_recv() {
+                    Ok(s) => buf.push(s),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            if !open && closed_at.is_none() {
+                closed_at = Some(Instant::now());
+            }
+            let n = buf.pending.len().min(self.batch_max);
+            let result = store
+                .insert_samples(&buf.pending.make_contiguous()[..n])
+                .await;
+            match result {
+                Ok(()) => {
+                    buf.pending.drain(..n);
+                    stats.written.fetch_add(n as u64, Ordering::Relaxed);
+                    if backoff > self.first_backoff {
+                        tracing::info!("the database takes samples again");
+                    }
+                    backoff = self.first_backoff;
+                    buf.unlogged = 0;
+                }
+                Err(e) => {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if closed_at.is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE) {
+                        let lost = buf.pending.len() as u64;
+                        stats.dropped.fetch_add(lost, Ordering::Relaxed);
+                        tracing::error!(
+                            dropped = lost,
+                            "giving up on unstored samples at shutdown: {e}"
+                        );
+                        break;
+                    }
+                    tracing::warn!(
+                        buffered = buf.pending.len(),
+                        "cannot store samples yet ({e}); retrying in {backoff:?}"
+                    );
+                    // Wait out the backoff, still taking samples in.
+                    let until = Instant::now() + backoff;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => break,
+                            s = rx.recv(), if open => match s {
+                                Some(s) => buf.push(s),
+                                None => open = false,
+                            },
+                        }
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+        stats.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Color, SampleStatus};
+
+    fn sample(i: i64) -> Sample {
+        Sample {
+            at_ms: 1_000 + i,
+            probe: "healthz".into(),
+            color: Some(Color::Blue),
+            deployment: None,
+            ok: true,
+            latency_ms: Some(1.0),
+            status: SampleStatus::Ok,
+            detail: String::new(),
+            requests: None,
+            errors: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_sample_lands_in_batches_and_the_writer_ends_with_the_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        let writer = Writer {
+            batch_max: 7,
+            ..Writer::default()
+        };
+        let stats = writer.stats();
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(writer.run(store.clone(), rx));
+        for i in 0..100 {
+            tx.send(sample(i)).await.unwrap();
+        }
+        drop(tx);
+        assert_eq!(task.await.unwrap(), 0);
+        assert_eq!(stats.written.load(Ordering::Relaxed), 100);
+        let stored = store.samples(None, None, 0).await.unwrap();
+        assert_eq!(
+            stored.iter().map(|s| s.at_ms).collect::<Vec<_>>(),
+            (0..100).map(|i| 1_000 + i).collect::<Vec<_>>(),
+            "in order, none lost, none twice"
+        );
+    }
+}
