@@ -345,13 +345,17 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             })?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        // SQLite has no migration lock of its own: two processes opening a
+        // new database at once (the daemon and a CLI command) would both try
+        // to create the tables. An exclusive flock beside the file serialises
+        // them; the loser then finds the migrations applied.
+        let lock = migration_lock(path).await?;
+        let migrated = sqlx::migrate!("./migrations").run(&pool).await;
+        drop(lock);
+        migrated.map_err(|source| StoreError::Migrate {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Store {
             pool,
             path: path.to_path_buf(),
@@ -1043,6 +1047,28 @@ impl Store {
     }
 }
 
+/// Hold `<db>.lock` exclusively (blocking in a worker thread).
+async fn migration_lock(db: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
+    let lock_path = db.with_extension("db.lock");
+    let fail = |e: std::io::Error| StoreError::StateDir {
+        path: lock_path.clone(),
+        source: e,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(fail)?;
+    tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| std::io::Error::from(errno))
+    })
+    .await
+    .map_err(|e| fail(std::io::Error::other(e)))?
+    .map_err(fail)
+}
+
 fn verdict_from_row(r: sqlx::sqlite::SqliteRow) -> StoredVerdict {
     StoredVerdict {
         at_ms: r.get("at_ms"),
@@ -1128,6 +1154,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_opens_of_a_new_database_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opens = (0..8).map(|_| {
+            let path = dir.path().to_path_buf();
+            tokio::spawn(async move { Store::open_dir(&path).await.map(|_| ()) })
+        });
+        for open in opens.collect::<Vec<_>>() {
+            open.await
+                .unwrap()
+                .expect("every concurrent open migrates or finds it migrated");
+        }
     }
 
     #[tokio::test]
