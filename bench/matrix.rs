@@ -193,5 +193,8 @@ fn main() {
          both colors evaluated every {EVAL_EVERY_MS} ms, {SIMULATED_S} s simulated"
     );
     report("default matrix", &config(""));
-    report("default matrix + latency_p95", &config(DEFAULT_MATRIX_PLUS_P95));
+    report(
+        "default matrix + latency_p95",
+        &config(DEFAULT_MATRIX_PLUS_P95),
+    );
 }

@@ -310,7 +310,10 @@ async fn baselines(
             .await?
         {
             if sample.at_ms < current.at_ms && sample.deployment == Some(previous.id) {
-                by_probe.entry(sample.probe.clone()).or_default().push(sample);
+                by_probe
+                    .entry(sample.probe.clone())
+                    .or_default()
+                    .push(sample);
             }
         }
         out.extend(

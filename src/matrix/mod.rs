@@ -15,10 +15,10 @@
 //! `R` rules and `W` distinct windows:
 //!
 //! - `observe` is O(windows the probe feeds) (+ O(log n) for a p95 window);
-//! - `evaluate` is O(points that expired since the last call, amortized)
-//!   + O(R) for `error_rate`/`latency_avg`, + O(probes of the rule) for
-//!   `health_failures` and `degradation`, + O(k) for `latency_p95`, where
-//!   `k` is the number of distinct latencies among the slowest 5%;
+//! - `evaluate` is O(points that expired since the last call, amortized),
+//!   plus O(1) per `error_rate`/`latency_avg` rule, O(probes of the rule)
+//!   per `health_failures`/`degradation` rule, and O(k) per `latency_p95`
+//!   rule, `k` being the number of distinct latencies among the slowest 5%;
 //! - `blind` is O(1) (counters kept on `observe`).
 //!
 //! Nothing rescans a window. `bench/matrix.rs` measures it
@@ -326,10 +326,7 @@ impl Engine {
                 Some(i) => i,
                 None => {
                     let probes = key.probes.iter().map(|n| self.probe_index[n]).collect();
-                    let aggs = old_windows
-                        .remove(&key)
-                        .map(|w| w.aggs)
-                        .unwrap_or_default();
+                    let aggs = old_windows.remove(&key).map(|w| w.aggs).unwrap_or_default();
                     self.windows.push(WindowSlot { key, probes, aggs });
                     self.windows.len() - 1
                 }
@@ -965,3 +962,6 @@ command = ["/bin/true"]
         );
     }
 }
+
+#[cfg(test)]
+mod stream_tests;

@@ -25,7 +25,8 @@ fn count_units(v: f64) -> i64 {
 }
 
 fn latency_units(ms: f64) -> Option<i64> {
-    ms.is_finite().then(|| (ms.max(0.0) * 1000.0).round() as i64)
+    ms.is_finite()
+        .then(|| (ms.max(0.0) * 1000.0).round() as i64)
 }
 
 /// Running totals over the points of a window.
