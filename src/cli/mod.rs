@@ -11,6 +11,7 @@
 mod check;
 mod control;
 mod incidents;
+mod replay;
 mod samples;
 mod status;
 
@@ -70,6 +71,8 @@ pub enum Command {
     Incident(IncidentArgs),
     /// Raw samples
     Samples(SamplesArgs),
+    /// Run the rules over stored samples: what would have fired, and when
+    Replay(ReplayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +140,20 @@ pub struct SamplesArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// How far back, e.g. 7d
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+    pub since: Duration,
+    /// Take the rules and [actions] from this config file instead (samples
+    /// still come from --config's state_dir)
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// Evaluation pace (the daemon's is 250ms)
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
+    pub step: Duration,
+}
+
 /// A failure that is an answer, not an error: exit 1.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -172,6 +189,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             action: IncidentAction::Show { id, json, markdown },
         }) => incidents::show(&config, id, json, markdown).await,
         Command::Samples(a) => samples::run(&config, a).await,
+        Command::Replay(a) => replay::run(&config, a).await,
     }
 }
 

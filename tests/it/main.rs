@@ -2,4 +2,5 @@
 //! SQLite files in temp dirs, the real `rollbackd` binary as a child process.
 
 mod common;
+mod replay;
 mod spine;
