@@ -2,5 +2,6 @@
 //! SQLite files in temp dirs, the real `rollbackd` binary as a child process.
 
 mod common;
+mod matrix;
 mod replay;
 mod spine;
