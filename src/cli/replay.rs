@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::{ReplayArgs, open};
+
 use crate::config::Config;
 use crate::matrix::{self, Baseline, Baselines, Engine, State, Verdict};
 use crate::model::{
@@ -40,6 +41,16 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => config.clone(),
     };
+    // Replay writes nothing: not even an empty database where none was.
+    let db = config.db_path();
+    if !db.exists() {
+        anyhow::bail!(
+            "no database at {}: nothing to replay (is `state_dir` in {} the daemon's? \
+             to try other rules on this host's samples, keep --config and pass --rules FILE)",
+            db.display(),
+            config.path.display()
+        );
+    }
     let store = open(config).await?;
     let now = now_ms();
     let start = now - duration_ms(a.since);
@@ -116,6 +127,12 @@ impl Replay<'_> {
             rules.path.display(),
             humantime::format_duration(a.step),
         );
+        if in_range == 0 {
+            let _ = writeln!(
+                out,
+                "no samples in this period: every verdict below is inconclusive"
+            );
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,

@@ -162,6 +162,23 @@ async fn replay_reports_what_would_have_fired_and_when() {
     let at = time_of(line);
     assert!(at >= fault_from + 50_000 - 1000, "{line}");
 
+    // A config whose state_dir holds no database: a clear error, and no
+    // empty database left behind.
+    let elsewhere = env.path("elsewhere.toml");
+    std::fs::write(
+        &elsewhere,
+        CONFIG.replace("state_dir = \"state\"", "state_dir = \"nowhere\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["--config", elsewhere.to_str().unwrap(), "replay"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(70), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no database at"), "{stderr}");
+    assert!(!env.path("nowhere").exists());
+
     // A broken rules file is a configuration error: exit 78, nothing lost.
     std::fs::write(&other, "[[rule]]\nwhen = \"bogus\"\n").unwrap();
     let out = env.cli(&["replay", "--rules", other.to_str().unwrap()]);
