@@ -145,7 +145,7 @@ pub struct ReplayArgs {
     /// How far back, e.g. 7d
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
     pub since: Duration,
-    /// Take the rules and [actions] from this config file instead (samples
+    /// Take the rules and actions from this config file instead (samples
     /// still come from --config's state_dir)
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,

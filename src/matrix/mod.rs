@@ -7,9 +7,9 @@
 //!
 //! # How a verdict is computed, and what it costs
 //!
-//! Each (probe, color) keeps a [`Series`]: its points for the longest
+//! Each (probe, color) keeps a `Series`: its points for the longest
 //! window, numbered, and its current failure streak. Rules that share a
-//! window length and a probe list share one incremental [`Aggregate`] per
+//! window length and a probe list share one incremental `Aggregate` per
 //! color (`window.rs`): a point is added to it when observed and removed
 //! when it falls out of the window, each exactly once. So, with `P` probes,
 //! `R` rules and `W` distinct windows:
