@@ -367,8 +367,12 @@ fn two_percent_noise_on_a_single_health_probe_can_only_trip_the_streak_rule() {
 
 #[test]
 fn a_hard_down_color_always_reaches_critical_within_interval_times_consecutive() {
-    for (interval, interval_ms) in [("1s", 1000), ("5s", 5000)] {
-        let config = parse(&config_text(&["healthz", "ready"], interval, ""));
+    for (health, interval, interval_ms) in [
+        (&["healthz"][..], "1s", 1000),
+        (&["healthz", "ready"][..], "1s", 1000),
+        (&["healthz", "ready"][..], "5s", 5000),
+    ] {
+        let config = parse(&config_text(health, interval, ""));
         let crit = config
             .rules
             .iter()
@@ -387,7 +391,7 @@ fn a_hard_down_color_always_reaches_critical_within_interval_times_consecutive()
             let mut fired_at = None;
             while t <= deadline && fired_at.is_none() {
                 if (t - T0) % interval_ms == 0 {
-                    for name in ["healthz", "ready"] {
+                    for name in health {
                         for c in Color::ALL {
                             let down = c == Color::Blue && t > onset;
                             let ok = !down && !rng.gen_bool(0.02);
