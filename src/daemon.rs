@@ -131,6 +131,11 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 let now = now_ms();
                 let mut verdicts = engine.evaluate(now, Color::Blue);
                 verdicts.extend(engine.evaluate(now, Color::Green));
+                match engine.take_blind_change() {
+                    Some(true) => tracing::error!("alert: {}", matrix::BLIND_REASON),
+                    Some(false) => tracing::warn!("a probe answers again: the watchdog can see, verdicts resume"),
+                    None => {}
+                }
                 record_changes(&store, &verdicts).await;
                 for notice in recoveries.cleared(&config.service, &verdicts) {
                     hub.send(&config.notify, notice);
@@ -320,8 +325,9 @@ async fn refresh_active(
     Ok(color)
 }
 
-/// For `degradation`: each probe's average latency under the previous
-/// deployment, over its last 30 minutes before the current one took over.
+/// For `degradation`: each probe's latency and error rate under the
+/// previous deployment, over its last 30 minutes before the current one took
+/// over (the arithmetic is `matrix::Baseline::from_samples`).
 async fn baselines(
     config: &Config,
     store: &Store,
@@ -346,23 +352,22 @@ async fn baselines(
         let Some(previous) = deployments.iter().rev().find(|d| d.id < current.id) else {
             continue;
         };
-        let mut sums: HashMap<String, (f64, f64)> = HashMap::new();
+        let mut by_probe: HashMap<String, Vec<Sample>> = HashMap::new();
         for sample in store
             .samples(None, Some(previous.color), current.at_ms - 30 * 60 * 1000)
             .await?
         {
-            if let (true, Some(l)) = (
-                sample.at_ms < current.at_ms && sample.deployment == Some(previous.id),
-                sample.latency_ms,
-            ) {
-                let e = sums.entry(sample.probe).or_default();
-                e.0 += l;
-                e.1 += 1.0;
+            if sample.at_ms < current.at_ms && sample.deployment == Some(previous.id) {
+                by_probe
+                    .entry(sample.probe.clone())
+                    .or_default()
+                    .push(sample);
             }
         }
         out.extend(
-            sums.into_iter()
-                .map(|(probe, (sum, n))| ((probe, color), sum / n)),
+            by_probe
+                .into_iter()
+                .map(|(probe, samples)| ((probe, color), matrix::Baseline::from_samples(&samples))),
         );
     }
     Ok(out)

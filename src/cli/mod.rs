@@ -13,6 +13,7 @@ mod check;
 mod control;
 mod gate;
 mod incidents;
+mod replay;
 mod report;
 mod samples;
 mod status;
@@ -83,6 +84,8 @@ pub enum Command {
     /// Write the man page and shell completions (for packaging)
     #[command(hide = true)]
     GenerateAssets(assets::AssetsArgs),
+    /// Run the rules over stored samples: what would have fired, and when
+    Replay(ReplayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +153,20 @@ pub struct SamplesArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// How far back, e.g. 7d
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+    pub since: Duration,
+    /// Take the rules and actions from this config file instead (samples
+    /// still come from --config's state_dir)
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// Evaluation pace (the daemon's is 250ms)
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
+    pub step: Duration,
+}
+
 /// A failure that is an answer, not an error: exit 1.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -194,6 +211,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Samples(a) => samples::run(&config, a).await,
         Command::Report(a) => report::run(&config, a).await,
         Command::Demo | Command::GenerateAssets(_) => Ok(()),
+        Command::Replay(a) => replay::run(&config, a).await,
     }
 }
 

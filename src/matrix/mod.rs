@@ -4,8 +4,57 @@
 //! stored and asks for verdicts with the current time; `replay` and the
 //! tests feed it generated or stored streams the same way. What to *do*
 //! about a verdict is [`decide`]; doing it is the daemon's and rollback's job.
+//!
+//! # How a verdict is computed, and what it costs
+//!
+//! Each (probe, color) keeps a `Series`: its points for the longest
+//! window, numbered, and its current failure streak. Rules that share a
+//! window length and a probe list share one incremental `Aggregate` per
+//! color (`window.rs`): a point is added to it when observed and removed
+//! when it falls out of the window, each exactly once. So, with `P` probes,
+//! `R` rules and `W` distinct windows:
+//!
+//! - `observe` is O(windows the probe feeds) (+ O(log n) for a p95 window);
+//! - `evaluate` is O(points that expired since the last call, amortized),
+//!   plus O(1) per `error_rate`/`latency_avg` rule, O(probes of the rule)
+//!   per `health_failures`/`degradation` rule, and O(k) per `latency_p95`
+//!   rule, `k` being the number of distinct latencies among the slowest 5%;
+//! - `blind` is O(1) (counters kept on `observe`).
+//!
+//! Nothing rescans a window. `bench/matrix.rs` measures it
+//! (`docs/benchmarks.md`).
+//!
+//! A point counts in a window from when it is observed until
+//! `at_ms <= now - window`. Callers observe samples in time order per probe
+//! and do not observe samples from the future (the daemon stamps samples
+//! with the time they were taken; `replay` feeds stored samples up to the
+//! time it evaluates).
+//!
+//! # Degradation
+//!
+//! `degradation` compares the window against the previous deployment's
+//! [`Baseline`] of each probe, and is the worse of two numbers, both in `%`:
+//!
+//! - latency: how much slower the window is than the baseline would have
+//!   been for the same samples, `(sum of latencies / sum over the same
+//!   samples of their probe's baseline latency - 1) x 100`;
+//! - error rate: by how many *percentage points* the window's error rate
+//!   exceeds the baseline's for the same requests (1% -> 3% is +2, not
+//!   +200%: a relative increase of a small error rate is noise).
+//!
+//! Probes without a baseline do not count. No baseline at all is
+//! inconclusive.
+//!
+//! # Blindness
+//!
+//! When no probe anywhere answers — every per-color probe on both colors and
+//! every shared probe that has reported is failing — the fault is more
+//! likely the watchdog's (network, starvation) than the service's: every
+//! verdict is inconclusive, and [`Engine::take_blind_change`] tells the
+//! daemon once, so it can alert with [`BLIND_REASON`].
 
 pub mod signal;
+pub mod window;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -15,6 +64,13 @@ use serde::Serialize;
 use crate::config::{Actions, Config, Rule, Scope, consecutive_needed};
 use crate::model::{Action, Color, Millis, Sample, Severity, Signal, duration_ms, format_value};
 use signal::{Point, Reading};
+use window::{Aggregate, Totals};
+
+/// What the daemon says when the watchdog goes blind.
+pub const BLIND_REASON: &str = "the watchdog may be blind: every probe on both colors and every \
+     shared probe is failing at once, which points at the watchdog (network down, host starved) \
+     rather than the service; verdicts are inconclusive and nothing is rolled back until a probe \
+     answers again";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,6 +104,9 @@ pub struct Verdict {
     pub value: Option<f64>,
     pub threshold: f64,
     pub window_ms: Millis,
+    /// For `degradation`: the baseline the value was measured against, in
+    /// the unit of the side that decided it (ms for latency, % for the
+    /// error rate; `detail` says which).
     pub baseline: Option<f64>,
     /// Plain words: what was seen, or why it is inconclusive.
     pub detail: String,
@@ -55,14 +114,107 @@ pub struct Verdict {
     pub changed: bool,
 }
 
-/// Per (probe, color): the recent points and the current failure streak.
+/// A probe's behaviour under the previous deployment, for `degradation`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Baseline {
+    /// Average latency, ms.
+    pub latency_ms: Option<f64>,
+    /// Errors over requests, %.
+    pub error_rate: Option<f64>,
+}
+
+impl Baseline {
+    /// The baseline of one probe from its samples under the previous
+    /// deployment (the caller picks them: which deployment, which period).
+    pub fn from_samples<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Baseline {
+        let mut t = Totals::default();
+        for s in samples {
+            t.add(&point(s));
+        }
+        Baseline {
+            latency_ms: t.latency_avg(),
+            error_rate: t.error_rate(),
+        }
+    }
+}
+
+/// The previous deployment's baseline per (probe, color of the deployment
+/// being judged).
+pub type Baselines = HashMap<(String, Color), Baseline>;
+
+fn point(s: &Sample) -> Point {
+    Point {
+        at_ms: s.at_ms,
+        ok: s.ok,
+        latency_ms: s.latency_ms,
+        counts: s.counts(),
+    }
+}
+
+/// Where a series lives in [`ProbeSlot::series`].
+fn slot(color: Option<Color>) -> usize {
+    match color {
+        Some(Color::Blue) => 0,
+        Some(Color::Green) => 1,
+        None => 2,
+    }
+}
+
+fn color_slot(color: Color) -> usize {
+    slot(Some(color))
+}
+
+/// Per (probe, color): the recent points, numbered, and the failure streak.
 #[derive(Default, Debug)]
 struct Series {
     points: VecDeque<Point>,
+    /// Sequence number of `points[0]`.
+    first_seq: u64,
+    /// Samples ever observed (including "no data").
+    observed: u64,
     consecutive_failures: u64,
     /// When the current failure streak began.
     streak_started: Option<Millis>,
     last_ok: Option<bool>,
+}
+
+impl Series {
+    fn end_seq(&self) -> u64 {
+        self.first_seq + self.points.len() as u64
+    }
+
+    fn get(&self, seq: u64) -> Option<&Point> {
+        self.points.get(seq.checked_sub(self.first_seq)? as usize)
+    }
+}
+
+#[derive(Debug)]
+struct ProbeSlot {
+    name: String,
+    scope: Scope,
+    /// Blue, green, shared.
+    series: [Series; 3],
+    /// (window index, position of this probe in that window).
+    windows: Vec<(usize, usize)>,
+    /// Per color.
+    baseline: [Option<Baseline>; 2],
+}
+
+/// What makes two rules share a window.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct WindowKey {
+    window_ms: Millis,
+    probes: Vec<String>,
+    p95: bool,
+}
+
+#[derive(Debug)]
+struct WindowSlot {
+    key: WindowKey,
+    /// Probe indices, in `key.probes` order.
+    probes: Vec<usize>,
+    /// Per color; built from the series when first needed.
+    aggs: [Option<Aggregate>; 2],
 }
 
 #[derive(Default, Debug, Clone)]
@@ -73,44 +225,121 @@ struct RuleState {
     last: Option<State>,
 }
 
-/// The previous deployment's latency per probe, for `degradation`.
-pub type Baselines = HashMap<(String, Color), f64>;
-
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<Rule>,
-    /// (probe name, shared?) for every configured probe: the blindness check
-    /// needs them all.
-    probes: Vec<(String, Scope)>,
-    series: HashMap<(String, Option<Color>), Series>,
-    states: HashMap<(String, Color), RuleState>,
+    /// Per rule: its window index.
+    rule_window: Vec<usize>,
+    /// Per rule: blue, green.
+    states: Vec<[RuleState; 2]>,
+    probes: Vec<ProbeSlot>,
+    probe_index: HashMap<String, usize>,
+    windows: Vec<WindowSlot>,
     baselines: Baselines,
     keep_ms: Millis,
+    /// Series whose last sample was ok.
+    answering: usize,
+    /// Series whose last sample failed, per slot (blue, green, shared).
+    failing: [usize; 3],
+    /// Whether blindness was last reported as on.
+    blind_reported: bool,
 }
 
 impl Engine {
     pub fn new(config: &Config) -> Engine {
         let mut engine = Engine {
             rules: Vec::new(),
+            rule_window: Vec::new(),
+            states: Vec::new(),
             probes: Vec::new(),
-            series: HashMap::new(),
-            states: HashMap::new(),
+            probe_index: HashMap::new(),
+            windows: Vec::new(),
             baselines: HashMap::new(),
             keep_ms: 0,
+            answering: 0,
+            failing: [0; 3],
+            blind_reported: false,
         };
         engine.reconfigure(config);
         engine
     }
 
-    /// Take a new configuration, keeping the windows of probes and the
-    /// states of rules that are still there (a reload must not reset them).
+    /// Take a new configuration, keeping the series of probes, the windows
+    /// (same length, same probes) and the states of rules (same name) that
+    /// are still there: a reload must not reset them. A new window is built
+    /// from the kept series, so a new rule sees the recent past at once.
     pub fn reconfigure(&mut self, config: &Config) {
-        self.rules = config.rules.clone();
+        let mut old_probes: HashMap<String, ProbeSlot> = std::mem::take(&mut self.probes)
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect();
         self.probes = config
             .probes
             .iter()
-            .map(|p| (p.name.clone(), p.scope))
+            .map(|p| {
+                let mut slot = old_probes.remove(&p.name).unwrap_or_else(|| ProbeSlot {
+                    name: p.name.clone(),
+                    scope: p.scope,
+                    series: Default::default(),
+                    windows: Vec::new(),
+                    baseline: [None; 2],
+                });
+                slot.scope = p.scope;
+                slot.windows.clear();
+                slot
+            })
             .collect();
+        self.probe_index = self
+            .probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+
+        let mut old_windows: HashMap<WindowKey, WindowSlot> = std::mem::take(&mut self.windows)
+            .into_iter()
+            .map(|w| (w.key.clone(), w))
+            .collect();
+        let mut old_states: HashMap<String, [RuleState; 2]> = self
+            .rules
+            .iter()
+            .map(|r| r.name.clone())
+            .zip(std::mem::take(&mut self.states))
+            .collect();
+        self.rules = config.rules.clone();
+        self.rule_window.clear();
+        for rule in &self.rules {
+            let mut names: Vec<String> = rule
+                .probes
+                .iter()
+                .filter(|p| self.probe_index.contains_key(*p))
+                .cloned()
+                .collect();
+            names.sort();
+            names.dedup();
+            let key = WindowKey {
+                window_ms: duration_ms(rule.window),
+                probes: names,
+                p95: rule.condition.signal == Signal::LatencyP95,
+            };
+            let index = match self.windows.iter().position(|w| w.key == key) {
+                Some(i) => i,
+                None => {
+                    let probes = key.probes.iter().map(|n| self.probe_index[n]).collect();
+                    let aggs = old_windows.remove(&key).map(|w| w.aggs).unwrap_or_default();
+                    self.windows.push(WindowSlot { key, probes, aggs });
+                    self.windows.len() - 1
+                }
+            };
+            self.rule_window.push(index);
+            self.states
+                .push(old_states.remove(&rule.name).unwrap_or_default());
+        }
+        for (w, window) in self.windows.iter().enumerate() {
+            for (pos, &p) in window.probes.iter().enumerate() {
+                self.probes[p].windows.push((w, pos));
+            }
+        }
         let max_window = self
             .rules
             .iter()
@@ -118,94 +347,186 @@ impl Engine {
             .max()
             .unwrap_or(Duration::from_secs(60));
         self.keep_ms = duration_ms(max_window);
-        self.series
-            .retain(|(probe, _), _| config.probe(probe).is_some());
-        let names: Vec<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
-        self.states
-            .retain(|(rule, _), _| names.contains(&rule.as_str()));
+        let baselines = std::mem::take(&mut self.baselines);
+        self.set_baselines(baselines);
+        self.recount_answers();
     }
 
     pub fn set_baselines(&mut self, baselines: Baselines) {
+        for p in &mut self.probes {
+            p.baseline = Color::ALL.map(|c| baselines.get(&(p.name.clone(), c)).copied());
+        }
         self.baselines = baselines;
     }
 
     /// Forget a color's samples: a new deployment on it starts clean.
     pub fn reset_color(&mut self, color: Color) {
-        self.series.retain(|(_, c), _| *c != Some(color));
-        self.states.retain(|(_, c), _| *c != color);
+        let s = color_slot(color);
+        for p in &mut self.probes {
+            p.series[s] = Series::default();
+        }
+        for w in &mut self.windows {
+            w.aggs[s] = None;
+        }
+        for st in &mut self.states {
+            st[s] = RuleState::default();
+        }
+        self.recount_answers();
     }
 
     pub fn observe(&mut self, sample: &Sample) {
-        let series = self
-            .series
-            .entry((sample.probe.clone(), sample.color))
-            .or_default();
-        let counts = sample.counts();
-        if counts.is_some() {
+        let Some(&index) = self.probe_index.get(&sample.probe) else {
+            // A probe no longer configured (e.g. samples rebuilt from the
+            // database after a reload removed it): nothing judges it.
+            return;
+        };
+        let s = slot(sample.color);
+        let p = point(sample);
+        let probe = &mut self.probes[index];
+        let series = &mut probe.series[s];
+        series.observed += 1;
+        if p.counts.is_some() {
+            match series.last_ok {
+                Some(true) => self.answering -= 1,
+                Some(false) => self.failing[s] -= 1,
+                None => {}
+            }
             if sample.ok {
                 series.consecutive_failures = 0;
                 series.streak_started = None;
+                self.answering += 1;
             } else {
                 series.consecutive_failures += 1;
                 series.streak_started.get_or_insert(sample.at_ms);
+                self.failing[s] += 1;
             }
             series.last_ok = Some(sample.ok);
         }
-        series.points.push_back(Point {
-            at_ms: sample.at_ms,
-            ok: sample.ok,
-            latency_ms: sample.latency_ms,
-            counts,
-        });
+        series.points.push_back(p);
+        if s < 2 {
+            for &(w, pos) in &probe.windows {
+                if let Some(agg) = &mut self.windows[w].aggs[s] {
+                    agg.add(pos, &p);
+                }
+            }
+        }
+        // Trim what no window can need; a window still counting the point
+        // lets go of it first.
         let horizon = sample.at_ms - self.keep_ms;
-        while series.points.front().is_some_and(|p| p.at_ms < horizon) {
+        while let Some(front) = series.points.front().copied() {
+            if front.at_ms >= horizon {
+                break;
+            }
+            if s < 2 {
+                for &(w, pos) in &probe.windows {
+                    if let Some(agg) = &mut self.windows[w].aggs[s] {
+                        if agg.oldest[pos] == series.first_seq {
+                            agg.expire(pos, &front);
+                        }
+                    }
+                }
+            }
             series.points.pop_front();
+            series.first_seq += 1;
         }
     }
 
     /// When the color's current trouble began: the earliest start of a
     /// failure streak among its probes.
     pub fn failing_since(&self, color: Color) -> Option<Millis> {
-        self.series
+        let s = color_slot(color);
+        self.probes
             .iter()
-            .filter(|((_, c), _)| *c == Some(color))
-            .filter_map(|(_, s)| s.streak_started)
+            .filter_map(|p| p.series[s].streak_started)
             .min()
     }
 
-    /// True when every probe, on both colors and shared, is failing right
-    /// now: the fault is more likely ours (network, starvation) than the
-    /// service's, and no verdict may blame a color.
+    /// True when no probe answers: every per-color probe that has reported
+    /// is failing on both colors, and every shared probe that has reported
+    /// is failing too. The fault is more likely ours (network, starvation)
+    /// than the service's, and no verdict may blame a color.
     pub fn blind(&self) -> bool {
-        let mut seen = 0;
-        for (name, scope) in &self.probes {
-            let colors: &[Option<Color>] = match scope {
-                Scope::Shared => &[None],
-                Scope::PerColor => &[Some(Color::Blue), Some(Color::Green)],
-            };
-            for color in colors {
-                match self
-                    .series
-                    .get(&(name.clone(), *color))
-                    .and_then(|s| s.last_ok)
-                {
-                    Some(true) => return false,
-                    Some(false) => seen += 1,
+        let per_color = self.probes.iter().any(|p| p.scope == Scope::PerColor);
+        self.answering == 0
+            && if per_color {
+                self.failing[0] > 0 && self.failing[1] > 0
+            } else {
+                self.failing[2] > 0
+            }
+    }
+
+    /// `Some(true)` when the watchdog went blind since the last call,
+    /// `Some(false)` when it can see again, `None` when nothing changed: the
+    /// daemon alerts once per change, with [`BLIND_REASON`].
+    pub fn take_blind_change(&mut self) -> Option<bool> {
+        let now = self.blind();
+        (now != self.blind_reported).then(|| {
+            self.blind_reported = now;
+            now
+        })
+    }
+
+    fn recount_answers(&mut self) {
+        self.answering = 0;
+        self.failing = [0; 3];
+        for p in &self.probes {
+            for (s, series) in p.series.iter().enumerate() {
+                match series.last_ok {
+                    Some(true) => self.answering += 1,
+                    Some(false) => self.failing[s] += 1,
                     None => {}
                 }
             }
         }
-        seen >= 2
+    }
+
+    /// Bring every window of `color` up to `now`: build the missing ones
+    /// from the series, expire what fell out.
+    fn advance(&mut self, now_ms: Millis, color: Color) {
+        let s = color_slot(color);
+        for w in &mut self.windows {
+            let since = now_ms - w.key.window_ms;
+            let agg = w.aggs[s].get_or_insert_with(|| {
+                let mut agg = Aggregate::new(w.probes.len(), w.key.p95);
+                for (pos, &p) in w.probes.iter().enumerate() {
+                    let series = &self.probes[p].series[s];
+                    agg.oldest[pos] = series.first_seq;
+                    for point in &series.points {
+                        agg.add(pos, point);
+                    }
+                }
+                agg
+            });
+            for (pos, &p) in w.probes.iter().enumerate() {
+                let series = &self.probes[p].series[s];
+                while let Some(point) = series.get(agg.oldest[pos]) {
+                    if point.at_ms > since {
+                        break;
+                    }
+                    agg.expire(pos, point);
+                }
+                // Points trimmed from the series are gone from the window
+                // too (trimming expires them first).
+                agg.oldest[pos] = agg.oldest[pos].max(series.first_seq);
+                debug_assert!(agg.oldest[pos] <= series.end_seq());
+            }
+        }
     }
 
     /// Evaluate every rule for `color` at `now`.
     pub fn evaluate(&mut self, now_ms: Millis, color: Color) -> Vec<Verdict> {
+        self.advance(now_ms, color);
         let blind = self.blind();
+        let s = color_slot(color);
         let mut out = Vec::with_capacity(self.rules.len());
-        for rule in &self.rules {
-            let (reading, baseline, why) = self.read(rule, now_ms, color);
-            let state_key = (rule.name.clone(), color);
-            let st = self.states.entry(state_key).or_default();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let Read {
+                reading,
+                baseline,
+                why,
+                extra,
+            } = self.read(i, rule, color);
+            let st = &mut self.states[i][s];
             let conclusive =
                 !blind && reading.value.is_some() && reading.n >= u64::from(rule.min_samples);
             let state = if !conclusive {
@@ -232,7 +553,7 @@ impl Engine {
                 if st.fired { State::Fired } else { State::Clear }
             };
             let detail = if blind {
-                "every probe on both colors is failing: the watchdog may be blind (network, overload), not judging".to_owned()
+                BLIND_REASON.to_owned()
             } else if let Some(why) = why {
                 why
             } else if reading.n < u64::from(rule.min_samples) {
@@ -242,22 +563,31 @@ impl Engine {
                     .value
                     .map(|v| format_value(rule.condition.signal, v))
                     .unwrap_or_default();
+                let holds = rule.condition.holds(reading.value.unwrap_or_default());
                 match state {
-                    State::Fired if rule.condition.holds(reading.value.unwrap_or_default()) => {
-                        format!(
-                            "{} = {value} (threshold {})",
-                            rule.condition.signal.as_str(),
-                            rule.condition.threshold_text()
-                        )
-                    }
+                    State::Fired if holds => format!(
+                        "{} = {value} (threshold {})",
+                        rule.condition.signal.as_str(),
+                        rule.condition.threshold_text()
+                    ),
                     State::Fired => format!(
                         "{} = {value}, clean {} of {} evaluations needed to clear",
                         rule.condition.signal.as_str(),
                         st.clean_streak,
                         rule.clear_after
                     ),
+                    State::Clear if holds => format!(
+                        "{} = {value} (threshold {}), must hold for {}",
+                        rule.condition.signal.as_str(),
+                        rule.condition.threshold_text(),
+                        humantime::format_duration(rule.hold_for)
+                    ),
                     _ => format!("{} = {value}", rule.condition.signal.as_str()),
                 }
+            };
+            let detail = match extra {
+                Some(extra) if !blind => format!("{detail}; {extra}"),
+                _ => detail,
             };
             let changed = st.last != Some(state);
             st.last = Some(state);
@@ -280,89 +610,168 @@ impl Engine {
         out
     }
 
-    /// The rule's signal for a color: the reading, the baseline used (for
-    /// degradation) and, when there is no value, why.
-    fn read(
-        &self,
-        rule: &Rule,
-        now_ms: Millis,
-        color: Color,
-    ) -> (Reading, Option<f64>, Option<String>) {
-        let since = now_ms - duration_ms(rule.window);
-        let window = |probe: &String| {
-            self.series
-                .get(&(probe.clone(), Some(color)))
-                .into_iter()
-                .flat_map(move |s| {
-                    s.points
-                        .iter()
-                        .filter(move |p| p.at_ms > since && p.at_ms <= now_ms)
-                })
+    /// Rule `i`'s signal for a color, from its window (already advanced):
+    /// the reading, the baseline used (for degradation) and, when there is
+    /// no value, why.
+    fn read(&self, i: usize, rule: &Rule, color: Color) -> Read {
+        let s = color_slot(color);
+        let window = &self.windows[self.rule_window[i]];
+        let Some(agg) = window.aggs[s].as_ref() else {
+            return Read::value(Reading { value: None, n: 0 });
         };
-        let all = || rule.probes.iter().flat_map(window);
+        let total = &agg.total;
         match rule.condition.signal {
-            Signal::ErrorRate => (signal::error_rate(all()), None, None),
-            Signal::LatencyAvg => (signal::latency_avg(all()), None, None),
-            Signal::LatencyP95 => (signal::latency_p95(all()), None, None),
+            Signal::ErrorRate => Read::value(Reading {
+                value: total.error_rate(),
+                n: total.n_counts,
+            }),
+            Signal::LatencyAvg => Read::value(Reading {
+                value: total.latency_avg(),
+                n: total.n_latency,
+            }),
+            Signal::LatencyP95 => Read::value(Reading {
+                value: agg.p95.as_ref().and_then(|q| q.p95()),
+                n: total.n_latency,
+            }),
             Signal::HealthFailures => {
+                if window.probes.is_empty() {
+                    return Read::none("no health probe on this color".to_owned());
+                }
                 // The smallest streak across the health probes: every health
                 // probe must be failing for the color to be called down.
-                let mut streak: Option<u64> = None;
+                let mut streak = u64::MAX;
                 let mut n = u64::MAX;
-                for probe in &rule.probes {
-                    let Some(series) = self.series.get(&(probe.clone(), Some(color))) else {
-                        return (
-                            Reading { value: None, n: 0 },
-                            None,
-                            Some(format!("no samples yet from {probe}")),
-                        );
-                    };
-                    streak = Some(streak.map_or(series.consecutive_failures, |s| {
-                        s.min(series.consecutive_failures)
-                    }));
-                    n = n.min(window(probe).filter(|p| p.counts.is_some()).count() as u64);
+                for (pos, &p) in window.probes.iter().enumerate() {
+                    let series = &self.probes[p].series[s];
+                    if series.observed == 0 {
+                        return Read::none(format!("no samples yet from {}", self.probes[p].name));
+                    }
+                    streak = streak.min(series.consecutive_failures);
+                    n = n.min(agg.per_probe[pos].n_counts);
                 }
                 let needed = u64::from(consecutive_needed(&rule.condition));
                 // A streak counts its own samples even when the window
                 // holds fewer (a slow probe): the streak is the evidence.
-                let n = n.max(streak.unwrap_or(0).min(needed));
-                (
-                    Reading {
-                        value: streak.map(|s| s as f64),
-                        n: if rule.probes.is_empty() { 0 } else { n },
-                    },
-                    None,
-                    None,
-                )
+                let n = n.max(streak.min(needed));
+                Read::value(Reading {
+                    value: Some(streak as f64),
+                    n,
+                })
             }
-            Signal::Degradation => {
-                let current = signal::latency_avg(all());
-                let bases: Vec<f64> = rule
-                    .probes
-                    .iter()
-                    .filter_map(|p| self.baselines.get(&(p.clone(), color)).copied())
-                    .collect();
-                if bases.is_empty() {
-                    return (
-                        Reading {
-                            value: None,
-                            n: current.n,
-                        },
-                        None,
-                        Some("no baseline from a previous deployment".to_owned()),
-                    );
+            Signal::Degradation => self.degradation(window, agg, s),
+        }
+    }
+
+    /// See the module documentation, "Degradation".
+    fn degradation(&self, window: &WindowSlot, agg: &Aggregate, s: usize) -> Read {
+        // Latency: actual sum vs what the baseline predicts for these samples.
+        let (mut lat_n, mut lat_sum, mut lat_expected) = (0u64, 0.0, 0.0);
+        // Errors: actual vs what the baseline rate predicts for these requests.
+        let (mut err_n, mut requests, mut errors, mut err_expected) = (0u64, 0.0, 0.0, 0.0);
+        let mut any_baseline = false;
+        for (pos, &p) in window.probes.iter().enumerate() {
+            let Some(base) = self.probes[p].baseline.get(s).copied().flatten() else {
+                continue;
+            };
+            any_baseline = true;
+            let t = &agg.per_probe[pos];
+            if let Some(b) = base.latency_ms.filter(|b| *b > 0.0) {
+                lat_n += t.n_latency;
+                lat_sum += t.latency_sum_ms();
+                lat_expected += b * t.n_latency as f64;
+            }
+            if let Some(b) = base.error_rate {
+                err_n += t.n_counts;
+                requests += t.requests();
+                errors += t.errors();
+                err_expected += b / 100.0 * t.requests();
+            }
+        }
+        if !any_baseline {
+            return Read {
+                reading: Reading {
+                    value: None,
+                    n: agg.total.n_counts.max(agg.total.n_latency),
+                },
+                baseline: None,
+                why: Some("no baseline from a previous deployment".to_owned()),
+                extra: None,
+            };
+        }
+        let latency = (lat_expected > 0.0).then(|| {
+            let base = lat_expected / lat_n as f64;
+            let now = lat_sum / lat_n as f64;
+            (signal::degradation(now, base).unwrap_or(0.0), base, now)
+        });
+        let error = (requests > 0.0).then(|| {
+            let base = err_expected / requests * 100.0;
+            let now = errors / requests * 100.0;
+            (now - base, base, now)
+        });
+        let mut parts = Vec::new();
+        if let Some((d, base, now)) = latency {
+            parts.push(format!(
+                "latency {now:.1}ms vs {base:.1}ms baseline ({d:+.1}%)"
+            ));
+        }
+        if let Some((d, base, now)) = error {
+            parts.push(format!(
+                "error rate {now:.2}% vs {base:.2}% baseline ({d:+.2} points)"
+            ));
+        }
+        let (value, baseline) = match (latency, error) {
+            (Some((l, lb, _)), Some((e, eb, _))) => {
+                if e > l {
+                    (Some(e), Some(eb))
+                } else {
+                    (Some(l), Some(lb))
                 }
-                let baseline = bases.iter().sum::<f64>() / bases.len() as f64;
-                let value = current.value.and_then(|c| signal::degradation(c, baseline));
-                (
-                    Reading {
-                        value,
-                        n: current.n,
-                    },
-                    Some(baseline),
-                    None,
-                )
             }
+            (Some((l, lb, _)), None) => (Some(l), Some(lb)),
+            (None, Some((e, eb, _))) => (Some(e), Some(eb)),
+            (None, None) => (None, None),
+        };
+        Read {
+            reading: Reading {
+                value,
+                n: lat_n.max(err_n),
+            },
+            baseline,
+            why: value
+                .is_none()
+                .then(|| "no samples in the window from probes with a baseline".to_owned()),
+            extra: (!parts.is_empty()).then(|| parts.join("; ")),
+        }
+    }
+}
+
+/// A rule's signal as read from its window.
+struct Read {
+    reading: Reading,
+    /// For `degradation`: the baseline the value was measured against.
+    baseline: Option<f64>,
+    /// Why there is no value.
+    why: Option<String>,
+    /// More evidence for the detail (degradation's two sides).
+    extra: Option<String>,
+}
+
+impl Read {
+    fn value(reading: Reading) -> Read {
+        Read {
+            reading,
+            baseline: None,
+            why: None,
+            extra: None,
+        }
+    }
+
+    fn none(why: String) -> Read {
+        Read {
+            reading: Reading { value: None, n: 0 },
+            baseline: None,
+            why: Some(why),
+            extra: None,
         }
     }
 }
@@ -553,3 +962,6 @@ command = ["/bin/true"]
         );
     }
 }
+
+#[cfg(test)]
+mod stream_tests;

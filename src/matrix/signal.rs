@@ -1,4 +1,9 @@
-//! Signal arithmetic over a slice of window points. Pure functions.
+//! Signal arithmetic by rescanning a window's points. Pure functions.
+//!
+//! The engine does not call these on its hot path: it keeps running totals
+//! (`window.rs`) and reads signals from them in O(1). These are the plain
+//! definitions, kept as the reference the incremental windows are tested
+//! against (and for callers holding a one-off list of points).
 
 /// One sample as the matrix keeps it.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,0 +1,405 @@
+//! `rollbackd replay`: run the rules over stored samples and print what
+//! would have fired, when, and what it would have done — the tool for
+//! tuning thresholds to zero false positives before trusting them.
+//!
+//! Reads samples and deployments from the database under `--config`'s
+//! `state_dir`; the rules and `[actions]` come from `--rules FILE` when
+//! given (another config file, e.g. a copy with new thresholds), else from
+//! `--config` itself. Writes nothing: no verdict, no deployment, no
+//! incident. Owns the replay loop and its report; the judging is
+//! `matrix::Engine`, exactly as the daemon runs it.
+//!
+//! How it follows the daemon: it evaluates both colors every `--step`
+//! (default 250 ms, the daemon's pace) from `now - since`, after feeding
+//! every sample and deployment up to that time; samples from the longest
+//! window before the start warm the windows up. A new deployment of a color
+//! forgets that color's windows and loads `degradation` baselines from the
+//! previous deployment's last 30 minutes, as the daemon does. The active
+//! color at a time is the latest deployment's (else the `[active] file`
+//! now). It cannot know what a rollback would have changed afterwards: a
+//! rule that keeps firing is reported once, when it fires. Across a gap in
+//! the samples longer than the longest window (the daemon was stopped),
+//! it jumps to the next sample.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use super::{ReplayArgs, open};
+
+use crate::config::Config;
+use crate::matrix::{self, Baseline, Baselines, Engine, State, Verdict};
+use crate::model::{
+    Action, Color, Millis, Op, Sample, Signal, duration_ms, format_ms, format_value, now_ms,
+};
+use crate::store::Deployment;
+
+/// How far before a deployment its predecessor's samples make the baseline.
+const BASELINE_SPAN_MS: Millis = 30 * 60 * 1000;
+
+pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
+    let rules = match &a.rules {
+        Some(path) => Config::load(path)?,
+        None => config.clone(),
+    };
+    // Replay writes nothing: not even an empty database where none was.
+    let db = config.db_path();
+    if !db.exists() {
+        anyhow::bail!(
+            "no database at {}: nothing to replay (is `state_dir` in {} the daemon's? \
+             to try other rules on this host's samples, keep --config and pass --rules FILE)",
+            db.display(),
+            config.path.display()
+        );
+    }
+    let store = open(config).await?;
+    let now = now_ms();
+    let start = now - duration_ms(a.since);
+    let warmup = rules
+        .rules
+        .iter()
+        .map(|r| duration_ms(r.window + r.hold_for))
+        .max()
+        .unwrap_or(0);
+    let samples = store
+        .samples(None, None, start - warmup - BASELINE_SPAN_MS)
+        .await?;
+    let deployments = store.deployments().await?;
+    store.close().await;
+    let fallback_active = match &config.active_file {
+        Some(file) => crate::active::read_file(file).ok(),
+        None => None,
+    };
+    let step = duration_ms(a.step).max(1);
+    let replay = Replay {
+        rules: &rules,
+        samples: &samples,
+        deployments: &deployments,
+        fallback_active,
+        start,
+        end: now,
+        step,
+        warmup,
+    };
+    print!("{}", replay.run(&a, config));
+    Ok(())
+}
+
+struct Replay<'a> {
+    rules: &'a Config,
+    samples: &'a [Sample],
+    deployments: &'a [Deployment],
+    fallback_active: Option<Color>,
+    start: Millis,
+    end: Millis,
+    step: Millis,
+    warmup: Millis,
+}
+
+/// What one (rule, color) did over the replay.
+#[derive(Default)]
+struct Tally {
+    fired: u32,
+    first_fired: Option<Millis>,
+    fired_since: Option<Millis>,
+    fired_ms: Millis,
+    /// The worst conclusive value seen (the highest for `>`/`>=`, the
+    /// lowest for `<`/`<=`): how close it came to the threshold.
+    peak: Option<f64>,
+}
+
+impl Replay<'_> {
+    fn run(&self, a: &ReplayArgs, db_config: &Config) -> String {
+        let rules = self.rules;
+        let mut out = String::new();
+        let in_range = self
+            .samples
+            .iter()
+            .filter(|s| s.at_ms >= self.start)
+            .count();
+        let _ = writeln!(
+            out,
+            "replay of {} ({in_range} samples) from {} to {}: database {}, {} rules from {}, evaluated every {}",
+            humantime::format_duration(a.since),
+            format_ms(self.start),
+            format_ms(self.end),
+            db_config.db_path().display(),
+            rules.rules.len(),
+            rules.path.display(),
+            humantime::format_duration(a.step),
+        );
+        if in_range == 0 {
+            let _ = writeln!(
+                out,
+                "no samples in this period: every verdict below is inconclusive"
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<6} {:<12} {:<8}  {:<40} EVIDENCE",
+            "TIME", "COLOR", "EVENT", "SEVERITY", "RULE"
+        );
+
+        let mut engine = Engine::new(rules);
+        let mut tallies: HashMap<(usize, Color), Tally> = HashMap::new();
+        let mut rollbacks = 0u32;
+        let mut alerts = 0u32;
+        let mut blind_spells = 0u32;
+        let mut ids: HashMap<Color, i64> = HashMap::new();
+        let mut next_sample = 0usize;
+        let mut next_deploy = 0usize;
+        let mut last_sample_at: Option<Millis> = None;
+        let wants_baselines = rules
+            .rules
+            .iter()
+            .any(|r| r.condition.signal == Signal::Degradation);
+
+        // Warm-up: feed what precedes the first evaluation.
+        let mut t = self.start;
+        while t <= self.end {
+            // Every deployment and sample up to `t`, in time order
+            // (a deployment first on a tie).
+            loop {
+                let d_at = self.deployments.get(next_deploy).map(|d| d.at_ms);
+                let s_at = self.samples.get(next_sample).map(|s| s.at_ms);
+                match (d_at, s_at) {
+                    (Some(d), s) if d <= t && s.is_none_or(|s| d <= s) => {
+                        let d = &self.deployments[next_deploy];
+                        next_deploy += 1;
+                        if ids.insert(d.color, d.id).is_some() {
+                            engine.reset_color(d.color);
+                        }
+                        if wants_baselines {
+                            engine.set_baselines(self.baselines(&ids));
+                        }
+                    }
+                    (_, Some(s)) if s <= t => {
+                        let sample = &self.samples[next_sample];
+                        next_sample += 1;
+                        engine.observe(sample);
+                        last_sample_at = Some(sample.at_ms);
+                    }
+                    _ => break,
+                }
+            }
+
+            let active = self.active_at(t);
+            let mut verdicts = engine.evaluate(t, Color::Blue);
+            verdicts.extend(engine.evaluate(t, Color::Green));
+            if let Some(blind) = engine.take_blind_change() {
+                if blind {
+                    blind_spells += 1;
+                    let _ = writeln!(
+                        out,
+                        "{:<20}  {:<6} {:<12} {:<8}  {:<40} {}",
+                        format_ms(t),
+                        "-",
+                        "blind",
+                        "-",
+                        "-",
+                        matrix::BLIND_REASON
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{:<20}  {:<6} {:<12} {:<8}  {:<40} a probe answers again",
+                        format_ms(t),
+                        "-",
+                        "sees",
+                        "-",
+                        "-"
+                    );
+                }
+            }
+            for (i, v) in verdicts.iter().enumerate() {
+                let rule = &rules.rules[i % rules.rules.len()];
+                let tally = tallies.entry((i % rules.rules.len(), v.color)).or_default();
+                if v.state != State::Inconclusive {
+                    if let Some(value) = v.value {
+                        let worse = match rule.condition.op {
+                            Op::Lt | Op::Le => tally.peak.is_none_or(|p| value < p),
+                            _ => tally.peak.is_none_or(|p| value > p),
+                        };
+                        if worse {
+                            tally.peak = Some(value);
+                        }
+                    }
+                }
+                if !v.changed {
+                    continue;
+                }
+                match (v.state, tally.fired_since) {
+                    (State::Fired, None) => {
+                        tally.fired += 1;
+                        tally.first_fired.get_or_insert(t);
+                        tally.fired_since = Some(t);
+                        let action = rules.actions.for_severity(v.severity);
+                        let what = match (action, active) {
+                            (Action::Rollback, Some(c)) if c == v.color => {
+                                rollbacks += 1;
+                                "-> would roll back (active color)".to_owned()
+                            }
+                            (Action::Rollback, None) => {
+                                rollbacks += 1;
+                                "-> would roll back if active (active color unknown)".to_owned()
+                            }
+                            (Action::Rollback | Action::Alert, _) => {
+                                alerts += 1;
+                                if action == Action::Rollback {
+                                    "-> alert (standby: never rolled back)".to_owned()
+                                } else {
+                                    "-> alert".to_owned()
+                                }
+                            }
+                            (Action::Log, _) => "-> log".to_owned(),
+                        };
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            line(t, v, "fired", &format!("{}; n={} {what}", v.detail, v.n))
+                        );
+                    }
+                    (State::Clear | State::Inconclusive, Some(since)) => {
+                        tally.fired_since = None;
+                        tally.fired_ms += t - since;
+                        // Inconclusive: the data went away (too few samples,
+                        // or the watchdog blind); a later fire counts anew,
+                        // as it does in the daemon.
+                        let event = if v.state == State::Clear {
+                            "cleared"
+                        } else {
+                            "inconclusive"
+                        };
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            line(
+                                t,
+                                v,
+                                event,
+                                &format!("after {}; {}", seconds(t - since), v.detail)
+                            )
+                        );
+                    }
+                    _ => {}
+                }
+            }
+
+            // Jump over a silence: once the windows are empty, nothing
+            // changes until the next sample or deployment.
+            let next_event = [
+                self.samples.get(next_sample).map(|s| s.at_ms),
+                self.deployments.get(next_deploy).map(|d| d.at_ms),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let quiet = last_sample_at.is_none_or(|l| t - l > self.warmup + self.step);
+            t += self.step;
+            if quiet {
+                let resume = next_event.unwrap_or(self.end + self.step);
+                if resume > t {
+                    // Stay on the step grid.
+                    t += (resume - t) / self.step * self.step;
+                }
+            }
+        }
+        for ((_, _), tally) in tallies.iter_mut() {
+            if let Some(since) = tally.fired_since {
+                tally.fired_ms += self.end - since;
+            }
+        }
+
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<40} {:<6} {:>5}  {:<20}  {:>12}  {:>10}  THRESHOLD",
+            "RULE", "COLOR", "FIRED", "FIRST FIRED", "TIME FIRED", "PEAK"
+        );
+        for (i, rule) in rules.rules.iter().enumerate() {
+            for color in Color::ALL {
+                let tally = tallies.remove(&(i, color)).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{:<40} {:<6} {:>5}  {:<20}  {:>12}  {:>10}  {} {}",
+                    rule.name,
+                    color.as_str(),
+                    tally.fired,
+                    tally
+                        .first_fired
+                        .map(format_ms)
+                        .unwrap_or_else(|| "-".into()),
+                    seconds(tally.fired_ms),
+                    tally
+                        .peak
+                        .map(|p| format_value(rule.condition.signal, p))
+                        .unwrap_or_else(|| "-".into()),
+                    rule.condition.op.as_str(),
+                    rule.condition.threshold_text(),
+                );
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "would have requested a rollback {rollbacks} time(s) and raised {alerts} alert(s); the watchdog was blind {blind_spells} time(s)"
+        );
+        out
+    }
+
+    /// The active color at `t`: the latest deployment's, else the
+    /// `[active] file` as it reads now.
+    fn active_at(&self, t: Millis) -> Option<Color> {
+        self.deployments
+            .iter()
+            .rev()
+            .find(|d| d.at_ms <= t)
+            .map(|d| d.color)
+            .or(self.fallback_active)
+    }
+
+    /// The daemon's baselines for the deployments in `ids`: each probe under
+    /// the deployment before, over its last 30 minutes.
+    fn baselines(&self, ids: &HashMap<Color, i64>) -> Baselines {
+        let mut out = Baselines::new();
+        for (&color, id) in ids {
+            let Some(current) = self.deployments.iter().find(|d| d.id == *id) else {
+                continue;
+            };
+            let Some(previous) = self.deployments.iter().rev().find(|d| d.id < current.id) else {
+                continue;
+            };
+            let mut by_probe: HashMap<&str, Vec<&Sample>> = HashMap::new();
+            for s in self.samples.iter().filter(|s| {
+                s.deployment == Some(previous.id)
+                    && s.at_ms < current.at_ms
+                    && s.at_ms >= current.at_ms - BASELINE_SPAN_MS
+            }) {
+                by_probe.entry(s.probe.as_str()).or_default().push(s);
+            }
+            for (probe, samples) in by_probe {
+                out.insert((probe.to_owned(), color), Baseline::from_samples(samples));
+            }
+        }
+        out
+    }
+}
+
+/// A duration in whole seconds, for humans.
+fn seconds(ms: Millis) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(
+        (ms.max(0) + 500) as u64 / 1000,
+    ))
+    .to_string()
+}
+
+fn line(t: Millis, v: &Verdict, event: &str, evidence: &str) -> String {
+    format!(
+        "{:<20}  {:<6} {:<12} {:<8}  {:<40} {evidence}",
+        format_ms(t),
+        v.color.as_str(),
+        event,
+        v.severity.as_str(),
+        v.rule,
+    )
+}

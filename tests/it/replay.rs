@@ -1,0 +1,186 @@
+//! `rollbackd replay` over a real SQLite file: samples stored through the
+//! store, the real binary run on them, its report read back.
+
+use std::time::UNIX_EPOCH;
+
+use rollbackd::model::{Color, Sample, SampleStatus, now_ms};
+
+use crate::common::Env;
+
+const CONFIG: &str = r#"
+[daemon]
+state_dir = "state"
+[service]
+name = "beluga"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "5s"
+health = true
+[rollback]
+command = ["/bin/true", "{to}"]
+"#;
+
+/// Another file with the same probes and a stricter, alert-only rule.
+const OTHER_RULES: &str = r#"
+[service]
+name = "beluga"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "5s"
+health = true
+[[rule]]
+name = "errors over a minute"
+severity = "medium"
+when = "error_rate > 90%"
+window = "1m"
+min_samples = 5
+[rollback]
+command = ["/bin/true", "{to}"]
+"#;
+
+fn sample(at_ms: i64, color: Color, ok: bool, deployment: Option<i64>) -> Sample {
+    Sample {
+        at_ms,
+        probe: "healthz".into(),
+        color: Some(color),
+        deployment,
+        ok,
+        latency_ms: Some(12.0),
+        status: if ok {
+            SampleStatus::Ok
+        } else {
+            SampleStatus::Failed
+        },
+        detail: String::new(),
+        requests: None,
+        errors: None,
+    }
+}
+
+fn time_of(line: &str) -> i64 {
+    let stamp = line.split_whitespace().next().unwrap();
+    let t = humantime::parse_rfc3339(stamp).unwrap();
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test]
+async fn replay_reports_what_would_have_fired_and_when() {
+    let env = Env::new(CONFIG);
+    let base = now_ms() - 40 * 60 * 1000;
+    let fault_from = base + 20 * 60 * 1000;
+    let third_failure = fault_from + 10_000;
+    {
+        let store = env.store().await;
+        let d = store
+            .record_deployment(Color::Blue, "v1", "test", base - 60_000)
+            .await
+            .unwrap();
+        let mut samples = Vec::new();
+        let mut t = base;
+        while t < base + 30 * 60 * 1000 {
+            let blue_ok = !(fault_from..fault_from + 60_000).contains(&t);
+            samples.push(sample(t, Color::Blue, blue_ok, Some(d.id)));
+            samples.push(sample(t + 1000, Color::Green, true, None));
+            t += 5000;
+        }
+        store.insert_samples(&samples).await.unwrap();
+        store.close().await;
+    }
+
+    let out = env.cli_ok(&["replay", "--since", "1h"]);
+    let fired: Vec<&str> = out.lines().filter(|l| l.contains(" fired ")).collect();
+    let crit = fired
+        .iter()
+        .find(|l| l.contains("critical: health_failures >= 3"))
+        .unwrap_or_else(|| panic!("no health_failures fire in:\n{out}"));
+    assert!(crit.contains(" blue "), "{crit}");
+    assert!(crit.contains("would roll back (active color)"), "{crit}");
+    // Fired at the third failed sample (the report is to the second).
+    let at = time_of(crit);
+    assert!(
+        (third_failure - 1000..=third_failure + 1000).contains(&at),
+        "fired at {at}, third failure at {third_failure}\n{out}"
+    );
+    assert!(
+        fired.iter().all(|l| l.contains(" blue ")),
+        "healthy green must never fire:\n{out}"
+    );
+    let cleared = out
+        .lines()
+        .find(|l| l.contains(" cleared ") && l.contains("critical: health_failures"))
+        .unwrap_or_else(|| panic!("never cleared:\n{out}"));
+    // Cleared once the samples pass again (the report is to the second).
+    assert!(time_of(cleared) >= fault_from + 59_000, "{cleared}");
+    // The summary: one fire on blue, none on green, with the peak value.
+    let row = |rule: &str, color: &str| {
+        out.lines()
+            .find(|l| l.starts_with(rule) && l.contains(&format!(" {color} ")))
+            .unwrap_or_else(|| panic!("no summary row for {rule} on {color}:\n{out}"))
+            .to_owned()
+    };
+    let blue = row("critical: health_failures >= 3 over 10m", "blue");
+    let cols: Vec<&str> = blue.split_whitespace().collect();
+    assert!(cols.contains(&"1"), "{blue}");
+    assert!(cols.contains(&"12"), "peak streak of 12 failures: {blue}");
+    let green = row("critical: health_failures >= 3 over 10m", "green");
+    assert!(green.contains(" 0 "), "{green}");
+    assert!(out.contains("would have requested"), "{out}");
+
+    // Other rules, same samples: the stricter alert-only rule is judged.
+    let other = env.path("other.toml");
+    std::fs::write(&other, OTHER_RULES).unwrap();
+    let out = env.cli_ok(&[
+        "replay",
+        "--since",
+        "1h",
+        "--rules",
+        other.to_str().unwrap(),
+    ]);
+    let line = out
+        .lines()
+        .find(|l| l.contains(" fired ") && l.contains("errors over a minute"))
+        .unwrap_or_else(|| panic!("the other rule did not fire:\n{out}"));
+    assert!(line.contains("-> alert"), "{line}");
+    assert!(
+        !out.contains("health_failures"),
+        "only the other file's rules:\n{out}"
+    );
+    // Fires once the 1 m window holds more than 90% failures: 11 of 12
+    // samples at 5 s, i.e. 50 s into the fault at the earliest.
+    let at = time_of(line);
+    assert!(at >= fault_from + 50_000 - 1000, "{line}");
+
+    // A config whose state_dir holds no database: a clear error, and no
+    // empty database left behind.
+    let elsewhere = env.path("elsewhere.toml");
+    std::fs::write(
+        &elsewhere,
+        CONFIG.replace("state_dir = \"state\"", "state_dir = \"nowhere\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["--config", elsewhere.to_str().unwrap(), "replay"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(70), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no database at"), "{stderr}");
+    assert!(!env.path("nowhere").exists());
+
+    // A broken rules file is a configuration error: exit 78, nothing lost.
+    std::fs::write(&other, "[[rule]]\nwhen = \"bogus\"\n").unwrap();
+    let out = env.cli(&["replay", "--rules", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+}
