@@ -30,6 +30,8 @@ use crate::store::{Store, StoreError, StoredVerdict};
 use crate::systemd;
 use crate::writer::write_samples;
 
+/// How often the latest deployment's bake is checked.
+const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
 /// How often verdicts are evaluated.
 const EVAL_PERIOD: Duration = Duration::from_millis(250);
 /// While a rollback-worthy rule stays fired but the rollback was skipped or
@@ -106,6 +108,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut rollback_task: Option<JoinHandle<Result<Outcome, RollbackError>>> = None;
     let mut next_attempt: Option<Instant> = None;
     let mut last_status = String::new();
+    let mut last_bake_check = Instant::now();
 
     systemd::ready(&status_line(active, &[]));
     tracing::info!(
@@ -129,6 +132,12 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     active
                 });
                 let now = now_ms();
+                if last_bake_check.elapsed() >= BAKE_CHECK_PERIOD {
+                    last_bake_check = Instant::now();
+                    if let Err(e) = crate::bake::check(&config, &store, &hub).await {
+                        tracing::error!("cannot check the bake of the latest deployment: {e}");
+                    }
+                }
                 let mut verdicts = engine.evaluate(now, Color::Blue);
                 verdicts.extend(engine.evaluate(now, Color::Green));
                 match engine.take_blind_change() {

@@ -23,6 +23,7 @@
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
 //!   act. [`signals`] and [`systemd`] connect it to the host; [`logging`]
 //!   picks journald, JSON or text.
+//! - [`bake`] sends a deployment's report once it has baked healthy.
 //! - [`report`] summarises a deployment's lifetime (post-deploy report).
 //! - [`gate`] judges one color before a cutover with the daemon's own
 //!   scheduler and matrix.
@@ -30,6 +31,7 @@
 //! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
 
 pub mod active;
+pub mod bake;
 pub mod cli;
 pub mod config;
 pub mod daemon;

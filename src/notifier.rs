@@ -65,6 +65,9 @@ pub enum Event {
     Alert,
     /// A rule that was notified about is clear again.
     Recovered,
+    /// A deployment stayed healthy for `[rollback] bake`: its post-deploy
+    /// report. Sent to every target, whatever its `min_severity`.
+    DeployReport,
 }
 
 impl Event {
@@ -79,6 +82,7 @@ impl Event {
             Event::RollbackHeld => "rollback held",
             Event::Alert => "alert",
             Event::Recovered => "recovered",
+            Event::DeployReport => "post-deploy report",
         }
     }
 }
@@ -323,7 +327,7 @@ impl Hub {
     pub fn send(&self, targets: &[Notifier], notice: Notice) {
         let targets: Vec<Notifier> = targets
             .iter()
-            .filter(|t| notice.severity >= t.min_severity)
+            .filter(|t| notice.event == Event::DeployReport || notice.severity >= t.min_severity)
             .cloned()
             .collect();
         if targets.is_empty() {

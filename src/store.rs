@@ -688,6 +688,30 @@ impl Store {
             .collect())
     }
 
+    /// Claim the post-deploy report of a deployment: true for exactly one
+    /// caller, the one that should send it.
+    pub async fn claim_report(&self, deployment: i64, at_ms: Millis) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE deployments SET reported_ms = ? WHERE id = ? AND reported_ms IS NULL",
+        )
+        .bind(at_ms)
+        .bind(deployment)
+        .execute(&self.pool)
+        .await
+        .map_err(q("claiming a post-deploy report"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn report_sent(&self, deployment: i64) -> Result<bool, StoreError> {
+        let at: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT reported_ms FROM deployments WHERE id = ?")
+                .bind(deployment)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("reading a post-deploy report mark"))?;
+        Ok(at.flatten().is_some())
+    }
+
     // --- verdicts --------------------------------------------------------
 
     pub async fn insert_verdict(&self, v: &StoredVerdict) -> Result<(), StoreError> {

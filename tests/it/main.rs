@@ -2,6 +2,7 @@
 //! SQLite files in temp dirs, the real `rollbackd` binary as a child process.
 
 mod assets;
+mod bake;
 mod common;
 mod demo;
 mod gate;
