@@ -9,6 +9,7 @@
 //! plain sender.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +20,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::active;
 use crate::config::{Config, ConfigError, Scope, consecutive_needed};
+use crate::http::{AppState, Health, ProbeInfo, ReloadInfo, Server, Snapshot};
 use crate::matrix::{self, Decision, Engine, State, Verdict};
+use crate::metrics::Metrics;
 use crate::model::{Color, Sample, Signal, duration_ms, now_ms};
 use crate::probe::Prober;
+use crate::reload::{self, ConfigWatcher};
 use crate::rollback::{self, Outcome, Request, RollbackError, Trigger};
 use crate::signals::Control;
 use crate::store::{Store, StoreError, StoredVerdict};
@@ -45,6 +49,11 @@ pub enum DaemonError {
     Rollback(#[from] RollbackError),
     #[error(transparent)]
     Active(#[from] active::ActiveError),
+    #[error("cannot listen on {addr} ([daemon] listen): {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The latest deployment id of each color: samples are stamped with it.
@@ -60,6 +69,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut config = Arc::new(config);
     let store = Store::open_dir(&config.daemon.state_dir).await?;
     let prober = Prober::new();
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+    let started_ms = now_ms();
 
     // A rollback interrupted by a crash is closed or resumed before anything
     // else can start a new one.
@@ -80,22 +92,52 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let (deploy_tx, deploy_rx) = watch::channel(DeploymentIds::new());
     let mut active = refresh_active(&config, &store, &deploy_tx, &mut engine, None).await?;
 
+    // The read-only listener comes up before READY=1, so a bad `listen` is
+    // a startup error and a client may connect as soon as systemd says so.
+    let mut last_reload: Option<ReloadInfo> = None;
+    let (snapshot_tx, snapshot_rx) = watch::channel(snapshot(
+        &config,
+        started_ms,
+        active,
+        String::new(),
+        &[],
+        false,
+        &last_reload,
+    ));
+    let app = AppState {
+        snapshot: snapshot_rx,
+        health: health.clone(),
+        metrics: metrics.clone(),
+        db_path: store.path().to_path_buf(),
+    };
+    let mut http = start_http(config.daemon.listen, &app)?;
+    let mut watcher = start_watcher(&config);
+
     let (writer_tx, writer_rx) = mpsc::channel::<Sample>(8192);
-    let writer = tokio::spawn(write_samples(store.clone(), writer_rx));
+    let writer = tokio::spawn(write_samples(
+        store.clone(),
+        writer_rx,
+        health.clone(),
+        metrics.clone(),
+    ));
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
     let mut probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
 
     let mut eval = tokio::time::interval(EVAL_PERIOD);
     eval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // The watchdog is pinged from this loop and only from it: while the loop
+    // is stuck (an await that never returns, a blocked thread), the pings
+    // stop and systemd restarts the daemon.
     let watchdog_period = systemd::watchdog_period();
     let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
     watchdog.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     let mut rollback_task: Option<JoinHandle<Result<Outcome, RollbackError>>> = None;
     let mut next_attempt: Option<Instant> = None;
-    let mut last_status = String::new();
+    let mut last_status = status_line(active, &[], &last_reload);
 
-    systemd::ready(&status_line(active, &[]));
+    metrics.set_active(active);
+    systemd::ready(&last_status);
     tracing::info!(
         probes = config.probes.len(),
         rules = config.rules.len(),
@@ -107,6 +149,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         tokio::select! {
             Some(sample) = sample_rx.recv() => {
                 engine.observe(&sample);
+                metrics.observe_sample(&sample);
                 if writer_tx.send(sample).await.is_err() {
                     tracing::error!("the sample writer stopped; samples are no longer stored");
                 }
@@ -120,11 +163,22 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 let mut verdicts = engine.evaluate(now, Color::Blue);
                 verdicts.extend(engine.evaluate(now, Color::Green));
                 record_changes(&store, &verdicts).await;
-                let status = status_line(active, &verdicts);
+                metrics.set_verdicts(&verdicts);
+                metrics.set_active(active);
+                let status = status_line(active, &verdicts, &last_reload);
                 if status != last_status {
                     systemd::status(&status);
                     last_status = status;
                 }
+                snapshot_tx.send_replace(snapshot(
+                    &config,
+                    started_ms,
+                    active,
+                    last_status.clone(),
+                    &verdicts,
+                    rollback_task.is_some(),
+                    &last_reload,
+                ));
                 let Some(active_color) = active else { continue };
                 for decision in matrix::decide(&verdicts, active_color, &config.actions) {
                     match decision {
@@ -162,33 +216,63 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 match result {
                     Ok(Ok(outcome)) => {
                         tracing::info!("rollback finished: {outcome:?}");
+                        metrics.rollback(outcome_label(&outcome));
                         if matches!(outcome, Outcome::Skipped { .. } | Outcome::Refused { .. }) {
                             next_attempt = Some(Instant::now() + RETRY_AFTER);
                         }
                     }
                     Ok(Err(e)) => {
                         tracing::error!("rollback stopped on an error: {e}");
+                        metrics.rollback("error");
                         next_attempt = Some(Instant::now() + RETRY_AFTER);
                     }
-                    Err(e) => tracing::error!("rollback task panicked: {e}"),
+                    Err(e) => {
+                        tracing::error!("rollback task panicked: {e}");
+                        metrics.rollback("error");
+                    }
                 }
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or(active);
             }
             _ = watchdog.tick(), if watchdog_period.is_some() => systemd::watchdog(),
+            _ = async {
+                match watcher.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("{} changed on disk: reloading", config.path.display());
+                let mut live = Live {
+                    config: &mut config,
+                    engine: &mut engine,
+                    probes: &mut probes,
+                    http: &mut http,
+                    watcher: &mut watcher,
+                };
+                let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
+                metrics.reload(info.ok);
+                last_reload = Some(info);
+            }
             message = control.recv() => match message {
                 Some(Control::Reload) => {
-                    systemd::reloading();
-                    match Config::load(&config.path) {
-                        Ok(new) => {
-                            tracing::info!("configuration reloaded from {}", new.path.display());
-                            engine.reconfigure(&new);
-                            config = Arc::new(new);
-                            stop_probes(std::mem::take(&mut probes)).await;
-                            probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
-                        }
-                        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                    // A burst of SIGHUPs is one reload: it reads the file as
+                    // it is now. A shutdown queued behind them wins.
+                    let mut shutdown = false;
+                    while let Ok(queued) = control.try_recv() {
+                        shutdown |= queued == Control::Shutdown;
                     }
-                    systemd::ready(&last_status);
+                    if shutdown {
+                        break;
+                    }
+                    let mut live = Live {
+                        config: &mut config,
+                        engine: &mut engine,
+                        probes: &mut probes,
+                        http: &mut http,
+                        watcher: &mut watcher,
+                    };
+                    let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
+                    metrics.reload(info.ok);
+                    last_reload = Some(info);
                 }
                 Some(Control::Shutdown) | None => break,
             },
@@ -197,20 +281,36 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
 
     systemd::stopping();
     tracing::info!("stopping: probes first, then samples are flushed");
+    drop(watcher);
     stop_probes(probes).await;
     drop(sample_tx);
     while let Some(sample) = sample_rx.recv().await {
+        metrics.observe_sample(&sample);
         let _ = writer_tx.send(sample).await;
     }
     drop(writer_tx);
-    if let Some(task) = rollback_task {
-        // Never abandon a rollback half-way: its every step is bounded by
-        // the rollback timeout and verify_after, so this wait is too.
-        tracing::warn!("waiting for the rollback in flight to finish before exiting");
-        match task.await {
-            Ok(Ok(outcome)) => tracing::info!("rollback finished: {outcome:?}"),
-            Ok(Err(e)) => tracing::error!("rollback stopped on an error: {e}"),
-            Err(e) => tracing::error!("rollback task panicked: {e}"),
+    if let Some(mut task) = rollback_task {
+        // Never abandon a rollback half-way: every step is bounded by the
+        // rollback timeout and verification by verify_after, so this wait
+        // is bounded too. Past that bound the rollback's state is already
+        // in the database (each step is written before its effect), and the
+        // next start reconciles it.
+        let bound = rollback_bound(&config);
+        tracing::warn!(
+            "waiting (at most {}) for the rollback in flight to finish before exiting",
+            humantime::format_duration(bound)
+        );
+        match tokio::time::timeout(bound, &mut task).await {
+            Ok(Ok(Ok(outcome))) => tracing::info!("rollback finished: {outcome:?}"),
+            Ok(Ok(Err(e))) => tracing::error!("rollback stopped on an error: {e}"),
+            Ok(Err(e)) => tracing::error!("rollback task panicked: {e}"),
+            Err(_) => {
+                task.abort();
+                tracing::error!(
+                    "the rollback in flight did not finish within {}; exiting with its state recorded for the next start to reconcile",
+                    humantime::format_duration(bound)
+                );
+            }
         }
     }
     match writer.await {
@@ -221,20 +321,214 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         ),
         Err(e) => tracing::error!("sample writer panicked: {e}"),
     }
+    if let Some(server) = http {
+        server.stop().await;
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn status_line(active: Option<Color>, verdicts: &[Verdict]) -> String {
+/// The longest a rollback can take: prepare, switch and retire each within
+/// the rollback timeout, the target's and the restored color's health each
+/// within verify_after, plus a margin for the database writes between.
+fn rollback_bound(config: &Config) -> Duration {
+    config.rollback.timeout * 3 + config.rollback.verify_after * 2 + Duration::from_secs(30)
+}
+
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Verified { .. } => "verified",
+        Outcome::Escalated { .. } => "escalated",
+        Outcome::Refused { .. } => "refused",
+        Outcome::Failed { .. } => "failed",
+        Outcome::DryRun { .. } => "dry_run",
+        Outcome::Skipped { .. } => "skipped",
+    }
+}
+
+fn start_http(listen: Option<SocketAddr>, app: &AppState) -> Result<Option<Server>, DaemonError> {
+    let Some(addr) = listen else { return Ok(None) };
+    let server =
+        Server::start(addr, app.clone()).map_err(|source| DaemonError::Listen { addr, source })?;
+    if !server.local_addr().ip().is_loopback() {
+        tracing::warn!(
+            "the HTTP listener is bound to {}, not loopback: /status and /metrics are readable from the network",
+            server.local_addr()
+        );
+    }
+    tracing::info!("HTTP listener on http://{}", server.local_addr());
+    Ok(Some(server))
+}
+
+fn start_watcher(config: &Config) -> Option<ConfigWatcher> {
+    if !config.daemon.watch_config {
+        return None;
+    }
+    match ConfigWatcher::start(&config.path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(
+                "cannot watch {} for changes ({e}); SIGHUP still reloads",
+                config.path.display()
+            );
+            None
+        }
+    }
+}
+
+fn snapshot(
+    config: &Config,
+    started_ms: i64,
+    active: Option<Color>,
+    status_line: String,
+    verdicts: &[Verdict],
+    rollback_in_flight: bool,
+    last_reload: &Option<ReloadInfo>,
+) -> Snapshot {
+    Snapshot {
+        at: std::time::Instant::now(),
+        started_ms,
+        service: config.service.clone(),
+        config_path: config.path.clone(),
+        dry_run: config.daemon.dry_run,
+        active,
+        status_line,
+        verdicts: verdicts.to_vec(),
+        probes: config
+            .probes
+            .iter()
+            .map(|p| ProbeInfo {
+                name: p.name.clone(),
+                kind: p.check.kind(),
+                shared: p.scope == Scope::Shared,
+                health: p.health,
+                interval_ms: p.interval.as_millis() as u64,
+            })
+            .collect(),
+        rollback_in_flight,
+        last_reload: last_reload.clone(),
+    }
+}
+
+/// What a reload may replace. Everything else in `run` (the store, the
+/// writer, the rollback in flight with its own copy of the old
+/// configuration, the metrics) lives on untouched.
+struct Live<'a> {
+    config: &'a mut Arc<Config>,
+    engine: &'a mut Engine,
+    probes: &'a mut Vec<ProbeTask>,
+    http: &'a mut Option<Server>,
+    watcher: &'a mut Option<ConfigWatcher>,
+}
+
+impl Live<'_> {
+    /// Parse and validate with the same code as `check`; on success swap
+    /// everything at once, keeping the windows and rule states of what did
+    /// not change; on failure keep running the old configuration. Either
+    /// way systemd sees RELOADING=1, then READY=1.
+    async fn reload(
+        &mut self,
+        prober: &Prober,
+        sample_tx: &mpsc::Sender<Sample>,
+        deploy_rx: &watch::Receiver<DeploymentIds>,
+        app: &AppState,
+        status: &str,
+    ) -> ReloadInfo {
+        systemd::reloading();
+        let info = match self.try_reload(prober, sample_tx, deploy_rx, app).await {
+            Ok(changes) => {
+                tracing::info!(
+                    "configuration reloaded from {}: {changes}",
+                    self.config.path.display()
+                );
+                ReloadInfo {
+                    at_ms: now_ms(),
+                    ok: true,
+                    message: changes,
+                }
+            }
+            Err(why) => {
+                tracing::error!("reload failed, keeping the running configuration: {why}");
+                ReloadInfo {
+                    at_ms: now_ms(),
+                    ok: false,
+                    message: why,
+                }
+            }
+        };
+        let mut status = status.replace("; last reload failed", "");
+        if !info.ok {
+            status.push_str("; last reload failed");
+        }
+        systemd::ready(&status);
+        info
+    }
+
+    async fn try_reload(
+        &mut self,
+        prober: &Prober,
+        sample_tx: &mpsc::Sender<Sample>,
+        deploy_rx: &watch::Receiver<DeploymentIds>,
+        app: &AppState,
+    ) -> Result<String, String> {
+        let new = Config::load(&self.config.path).map_err(|e| e.to_string())?;
+        if let Some(why) = reload::refuse(self.config, &new) {
+            return Err(why);
+        }
+        // The one part that can fail after validation: a new listen
+        // address. Bind it before anything is swapped.
+        let mut new_http = None;
+        if new.daemon.listen != self.config.daemon.listen {
+            new_http = Some(start_http(new.daemon.listen, app).map_err(|e| e.to_string())?);
+        }
+        let changes = reload::diff(self.config, &new);
+        for probe in &changes.probes_changed {
+            self.engine.forget_probe(probe);
+        }
+        for rule in &changes.rules_changed {
+            self.engine.forget_rule(rule);
+        }
+        self.engine.reconfigure(&new);
+        if !changes.rules_removed.is_empty() || !changes.rules_changed.is_empty() {
+            app.metrics.forget_verdicts();
+        }
+        let new = Arc::new(new);
+        *self.config = new.clone();
+        // Probe tasks restart even for an unchanged probe: they pick up
+        // secrets re-read from `env:`/`file:` and new color addresses. Their
+        // windows live in the engine and are kept.
+        stop_probes(std::mem::take(self.probes)).await;
+        *self.probes = spawn_probes(&new, prober, sample_tx, deploy_rx);
+        if let Some(server) = new_http {
+            if let Some(old) = std::mem::replace(self.http, server) {
+                old.stop().await;
+            }
+        }
+        if new.daemon.watch_config != self.watcher.is_some() {
+            *self.watcher = start_watcher(&new);
+        }
+        Ok(changes.summary())
+    }
+}
+
+fn status_line(
+    active: Option<Color>,
+    verdicts: &[Verdict],
+    last_reload: &Option<ReloadInfo>,
+) -> String {
     let active = active.map(Color::as_str).unwrap_or("unknown");
-    match matrix::worst(verdicts) {
+    let mut line = match matrix::worst(verdicts) {
         Some(v) => format!(
             "active {active}; worst: {} fired on {} ({})",
             v.severity, v.color, v.rule
         ),
         None => format!("active {active}; no rule fired"),
+    };
+    if last_reload.as_ref().is_some_and(|r| !r.ok) {
+        line.push_str("; last reload failed");
     }
+    line
 }
 
 /// Re-read the active color; on a new deployment of a color, forget that
@@ -516,7 +810,12 @@ impl ProbeJob {
 /// locked or failing, samples wait in a bounded buffer and the write is
 /// retried with backoff. Overflow drops the oldest, counted and logged.
 /// Returns how many samples were dropped.
-async fn write_samples(store: Store, mut rx: mpsc::Receiver<Sample>) -> u64 {
+async fn write_samples(
+    store: Store,
+    mut rx: mpsc::Receiver<Sample>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+) -> u64 {
     const BATCH_WINDOW: Duration = Duration::from_millis(200);
     const BATCH_MAX: usize = 500;
     let mut pending: Vec<Sample> = Vec::new();
@@ -543,6 +842,7 @@ async fn write_samples(store: Store, mut rx: mpsc::Receiver<Sample>) -> u64 {
             let excess = pending.len() - WRITE_BUFFER_CAP;
             pending.drain(..excess);
             dropped += excess as u64;
+            metrics.dropped(excess as u64);
             tracing::error!(
                 dropped = excess,
                 "sample buffer full: dropped the oldest samples"
@@ -552,8 +852,12 @@ async fn write_samples(store: Store, mut rx: mpsc::Receiver<Sample>) -> u64 {
             Ok(()) => {
                 pending.clear();
                 backoff = Duration::from_millis(100);
+                health.write_ok(0);
+                metrics.set_buffered(0);
             }
             Err(e) => {
+                health.write_failed(e.to_string(), pending.len());
+                metrics.set_buffered(pending.len());
                 tracing::warn!(
                     buffered = pending.len(),
                     "cannot store samples yet ({e}); retrying in {backoff:?}"
@@ -562,6 +866,7 @@ async fn write_samples(store: Store, mut rx: mpsc::Receiver<Sample>) -> u64 {
                     // Shutting down: a few more tries, then give up loudly.
                     if backoff >= Duration::from_secs(2) {
                         dropped += pending.len() as u64;
+                        metrics.dropped(pending.len() as u64);
                         tracing::error!(
                             dropped = pending.len(),
                             "giving up on unstored samples at shutdown"

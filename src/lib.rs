@@ -20,19 +20,24 @@
 //! - [`rollback`] is the guarded switch, a state machine persisted at every
 //!   step; [`active`] says which color serves traffic.
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
-//!   act. [`signals`] and [`systemd`] connect it to the host; [`logging`]
-//!   picks journald, JSON or text.
+//!   act. [`reload`] says what a reload changes and watches the file;
+//!   [`signals`] and [`systemd`] connect it to the host; [`logging`] picks
+//!   journald, JSON or text; [`http`] serves `/healthz`, `/metrics`
+//!   ([`metrics`]) and `/status`, read-only.
 //! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
 
 pub mod active;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod http;
 pub mod logging;
 pub mod matrix;
+pub mod metrics;
 pub mod model;
 pub mod probe;
 pub mod process;
+pub mod reload;
 pub mod rollback;
 pub mod secret;
 pub mod signals;

@@ -125,6 +125,18 @@ impl Engine {
             .retain(|(rule, _), _| names.contains(&rule.as_str()));
     }
 
+    /// Forget one probe's windows: its definition changed on reload, so
+    /// its old samples measured something else.
+    pub fn forget_probe(&mut self, probe: &str) {
+        self.series.retain(|(p, _), _| p != probe);
+    }
+
+    /// Forget one rule's state (hysteresis, hold): its definition changed
+    /// on reload.
+    pub fn forget_rule(&mut self, rule: &str) {
+        self.states.retain(|(r, _), _| r != rule);
+    }
+
     pub fn set_baselines(&mut self, baselines: Baselines) {
         self.baselines = baselines;
     }
