@@ -162,7 +162,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 let now = now_ms();
                 let mut verdicts = engine.evaluate(now, Color::Blue);
                 verdicts.extend(engine.evaluate(now, Color::Green));
-                record_changes(&store, &verdicts).await;
+                record_changes(&store, &verdicts, &health).await;
                 metrics.set_verdicts(&verdicts);
                 metrics.set_active(active);
                 let status = status_line(active, &verdicts, &last_reload);
@@ -170,21 +170,15 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     systemd::status(&status);
                     last_status = status;
                 }
-                snapshot_tx.send_replace(snapshot(
-                    &config,
-                    started_ms,
-                    active,
-                    last_status.clone(),
-                    &verdicts,
-                    rollback_task.is_some(),
-                    &last_reload,
-                ));
-                let Some(active_color) = active else { continue };
-                for decision in matrix::decide(&verdicts, active_color, &config.actions) {
+                let decisions = match active {
+                    Some(color) => matrix::decide(&verdicts, color, &config.actions),
+                    None => Vec::new(),
+                };
+                for decision in decisions {
                     match decision {
                         Decision::Rollback(v) => {
                             let due = v.changed || next_attempt.is_some_and(|t| Instant::now() >= t);
-                            if rollback_task.is_none() && due {
+                            if let (None, true, Some(active_color)) = (&rollback_task, due, active) {
                                 let since = engine.failing_since(active_color);
                                 rollback_task = Some(start_rollback(&config, &store, &prober, &v, since));
                                 next_attempt = None;
@@ -205,6 +199,15 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                         _ => {}
                     }
                 }
+                snapshot_tx.send_replace(snapshot(
+                    &config,
+                    started_ms,
+                    active,
+                    last_status.clone(),
+                    &verdicts,
+                    rollback_task.is_some(),
+                    &last_reload,
+                ));
             }
             result = async {
                 match rollback_task.as_mut() {
@@ -251,6 +254,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
                 metrics.reload(info.ok);
                 last_reload = Some(info);
+                publish_reload(&snapshot_tx, &config, &last_reload);
             }
             message = control.recv() => match message {
                 Some(Control::Reload) => {
@@ -273,6 +277,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
                     metrics.reload(info.ok);
                     last_reload = Some(info);
+                    publish_reload(&snapshot_tx, &config, &last_reload);
                 }
                 Some(Control::Shutdown) | None => break,
             },
@@ -409,6 +414,18 @@ fn snapshot(
         rollback_in_flight,
         last_reload: last_reload.clone(),
     }
+}
+
+/// Right after a reload, `/status` shows its outcome and the new probes
+/// (the verdicts follow at the next evaluation).
+fn publish_reload(tx: &watch::Sender<Snapshot>, config: &Config, last_reload: &Option<ReloadInfo>) {
+    let fresh = snapshot(config, 0, None, String::new(), &[], false, last_reload);
+    tx.send_modify(|s| {
+        s.last_reload = fresh.last_reload;
+        s.probes = fresh.probes;
+        s.dry_run = fresh.dry_run;
+        s.service = fresh.service;
+    });
 }
 
 /// What a reload may replace. Everything else in `run` (the store, the
@@ -638,7 +655,7 @@ async fn rebuild_windows(
     Ok(())
 }
 
-async fn record_changes(store: &Store, verdicts: &[Verdict]) {
+async fn record_changes(store: &Store, verdicts: &[Verdict], health: &Health) {
     for v in verdicts.iter().filter(|v| v.changed) {
         let stored = StoredVerdict {
             at_ms: v.at_ms,
@@ -653,8 +670,12 @@ async fn record_changes(store: &Store, verdicts: &[Verdict]) {
             baseline: v.baseline,
             detail: v.detail.clone(),
         };
-        if let Err(e) = store.insert_verdict(&stored).await {
-            tracing::error!("cannot record a verdict: {e}");
+        match store.insert_verdict(&stored).await {
+            Ok(()) => health.write_ok(),
+            Err(e) => {
+                tracing::error!("cannot record a verdict: {e}");
+                health.write_failed(e.to_string());
+            }
         }
         if v.state == State::Fired {
             tracing::warn!(
@@ -852,11 +873,11 @@ async fn write_samples(
             Ok(()) => {
                 pending.clear();
                 backoff = Duration::from_millis(100);
-                health.write_ok(0);
+                health.write_ok();
                 metrics.set_buffered(0);
             }
             Err(e) => {
-                health.write_failed(e.to_string(), pending.len());
+                health.write_failed(e.to_string());
                 metrics.set_buffered(pending.len());
                 tracing::warn!(
                     buffered = pending.len(),

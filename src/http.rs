@@ -78,7 +78,6 @@ pub struct Health {
 struct DbHealth {
     failing_since: Option<Instant>,
     error: Option<String>,
-    buffered: usize,
 }
 
 impl Health {
@@ -87,21 +86,17 @@ impl Health {
     }
 
     /// A write succeeded: the database is writable.
-    pub fn write_ok(&self, buffered: usize) {
+    pub fn write_ok(&self) {
         if let Ok(mut db) = self.db.lock() {
-            *db = DbHealth {
-                buffered,
-                ..DbHealth::default()
-            };
+            *db = DbHealth::default();
         }
     }
 
     /// A write failed (locked past the busy timeout, disk full, read-only).
-    pub fn write_failed(&self, error: String, buffered: usize) {
+    pub fn write_failed(&self, error: String) {
         if let Ok(mut db) = self.db.lock() {
             db.failing_since.get_or_insert_with(Instant::now);
             db.error = Some(error);
-            db.buffered = buffered;
         }
     }
 
@@ -208,9 +203,8 @@ fn problems(state: &AppState) -> Vec<String> {
     let db = state.health.db();
     if let Some(since) = db.failing_since {
         out.push(format!(
-            "database unwritable for {:.1}s ({} samples waiting): {}",
+            "database unwritable for {:.1}s: {}",
             since.elapsed().as_secs_f64(),
-            db.buffered,
             db.error.unwrap_or_default()
         ));
     }
@@ -279,7 +273,6 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
             "size_bytes": db_size(&state.db_path),
             "writable": db.failing_since.is_none(),
             "error": db.error,
-            "samples_waiting": db.buffered,
         },
     }))
 }
