@@ -1208,7 +1208,19 @@ journalctl --directory=/run/log/journal -o json --no-pager SYSLOG_IDENTIFIER=rol
         ),
     )
     .unwrap();
-    let out = Command::new("unshare")
+    // As root, a mount namespace is enough; otherwise map ourselves to
+    // root in a user namespace first.
+    let root = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
+    };
+    let mut unshare = Command::new("unshare");
+    if !root {
+        unshare.arg("-r");
+    }
+    let out = unshare
         .args(["-m", "--propagation", "private", "sh"])
         .arg(&script)
         .output()
