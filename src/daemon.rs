@@ -285,6 +285,10 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     }
 
     systemd::stopping();
+    snapshot_tx.send_modify(|s| {
+        s.stopping = true;
+        s.rollback_in_flight = rollback_task.is_some();
+    });
     tracing::info!("stopping: probes first, then samples are flushed");
     drop(watcher);
     stop_probes(probes).await;
@@ -413,6 +417,7 @@ fn snapshot(
             .collect(),
         rollback_in_flight,
         last_reload: last_reload.clone(),
+        stopping: false,
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub probes: Vec<ProbeInfo>,
     pub rollback_in_flight: bool,
     pub last_reload: Option<ReloadInfo>,
+    /// SIGTERM received: the loop has stopped on purpose.
+    pub stopping: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -193,8 +195,13 @@ impl Server {
 /// Why the daemon is unhealthy, if it is.
 fn problems(state: &AppState) -> Vec<String> {
     let mut out = Vec::new();
-    let age = state.snapshot.borrow().at.elapsed();
-    if age > STUCK_AFTER {
+    let (age, stopping) = {
+        let snap = state.snapshot.borrow();
+        (snap.at.elapsed(), snap.stopping)
+    };
+    if stopping {
+        out.push("stopping".to_owned());
+    } else if age > STUCK_AFTER {
         out.push(format!(
             "work loop stuck: no evaluation for {:.1}s",
             age.as_secs_f64()
@@ -262,6 +269,7 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
         "status": snap.status_line,
         "worst": worst,
         "rollback_in_flight": snap.rollback_in_flight,
+        "stopping": snap.stopping,
         "verdicts": snap.verdicts,
         "probes": snap.probes,
         "last_reload": snap.last_reload,

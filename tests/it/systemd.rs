@@ -801,6 +801,20 @@ async fn bad_reload_keeps_the_old_config_and_names_file_and_line() {
         1.0
     );
 
+    // A valid file whose listen address is taken is refused whole, and the
+    // old listener keeps serving.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    write_config(&cfg, &text.replace("127.0.0.1:0", &taken_addr));
+    daemon.signal(Signal::SIGHUP);
+    daemon
+        .wait_log(
+            &format!("cannot listen on {taken_addr}"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+
     // Fixed: the next reload succeeds.
     write_config(&cfg, &text);
     daemon.signal(Signal::SIGHUP);
@@ -965,6 +979,9 @@ async fn reload_and_sigterm_during_a_rollback_let_it_finish_once() {
         )
         .await;
     assert!(daemon.running(), "exited with a rollback half-way");
+    let (code, body) = get(&format!("{base}/healthz")).await;
+    assert_eq!((code, body.as_str()), (503, "unhealthy\nstopping\n"));
+    assert_eq!(status_json(&base).await["rollback_in_flight"], true);
     let stop_sent = Instant::now();
     std::fs::write(dir.path().join("gate"), "").unwrap();
     let exit = daemon.exit(Duration::from_secs(30)).await;
