@@ -429,6 +429,50 @@ fn unit_file_exposure_is_at_most_2() {
     assert!(status.success());
 }
 
+#[test]
+fn sysusers_and_tmpfiles_make_the_user_and_the_state_dir() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
+    let out = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(format!("{dir}/rollbackd.sysusers"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    let entry = passwd
+        .lines()
+        .find(|l| l.starts_with("rollbackd:"))
+        .unwrap_or_else(|| panic!("no rollbackd user in {passwd}"));
+    let fields: Vec<&str> = entry.split(':').collect();
+    let uid: u32 = fields[2].parse().unwrap();
+    assert!(uid < 1000, "a system user: {entry}");
+    assert_eq!(fields[5], "/var/lib/rollbackd");
+    assert!(fields[6].ends_with("nologin"), "{entry}");
+
+    let out = Command::new("systemd-tmpfiles")
+        .arg(format!("--root={}", root.path().display()))
+        .arg("--create")
+        .arg(format!("{dir}/rollbackd.tmpfiles"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(root.path().join("var/lib/rollbackd")).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.uid(), uid);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o750);
+}
+
 // ---------------------------------------------------------------------------
 // 2. sd_notify, 3. reload, 4. shutdown, through a real NOTIFY_SOCKET.
 
