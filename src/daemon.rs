@@ -170,15 +170,21 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     systemd::status(&status);
                     last_status = status;
                 }
-                let decisions = match active {
-                    Some(color) => matrix::decide(&verdicts, color, &config.actions),
-                    None => Vec::new(),
-                };
-                for decision in decisions {
+                snapshot_tx.send_replace(snapshot(
+                    &config,
+                    started_ms,
+                    active,
+                    last_status.clone(),
+                    &verdicts,
+                    rollback_task.is_some(),
+                    &last_reload,
+                ));
+                let Some(active_color) = active else { continue };
+                for decision in matrix::decide(&verdicts, active_color, &config.actions) {
                     match decision {
                         Decision::Rollback(v) => {
                             let due = v.changed || next_attempt.is_some_and(|t| Instant::now() >= t);
-                            if let (None, true, Some(active_color)) = (&rollback_task, due, active) {
+                            if rollback_task.is_none() && due {
                                 let since = engine.failing_since(active_color);
                                 rollback_task = Some(start_rollback(&config, &store, &prober, &v, since));
                                 next_attempt = None;
@@ -199,15 +205,6 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                         _ => {}
                     }
                 }
-                snapshot_tx.send_replace(snapshot(
-                    &config,
-                    started_ms,
-                    active,
-                    last_status.clone(),
-                    &verdicts,
-                    rollback_task.is_some(),
-                    &last_reload,
-                ));
             }
             result = async {
                 match rollback_task.as_mut() {
