@@ -518,7 +518,7 @@ async fn notify_ready_watchdog_reload_stopping_and_flush_on_sigterm() {
     let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
     let mean = gaps.iter().sum::<Duration>() / gaps.len() as u32;
     assert!(
-        mean >= Duration::from_millis(200) && mean <= Duration::from_millis(450),
+        mean >= Duration::from_millis(200) && mean <= Duration::from_millis(500),
         "pings every {mean:?}, expected about 300ms: {gaps:?}"
     );
 
@@ -1261,6 +1261,9 @@ done
 {bin} --config {cfg} --log-format journald deploy --color blue --version v1 >/dev/null
 # No previous deployment on green: the rollback is refused (exit 1).
 {bin} --config {cfg} --log-format journald rollback --reason "operator test" >/dev/null 2>&1 || true
+# --log-format auto with stderr connected to the journal, as systemd does
+# it: JOURNAL_STREAM names stderr's device and inode.
+systemd-cat sh -c 'JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec {bin} --config {cfg} deploy --color green --version v0 >/dev/null'
 journalctl --sync
 journalctl --directory=/run/log/journal -o json --no-pager SYSLOG_IDENTIFIER=rollbackd
 "#,
@@ -1326,6 +1329,19 @@ journalctl --directory=/run/log/journal -o json --no-pager SYSLOG_IDENTIFIER=rol
     assert_eq!(refused["ROLLBACKD_SEVERITY"], "critical");
     assert_eq!(refused["PRIORITY"], "3", "error");
     assert_eq!(refused["SYSLOG_IDENTIFIER"], "rollbackd");
+
+    // Auto mode chose native logging: structured fields, journal transport.
+    let auto = entries
+        .iter()
+        .find(|e| {
+            e["ROLLBACKD_COLOR"] == "green"
+                && e["MESSAGE"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("deployment #2")
+        })
+        .unwrap_or_else(|| panic!("no native entry from --log-format auto in {stdout}"));
+    assert_eq!(auto["_TRANSPORT"], "journal");
 
     let started = entries
         .iter()
