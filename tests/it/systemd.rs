@@ -178,6 +178,15 @@ impl Drop for Proc {
     }
 }
 
+/// At most two of this module's daemons run at once: CI machines may have
+/// two cores, and the rest of the suite's fast probes (150 ms timeouts)
+/// must not time out because of this module's load.
+static DAEMON_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+async fn daemon_slot() -> tokio::sync::SemaphorePermit<'static> {
+    DAEMON_SLOTS.acquire().await.unwrap()
+}
+
 async fn get(url: &str) -> (u16, String) {
     let resp = reqwest::Client::new()
         .get(url)
@@ -478,6 +487,7 @@ fn sysusers_and_tmpfiles_make_the_user_and_the_state_dir() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_ready_watchdog_reload_stopping_and_flush_on_sigterm() {
+    let _slot = daemon_slot().await;
     let blue = common::Color::start().await;
     let green = common::Color::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -577,6 +587,7 @@ async fn notify_ready_watchdog_reload_stopping_and_flush_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_work_loop_stops_pinging_and_fails_healthz() {
+    let _slot = daemon_slot().await;
     let blue = common::Color::start().await;
     let green = common::Color::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -672,6 +683,7 @@ async fn a_stuck_work_loop_stops_pinging_and_fails_healthz() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_reload_keeps_unchanged_windows_and_counters_and_resets_changed_ones() {
+    let _slot = daemon_slot().await;
     let blue = common::Color::start().await;
     let green = common::Color::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -774,6 +786,7 @@ async fn good_reload_keeps_unchanged_windows_and_counters_and_resets_changed_one
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_reload_keeps_the_old_config_and_names_file_and_line() {
+    let _slot = daemon_slot().await;
     let blue = common::Color::start().await;
     let green = common::Color::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -871,6 +884,7 @@ async fn bad_reload_keeps_the_old_config_and_names_file_and_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_sighups_in_a_burst_end_in_one_consistent_config() {
+    let _slot = daemon_slot().await;
     let blue = common::Color::start().await;
     let green = common::Color::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -930,6 +944,7 @@ async fn fifty_sighups_in_a_burst_end_in_one_consistent_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_config_reloads_once_per_burst_of_edits() {
+    let _slot = daemon_slot().await;
     let blue = common::Color::start().await;
     let green = common::Color::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -978,6 +993,7 @@ async fn watch_config_reloads_once_per_burst_of_edits() {
 /// configuration it started with), and SIGTERM waits for it, then exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_and_sigterm_during_a_rollback_let_it_finish_once() {
+    let _slot = daemon_slot().await;
     let blue = common::Color::start().await;
     let green = common::Color::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -1051,6 +1067,7 @@ async fn reload_and_sigterm_during_a_rollback_let_it_finish_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_listener_serves_healthz_metrics_status_read_only() {
+    let _slot = daemon_slot().await;
     let blue = common::Color::start().await;
     let green = common::Color::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -1164,6 +1181,7 @@ fn http_listener_defaults_to_loopback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_fails_while_the_database_is_unwritable() {
+    let _slot = daemon_slot().await;
     let blue = common::Color::start().await;
     let green = common::Color::start().await;
     let dir = tempfile::tempdir().unwrap();
