@@ -9,6 +9,7 @@
 //! plain sender.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,17 +19,19 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::active;
 use crate::config::{Config, ConfigError, Scope, consecutive_needed};
+use crate::http::{AppState, Health, ProbeInfo, ReloadInfo, Server, Snapshot};
 use crate::matrix::{self, Decision, Engine, State, Verdict};
+use crate::metrics::Metrics;
 use crate::model::{Color, Sample, Signal, duration_ms, now_ms};
 use crate::notifier;
 use crate::probe::Prober;
 use crate::probe::schedule::{self, Cadence};
+use crate::reload::{self, ConfigWatcher};
 use crate::retention;
 use crate::rollback::{self, Outcome, Request, RollbackError, Trigger};
 use crate::signals::Control;
 use crate::store::{Store, StoreError, StoredVerdict};
 use crate::systemd;
-use crate::writer::write_samples;
 
 /// How often the latest deployment's bake is checked.
 const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
@@ -48,6 +51,11 @@ pub enum DaemonError {
     Rollback(#[from] RollbackError),
     #[error(transparent)]
     Active(#[from] active::ActiveError),
+    #[error("cannot listen on {addr} ([daemon] listen): {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The latest deployment id of each color: samples are stamped with it.
@@ -70,6 +78,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut holds = rollback::HoldLog::default();
     let mut active_watch = active::Watch::new(&config);
     let mut rollback_verdict: Option<Verdict> = None;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+    let started_ms = now_ms();
 
     // A rollback interrupted by a crash is closed or resumed before anything
     // else can start a new one.
@@ -91,8 +102,36 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let (deploy_tx, deploy_rx) = watch::channel(DeploymentIds::new());
     let mut active = refresh_active(&config, &store, &deploy_tx, &mut engine, None).await?;
 
+    // The read-only listener comes up before READY=1, so a bad `listen` is
+    // a startup error and a client may connect as soon as systemd says so.
+    let mut last_reload: Option<ReloadInfo> = None;
+    let (snapshot_tx, snapshot_rx) = watch::channel(snapshot(
+        &config,
+        started_ms,
+        active,
+        String::new(),
+        &[],
+        false,
+        &last_reload,
+    ));
+    let app = AppState {
+        snapshot: snapshot_rx,
+        health: health.clone(),
+        metrics: metrics.clone(),
+        db_path: store.path().to_path_buf(),
+    };
+    let mut http = start_http(config.daemon.listen, &app)?;
+    let mut watcher = start_watcher(&config);
+
     let (writer_tx, writer_rx) = mpsc::channel::<Sample>(8192);
-    let writer = tokio::spawn(write_samples(store.clone(), writer_rx));
+    let writer = tokio::spawn(
+        crate::writer::Writer {
+            health: Some(health.clone()),
+            metrics: Some(metrics.clone()),
+            ..crate::writer::Writer::default()
+        }
+        .run(store.clone(), writer_rx),
+    );
     // Retention: dropping the sender stops it; a reload sends the new value.
     let (retention_tx, retention_rx) = watch::channel(config.daemon.retention);
     let maintenance = tokio::spawn(retention::maintain(store.clone(), retention_rx));
@@ -101,16 +140,20 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
 
     let mut eval = tokio::time::interval(EVAL_PERIOD);
     eval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // The watchdog is pinged from this loop and only from it: while the loop
+    // is stuck (an await that never returns, a blocked thread), the pings
+    // stop and systemd restarts the daemon.
     let watchdog_period = systemd::watchdog_period();
     let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
     watchdog.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     let mut rollback_task: Option<JoinHandle<Result<Outcome, RollbackError>>> = None;
     let mut next_attempt: Option<Instant> = None;
-    let mut last_status = String::new();
+    let mut last_status = status_line(active, &[], &last_reload);
     let mut last_bake_check = Instant::now();
 
-    systemd::ready(&status_line(active, &[]));
+    metrics.set_active(active);
+    systemd::ready(&last_status);
     tracing::info!(
         probes = config.probes.len(),
         rules = config.rules.len(),
@@ -122,6 +165,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         tokio::select! {
             Some(sample) = sample_rx.recv() => {
                 engine.observe(&sample);
+                metrics.observe_sample(&sample);
                 if writer_tx.send(sample).await.is_err() {
                     tracing::error!("the sample writer stopped; samples are no longer stored");
                 }
@@ -145,7 +189,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     Some(false) => tracing::warn!("a probe answers again: the watchdog can see, verdicts resume"),
                     None => {}
                 }
-                record_changes(&store, &verdicts).await;
+                record_changes(&store, &verdicts, &health).await;
+                metrics.set_verdicts(&verdicts);
+                metrics.set_active(active);
                 for notice in recoveries.cleared(&config.service, &verdicts) {
                     hub.send(&config.notify, notice);
                 }
@@ -153,11 +199,20 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     // A hold just ended: a rollback it held back goes now.
                     next_attempt = Some(Instant::now());
                 }
-                let status = status_line(active, &verdicts);
+                let status = status_line(active, &verdicts, &last_reload);
                 if status != last_status {
                     systemd::status(&status);
                     last_status = status;
                 }
+                snapshot_tx.send_replace(snapshot(
+                    &config,
+                    started_ms,
+                    active,
+                    last_status.clone(),
+                    &verdicts,
+                    rollback_task.is_some(),
+                    &last_reload,
+                ));
                 let Some(active_color) = active else { continue };
                 for decision in matrix::decide(&verdicts, active_color, &config.actions) {
                     match decision {
@@ -200,6 +255,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 match result {
                     Ok(Ok(outcome)) => {
                         tracing::info!("rollback finished: {outcome:?}");
+                        metrics.rollback(outcome_label(&outcome));
                         if let (Outcome::Skipped { why }, Some(v)) = (&outcome, rollback_verdict.take()) {
                             if let Some(notice) = recoveries.held(&config.service, &v, why) {
                                 hub.send(&config.notify, notice);
@@ -211,9 +267,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     }
                     Ok(Err(e)) => {
                         tracing::error!("rollback stopped on an error: {e}");
+                        metrics.rollback("error");
                         next_attempt = Some(Instant::now() + RETRY_AFTER);
                     }
-                    Err(e) => tracing::error!("rollback task panicked: {e}"),
+                    Err(e) => {
+                        tracing::error!("rollback task panicked: {e}");
+                        metrics.rollback("error");
+                    }
                 }
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or(active);
             }
@@ -224,22 +284,51 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 });
             }
             _ = watchdog.tick(), if watchdog_period.is_some() => systemd::watchdog(),
+            _ = async {
+                match watcher.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("{} changed on disk: reloading", config.path.display());
+                let mut live = Live {
+                    config: &mut config,
+                    engine: &mut engine,
+                    probes: &mut probes,
+                    http: &mut http,
+                    watcher: &mut watcher,
+                    active_watch: &mut active_watch,
+                    retention: &retention_tx,
+                };
+                let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
+                metrics.reload(info.ok);
+                last_reload = Some(info);
+                publish_reload(&snapshot_tx, &config, &last_reload);
+            }
             message = control.recv() => match message {
                 Some(Control::Reload) => {
-                    systemd::reloading();
-                    match Config::load(&config.path) {
-                        Ok(new) => {
-                            tracing::info!("configuration reloaded from {}", new.path.display());
-                            engine.reconfigure(&new);
-                            config = Arc::new(new);
-                            retention_tx.send_replace(config.daemon.retention);
-                            prober.forget_removed(&config);
-                            stop_probes(std::mem::take(&mut probes)).await;
-                            probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
-                        }
-                        Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                    // A burst of SIGHUPs is one reload: it reads the file as
+                    // it is now. A shutdown queued behind them wins.
+                    let mut shutdown = false;
+                    while let Ok(queued) = control.try_recv() {
+                        shutdown |= queued == Control::Shutdown;
                     }
-                    systemd::ready(&last_status);
+                    if shutdown {
+                        break;
+                    }
+                    let mut live = Live {
+                        config: &mut config,
+                        engine: &mut engine,
+                        probes: &mut probes,
+                        http: &mut http,
+                        watcher: &mut watcher,
+                        active_watch: &mut active_watch,
+                        retention: &retention_tx,
+                    };
+                    let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
+                    metrics.reload(info.ok);
+                    last_reload = Some(info);
+                    publish_reload(&snapshot_tx, &config, &last_reload);
                 }
                 Some(Control::Shutdown) | None => break,
             },
@@ -247,21 +336,41 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     }
 
     systemd::stopping();
+    snapshot_tx.send_modify(|s| {
+        s.stopping = true;
+        s.rollback_in_flight = rollback_task.is_some();
+    });
     tracing::info!("stopping: probes first, then samples are flushed");
+    drop(watcher);
     stop_probes(probes).await;
     drop(sample_tx);
     while let Some(sample) = sample_rx.recv().await {
+        metrics.observe_sample(&sample);
         let _ = writer_tx.send(sample).await;
     }
     drop(writer_tx);
-    if let Some(task) = rollback_task {
-        // Never abandon a rollback half-way: its every step is bounded by
-        // the rollback timeout and verify_after, so this wait is too.
-        tracing::warn!("waiting for the rollback in flight to finish before exiting");
-        match task.await {
-            Ok(Ok(outcome)) => tracing::info!("rollback finished: {outcome:?}"),
-            Ok(Err(e)) => tracing::error!("rollback stopped on an error: {e}"),
-            Err(e) => tracing::error!("rollback task panicked: {e}"),
+    if let Some(mut task) = rollback_task {
+        // Never abandon a rollback half-way: every step is bounded by the
+        // rollback timeout and verification by verify_after, so this wait
+        // is bounded too. Past that bound the rollback's state is already
+        // in the database (each step is written before its effect), and the
+        // next start reconciles it.
+        let bound = rollback_bound(&config);
+        tracing::warn!(
+            "waiting (at most {}) for the rollback in flight to finish before exiting",
+            humantime::format_duration(bound)
+        );
+        match tokio::time::timeout(bound, &mut task).await {
+            Ok(Ok(Ok(outcome))) => tracing::info!("rollback finished: {outcome:?}"),
+            Ok(Ok(Err(e))) => tracing::error!("rollback stopped on an error: {e}"),
+            Ok(Err(e)) => tracing::error!("rollback task panicked: {e}"),
+            Err(_) => {
+                task.abort();
+                tracing::error!(
+                    "the rollback in flight did not finish within {}; exiting with its state recorded for the next start to reconcile",
+                    humantime::format_duration(bound)
+                );
+            }
         }
     }
     match writer.await {
@@ -271,6 +380,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             "samples were dropped because the database refused writes"
         ),
         Err(e) => tracing::error!("sample writer panicked: {e}"),
+    }
+    if let Some(server) = http {
+        server.stop().await;
     }
     drop(retention_tx);
     if let Err(e) = maintenance.await {
@@ -288,15 +400,224 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     Ok(())
 }
 
-fn status_line(active: Option<Color>, verdicts: &[Verdict]) -> String {
+/// The longest a rollback can take: prepare, switch and retire each within
+/// the rollback timeout, the target's and the restored color's health each
+/// within verify_after, plus a margin for the database writes between.
+fn rollback_bound(config: &Config) -> Duration {
+    config.rollback.timeout * 3 + config.rollback.verify_after * 2 + Duration::from_secs(30)
+}
+
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Verified { .. } => "verified",
+        Outcome::Escalated { .. } => "escalated",
+        Outcome::Refused { .. } => "refused",
+        Outcome::Failed { .. } => "failed",
+        Outcome::DryRun { .. } => "dry_run",
+        Outcome::Skipped { .. } => "skipped",
+    }
+}
+
+fn start_http(listen: Option<SocketAddr>, app: &AppState) -> Result<Option<Server>, DaemonError> {
+    let Some(addr) = listen else { return Ok(None) };
+    let server =
+        Server::start(addr, app.clone()).map_err(|source| DaemonError::Listen { addr, source })?;
+    if !server.local_addr().ip().is_loopback() {
+        tracing::warn!(
+            "the HTTP listener is bound to {}, not loopback: /status and /metrics are readable from the network",
+            server.local_addr()
+        );
+    }
+    tracing::info!("HTTP listener on http://{}", server.local_addr());
+    Ok(Some(server))
+}
+
+fn start_watcher(config: &Config) -> Option<ConfigWatcher> {
+    if !config.daemon.watch_config {
+        return None;
+    }
+    match ConfigWatcher::start(&config.path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(
+                "cannot watch {} for changes ({e}); SIGHUP still reloads",
+                config.path.display()
+            );
+            None
+        }
+    }
+}
+
+fn snapshot(
+    config: &Config,
+    started_ms: i64,
+    active: Option<Color>,
+    status_line: String,
+    verdicts: &[Verdict],
+    rollback_in_flight: bool,
+    last_reload: &Option<ReloadInfo>,
+) -> Snapshot {
+    Snapshot {
+        at: std::time::Instant::now(),
+        started_ms,
+        service: config.service.clone(),
+        config_path: config.path.clone(),
+        dry_run: config.daemon.dry_run,
+        active,
+        status_line,
+        verdicts: verdicts.to_vec(),
+        probes: config
+            .probes
+            .iter()
+            .map(|p| ProbeInfo {
+                name: p.name.clone(),
+                kind: p.check.kind(),
+                shared: p.scope == Scope::Shared,
+                health: p.health,
+                interval_ms: p.interval.as_millis() as u64,
+            })
+            .collect(),
+        rollback_in_flight,
+        last_reload: last_reload.clone(),
+        stopping: false,
+    }
+}
+
+/// Right after a reload, `/status` shows its outcome and the new probes
+/// (the verdicts follow at the next evaluation).
+fn publish_reload(tx: &watch::Sender<Snapshot>, config: &Config, last_reload: &Option<ReloadInfo>) {
+    let fresh = snapshot(config, 0, None, String::new(), &[], false, last_reload);
+    tx.send_modify(|s| {
+        s.last_reload = fresh.last_reload;
+        s.probes = fresh.probes;
+        s.dry_run = fresh.dry_run;
+        s.service = fresh.service;
+    });
+}
+
+/// What a reload may replace. Everything else in `run` (the store, the
+/// writer, the rollback in flight with its own copy of the old
+/// configuration, the metrics) lives on untouched.
+struct Live<'a> {
+    config: &'a mut Arc<Config>,
+    engine: &'a mut Engine,
+    probes: &'a mut Vec<ProbeTask>,
+    http: &'a mut Option<Server>,
+    watcher: &'a mut Option<ConfigWatcher>,
+    active_watch: &'a mut active::Watch,
+    retention: &'a watch::Sender<Duration>,
+}
+
+impl Live<'_> {
+    /// Parse and validate with the same code as `check`; on success swap
+    /// everything at once, keeping the windows and rule states of what did
+    /// not change; on failure keep running the old configuration. Either
+    /// way systemd sees RELOADING=1, then READY=1.
+    async fn reload(
+        &mut self,
+        prober: &Prober,
+        sample_tx: &mpsc::Sender<Sample>,
+        deploy_rx: &watch::Receiver<DeploymentIds>,
+        app: &AppState,
+        status: &str,
+    ) -> ReloadInfo {
+        systemd::reloading();
+        let info = match self.try_reload(prober, sample_tx, deploy_rx, app).await {
+            Ok(changes) => {
+                tracing::info!(
+                    "configuration reloaded from {}: {changes}",
+                    self.config.path.display()
+                );
+                ReloadInfo {
+                    at_ms: now_ms(),
+                    ok: true,
+                    message: changes,
+                }
+            }
+            Err(why) => {
+                tracing::error!("reload failed, keeping the running configuration: {why}");
+                ReloadInfo {
+                    at_ms: now_ms(),
+                    ok: false,
+                    message: why,
+                }
+            }
+        };
+        let mut status = status.replace("; last reload failed", "");
+        if !info.ok {
+            status.push_str("; last reload failed");
+        }
+        systemd::ready(&status);
+        info
+    }
+
+    async fn try_reload(
+        &mut self,
+        prober: &Prober,
+        sample_tx: &mpsc::Sender<Sample>,
+        deploy_rx: &watch::Receiver<DeploymentIds>,
+        app: &AppState,
+    ) -> Result<String, String> {
+        let new = Config::load(&self.config.path).map_err(|e| e.to_string())?;
+        if let Some(why) = reload::refuse(self.config, &new) {
+            return Err(why);
+        }
+        // The one part that can fail after validation: a new listen
+        // address. Bind it before anything is swapped.
+        let mut new_http = None;
+        if new.daemon.listen != self.config.daemon.listen {
+            new_http = Some(start_http(new.daemon.listen, app).map_err(|e| e.to_string())?);
+        }
+        let changes = reload::diff(self.config, &new);
+        for probe in &changes.probes_changed {
+            self.engine.forget_probe(probe);
+        }
+        for rule in &changes.rules_changed {
+            self.engine.forget_rule(rule);
+        }
+        self.engine.reconfigure(&new);
+        if !changes.rules_removed.is_empty() || !changes.rules_changed.is_empty() {
+            app.metrics.forget_verdicts();
+        }
+        let new = Arc::new(new);
+        *self.config = new.clone();
+        // Probe tasks restart even for an unchanged probe: they pick up
+        // secrets re-read from `env:`/`file:` and new color addresses. Their
+        // windows live in the engine and are kept.
+        stop_probes(std::mem::take(self.probes)).await;
+        prober.forget_removed(&new);
+        *self.probes = spawn_probes(&new, prober, sample_tx, deploy_rx);
+        self.retention.send_replace(new.daemon.retention);
+        *self.active_watch = active::Watch::new(&new);
+        if let Some(server) = new_http {
+            if let Some(old) = std::mem::replace(self.http, server) {
+                old.stop().await;
+            }
+        }
+        if new.daemon.watch_config != self.watcher.is_some() {
+            *self.watcher = start_watcher(&new);
+        }
+        Ok(changes.summary())
+    }
+}
+
+fn status_line(
+    active: Option<Color>,
+    verdicts: &[Verdict],
+    last_reload: &Option<ReloadInfo>,
+) -> String {
     let active = active.map(Color::as_str).unwrap_or("unknown");
-    match matrix::worst(verdicts) {
+    let mut line = match matrix::worst(verdicts) {
         Some(v) => format!(
             "active {active}; worst: {} fired on {} ({})",
             v.severity, v.color, v.rule
         ),
         None => format!("active {active}; no rule fired"),
+    };
+    if last_reload.as_ref().is_some_and(|r| !r.ok) {
+        line.push_str("; last reload failed");
     }
+    line
 }
 
 /// Re-read the active color; on a new deployment of a color, forget that
@@ -406,7 +727,7 @@ async fn rebuild_windows(
     Ok(())
 }
 
-async fn record_changes(store: &Store, verdicts: &[Verdict]) {
+async fn record_changes(store: &Store, verdicts: &[Verdict], health: &Health) {
     for v in verdicts.iter().filter(|v| v.changed) {
         let stored = StoredVerdict {
             at_ms: v.at_ms,
@@ -421,8 +742,12 @@ async fn record_changes(store: &Store, verdicts: &[Verdict]) {
             baseline: v.baseline,
             detail: v.detail.clone(),
         };
-        if let Err(e) = store.insert_verdict(&stored).await {
-            tracing::error!("cannot record a verdict: {e}");
+        match store.insert_verdict(&stored).await {
+            Ok(()) => health.write_ok(),
+            Err(e) => {
+                tracing::error!("cannot record a verdict: {e}");
+                health.write_failed(e.to_string());
+            }
         }
         if v.state == State::Fired {
             tracing::warn!(

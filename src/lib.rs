@@ -21,8 +21,10 @@
 //!   step; [`active`] says which color serves traffic; [`notifier`] sends
 //!   webhooks without ever making them wait.
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
-//!   act. [`signals`] and [`systemd`] connect it to the host; [`logging`]
-//!   picks journald, JSON or text.
+//!   act. [`reload`] says what a reload changes and watches the file;
+//!   [`signals`] and [`systemd`] connect it to the host; [`logging`] picks
+//!   journald, JSON or text; [`http`] serves `/healthz`, `/metrics`
+//!   ([`metrics`]) and `/status`, read-only.
 //! - [`bake`] sends a deployment's report once it has baked healthy.
 //! - [`report`] summarises a deployment's lifetime (post-deploy report).
 //! - [`gate`] judges one color before a cutover with the daemon's own
@@ -37,12 +39,15 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod gate;
+pub mod http;
 pub mod logging;
 pub mod matrix;
+pub mod metrics;
 pub mod model;
 pub mod notifier;
 pub mod probe;
 pub mod process;
+pub mod reload;
 pub mod report;
 pub mod retention;
 pub mod rollback;

@@ -9,6 +9,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -48,9 +49,17 @@ pub fn init(format: Format) -> Format {
     let result = match format {
         Format::Journald => match tracing_journald::layer() {
             Ok(layer) => {
+                // INFO is "informational" (6), not tracing-journald's
+                // default "notice" (5): `journalctl -p notice` then shows
+                // warnings and worse only.
                 let layer = layer
                     .with_field_prefix(None)
-                    .with_syslog_identifier("rollbackd".into());
+                    .with_syslog_identifier("rollbackd".into())
+                    .with_priority_mappings(PriorityMappings {
+                        info: Priority::Informational,
+                        debug: Priority::Debug,
+                        ..PriorityMappings::new()
+                    });
                 tracing_subscriber::registry()
                     .with(filter())
                     .with(layer)

@@ -36,7 +36,7 @@ pub struct WriterStats {
 }
 
 /// The writer's limits; [`Writer::default`] is what the daemon uses.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Writer {
     /// How long to gather samples into one batch once the first arrives.
     pub batch_window: Duration,
@@ -47,6 +47,10 @@ pub struct Writer {
     pub first_backoff: Duration,
     pub max_backoff: Duration,
     pub stats: Arc<WriterStats>,
+    /// Told of every write's success or failure (`/healthz`).
+    pub health: Option<Arc<crate::http::Health>>,
+    /// Told of drops and of what waits in the buffer (`/metrics`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for Writer {
@@ -58,6 +62,8 @@ impl Default for Writer {
             first_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             stats: Arc::default(),
+            health: None,
+            metrics: None,
         }
     }
 }
@@ -113,6 +119,15 @@ impl Writer {
         let mut open = true;
         let mut closed_at: Option<Instant> = None;
         let mut backoff = self.first_backoff;
+        let mut dropped_reported = 0u64;
+        let report = |buffered: usize, dropped_reported: &mut u64| {
+            if let Some(m) = &self.metrics {
+                let dropped = stats.dropped.load(Ordering::Relaxed);
+                m.dropped(dropped - *dropped_reported);
+                *dropped_reported = dropped;
+                m.set_buffered(buffered);
+            }
+        };
         loop {
             if buf.pending.is_empty() {
                 if !open {
@@ -153,6 +168,10 @@ impl Writer {
             match result {
                 Ok(()) => {
                     buf.pending.drain(..n);
+                    if let Some(h) = &self.health {
+                        h.write_ok();
+                    }
+                    report(buf.pending.len(), &mut dropped_reported);
                     stats.written.fetch_add(n as u64, Ordering::Relaxed);
                     if backoff > self.first_backoff {
                         tracing::info!("the database takes samples again");
@@ -162,6 +181,10 @@ impl Writer {
                 }
                 Err(e) => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if let Some(h) = &self.health {
+                        h.write_failed(e.to_string());
+                    }
+                    report(buf.pending.len(), &mut dropped_reported);
                     if closed_at.is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE) {
                         let lost = buf.pending.len() as u64;
                         stats.dropped.fetch_add(lost, Ordering::Relaxed);
@@ -190,6 +213,7 @@ impl Writer {
                 }
             }
         }
+        report(0, &mut dropped_reported);
         stats.dropped.load(Ordering::Relaxed)
     }
 }

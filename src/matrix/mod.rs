@@ -352,6 +352,28 @@ impl Engine {
         self.recount_answers();
     }
 
+    /// Forget one probe's windows: its definition changed on reload, so
+    /// its old samples measured something else.
+    pub fn forget_probe(&mut self, probe: &str) {
+        let Some(&index) = self.probe_index.get(probe) else {
+            return;
+        };
+        self.probes[index].series = Default::default();
+        for (w, _) in self.probes[index].windows.clone() {
+            // Rebuilt from the (now empty) series when next needed.
+            self.windows[w].aggs = [None, None];
+        }
+        self.recount_answers();
+    }
+
+    /// Forget one rule's state (hysteresis, hold): its definition changed
+    /// on reload.
+    pub fn forget_rule(&mut self, rule: &str) {
+        if let Some(index) = self.rules.iter().position(|r| r.name == rule) {
+            self.states[index] = Default::default();
+        }
+    }
+
     pub fn set_baselines(&mut self, baselines: Baselines) {
         for p in &mut self.probes {
             p.baseline = Color::ALL.map(|c| baselines.get(&(p.name.clone(), c)).copied());

@@ -13,3 +13,4 @@ mod replay;
 mod report;
 mod rollback;
 mod spine;
+mod systemd;

@@ -1,0 +1,286 @@
+//! The daemon's own read-only HTTP listener (`[daemon] listen`):
+//! `/healthz` (is the daemon itself healthy), `/metrics` (Prometheus text)
+//! and `/status` (JSON). Only GET routes exist: nothing over TCP changes
+//! anything.
+//!
+//! The server runs on its own thread with its own small runtime, so that
+//! `/healthz` can still answer "the work loop is stuck" when the loop (or
+//! the runtime it runs on) is wedged. It reads what the work loop publishes
+//! ([`Snapshot`] through a `watch` channel) and what the sample writer
+//! reports ([`Health`]); it never touches the database beyond the file's
+//! size, and it never sees a secret.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::{oneshot, watch};
+
+use crate::matrix::{self, Verdict};
+use crate::metrics::{self, Metrics};
+use crate::model::{Color, Millis, now_ms};
+
+/// `/healthz` fails when the work loop has not published for this long. It
+/// publishes on every evaluation, four times a second.
+pub const STUCK_AFTER: Duration = Duration::from_secs(5);
+
+/// What the work loop last saw, published after every evaluation.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// When the loop published this (monotonic): how `/healthz` tells a
+    /// stuck loop.
+    pub at: Instant,
+    pub started_ms: Millis,
+    pub service: String,
+    pub config_path: PathBuf,
+    pub dry_run: bool,
+    pub active: Option<Color>,
+    /// The systemd `STATUS=` line.
+    pub status_line: String,
+    pub verdicts: Vec<Verdict>,
+    pub probes: Vec<ProbeInfo>,
+    pub rollback_in_flight: bool,
+    pub last_reload: Option<ReloadInfo>,
+    /// SIGTERM received: the loop has stopped on purpose.
+    pub stopping: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProbeInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub shared: bool,
+    pub health: bool,
+    pub interval_ms: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReloadInfo {
+    pub at_ms: Millis,
+    pub ok: bool,
+    /// What changed, or why the reload was refused (with file and line).
+    pub message: String,
+}
+
+/// The database's health as the sample writer sees it. A std `Mutex`: it is
+/// held for a few assignments, never across an await.
+#[derive(Debug, Default)]
+pub struct Health {
+    db: Mutex<DbHealth>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct DbHealth {
+    failing_since: Option<Instant>,
+    error: Option<String>,
+}
+
+impl Health {
+    pub fn new() -> Health {
+        Health::default()
+    }
+
+    /// A write succeeded: the database is writable.
+    pub fn write_ok(&self) {
+        if let Ok(mut db) = self.db.lock() {
+            *db = DbHealth::default();
+        }
+    }
+
+    /// A write failed (locked past the busy timeout, disk full, read-only).
+    pub fn write_failed(&self, error: String) {
+        if let Ok(mut db) = self.db.lock() {
+            db.failing_since.get_or_insert_with(Instant::now);
+            db.error = Some(error);
+        }
+    }
+
+    fn db(&self) -> DbHealth {
+        self.db.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    pub snapshot: watch::Receiver<Snapshot>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// `rollbackd.db`: its size is a metric.
+    pub db_path: PathBuf,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+/// The listener's thread. Dropping it without [`Server::stop`] leaves the
+/// thread to end with the process.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Bind now (so a bad address is an error here, not later) and serve on
+    /// a thread of its own.
+    pub fn start(addr: SocketAddr, state: AppState) -> std::io::Result<Server> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!("HTTP listener on {addr} failed: {e}");
+                            return;
+                        }
+                    };
+                    let serve =
+                        axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+                            let _ = stopped.await;
+                        });
+                    if let Err(e) = serve.await {
+                        tracing::error!("HTTP listener on {addr} failed: {e}");
+                    }
+                });
+            })?;
+        Ok(Server {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop accepting, let requests in progress finish, and wait (bounded)
+    /// for the thread.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            match tokio::time::timeout(Duration::from_secs(5), joined).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(_) => tracing::error!("the HTTP listener thread panicked"),
+                Err(_) => tracing::warn!("the HTTP listener did not stop within 5s; leaving it"),
+            }
+        }
+    }
+}
+
+/// Why the daemon is unhealthy, if it is.
+fn problems(state: &AppState) -> Vec<String> {
+    let mut out = Vec::new();
+    let (age, stopping) = {
+        let snap = state.snapshot.borrow();
+        (snap.at.elapsed(), snap.stopping)
+    };
+    if stopping {
+        out.push("stopping".to_owned());
+    } else if age > STUCK_AFTER {
+        out.push(format!(
+            "work loop stuck: no evaluation for {:.1}s",
+            age.as_secs_f64()
+        ));
+    }
+    let db = state.health.db();
+    if let Some(since) = db.failing_since {
+        out.push(format!(
+            "database unwritable for {:.1}s: {}",
+            since.elapsed().as_secs_f64(),
+            db.error.unwrap_or_default()
+        ));
+    }
+    out
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let problems = problems(&state);
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy\n{}\n", problems.join("\n")),
+        )
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    let size = db_size(&state.db_path);
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.encode(size),
+    )
+}
+
+fn db_size(path: &std::path::Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path.to_path_buf(), PathBuf::from(wal)]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+async fn status(State(state): State<AppState>) -> impl IntoResponse {
+    let problems = problems(&state);
+    let snap = state.snapshot.borrow().clone();
+    let db = state.health.db();
+    let worst = matrix::worst(&snap.verdicts).map(
+        |v| json!({ "rule": v.rule, "severity": v.severity.as_str(), "color": v.color.as_str() }),
+    );
+    axum::Json(json!({
+        "service": snap.service,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "started_ms": snap.started_ms,
+        "uptime_seconds": ((now_ms() - snap.started_ms).max(0)) / 1000,
+        "config": snap.config_path.display().to_string(),
+        "dry_run": snap.dry_run,
+        "healthy": problems.is_empty(),
+        "problems": problems,
+        "active": snap.active.map(Color::as_str),
+        "status": snap.status_line,
+        "worst": worst,
+        "rollback_in_flight": snap.rollback_in_flight,
+        "stopping": snap.stopping,
+        "verdicts": snap.verdicts,
+        "probes": snap.probes,
+        "last_reload": snap.last_reload,
+        "work_loop": {
+            "last_evaluation_ms_ago": snap.at.elapsed().as_millis() as u64,
+        },
+        "database": {
+            "path": state.db_path.display().to_string(),
+            "size_bytes": db_size(&state.db_path),
+            "writable": db.failing_since.is_none(),
+            "error": db.error,
+        },
+    }))
+}

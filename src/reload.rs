@@ -1,0 +1,360 @@
+//! Configuration reload: what changed between the running configuration and
+//! a newly loaded one ([`diff`]), whether the new one may be swapped in at
+//! all ([`refuse`]), and the `watch_config` file watcher with its debounce
+//! ([`ConfigWatcher`]).
+//!
+//! Parsing and validation are `Config::load`, the same code `check` runs;
+//! the swap itself (engine, probe tasks, listener) is the daemon's. This
+//! file causes no effect.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::Config;
+
+/// A burst of file events (an editor's write, rename, chmod) settles into
+/// one reload this long after the last event.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// What a reload changes. Probes and rules are compared by name and, for
+/// those in both, by their whole definition: an unchanged one keeps its
+/// windows and rule state; a changed one starts clean.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub probes_added: Vec<String>,
+    pub probes_removed: Vec<String>,
+    pub probes_changed: Vec<String>,
+    pub rules_added: Vec<String>,
+    pub rules_removed: Vec<String>,
+    pub rules_changed: Vec<String>,
+    /// Other top-level parts that differ: `daemon`, `colors`, `active`,
+    /// `actions`, `rollback`, `notify`.
+    pub sections: Vec<&'static str>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+
+    /// One line for the log: "probes added: x; rules changed: y; ...".
+    pub fn summary(&self) -> String {
+        if self.is_empty() {
+            return "no changes".into();
+        }
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("probes added", &self.probes_added),
+            ("probes removed", &self.probes_removed),
+            ("probes changed", &self.probes_changed),
+            ("rules added", &self.rules_added),
+            ("rules removed", &self.rules_removed),
+            ("rules changed", &self.rules_changed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what}: {}", names.join(", ")));
+            }
+        }
+        if !self.sections.is_empty() {
+            parts.push(format!("changed: {}", self.sections.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Compare two validated configurations.
+///
+/// Definitions are compared through their `Debug` form: the config types
+/// hold regexes and secrets, which have no `PartialEq`, and their `Debug`
+/// shows every setting (a secret shows where it comes from, never its
+/// value).
+pub fn diff(old: &Config, new: &Config) -> Changes {
+    fn same<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") == format!("{b:?}")
+    }
+    fn by_name<'a, T: std::fmt::Debug + 'a>(
+        old: impl Iterator<Item = (&'a str, &'a T)>,
+        new: impl Iterator<Item = (&'a str, &'a T)>,
+    ) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let old: Vec<(&str, &T)> = old.collect();
+        let new: Vec<(&str, &T)> = new.collect();
+        let old_names: BTreeSet<&str> = old.iter().map(|(n, _)| *n).collect();
+        let new_names: BTreeSet<&str> = new.iter().map(|(n, _)| *n).collect();
+        let added = new_names
+            .difference(&old_names)
+            .map(|s| s.to_string())
+            .collect();
+        let removed = old_names
+            .difference(&new_names)
+            .map(|s| s.to_string())
+            .collect();
+        let changed = new
+            .iter()
+            .filter(|(name, def)| {
+                old.iter()
+                    .find(|(n, _)| n == name)
+                    .is_some_and(|(_, old_def)| !same(*old_def, *def))
+            })
+            .map(|(n, _)| n.to_string())
+            .collect();
+        (added, removed, changed)
+    }
+
+    let (probes_added, probes_removed, probes_changed) = by_name(
+        old.probes.iter().map(|p| (p.name.as_str(), p)),
+        new.probes.iter().map(|p| (p.name.as_str(), p)),
+    );
+    let (rules_added, rules_removed, rules_changed) = by_name(
+        old.rules.iter().map(|r| (r.name.as_str(), r)),
+        new.rules.iter().map(|r| (r.name.as_str(), r)),
+    );
+    let mut sections = Vec::new();
+    let pairs: [(&'static str, bool); 7] = [
+        ("daemon", same(&old.daemon, &new.daemon)),
+        ("service", old.service == new.service),
+        ("colors", same(&old.colors, &new.colors)),
+        ("active", old.active_file == new.active_file),
+        ("actions", same(&old.actions, &new.actions)),
+        ("rollback", same(&old.rollback, &new.rollback)),
+        ("notify", same(&old.notify, &new.notify)),
+    ];
+    for (name, unchanged) in pairs {
+        if !unchanged {
+            sections.push(name);
+        }
+    }
+    Changes {
+        probes_added,
+        probes_removed,
+        probes_changed,
+        rules_added,
+        rules_removed,
+        rules_changed,
+        sections,
+    }
+}
+
+/// Settings a running daemon cannot take over without a restart. A reload
+/// that changes one is refused whole, so the running configuration stays
+/// one consistent file.
+pub fn refuse(old: &Config, new: &Config) -> Option<String> {
+    (old.daemon.state_dir != new.daemon.state_dir).then(|| {
+        format!(
+            "{}: daemon.state_dir changed from {} to {}: the database cannot move while the daemon runs; restart it instead (keeping the running configuration)",
+            new.path.display(),
+            old.daemon.state_dir.display(),
+            new.daemon.state_dir.display()
+        )
+    })
+}
+
+/// Watches the configuration file's folder (editors replace the file rather
+/// than write it in place) and reports a change once events have been
+/// quiet for [`DEBOUNCE`].
+pub struct ConfigWatcher {
+    // Kept for its Drop: dropping it stops the OS watch.
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<Result<(), String>>,
+    /// When the pending change is due; `None` when none is pending. Kept
+    /// here, not in the future, so [`ConfigWatcher::changed`] is
+    /// cancel-safe inside `select!`.
+    due: Option<Instant>,
+    debounce: Duration,
+    path: PathBuf,
+}
+
+impl ConfigWatcher {
+    pub fn start(path: &Path) -> notify::Result<ConfigWatcher> {
+        ConfigWatcher::with_debounce(path, DEBOUNCE)
+    }
+
+    pub fn with_debounce(path: &Path, debounce: Duration) -> notify::Result<ConfigWatcher> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name().map(|n| n.to_os_string());
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let relevant = match event {
+                    Ok(e) => {
+                        matches!(
+                            e.kind,
+                            EventKind::Create(_)
+                                | EventKind::Modify(_)
+                                | EventKind::Remove(_)
+                                | EventKind::Any
+                        ) && e
+                            .paths
+                            .iter()
+                            .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        false
+                    }
+                };
+                if relevant {
+                    let _ = tx.send(Ok(()));
+                }
+            })?;
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        Ok(ConfigWatcher {
+            _watcher: watcher,
+            events,
+            due: None,
+            debounce,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Resolves once the file changed and events have been quiet for the
+    /// debounce period. Never resolves if the watcher's thread is gone.
+    pub async fn changed(&mut self) {
+        loop {
+            match self.due {
+                None => match self.events.recv().await {
+                    Some(Ok(())) => self.due = Some(Instant::now() + self.debounce),
+                    Some(Err(e)) => {
+                        tracing::warn!("watching {} for changes: {e}", self.path.display())
+                    }
+                    None => std::future::pending::<()>().await,
+                },
+                Some(due) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {
+                            self.due = None;
+                            return;
+                        }
+                        event = self.events.recv() => match event {
+                            Some(Ok(())) => self.due = Some(Instant::now() + self.debounce),
+                            Some(Err(e)) => tracing::warn!(
+                                "watching {} for changes: {e}",
+                                self.path.display()
+                            ),
+                            None => {}
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+
+[service]
+name = "t"
+
+[colors.blue]
+base_url = "http://127.0.0.1:1"
+[colors.green]
+base_url = "http://127.0.0.1:2"
+
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+health = true
+
+[[probe]]
+name = "home"
+kind = "http"
+path = "/"
+
+[rollback]
+command = ["/bin/true"]
+
+[[rule]]
+name = "slow"
+severity = "low"
+when = "latency_avg > 1000ms"
+window = "15m"
+"#;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(Path::new("/tmp/rollbackd-test/rollbackd.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn identical_configs_have_no_changes() {
+        let changes = diff(&parse(BASE), &parse(BASE));
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(changes.summary(), "no changes");
+    }
+
+    #[test]
+    fn names_added_removed_and_changed_probes_and_rules() {
+        let new = BASE
+            .replace("path = \"/\"", "path = \"/index\"")
+            .replace("latency_avg > 1000ms", "latency_avg > 900ms")
+            + r#"
+[[probe]]
+name = "extra"
+kind = "tcp"
+
+[actions]
+low = "alert"
+"#;
+        let changes = diff(&parse(BASE), &parse(&new));
+        assert_eq!(changes.probes_added, ["extra"]);
+        assert_eq!(changes.probes_changed, ["home"]);
+        assert!(changes.probes_removed.is_empty());
+        assert_eq!(changes.rules_changed, ["slow"]);
+        assert_eq!(changes.sections, ["actions"]);
+        let summary = changes.summary();
+        assert!(summary.contains("probes added: extra"), "{summary}");
+        assert!(summary.contains("rules changed: slow"), "{summary}");
+
+        let back = diff(&parse(&new), &parse(BASE));
+        assert_eq!(back.probes_removed, ["extra"]);
+    }
+
+    #[test]
+    fn a_new_state_dir_is_refused() {
+        let moved = BASE.replace("state_dir = \"state\"", "state_dir = \"elsewhere\"");
+        let why = refuse(&parse(BASE), &parse(&moved)).unwrap();
+        assert!(why.contains("daemon.state_dir"), "{why}");
+        assert!(refuse(&parse(BASE), &parse(BASE)).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_writes_and_renames_is_one_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        std::fs::write(&path, "a").unwrap();
+        let mut watcher = ConfigWatcher::with_debounce(&path, Duration::from_millis(300)).unwrap();
+
+        // An unrelated file in the same folder is not a change.
+        std::fs::write(dir.path().join("other.txt"), "x").unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(600), watcher.changed()).await;
+        assert!(quiet.is_err(), "another file's change was reported");
+
+        // Ten writes, then an editor-style replace (write a temp, rename).
+        for i in 0..10 {
+            std::fs::write(&path, format!("v{i}")).unwrap();
+        }
+        let tmp = dir.path().join(".rollbackd.toml.swp");
+        std::fs::write(&tmp, "final").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+            .await
+            .expect("the change is reported");
+        // ...once: nothing more is pending.
+        let again = tokio::time::timeout(Duration::from_millis(600), watcher.changed()).await;
+        assert!(again.is_err(), "one burst was reported twice");
+    }
+}
