@@ -198,7 +198,7 @@ name = "healthz"
 kind = "http"
 path = "/healthz"
 interval = "200ms"
-timeout = "150ms"
+timeout = "200ms"
 body_contains = "ok"
 health = true
 

@@ -20,7 +20,7 @@ name = "lavalink"
 kind = "http"
 url = "{}/healthz"
 interval = "200ms"
-timeout = "150ms"
+timeout = "200ms"
 "#,
         lavalink.url
     );
