@@ -135,6 +135,8 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     // Retention: dropping the sender stops it; a reload sends the new value.
     let (retention_tx, retention_rx) = watch::channel(config.daemon.retention);
     let maintenance = tokio::spawn(retention::maintain(store.clone(), retention_rx));
+    let (verdict_tx, verdict_rx) = mpsc::channel::<StoredVerdict>(1024);
+    let verdict_writer = tokio::spawn(write_verdicts(store.clone(), verdict_rx, health.clone()));
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
     let mut probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
 
@@ -189,7 +191,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     Some(false) => tracing::warn!("a probe answers again: the watchdog can see, verdicts resume"),
                     None => {}
                 }
-                record_changes(&store, &verdicts, &health).await;
+                record_changes(&verdict_tx, &verdicts);
                 metrics.set_verdicts(&verdicts);
                 metrics.set_active(active);
                 for notice in recoveries.cleared(&config.service, &verdicts) {
@@ -383,6 +385,10 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     }
     if let Some(server) = http {
         server.stop().await;
+    }
+    drop(verdict_tx);
+    if let Err(e) = verdict_writer.await {
+        tracing::error!("verdict writer panicked: {e}");
     }
     drop(retention_tx);
     if let Err(e) = maintenance.await {
@@ -727,7 +733,10 @@ async fn rebuild_windows(
     Ok(())
 }
 
-async fn record_changes(store: &Store, verdicts: &[Verdict], health: &Health) {
+/// Queue the verdicts that changed state for storage, and log the ones that
+/// fired. Never waits: the work loop must not stall on a locked database
+/// (its watchdog would stop pinging); a full queue drops, logged.
+fn record_changes(verdict_tx: &mpsc::Sender<StoredVerdict>, verdicts: &[Verdict]) {
     for v in verdicts.iter().filter(|v| v.changed) {
         let stored = StoredVerdict {
             at_ms: v.at_ms,
@@ -742,12 +751,11 @@ async fn record_changes(store: &Store, verdicts: &[Verdict], health: &Health) {
             baseline: v.baseline,
             detail: v.detail.clone(),
         };
-        match store.insert_verdict(&stored).await {
-            Ok(()) => health.write_ok(),
-            Err(e) => {
-                tracing::error!("cannot record a verdict: {e}");
-                health.write_failed(e.to_string());
-            }
+        if verdict_tx.try_send(stored).is_err() {
+            tracing::error!(
+                rollbackd.rule = v.rule.as_str(),
+                "verdict not recorded: the verdict queue is full (database too slow)"
+            );
         }
         if v.state == State::Fired {
             tracing::warn!(
@@ -759,6 +767,34 @@ async fn record_changes(store: &Store, verdicts: &[Verdict], health: &Health) {
                 v.rule,
                 v.detail
             );
+        }
+    }
+}
+
+/// Store queued verdicts in order, retrying while the database is locked,
+/// until the queue closes.
+async fn write_verdicts(store: Store, mut rx: mpsc::Receiver<StoredVerdict>, health: Arc<Health>) {
+    while let Some(v) = rx.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            match store.insert_verdict(&v).await {
+                Ok(()) => {
+                    health.write_ok();
+                    break;
+                }
+                Err(e) => {
+                    health.write_failed(e.to_string());
+                    if attempt == 5 {
+                        tracing::error!(
+                            rollbackd.rule = v.rule.as_str(),
+                            "cannot record a verdict, giving up: {e}"
+                        );
+                    } else {
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
+                    }
+                }
+            }
         }
     }
 }

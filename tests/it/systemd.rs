@@ -760,7 +760,7 @@ async fn good_reload_keeps_unchanged_windows_and_counters_and_resets_changed_one
     // its window starts again.
     write_config(
         &cfg,
-        &added.replace("timeout = \"150ms\"", "timeout = \"140ms\""),
+        &added.replace("timeout = \"200ms\"", "timeout = \"190ms\""),
     );
     daemon.signal(Signal::SIGHUP);
     daemon
