@@ -1293,6 +1293,19 @@ fn validate_probe(
             let errors = raw.errors.ok_or_else(|| {
                 err("errors", "kind = \"prometheus\" needs `errors`, like 'http_requests_total{code=~\"5..\"}'".into())
             })?;
+            // Selectors are checked here, so a typo is a config error at
+            // load time rather than "no data" forever.
+            for (key, text) in [
+                ("requests", Some(&requests)),
+                ("errors", Some(&errors)),
+                ("latency", raw.latency.as_ref()),
+            ] {
+                if let Some(text) = text {
+                    crate::probe::prometheus::Selector::parse(text).map_err(|e| {
+                        err(key, format!("invalid selector {text:?}: {e}; expected a metric name with optional label matchers, like 'http_requests_total{{code=~\"5..\"}}'"))
+                    })?;
+                }
+            }
             Check::Prometheus(PrometheusCheck {
                 endpoint: endpoint(raw.path, raw.url)?,
                 headers: headers(raw.headers)?,
@@ -1695,6 +1708,19 @@ command = ["/bin/true", "{to}"]
         assert_eq!(h.expect_status, vec![200..=200, 300..=399, 401..=403]);
         let bad = GOOD.replace("health = true", "health = true\nexpect_status = [\"9xx\"]");
         assert!(invalid(&bad).2.contains("invalid status"));
+    }
+
+    #[test]
+    fn bad_prometheus_selector_is_a_config_error() {
+        let text = format!(
+            "{GOOD}\n[[probe]]\nname = \"traffic\"\nkind = \"prometheus\"\npath = \"/metrics\"\nrequests = \"http_requests_total\"\nerrors = 'http_requests_total{{code=~\"5..\"'\n"
+        );
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "errors ="));
+        assert_eq!(key, "probe[2].errors");
+        assert!(message.contains("invalid selector"), "{message}");
+        let good = text.replace("\"5..\"'", "\"5..\"}'");
+        assert!(parse(&good).is_ok());
     }
 
     #[test]
