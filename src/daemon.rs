@@ -40,6 +40,17 @@ const EVAL_PERIOD: Duration = Duration::from_millis(250);
 /// While a rollback-worthy rule stays fired but the rollback was skipped or
 /// refused, how long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Consecutive refusals back off (1, 2, 4, ... minutes) up to this, so a
+/// rule stuck fired against a broken standby does not open an incident and
+/// notify every minute.
+const RETRY_REFUSED_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// When to try again after `refusals` refusals in a row.
+fn retry_delay(refusals: u32) -> Duration {
+    RETRY_AFTER
+        .saturating_mul(1 << refusals.saturating_sub(1).min(8))
+        .min(RETRY_REFUSED_MAX)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -151,6 +162,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
 
     let mut rollback_task: Option<JoinHandle<Result<Outcome, RollbackError>>> = None;
     let mut next_attempt: Option<Instant> = None;
+    let mut refusals = 0u32;
     let mut last_status = status_line(active, &[], &last_reload);
     let mut last_bake_check = Instant::now();
 
@@ -263,8 +275,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                                 hub.send(&config.notify, notice);
                             }
                         }
-                        if matches!(outcome, Outcome::Skipped { .. } | Outcome::Refused { .. }) {
-                            next_attempt = Some(Instant::now() + RETRY_AFTER);
+                        match outcome {
+                            Outcome::Refused { .. } => {
+                                refusals += 1;
+                                next_attempt = Some(Instant::now() + retry_delay(refusals));
+                            }
+                            Outcome::Skipped { .. } => next_attempt = Some(Instant::now() + RETRY_AFTER),
+                            _ => refusals = 0,
                         }
                     }
                     Ok(Err(e)) => {
@@ -907,5 +924,16 @@ impl ProbeJob {
             stop,
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn refusals_back_off_to_fifteen_minutes() {
+        let minutes: Vec<u64> = (1..=6).map(|n| retry_delay(n).as_secs() / 60).collect();
+        assert_eq!(minutes, [1, 2, 4, 8, 15, 15]);
     }
 }
