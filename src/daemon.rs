@@ -318,6 +318,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     watcher: &mut watcher,
                     active_watch: &mut active_watch,
                     retention: &retention_tx,
+                    store: &store,
                 };
                 let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
                 metrics.reload(info.ok);
@@ -343,6 +344,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                         watcher: &mut watcher,
                         active_watch: &mut active_watch,
                         retention: &retention_tx,
+                        store: &store,
                     };
                     let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
                     metrics.reload(info.ok);
@@ -529,6 +531,7 @@ struct Live<'a> {
     watcher: &'a mut Option<ConfigWatcher>,
     active_watch: &'a mut active::Watch,
     retention: &'a watch::Sender<Duration>,
+    store: &'a Store,
 }
 
 impl Live<'_> {
@@ -599,6 +602,13 @@ impl Live<'_> {
             self.engine.forget_rule(rule);
         }
         self.engine.reconfigure(&new);
+        // A degradation rule new in this file needs its baselines now, not
+        // at the next deployment.
+        let ids = deploy_rx.borrow().clone();
+        match baselines(&new, self.store, &ids).await {
+            Ok(b) => self.engine.set_baselines(b),
+            Err(e) => tracing::warn!("cannot load degradation baselines after the reload: {e}"),
+        }
         if !changes.rules_removed.is_empty() || !changes.rules_changed.is_empty() {
             app.metrics.forget_verdicts();
         }
