@@ -163,6 +163,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut rollback_task: Option<JoinHandle<Result<Outcome, RollbackError>>> = None;
     let mut next_attempt: Option<Instant> = None;
     let mut refusals = 0u32;
+    let mut reload_now = false;
     let mut last_status = status_line(active, &[], &last_reload);
     let mut last_bake_check = Instant::now();
 
@@ -310,20 +311,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 }
             } => {
                 tracing::info!("{} changed on disk: reloading", config.path.display());
-                let mut live = Live {
-                    config: &mut config,
-                    engine: &mut engine,
-                    probes: &mut probes,
-                    http: &mut http,
-                    watcher: &mut watcher,
-                    active_watch: &mut active_watch,
-                    retention: &retention_tx,
-                    store: &store,
-                };
-                let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
-                metrics.reload(info.ok);
-                last_reload = Some(info);
-                publish_reload(&snapshot_tx, &config, &last_reload);
+                reload_now = true;
             }
             message = control.recv() => match message {
                 Some(Control::Reload) => {
@@ -336,23 +324,30 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     if shutdown {
                         break;
                     }
-                    let mut live = Live {
-                        config: &mut config,
-                        engine: &mut engine,
-                        probes: &mut probes,
-                        http: &mut http,
-                        watcher: &mut watcher,
-                        active_watch: &mut active_watch,
-                        retention: &retention_tx,
-                        store: &store,
-                    };
-                    let info = live.reload(&prober, &sample_tx, &deploy_rx, &app, &last_status).await;
-                    metrics.reload(info.ok);
-                    last_reload = Some(info);
-                    publish_reload(&snapshot_tx, &config, &last_reload);
+                    reload_now = true;
                 }
                 Some(Control::Shutdown) | None => break,
             },
+        }
+        // SIGHUP and a file change reload the same way, outside the select
+        // so the reload holds the loop's state mutably.
+        if std::mem::take(&mut reload_now) {
+            let mut live = Live {
+                config: &mut config,
+                engine: &mut engine,
+                probes: &mut probes,
+                http: &mut http,
+                watcher: &mut watcher,
+                active_watch: &mut active_watch,
+                retention: &retention_tx,
+                store: &store,
+            };
+            let info = live
+                .reload(&prober, &sample_tx, &deploy_rx, &app, &last_status)
+                .await;
+            metrics.reload(info.ok);
+            last_reload = Some(info);
+            publish_reload(&snapshot_tx, &config, &last_reload);
         }
     }
 
