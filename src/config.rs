@@ -928,6 +928,9 @@ impl Config {
     fn check_matrix_timing(&mut self, src: &Source) -> Result<(), ConfigError> {
         let mut warnings = Vec::new();
         for rule in &self.rules {
+            if let Some(w) = self.single_probe_streak_warning(rule) {
+                warnings.push(w);
+            }
             let limit = rule.severity.acted_on_within();
             let problem = match self.detection_time(rule) {
                 Detection::Never(why) => {
@@ -956,6 +959,24 @@ impl Config {
         }
         self.warnings.extend(warnings);
         Ok(())
+    }
+
+    /// A `health_failures` rule fed by one probe fires on independent noise
+    /// now and then (the streak of one probe is all it takes): say how often
+    /// at a 2% failure rate, and what fixes it.
+    fn single_probe_streak_warning(&self, rule: &Rule) -> Option<String> {
+        if rule.condition.signal != Signal::HealthFailures || rule.probes.len() != 1 {
+            return None;
+        }
+        let probe = self.probe(&rule.probes[0])?;
+        let needed = i32::try_from(consecutive_needed(&rule.condition)).ok()?;
+        let per_hour = 3600.0 / probe.interval.as_secs_f64();
+        let hours = 1.0 / (per_hour * 0.02f64.powi(needed) * 0.98);
+        Some(format!(
+            "rule {:?} is fed by one health probe ({}): at 2% random failures it would fire on noise about once every {:.0} hours; \
+             a second health probe makes that practically never (the rule takes the smallest streak)",
+            rule.name, probe.name, hours
+        ))
     }
 
     /// Worst-case detection time of a rule (SPEC section 2): for
@@ -1721,6 +1742,26 @@ command = ["/bin/true", "{to}"]
         assert!(message.contains("invalid selector"), "{message}");
         let good = text.replace("\"5..\"'", "\"5..\"}'");
         assert!(parse(&good).is_ok());
+    }
+
+    #[test]
+    fn a_single_health_probe_is_warned_about() {
+        let c = parse(GOOD).unwrap();
+        let w = c
+            .warnings
+            .iter()
+            .find(|w| w.contains("fed by one health probe"))
+            .expect("warned");
+        // 5 s interval, 3 in a row at 2%: 720 x 8e-6 x 0.98 per hour.
+        assert!(w.contains("about once every 177 hours"), "{w}");
+        let two = GOOD.replace("[rollback]", "[[probe]]\nname = \"ready\"\nkind = \"http\"\npath = \"/ready\"\nhealth = true\n\n[rollback]");
+        assert!(
+            !parse(&two)
+                .unwrap()
+                .warnings
+                .iter()
+                .any(|w| w.contains("fed by one health probe"))
+        );
     }
 
     #[test]
