@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::open;
 use crate::config::Config;
-use crate::model::{Color, format_ms, format_value, now_ms};
+use crate::model::{Color, duration_ms, format_ms, format_value, now_ms};
 
 pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let store = open(config).await?;
@@ -13,6 +13,13 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let verdicts = store.latest_verdicts().await?;
     let pause = store.active_pause(now).await?;
     let last_incident = store.incidents().await?.pop();
+    // What else holds automatic rollbacks besides a pause.
+    let cooldown_until = store
+        .cooldown_start_ms(config.daemon.dry_run)
+        .await?
+        .map(|start| start + duration_ms(config.rollback.cooldown))
+        .filter(|until| *until > now);
+    let escalation = store.unresolved_escalation().await?;
     let standby = match &active {
         Some((c, _)) => Some(standby_health(config, &store, c.other(), now).await?),
         None => None,
@@ -24,6 +31,8 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
             "standby": standby,
             "verdicts": verdicts,
             "pause": pause,
+            "cooldown_until": cooldown_until.map(format_ms),
+            "escalation_hold": escalation.as_ref().map(|i| i.id),
             "last_incident": last_incident,
             "database_bytes": store.size_bytes(),
         });
@@ -44,6 +53,7 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     }
     match &pause {
         Some(p) => println!("paused until {}: {}", format_ms(p.until_ms), p.reason),
+        None if escalation.is_some() || cooldown_until.is_some() => {}
         None => println!(
             "automatic rollbacks: armed{}",
             if config.daemon.dry_run {
@@ -52,6 +62,18 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 ""
             }
         ),
+    }
+    if let Some(i) = &escalation {
+        println!(
+            "automatic rollbacks: held by escalated incident #{} until a deployment is recorded",
+            i.id
+        );
+    }
+    if let Some(until) = cooldown_until {
+        println!(
+            "automatic rollbacks: in cooldown until {}",
+            format_ms(until)
+        );
     }
     println!("verdicts:");
     if verdicts.is_empty() {

@@ -168,6 +168,12 @@ async fn healthy_then_failing_active_color_rolls_back_exactly_once() {
     );
     let text = env.cli_ok(&["status"]);
     assert!(text.contains("standby: blue FAILING"), "{text}");
+    assert!(
+        text.contains("automatic rollbacks: in cooldown until"),
+        "the 30m default cooldown runs: {text}"
+    );
+    assert!(status["cooldown_until"].is_string(), "{status}");
+    assert!(status["escalation_hold"].is_null(), "{status}");
 
     let exit = daemon.stop().await;
     assert!(exit.success(), "SIGTERM exits 0, got {exit}");
