@@ -356,6 +356,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
+        give_files_to_dir_owner(path);
         Ok(Store {
             pool,
             path: path.to_path_buf(),
@@ -1071,6 +1072,50 @@ impl Store {
     }
 }
 
+/// When root runs a command (`sudo rollbackd status`) against a state
+/// directory owned by the daemon's user, files it creates there would be
+/// root's, and the daemon could no longer write its own database. Give them
+/// to the directory's owner. (SQLite already does this for -wal and -shm
+/// files when the database file has the right owner.)
+fn give_files_to_dir_owner(db: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Some(dir) = db.parent().and_then(|d| {
+        std::fs::metadata(if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        })
+        .ok()
+    }) else {
+        return;
+    };
+    if dir.uid() == 0 {
+        return;
+    }
+    let owner = (
+        Some(nix::unistd::Uid::from_raw(dir.uid())),
+        Some(nix::unistd::Gid::from_raw(dir.gid())),
+    );
+    for file in [
+        db.to_path_buf(),
+        db.with_extension("db.lock"),
+        db.with_extension("db-wal"),
+        db.with_extension("db-shm"),
+    ] {
+        if std::fs::metadata(&file).is_ok_and(|m| m.uid() == 0) {
+            if let Err(e) = nix::unistd::chown(&file, owner.0, owner.1) {
+                tracing::warn!(
+                    "cannot give {} to the state directory's owner: {e}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
 /// Hold `<db>.lock` exclusively (blocking in a worker thread).
 async fn migration_lock(db: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
     let lock_path = db.with_extension("db.lock");
@@ -1192,6 +1237,28 @@ mod tests {
                 .unwrap()
                 .expect("every concurrent open migrates or finds it migrated");
         }
+    }
+
+    #[tokio::test]
+    async fn files_root_creates_belong_to_the_state_dir_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return; // only root can create files for someone else
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let nobody = (
+            nix::unistd::Uid::from_raw(65534),
+            nix::unistd::Gid::from_raw(65534),
+        );
+        nix::unistd::chown(&state, Some(nobody.0), Some(nobody.1)).unwrap();
+        let store = Store::open_dir(&state).await.unwrap();
+        for name in ["rollbackd.db", "rollbackd.db.lock"] {
+            let m = std::fs::metadata(state.join(name)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{name}");
+        }
+        store.close().await;
     }
 
     #[tokio::test]
