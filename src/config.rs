@@ -932,30 +932,56 @@ impl Config {
                 warnings.push(w);
             }
             let limit = rule.severity.acted_on_within();
+            let urgent = matches!(rule.severity, Severity::Critical | Severity::High);
             let problem = match self.detection_time(rule) {
-                Detection::Never(why) => {
-                    Some(format!("rule {:?} can never fire: {why}", rule.name))
+                // A default rule nothing feeds (no health probe, say) is
+                // not the operator's mistake: a warning.
+                Detection::Unfed(signal) => {
+                    warnings.push(format!(
+                        "rule {:?} can never fire: no probe feeds {}",
+                        rule.name,
+                        signal.as_str()
+                    ));
+                    continue;
                 }
-                Detection::Within(t) if t > limit => Some(format!(
+                Detection::Never(why) => format!("rule {:?} can never fire: {why}", rule.name),
+                Detection::Within(t) if t > limit => format!(
                     "rule {:?} detects in {} at worst, but {} must be acted on within {}",
                     rule.name,
                     humantime::format_duration(t),
                     rule.severity,
                     humantime::format_duration(limit)
-                )),
-                Detection::Within(_) => None,
+                ),
+                Detection::Within(_) => continue,
             };
-            if let Some(problem) = problem {
-                let urgent = matches!(rule.severity, Severity::Critical | Severity::High);
-                if urgent && !self.default_rules {
-                    let rule_span = rule_span(src.text, &self.rules, rule);
-                    return Err(src.error(
-                        rule_span,
-                        format!("{problem}: shorten `window`/`for`, lower `min_samples`, or probe more often"),
-                    ));
-                }
+            if !urgent {
                 warnings.push(problem);
+                continue;
             }
+            if self.default_rules {
+                // The default matrix is fixed; what makes it late is the
+                // probes: point at the slowest one feeding this rule.
+                let slowest = rule
+                    .probes
+                    .iter()
+                    .filter_map(|n| self.probe(n))
+                    .max_by_key(|p| p.interval + p.timeout);
+                let table = slowest
+                    .and_then(|p| probe_span(src.text, &p.name))
+                    .unwrap_or(0..0);
+                return Err(src.key_error(
+                    &table,
+                    "interval",
+                    format!("{problem} (default matrix): probe more often (shorter `interval`/`timeout`, or a `confirm_interval`)"),
+                ));
+            }
+            let rule_span = rule_span(src.text, &self.rules, rule);
+            return Err(src.error(
+                rule_span,
+                format!(
+                    "{problem}: shorten `window`/`for`, lower `min_samples`, or probe more often"
+                ),
+            ));
         }
         self.warnings.extend(warnings);
         Ok(())
@@ -990,14 +1016,19 @@ impl Config {
             .filter_map(|n| self.probes.iter().find(|p| &p.name == n))
             .collect();
         if feeding.is_empty() {
-            return Detection::Never(format!("no probe feeds {}", rule.condition.signal.as_str()));
+            return Detection::Unfed(rule.condition.signal);
         }
         if rule.condition.signal == Signal::HealthFailures {
-            let needed = consecutive_needed(&rule.condition);
+            // The first failing run starts up to one interval after the
+            // fault and may take its whole timeout (a hung service). With
+            // fast confirm each further run follows the last one's end by
+            // confirm_interval; without, runs start on the interval.
+            let needed = consecutive_needed(&rule.condition).max(1);
             let worst = feeding
                 .iter()
-                .map(|p| {
-                    p.interval + p.confirm_interval.unwrap_or(p.interval) * needed.saturating_sub(1)
+                .map(|p| match p.confirm_interval {
+                    Some(c) => p.interval + p.timeout + (c + p.timeout) * (needed - 1),
+                    None => p.interval * needed + p.timeout,
                 })
                 .max()
                 .unwrap_or_default();
@@ -1041,7 +1072,10 @@ impl Config {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Detection {
     Within(Duration),
+    /// It can never fire, and why (a window too short for `min_samples`).
     Never(String),
+    /// No configured probe produces the rule's signal.
+    Unfed(Signal),
 }
 
 /// How many consecutive failed samples a `health_failures` condition needs.
@@ -1071,6 +1105,30 @@ fn header_span(text: &str, name: &str) -> Option<Range<usize>> {
         offset += line.len();
     }
     start.map(|s| s..text.len())
+}
+
+/// The span of the `[[probe]]` table whose `name` is `name`.
+fn probe_span(text: &str, name: &str) -> Option<Range<usize>> {
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim().starts_with('[') {
+            starts.push((offset, line.trim() == "[[probe]]"));
+        }
+        offset += line.len();
+    }
+    starts.push((text.len(), false));
+    starts
+        .windows(2)
+        .filter(|w| w[0].1)
+        .map(|w| w[0].0..w[1].0)
+        .find(|range| {
+            find_key(text, range, "name").is_some_and(|k| {
+                text[k.start..range.end].lines().next().is_some_and(|l| {
+                    l.contains(&format!("\"{name}\"")) || l.contains(&format!("'{name}'"))
+                })
+            })
+        })
 }
 
 fn rule_span(text: &str, rules: &[Rule], rule: &Rule) -> Range<usize> {
@@ -1571,7 +1629,8 @@ command = ["/bin/true", "{to}"]
         assert_eq!(crit.probes, vec!["healthz".to_owned()]);
         assert_eq!(
             c.detection_time(crit),
-            Detection::Within(Duration::from_secs(15))
+            Detection::Within(Duration::from_secs(17)),
+            "3 x 5s interval + the 2s timeout of the last run"
         );
         assert_eq!(
             c.endpoint_url(&Endpoint::Relative("/healthz".into()), Some(Color::Green))
@@ -1742,6 +1801,32 @@ command = ["/bin/true", "{to}"]
         assert!(message.contains("invalid selector"), "{message}");
         let good = text.replace("\"5..\"'", "\"5..\"}'");
         assert!(parse(&good).is_ok());
+    }
+
+    #[test]
+    fn default_matrix_that_probes_too_slowly_is_rejected_at_the_probe() {
+        let text = GOOD.replace("health = true", "health = true\ninterval = \"90s\"");
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "interval = \"90s\""));
+        assert_eq!(key, "probe[1].interval");
+        assert!(
+            message.contains("must be acted on within 2m") && message.contains("default matrix"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn fast_confirm_shortens_the_detection_time() {
+        let text = GOOD.replace(
+            "health = true",
+            "health = true\nconfirm_interval = \"500ms\"",
+        );
+        let c = parse(&text).unwrap();
+        // 5s + 2s timeout, then two confirms of 0.5s + 2s each.
+        assert_eq!(
+            c.detection_time(&c.rules[0]),
+            Detection::Within(Duration::from_secs(12))
+        );
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub fn report(config: &Config) -> String {
     for r in &config.rules {
         let detects = match config.detection_time(r) {
             Detection::Within(d) => humantime::format_duration(d).to_string(),
-            Detection::Never(_) => "never".into(),
+            Detection::Never(_) | Detection::Unfed(_) => "never".into(),
         };
         let when = format!(
             "{} over {}",
