@@ -164,6 +164,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut next_attempt: Option<Instant> = None;
     let mut refusals = 0u32;
     let mut reload_now = false;
+    let mut transitions = crate::probe::Transitions::default();
     let mut last_status = status_line(active, &[], &last_reload);
     let mut last_bake_check = Instant::now();
 
@@ -179,6 +180,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     loop {
         tokio::select! {
             Some(sample) = sample_rx.recv() => {
+                transitions.note(&sample);
                 engine.observe(&sample);
                 metrics.observe_sample(&sample);
                 if writer_tx.send(sample).await.is_err() {

@@ -164,6 +164,7 @@ pub async fn run(
     drop(sample_tx);
 
     let mut engine = Engine::new(&config);
+    let mut transitions = crate::probe::Transitions::default();
     let mut probes: BTreeMap<String, ProbeStats> = config
         .probes
         .iter()
@@ -178,6 +179,7 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(sample) = sample_rx.recv() => {
+                transitions.note(&sample);
                 if sample.color == Some(color) {
                     if let Some(stats) = probes.get_mut(&sample.probe) {
                         stats.samples += 1;

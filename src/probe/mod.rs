@@ -192,3 +192,39 @@ impl Default for Prober {
         Prober::new()
     }
 }
+
+/// Logs when a probe starts failing on a color and when it answers again,
+/// with the `rollbackd.probe` and `rollbackd.color` fields (journald:
+/// `ROLLBACKD_PROBE`, `ROLLBACKD_COLOR`). One line per change, not per
+/// sample; "no data" changes nothing.
+#[derive(Debug, Default)]
+pub struct Transitions {
+    last_ok: std::collections::HashMap<(String, Option<Color>), bool>,
+}
+
+impl Transitions {
+    pub fn note(&mut self, sample: &Sample) {
+        if sample.status == SampleStatus::NoData {
+            return;
+        }
+        let key = (sample.probe.clone(), sample.color);
+        let before = self.last_ok.insert(key, sample.ok);
+        let color = sample.color.map(Color::as_str).unwrap_or("shared");
+        match (before, sample.ok) {
+            (Some(true) | None, false) => tracing::warn!(
+                rollbackd.probe = sample.probe.as_str(),
+                rollbackd.color = color,
+                "probe {} failing on {color}: {}",
+                sample.probe,
+                sample.detail
+            ),
+            (Some(false), true) => tracing::info!(
+                rollbackd.probe = sample.probe.as_str(),
+                rollbackd.color = color,
+                "probe {} answers again on {color}",
+                sample.probe
+            ),
+            _ => {}
+        }
+    }
+}

@@ -1279,6 +1279,9 @@ done
 {bin} --config {cfg} --log-format journald deploy --color blue --version v1 >/dev/null
 # No previous deployment on green: the rollback is refused (exit 1).
 {bin} --config {cfg} --log-format journald rollback --reason "operator test" >/dev/null 2>&1 || true
+# Nothing listens on either color: the gate's probes fail (exit 1), and
+# each probe's first failure is logged with its probe and color.
+{bin} --config {cfg} --log-format journald gate --color blue --for 2s >/dev/null 2>&1 || true
 # --log-format auto with stderr connected to the journal, as systemd does
 # it: JOURNAL_STREAM names stderr's device and inode.
 systemd-cat sh -c 'JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec {bin} --config {cfg} deploy --color green --version v0 >/dev/null'
@@ -1360,6 +1363,19 @@ journalctl --directory=/run/log/journal -o json --no-pager SYSLOG_IDENTIFIER=rol
         })
         .unwrap_or_else(|| panic!("no native entry from --log-format auto in {stdout}"));
     assert_eq!(auto["_TRANSPORT"], "journal");
+
+    let probe = entries
+        .iter()
+        .find(|e| e["ROLLBACKD_PROBE"] == "healthz" && e["ROLLBACKD_COLOR"] == "blue")
+        .unwrap_or_else(|| panic!("no ROLLBACKD_PROBE entry in {stdout}"));
+    assert!(
+        probe["MESSAGE"]
+            .as_str()
+            .unwrap()
+            .starts_with("probe healthz failing on blue"),
+        "{probe}"
+    );
+    assert_eq!(probe["PRIORITY"], "4", "warning");
 
     let started = entries
         .iter()
