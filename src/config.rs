@@ -701,7 +701,19 @@ fn find_key(text: &str, within: &Range<usize>, key: &str) -> Option<Range<usize>
 
 fn toml_error(src: &Source, e: toml::de::Error) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
-    src.error(span, e.message().trim().to_owned())
+    let message = e.message().trim().to_owned();
+    let mut err = src.error(span.clone(), message.clone());
+    // A missing top-level table is reported against the whole document:
+    // name the table itself, not whatever header comes first.
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    if let (Some(field), ConfigError::Invalid { key, .. }) = (missing, &mut err) {
+        if span.start == 0 {
+            *key = field.to_owned();
+        }
+    }
+    err
 }
 
 impl Config {
@@ -1847,6 +1859,14 @@ command = ["/bin/true", "{to}"]
                 .iter()
                 .any(|w| w.contains("fed by one health probe"))
         );
+    }
+
+    #[test]
+    fn a_missing_table_is_named() {
+        let text = GOOD.replace("[service]\nname = \"beluga\"\n", "");
+        let (_, key, message) = invalid(&text);
+        assert_eq!(key, "service");
+        assert!(message.contains("missing field `service`"), "{message}");
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub fn init(format: Format) -> Format {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    // Colors only for a person at a terminal: a file or the
+                    // journal would keep the escape codes.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_target(false),
             )
             .try_init(),

@@ -11,6 +11,18 @@ fn main() {
         // SAFETY: no other thread exists yet (the runtime starts below).
         unsafe { std::env::set_var("RUST_LOG", "warn") };
     }
+    if !matches!(cli.command, cli::Command::Run) {
+        // A command piped into `head` should end quietly when the pipe
+        // closes, as other Unix tools do, not panic on a failed print. The
+        // daemon keeps Rust's default (SIGPIPE ignored, EPIPE as an error).
+        // Safe: no other thread exists yet, and SIG_DFL installs no handler.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     rollbackd::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -23,8 +35,24 @@ fn main() {
         }
     };
     if let Err(err) = runtime.block_on(cli::dispatch(cli)) {
-        let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
-        eprintln!("rollbackd: {}", chain.join(": "));
+        eprintln!("rollbackd: {}", one_line(&err));
         std::process::exit(cli::exit_code(&err));
     }
+}
+
+/// The error chain on one line, each cause once: many errors already print
+/// their source in their own message, so a cause the line already holds is
+/// not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain().map(|e| e.to_string()) {
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
 }

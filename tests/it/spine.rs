@@ -206,6 +206,19 @@ async fn check_exits_0_on_the_example_and_78_on_a_bad_file() {
         "{err}"
     );
 
+    // A missing file: exit 78, one line, its cause said once.
+    let missing = env.path("nope.toml");
+    let out = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&missing)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+
     // ROLLBACKD_CONFIG is used when --config is absent.
     let out = std::process::Command::new(common::BIN)
         .arg("check")
