@@ -83,46 +83,11 @@ pub async fn run() -> anyhow::Result<()> {
     let active_file = dir.path().join("active-color");
     std::fs::write(&active_file, "blue\n")?;
     let config_path = dir.path().join("rollbackd.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"# written by `rollbackd demo`
-[daemon]
-state_dir = "state"
-listen = "off"
-watch_config = false
-
-[service]
-name = "beluga"
-
-[colors.blue]
-base_url = "{blue}"
-[colors.green]
-base_url = "{green}"
-
-[active]
-file = "active-color"
-
-[[probe]]
-name = "healthz"
-kind = "http"
-path = "/healthz"
-interval = "500ms"
-timeout = "400ms"
-confirm_interval = "150ms"
-body_contains = "ok"
-health = true
-
-[rollback]
-# The switch: in production this would reload nginx or flip a symlink.
-command = ["/bin/sh", "-c", "printf '%s\n' \"$1\" > \"$2\"", "switch", "{{to}}", "{active}"]
-verify_after = "10s"
-"#,
-            blue = blue.url,
-            green = green.url,
-            active = active_file.display(),
-        ),
-    )?;
+    let config_text = include_str!("../config/demo.toml")
+        .replace("@BLUE@", &blue.url)
+        .replace("@GREEN@", &green.url)
+        .replace("@ACTIVE@", &active_file.display().to_string());
+    std::fs::write(&config_path, config_text)?;
     let config = Config::load(&config_path)?;
     println!("rollbackd demo — the real daemon against two local colors of a built-in service");
     println!(

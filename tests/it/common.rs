@@ -177,38 +177,12 @@ pub fn read(path: &Path) -> String {
 /// A config with both colors' health probes at a fast interval and a
 /// rollback command that appends its argv and environment to `switch.log`.
 pub fn fast_config(blue: &Color, green: &Color, dir: &Path, extra: &str) -> String {
-    let log = dir.join("switch.log");
-    format!(
-        r#"
-[daemon]
-state_dir = "state"
-listen = "off"
-watch_config = false
-
-[service]
-name = "beluga"
-
-[colors.blue]
-base_url = "{blue}"
-[colors.green]
-base_url = "{green}"
-
-[[probe]]
-name = "healthz"
-kind = "http"
-path = "/healthz"
-interval = "200ms"
-timeout = "200ms"
-body_contains = "ok"
-health = true
-
-[rollback]
-command = ["/bin/sh", "-c", "echo \"$1 $2 $3|$ROLLBACKD_FROM $ROLLBACKD_TO $ROLLBACKD_VERSION $ROLLBACKD_SEVERITY $ROLLBACKD_INCIDENT|$ROLLBACKD_REASON\" >> {log}", "switch", "{{from}}", "{{to}}", "{{version}}"]
-verify_after = "5s"
-{extra}
-"#,
-        blue = blue.url,
-        green = green.url,
-        log = log.display(),
-    )
+    include_str!("../../config/test-fast.toml")
+        .replace("@BLUE@", &blue.url)
+        .replace("@GREEN@", &green.url)
+        .replace(
+            "@SWITCH_LOG@",
+            &dir.join("switch.log").display().to_string(),
+        )
+        .replace("@EXTRA@", extra)
 }
