@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{CheckFailed, open};
+use super::{NotFound, open};
 use crate::config::Config;
 use crate::model::{Color, Millis, Signal, format_ms, format_value};
 use crate::store::{Incident, IncidentEvent, StoreError};
@@ -49,9 +49,7 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
     let inc = match store.incident(id).await {
         Ok(i) => i,
         Err(StoreError::NoIncident(_)) => {
-            return Err(
-                CheckFailed(format!("no incident #{id} (see `rollbackd incidents`)")).into(),
-            );
+            return Err(NotFound(format!("no incident #{id} (see `rollbackd incidents`)")).into());
         }
         Err(e) => return Err(e.into()),
     };

@@ -33,6 +33,7 @@ use crate::model::Color;
 use crate::store::Store;
 
 pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CONFIG: i32 = 78;
 pub const EXIT_RUNTIME: i32 = 70;
 
@@ -172,10 +173,23 @@ pub struct ReplayArgs {
 #[error("{0}")]
 pub struct CheckFailed(pub String);
 
+/// An argument that names nothing (an unknown incident, probe or
+/// deployment): a usage error, exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
 /// The exit code for an error chain.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.downcast_ref::<config::ConfigError>().is_some() {
         EXIT_CONFIG
+    } else if err.downcast_ref::<NotFound>().is_some()
+        || matches!(
+            err.downcast_ref::<crate::report::ReportError>(),
+            Some(crate::report::ReportError::NoDeployment(_))
+        )
+    {
+        EXIT_USAGE
     } else if err.downcast_ref::<CheckFailed>().is_some() {
         EXIT_FAILED
     } else {

@@ -4,14 +4,14 @@
 
 use anyhow::bail;
 
-use super::{CheckFailed, SamplesArgs, open};
+use super::{NotFound, SamplesArgs, open};
 use crate::config::Config;
 use crate::model::{Color, Sample, duration_ms, format_ms, now_ms};
 
 pub async fn run(config: &Config, a: SamplesArgs) -> anyhow::Result<()> {
     if let Some(p) = &a.probe {
         if config.probe(p).is_none() {
-            bail!(CheckFailed(format!(
+            bail!(NotFound(format!(
                 "no probe is named {p:?} in {}",
                 config.path.display()
             )));

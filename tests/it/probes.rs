@@ -961,7 +961,7 @@ async fn samples_command_prints_a_table_and_json() {
     assert_eq!(parsed[0], traffic);
 
     let out = env.cli(&["samples", "--probe", "nope"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no probe is named"));
 }
 

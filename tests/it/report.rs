@@ -116,6 +116,6 @@ async fn report_counts_availability_error_rate_latency_and_fired_rules() {
     assert!(old.contains("deployment #1: green v1"), "{old}");
     assert!(old.contains("availability: no samples"), "{old}");
     let out = env.cli(&["report", "--deployment", "9"]);
-    assert_eq!(out.status.code(), Some(70));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no deployment #9"));
 }

@@ -952,7 +952,11 @@ async fn manual_rollback_with_the_daemon_stopped_and_its_report() {
     assert_eq!(shown["evidence"]["reason"], "v2 | corrupts queues");
     assert!(shown["milestones"]["validated_ms"].is_i64());
     let missing = env.cli(&["incident", "show", "9"]);
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        missing.status.code(),
+        Some(2),
+        "an argument that names nothing is a usage error"
+    );
 
     // Pauses always expire: zero and unbounded holds are refused.
     assert_eq!(
