@@ -786,6 +786,23 @@ impl Config {
                 _ => continue,
             };
             for (name, secret) in headers {
+                let sensitive = [
+                    "authorization",
+                    "token",
+                    "secret",
+                    "cookie",
+                    "api-key",
+                    "apikey",
+                    "password",
+                ]
+                .iter()
+                .any(|w| name.to_ascii_lowercase().contains(w));
+                if sensitive && secret.source() == &crate::secret::Source::Inline {
+                    warnings.push(format!(
+                        "probe {:?} header {name} is written in the file: use \"env:NAME\" or \"file:/path\" for secrets",
+                        p.name
+                    ));
+                }
                 if let Some(problem) = secret.problem() {
                     warnings.push(format!(
                         "probe {:?} header {name}: {problem}; the daemon must have it",
@@ -909,6 +926,11 @@ impl Config {
                 warnings.push(format!(
                     "[[notify]] url: {problem}; the daemon must have it"
                 ));
+            }
+            if url.source() == &crate::secret::Source::Inline {
+                warnings.push(
+                    "[[notify]] url is written in the file: a webhook URL is a secret; use \"env:NAME\" or \"file:/path\"".to_owned(),
+                );
             }
             notify.push(Notifier {
                 url,
@@ -1858,6 +1880,27 @@ command = ["/bin/true", "{to}"]
                 .warnings
                 .iter()
                 .any(|w| w.contains("fed by one health probe"))
+        );
+    }
+
+    #[test]
+    fn secrets_written_inline_are_warned_about_without_showing_them() {
+        let text = GOOD.replace("health = true", "health = true\nheaders = { Authorization = \"Bearer hunter2\", Accept = \"text/plain\" }")
+            + "\n[[notify]]\nkind = \"webhook\"\nurl = \"https://hooks.example/hunter3\"\n";
+        let c = parse(&text).unwrap();
+        let all = c.warnings.join("\n");
+        assert!(
+            all.contains("header Authorization is written in the file"),
+            "{all}"
+        );
+        assert!(!all.contains("header Accept"), "{all}");
+        assert!(
+            all.contains("[[notify]] url is written in the file"),
+            "{all}"
+        );
+        assert!(
+            !all.contains("hunter"),
+            "a warning never shows the value: {all}"
         );
     }
 
