@@ -76,6 +76,21 @@ impl GateResult {
         self.reasons.is_empty()
     }
 
+    /// Critical/High rules still inconclusive at the end, with why. They do
+    /// not fail the gate (degradation has no baseline before a cutover, a
+    /// short gate cannot fill a 5-minute window) but the summary says so.
+    pub fn unjudged(&self) -> Vec<String> {
+        self.verdicts
+            .iter()
+            .filter(|v| {
+                v.severity >= Severity::High
+                    && v.state == State::Inconclusive
+                    && v.signal != Signal::HealthFailures
+            })
+            .map(|v| format!("{} ({})", v.rule, v.detail))
+            .collect()
+    }
+
     /// A Markdown summary for a CI step summary.
     pub fn markdown(&self) -> String {
         use std::fmt::Write;
@@ -130,6 +145,14 @@ impl GateResult {
                 out,
                 "| {} | {} | {state} | {value} | {} |",
                 v.severity, v.rule, v.n
+            );
+        }
+        let unjudged = self.unjudged();
+        if !unjudged.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n**Not judged** (inconclusive at the end; a longer `--for` would judge them): {}",
+                unjudged.join("; ")
             );
         }
         if self.passed() {

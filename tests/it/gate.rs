@@ -35,6 +35,11 @@ async fn gate_passes_a_healthy_color_and_fails_a_broken_one() {
     );
     assert!(md.contains("| healthz |"), "per-probe row: {md}");
     assert!(md.contains("**Result: PASS**"));
+    // Two seconds cannot fill the High rules' windows: said, not hidden.
+    assert!(
+        md.contains("**Not judged**") && md.contains("high: error_rate > 50% over 2m"),
+        "{md}"
+    );
     // Plain progress lines when stderr is not a terminal.
     assert!(String::from_utf8_lossy(&out.stderr).contains("gate: probing green of beluga"));
 
