@@ -57,6 +57,18 @@ impl Finished {
 
 /// Run `argv` with extra environment, killing its process group at `timeout`.
 pub async fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> Finished {
+    run_reporting(argv, env, timeout, None).await
+}
+
+/// [`run`], telling `started` the process group id as soon as the command
+/// runs (the rollback records it, so a restart can find a command that
+/// outlived the daemon).
+pub async fn run_reporting(
+    argv: &[String],
+    env: &[(&str, String)],
+    timeout: Duration,
+    started_tx: Option<tokio::sync::oneshot::Sender<u32>>,
+) -> Finished {
     let started = Instant::now();
     let Some((program, args)) = argv.split_first() else {
         return Finished {
@@ -84,6 +96,9 @@ pub async fn run(argv: &[String], env: &[(&str, String)], timeout: Duration) -> 
         }
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    if let (Some(tx), Some(id)) = (started_tx, child.id()) {
+        let _ = tx.send(id);
+    }
     // If this future is dropped mid-run (a probe stopped by a reload or
     // shutdown), `kill_on_drop` would kill only the child: the guard takes
     // the whole group with it.
@@ -146,6 +161,17 @@ struct GroupGuard(Option<Pid>);
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         kill_group(self.0);
+    }
+}
+
+/// Whether a process group's leader still runs (a zombie does not count:
+/// under a container init that does not reap, it lingers).
+pub fn group_alive(pgid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pgid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 

@@ -450,7 +450,12 @@ impl Run<'_, '_> {
         })
     }
 
-    async fn run_step(&self, name: &str, argv: &[String]) -> process::Finished {
+    async fn run_step(
+        &self,
+        name: &str,
+        argv: &[String],
+        started: Option<tokio::sync::oneshot::Sender<u32>>,
+    ) -> process::Finished {
         let owned = self.vars();
         let vars: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let argv: Vec<String> = argv
@@ -462,7 +467,13 @@ impl Run<'_, '_> {
             "running {name}: {}",
             argv.join(" ")
         );
-        process::run(&argv, &self.env(), self.ctx.config.rollback.timeout).await
+        process::run_reporting(
+            &argv,
+            &self.env(),
+            self.ctx.config.rollback.timeout,
+            started,
+        )
+        .await
     }
 
     async fn proceed(self) -> Result<Outcome, RollbackError> {
@@ -493,7 +504,7 @@ impl Run<'_, '_> {
                     &format!("preparing {}: running the prepare command", self.to),
                 )
                 .await?;
-            let done = self.run_step("prepare", &prepare.0).await;
+            let done = self.run_step("prepare", &prepare.0, None).await;
             if !done.success() {
                 return self
                     .refuse(format!("prepare command failed: {}", done.describe()))
@@ -587,7 +598,30 @@ impl Run<'_, '_> {
             &format!("running the switch command to {}", self.to),
         )
         .await?;
-        let done = self.run_step("switch", &command.0).await;
+        // Its process group goes on the timeline as soon as it runs: if
+        // this process dies, the command (its own group) may go on, and a
+        // restart waits for it instead of guessing.
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let record_group = async {
+            if let Ok(pgid) = started_rx.await {
+                let message = format!("switch command running as process group {pgid}");
+                if let Err(e) = self
+                    .ctx
+                    .store
+                    .add_incident_event(self.id, now_ms(), "switching", &message)
+                    .await
+                {
+                    tracing::warn!(
+                        rollbackd.incident = self.id,
+                        "cannot record the switch command's process group: {e}"
+                    );
+                }
+            }
+        };
+        let (done, ()) = tokio::join!(
+            self.run_step("switch", &command.0, Some(started_tx)),
+            record_group
+        );
         if !done.success() {
             return self
                 .fail(format!("switch command: {}", done.describe()))
@@ -648,7 +682,7 @@ impl Run<'_, '_> {
                 let verified_at = now_ms();
                 let downtime = self.since_ms.map(|s| (verified_at - s).max(0));
                 if let Some(retire) = &config.rollback.retire {
-                    let done = self.run_step("retire", &retire.0).await;
+                    let done = self.run_step("retire", &retire.0, None).await;
                     self.ctx
                         .store
                         .add_incident_event(
@@ -777,6 +811,58 @@ pub async fn wait_healthy(ctx: &Context<'_>, color: Color, budget: Duration) -> 
     }
 }
 
+/// A switch command outlives the process that ran it (kill -9 of the
+/// daemon leaves its process group running). Before judging whether the
+/// switch landed, wait for it (bounded by `[rollback] timeout`, then kill the
+/// group), so its outcome is seen rather than guessed.
+async fn wait_for_orphaned_switch(ctx: &Context<'_>, incident: i64) -> Result<(), RollbackError> {
+    let events = ctx.store.incident_events(incident).await?;
+    let Some(pgid) = events.iter().rev().find_map(|e| {
+        e.message
+            .strip_prefix("switch command running as process group ")?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    }) else {
+        return Ok(());
+    };
+    if !process::group_alive(pgid) {
+        return Ok(());
+    }
+    let timeout = ctx.config.rollback.timeout;
+    ctx.store
+        .add_incident_event(
+            incident,
+            now_ms(),
+            "switching",
+            &format!(
+                "the switch command (process group {pgid}) is still running after the restart: waiting up to {} for it",
+                humantime::format_duration(timeout)
+            ),
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while process::group_alive(pgid) {
+        if tokio::time::Instant::now() >= deadline {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            ctx.store
+                .add_incident_event(
+                    incident,
+                    now_ms(),
+                    "switching",
+                    &format!("killed the switch command (process group {pgid}) at its timeout"),
+                )
+                .await?;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// Close or resume the rollback left in flight by a process that died (the
 /// daemon after a kill -9, a CLI killed mid-rollback). Does nothing while
 /// the holder lives. Never runs the switch command again: `switching`
@@ -813,6 +899,9 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
             Ok(Some(run.fail(why).await?))
         }
         "switching" | "switched" => {
+            if inc.state == "switching" {
+                wait_for_orphaned_switch(ctx, inc.id).await?;
+            }
             // Did the switch happen? The active file says so when there is
             // one; otherwise only `switched` (recorded after exit 0) does.
             let landed = match &ctx.config.active_file {

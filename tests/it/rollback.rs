@@ -762,6 +762,61 @@ async fn wait_switching(env: &Env, store: &Store, daemon: &common::Daemon) -> i6
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_waits_for_a_switch_command_that_outlived_the_daemon() {
+    let (env, blue, _green, _hook) = crash_setup().await;
+    let store = env.store().await;
+    let daemon = env.daemon();
+    blue.set(503);
+    let id = wait_switching(&env, &store, &daemon).await;
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(daemon);
+
+    // The new daemon starts while the orphaned command still blocks: it
+    // must wait for it, not declare the outcome unknown.
+    let daemon = env.daemon();
+    wait_for(
+        "the restart to wait for the command",
+        Duration::from_secs(20),
+        || async {
+            store
+                .incident_events(id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.message.contains("is still running after the restart"))
+        },
+    )
+    .await;
+    assert!(store.incident(id).await.unwrap().in_flight);
+    release(env.path("fifo")).await;
+    wait_for("the incident to close", Duration::from_secs(20), || async {
+        !store.incident(id).await.unwrap().in_flight
+    })
+    .await;
+    let inc = store.incident(id).await.unwrap();
+    assert_eq!(inc.state, "verified", "{}", common::read(&daemon.log));
+    assert_eq!(
+        common::read(&env.path("runs")).lines().count(),
+        1,
+        "the switch command ran exactly once"
+    );
+    let messages: Vec<String> = store
+        .incident_events(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("switch command running as process group ")),
+        "{messages:?}"
+    );
+    assert!(daemon.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_the_switch_then_restart_finishes_it_without_rerunning() {
     let (env, blue, _green, hook) = crash_setup().await;
     let store = env.store().await;
