@@ -224,6 +224,8 @@ async fn automatic_rollback_records_the_timeline_quarantines_and_cools_down() {
             "requested",
             "target_verified",
             "switching",
+            // The switch command's process group, recorded once it runs.
+            "switching",
             "switched",
             "verified"
         ]

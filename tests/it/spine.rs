@@ -153,6 +153,8 @@ async fn healthy_then_failing_active_color_rolls_back_exactly_once() {
             "requested",
             "target_verified",
             "switching",
+            // The switch command's process group, recorded once it runs.
+            "switching",
             "switched",
             "verified"
         ]
