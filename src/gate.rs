@@ -36,13 +36,7 @@ impl ProbeStats {
     }
 
     pub fn p95_ms(&self) -> Option<f64> {
-        let mut all = self.latencies.clone();
-        if all.is_empty() {
-            return None;
-        }
-        all.sort_by(f64::total_cmp);
-        let rank = ((0.95 * all.len() as f64).ceil() as usize).clamp(1, all.len());
-        Some(all[rank - 1])
+        crate::model::p95(&mut self.latencies.clone())
     }
 }
 

@@ -23,6 +23,18 @@ pub fn duration_ms(d: Duration) -> Millis {
     d.as_millis().min(i64::MAX as u128) as Millis
 }
 
+/// Nearest-rank 95th percentile (the value at rank ceil(0.95 n)); sorts
+/// `values` in place. `None` for no values. The one definition every p95
+/// in rollbackd uses (the matrix's incremental window keeps the same rank).
+pub fn p95(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((0.95 * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    Some(values[rank - 1])
+}
+
 /// RFC 3339 in UTC, to the millisecond: a rollback's steps are often
 /// milliseconds apart.
 pub fn format_ms(ms: Millis) -> String {

@@ -61,6 +61,21 @@ pub struct Report {
     pub target_pct: f64,
 }
 
+impl ProbeRow {
+    /// The row as the text table and the Markdown table both show it.
+    fn cells(&self) -> [String; 7] {
+        [
+            self.color.map(Color::as_str).unwrap_or("shared").to_owned(),
+            self.probe.clone(),
+            self.samples.to_string(),
+            self.failures.to_string(),
+            pct(self.error_rate_pct),
+            ms(self.latency_avg_ms),
+            ms(self.latency_p95_ms),
+        ]
+    }
+}
+
 impl Report {
     pub fn meets_target(&self) -> Option<bool> {
         self.availability_pct.map(|a| a >= self.target_pct)
@@ -95,16 +110,10 @@ impl Report {
             "COLOR", "PROBE", "SAMPLES", "FAILED", "ERRORS", "AVG", "P95"
         );
         for r in &self.rows {
+            let [color, probe, samples, failures, errors, avg, p95] = r.cells();
             let _ = writeln!(
                 out,
-                "{:<7} {:<16} {:>8} {:>8} {:>9} {:>11} {:>11}",
-                r.color.map(Color::as_str).unwrap_or("shared"),
-                r.probe,
-                r.samples,
-                r.failures,
-                pct(r.error_rate_pct),
-                ms(r.latency_avg_ms),
-                ms(r.latency_p95_ms)
+                "{color:<7} {probe:<16} {samples:>8} {failures:>8} {errors:>9} {avg:>11} {p95:>11}"
             );
         }
         if self.fired.is_empty() {
@@ -150,17 +159,7 @@ impl Report {
             "| color | probe | samples | failures | error rate | latency avg | latency p95 |\n|---|---|---:|---:|---:|---:|---:|"
         );
         for r in &self.rows {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                r.color.map(Color::as_str).unwrap_or("shared"),
-                r.probe,
-                r.samples,
-                r.failures,
-                pct(r.error_rate_pct),
-                ms(r.latency_avg_ms),
-                ms(r.latency_p95_ms)
-            );
+            let _ = writeln!(out, "| {} |", r.cells().join(" | "));
         }
         if !self.fired.is_empty() {
             let _ = writeln!(
@@ -259,8 +258,8 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
     let rows = groups
         .into_iter()
         .map(|((color, probe), mut acc)| {
-            acc.latencies.sort_by(f64::total_cmp);
             let n = acc.latencies.len();
+            let p95 = crate::model::p95(&mut acc.latencies);
             ProbeRow {
                 color,
                 probe,
@@ -268,8 +267,7 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
                 failures: acc.failures,
                 error_rate_pct: (acc.requests > 0.0).then(|| acc.errors / acc.requests * 100.0),
                 latency_avg_ms: (n > 0).then(|| acc.latencies.iter().sum::<f64>() / n as f64),
-                latency_p95_ms: (n > 0)
-                    .then(|| acc.latencies[((0.95 * n as f64).ceil() as usize).clamp(1, n) - 1]),
+                latency_p95_ms: p95,
             }
         })
         .collect();

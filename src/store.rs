@@ -301,11 +301,9 @@ impl MinuteStats {
             return (None, None, None);
         }
         let mut all = self.latencies.clone();
-        all.sort_by(f64::total_cmp);
-        let n = all.len();
-        let avg = all.iter().sum::<f64>() / n as f64;
-        let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n);
-        (Some(avg), Some(all[rank - 1]), all.last().copied())
+        let p95 = crate::model::p95(&mut all);
+        let avg = all.iter().sum::<f64>() / all.len() as f64;
+        (Some(avg), p95, all.last().copied())
     }
 }
 

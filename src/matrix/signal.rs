@@ -50,15 +50,9 @@ pub fn latency_avg<'a>(points: impl Iterator<Item = &'a Point>) -> Reading {
 /// Nearest-rank 95th percentile.
 pub fn latency_p95<'a>(points: impl Iterator<Item = &'a Point>) -> Reading {
     let mut all: Vec<f64> = points.filter_map(|p| p.latency_ms).collect();
-    let n = all.len() as u64;
-    if all.is_empty() {
-        return Reading { value: None, n };
-    }
-    all.sort_by(f64::total_cmp);
-    let rank = ((0.95 * all.len() as f64).ceil() as usize).clamp(1, all.len());
     Reading {
-        value: Some(all[rank - 1]),
-        n,
+        n: all.len() as u64,
+        value: crate::model::p95(&mut all),
     }
 }
 
