@@ -186,3 +186,29 @@ pub fn fast_config(blue: &Color, green: &Color, dir: &Path, extra: &str) -> Stri
         )
         .replace("@EXTRA@", extra)
 }
+
+/// The variable `.ci/run` sets so that a test whose system package is
+/// missing fails instead of skipping: in CI every such test must run.
+pub const REQUIRE_ALL: &str = "ROLLBACKD_TEST_REQUIRE_ALL";
+
+/// Whether the program `tool` (from the Debian package `package`) can be
+/// run. When it cannot, prints why the calling test is skipped and returns
+/// false; under [`REQUIRE_ALL`] it panics instead.
+pub fn have_tool(tool: &str, package: &str) -> bool {
+    let found = Path::new(tool).is_absolute() && Path::new(tool).exists()
+        || std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
+        })
+        || ["/usr/sbin", "/sbin", "/usr/lib/postgresql"]
+            .iter()
+            .any(|dir| Path::new(dir).join(tool).is_file());
+    if found {
+        return true;
+    }
+    let why = format!("skipped: `{tool}` not found (install the Debian package `{package}`)");
+    if std::env::var_os(REQUIRE_ALL).is_some_and(|v| v != "0" && !v.is_empty()) {
+        panic!("{why}, and {REQUIRE_ALL} is set");
+    }
+    eprintln!("{why}");
+    false
+}
