@@ -189,11 +189,13 @@ pub fn fast_config(blue: &Color, green: &Color, dir: &Path, extra: &str) -> Stri
 
 /// The variable `.ci/run` sets so that a test whose system package is
 /// missing fails instead of skipping: in CI every such test must run.
+#[allow(dead_code)] // read by have_tool; named for the tests that explain a skip
 pub const REQUIRE_ALL: &str = "ROLLBACKD_TEST_REQUIRE_ALL";
 
 /// Whether the program `tool` (from the Debian package `package`) can be
 /// run. When it cannot, prints why the calling test is skipped and returns
 /// false; under [`REQUIRE_ALL`] it panics instead.
+#[allow(dead_code)] // until every system-package test uses it
 pub fn have_tool(tool: &str, package: &str) -> bool {
     let found = Path::new(tool).is_absolute() && Path::new(tool).exists()
         || std::env::var_os("PATH").is_some_and(|paths| {
