@@ -202,7 +202,18 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 let mut verdicts = engine.evaluate(now, Color::Blue);
                 verdicts.extend(engine.evaluate(now, Color::Green));
                 match engine.take_blind_change() {
-                    Some(true) => tracing::error!("alert: {}", matrix::BLIND_REASON),
+                    Some(true) => {
+                        let tried = blind_tried(&config, &engine);
+                        tracing::error!("alert: {}; tried: {tried}", matrix::BLIND_REASON);
+                        let mut notice = notifier::Notice::new(
+                            notifier::Event::Alert,
+                            crate::model::Severity::High,
+                            &config.service,
+                            "the watchdog may be blind: nothing answered".to_owned(),
+                        );
+                        notice.detail = format!("{}; tried: {tried}", matrix::BLIND_REASON);
+                        hub.send(&config.notify, notice);
+                    }
                     Some(false) => tracing::warn!("a probe answers again: the watchdog can see, verdicts resume"),
                     None => {}
                 }
@@ -420,6 +431,24 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the blind watchdog tried, for its alert: each probe and color that
+/// got no answer, its target and its error.
+fn blind_tried(config: &Config, engine: &Engine) -> String {
+    engine
+        .unanswered()
+        .into_iter()
+        .map(|(name, color, detail)| {
+            let target = config
+                .probe(name)
+                .map(|p| crate::probe::target(config, p, color))
+                .unwrap_or_default();
+            let on = color.map(Color::as_str).unwrap_or("shared");
+            format!("{name} on {on} ({target}): {detail}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The longest a rollback can take: prepare, switch and retire each within
