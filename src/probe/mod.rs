@@ -304,3 +304,32 @@ impl Transitions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_and_reset_connections_answer_the_rest_does_not() {
+        use std::io::Error;
+        let status = |errno| io_status(&Error::from_raw_os_error(errno));
+        // ECONNREFUSED, ECONNRESET, ECONNABORTED: the target said no.
+        for errno in [111, 104, 103] {
+            assert_eq!(status(errno), SampleStatus::Failed, "errno {errno}");
+        }
+        assert_eq!(status(110), SampleStatus::Timeout, "ETIMEDOUT");
+        // ENETUNREACH, EHOSTUNREACH, EMFILE (our own), ENFILE: no answer.
+        for errno in [101, 113, 24, 23] {
+            assert_eq!(status(errno), SampleStatus::Unreachable, "errno {errno}");
+        }
+        assert!(SampleStatus::Failed.answered() && SampleStatus::Ok.answered());
+        for s in [
+            SampleStatus::Timeout,
+            SampleStatus::Unreachable,
+            SampleStatus::NoData,
+        ] {
+            assert!(!s.answered(), "{s:?}");
+            assert_eq!(s.as_str().parse::<SampleStatus>(), Ok(s));
+        }
+    }
+}

@@ -44,6 +44,16 @@ impl Color {
         Color { url, status }
     }
 
+    /// A color at `url` served by something else (or nothing: a stopped
+    /// service); `set` changes nothing there.
+    #[allow(dead_code)] // used by some test modules only
+    pub fn url_only(url: &str) -> Color {
+        Color {
+            url: url.to_owned(),
+            status: Arc::new(AtomicU16::new(0)),
+        }
+    }
+
     pub fn set(&self, code: u16) {
         self.status.store(code, Ordering::SeqCst);
     }

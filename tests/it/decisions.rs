@@ -1,0 +1,159 @@
+//! Right decisions in the states a blue/green host goes through (issue 10),
+//! with the real `rollbackd run`: both colors broken, a stopped standby
+//! with and without `prepare`, a restart right after a `deploy`, and a
+//! second daemon on the same state directory. Plus the probe's side of
+//! "an answer is not blindness".
+
+use std::path::Path;
+use std::time::Duration;
+
+use rollbackd::config::Config;
+use rollbackd::model::{Color, SampleStatus};
+use rollbackd::probe::Prober;
+use rollbackd::store::{Incident, Store};
+
+use crate::common::{self, Env, read, wait_for};
+use crate::notify::Receiver;
+
+/// A loopback address nobody listens on: connections are refused, as by a
+/// stopped service.
+async fn closed_addr() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// `fast_config` with a webhook receiver for every notice, `rollback`
+/// lines added to `[rollback]`.
+fn config(blue: &str, green: &str, dir: &Path, hook: &Receiver, rollback: &str) -> String {
+    let (b, g) = (
+        common::Color::url_only(blue),
+        common::Color::url_only(green),
+    );
+    common::fast_config(
+        &b,
+        &g,
+        dir,
+        &format!(
+            "{rollback}\n\n[[notify]]\nkind = \"webhook\"\nurl = \"{}/json\"\nformat = \"json\"\nmin_severity = \"low\"\n",
+            hook.url
+        ),
+    )
+}
+
+/// The first incident, once it is closed.
+async fn closed_incident(store: &Store, daemon_log: &Path) -> Incident {
+    let closed = || async {
+        store
+            .incidents()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| !i.in_flight && i.closed_ms.is_some())
+    };
+    wait_for("a closed incident", Duration::from_secs(30), || async {
+        closed().await.is_some()
+    })
+    .await;
+    closed()
+        .await
+        .unwrap_or_else(|| panic!("no incident:\n{}", read(daemon_log)))
+}
+
+async fn notice(hook: &Receiver, event: &str) -> serde_json::Value {
+    let find = || {
+        hook.bodies("json")
+            .into_iter()
+            .find(|b| b["event"] == event)
+    };
+    wait_for(
+        &format!("a {event:?} notice"),
+        Duration::from_secs(10),
+        || async { find().is_some() },
+    )
+    .await;
+    find().unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// 1. An answer is not blindness.
+
+#[tokio::test]
+async fn a_refused_connection_is_an_answer_and_a_hang_is_not() {
+    let hung = common::Color::start().await;
+    hung.set(0);
+    let refused = closed_addr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::fast_config(
+        &common::Color::url_only(&format!("http://{refused}")),
+        &common::Color::url_only(&hung.url),
+        dir.path(),
+        "",
+    );
+    let config = Config::parse(&dir.path().join("rollbackd.toml"), &text).unwrap();
+    let probe = config.probe("healthz").unwrap();
+    let prober = Prober::new();
+    let o = prober.run(&config, probe, Some(Color::Blue)).await;
+    assert_eq!(o.status, SampleStatus::Failed, "{o:?}");
+    assert!(o.status.answered(), "a refused connection answers: {o:?}");
+    let o = prober.run(&config, probe, Some(Color::Green)).await;
+    assert_eq!(o.status, SampleStatus::Timeout, "{o:?}");
+    assert!(
+        !o.status.answered(),
+        "a hung service does not answer: {o:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_colors_answering_503_fire_and_the_rollback_is_refused() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let hook = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(&config(&blue.url, &green.url, dir.path(), &hook, ""));
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let daemon = env.daemon();
+    let store = env.store().await;
+    wait_for(
+        "samples from both colors",
+        Duration::from_secs(20),
+        || async { store.samples(None, None, 0).await.unwrap().len() >= 4 },
+    )
+    .await;
+
+    blue.set(503);
+    green.set(503);
+    let incident = closed_incident(&store, &daemon.log).await;
+    let log = read(&daemon.log);
+    assert!(!log.contains("may be blind"), "a 503 is an answer:\n{log}");
+    assert_eq!(incident.state, "refused", "{incident:#?}");
+    assert_eq!(incident.from_color, Some(Color::Blue));
+    assert!(
+        incident
+            .rule
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("critical"),
+        "{incident:#?}"
+    );
+    let outcome = incident.outcome.clone().unwrap_or_default();
+    assert!(
+        outcome.contains("green is not healthy") && outcome.contains("healthz: HTTP 503"),
+        "the refusal names the standby's failing probe: {outcome}"
+    );
+    let n = notice(&hook, "rollback_refused").await;
+    assert!(
+        n["summary"].as_str().unwrap_or("").contains("healthz"),
+        "{n:#}"
+    );
+    let status = env.cli_ok(&["status"]);
+    assert!(
+        status.contains("refused") && status.contains("healthz: HTTP 503"),
+        "{status}"
+    );
+    assert!(!dir.path().join("switch.log").exists(), "nothing switched");
+    // Refusals back off (a minute, then more): one incident, not one per
+    // evaluation.
+    assert_eq!(store.incidents().await.unwrap().len(), 1);
+    assert!(daemon.stop().await.success());
+}
