@@ -107,11 +107,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         }
     }
 
+    // The engine learns each color's current deployment before the windows
+    // are rebuilt: a stored sample of an earlier deployment (the one rolled
+    // back before a restart) never judges the current one.
     let mut engine = Engine::new(&config);
-    rebuild_windows(&mut engine, &config, &store).await?;
-
     let (deploy_tx, deploy_rx) = watch::channel(DeploymentIds::new());
     let mut active = refresh_active(&config, &store, &deploy_tx, &mut engine, None).await?;
+    rebuild_windows(&mut engine, &config, &store).await?;
 
     // The read-only listener comes up before READY=1, so a bad `listen` is
     // a startup error and a client may connect as soon as systemd says so.
@@ -693,13 +695,10 @@ async fn refresh_active(
     for d in store.deployments().await? {
         ids.insert(d.color, d.id);
     }
+    // Resets a color whose deployment changed (a new release starts clean).
+    engine.set_deployments(Color::ALL.map(|c| ids.get(&c).copied()));
     let old = deploy_tx.borrow().clone();
     if ids != old {
-        for color in Color::ALL {
-            if old.contains_key(&color) && ids.get(&color) != old.get(&color) {
-                engine.reset_color(color);
-            }
-        }
         engine.set_baselines(baselines(config, store, &ids).await?);
         deploy_tx.send_replace(ids);
     }
@@ -762,7 +761,8 @@ async fn baselines(
     Ok(out)
 }
 
-/// After a restart, the windows come back from the stored samples.
+/// After a restart, the windows come back from the stored samples (of each
+/// color's current deployment only: the engine drops the others).
 async fn rebuild_windows(
     engine: &mut Engine,
     config: &Config,

@@ -254,6 +254,10 @@ pub struct Engine {
     unanswered: [usize; 3],
     /// Whether blindness was last reported as on.
     blind_reported: bool,
+    /// Each color's current deployment, once the caller says
+    /// ([`Engine::set_deployments`]): samples of another deployment are not
+    /// observed. `None` until then (replay, gate: every sample counts).
+    deployments: Option<[Option<i64>; 2]>,
 }
 
 impl Engine {
@@ -270,6 +274,7 @@ impl Engine {
             answering: 0,
             unanswered: [0; 3],
             blind_reported: false,
+            deployments: None,
         };
         engine.reconfigure(config);
         engine
@@ -407,7 +412,34 @@ impl Engine {
         self.recount_answers();
     }
 
+    /// Each color's current deployment (blue, green). A window judges one
+    /// deployment: a color whose deployment changed starts clean, and from
+    /// now on a sample of that color stamped with another deployment (taken
+    /// before the change, or stored by an earlier run) is not observed.
+    /// Call it before rebuilding windows from stored samples.
+    pub fn set_deployments(&mut self, current: [Option<i64>; 2]) {
+        let before = self.deployments.replace(current);
+        for color in Color::ALL {
+            let s = color_slot(color);
+            if before.is_some_and(|b| b[s] != current[s]) {
+                self.reset_color(color);
+            }
+        }
+    }
+
+    /// Whether a sample belongs to its color's current deployment (always,
+    /// for a shared probe or before [`Engine::set_deployments`]).
+    fn current_deployment(&self, sample: &Sample) -> bool {
+        match (self.deployments, sample.color) {
+            (Some(ids), Some(color)) => sample.deployment == ids[color_slot(color)],
+            _ => true,
+        }
+    }
+
     pub fn observe(&mut self, sample: &Sample) {
+        if !self.current_deployment(sample) {
+            return;
+        }
         let Some(&index) = self.probe_index.get(&sample.probe) else {
             // A probe no longer configured (e.g. samples rebuilt from the
             // database after a reload removed it): nothing judges it.
@@ -1083,6 +1115,56 @@ command = ["/bin/true"]
         }
         let vs = e.evaluate(30_000, Color::Blue);
         assert!(vs.iter().all(|v| v.state != State::Fired), "{vs:#?}");
+    }
+
+    #[test]
+    fn a_window_judges_only_its_colors_current_deployment() {
+        let crit = "critical: health_failures";
+        let of = |s: Sample, deployment| Sample {
+            deployment: Some(deployment),
+            ..s
+        };
+        // A restart: the engine learns that blue now runs deployment 3
+        // before the stored samples come back; blue's are of deployment 2,
+        // which failed and was rolled back.
+        let mut e = Engine::new(&config());
+        e.set_deployments([Some(3), Some(1)]);
+        for t in 0..10 {
+            e.observe(&of(sample(t, "healthz", Some(Color::Blue), false), 2));
+            e.observe(&of(sample(t, "healthz", Some(Color::Green), true), 1));
+        }
+        let vs = e.evaluate(10_000, Color::Blue);
+        assert_eq!(state_of(&vs, crit), State::Inconclusive, "{vs:#?}");
+        assert_eq!(e.failing_since(Color::Blue), None);
+        // Deployment 3's own failures are judged.
+        for t in 10..15 {
+            e.observe(&of(sample(t, "healthz", Some(Color::Blue), false), 3));
+        }
+        assert_eq!(
+            state_of(&e.evaluate(15_000, Color::Blue), crit),
+            State::Fired
+        );
+
+        // In memory: a new deployment on blue starts clean, and a sample
+        // stamped with the old one (in flight at the change) does not count.
+        e.set_deployments([Some(4), Some(1)]);
+        assert_eq!(
+            state_of(&e.evaluate(15_000, Color::Blue), crit),
+            State::Inconclusive
+        );
+        for t in 15..20 {
+            e.observe(&of(sample(t, "healthz", Some(Color::Blue), false), 3));
+            e.observe(&of(sample(t, "healthz", Some(Color::Blue), true), 4));
+        }
+        assert_eq!(
+            state_of(&e.evaluate(20_000, Color::Blue), crit),
+            State::Clear
+        );
+        // Green's windows were untouched by blue's deployment.
+        assert_eq!(
+            state_of(&e.evaluate(20_000, Color::Green), crit),
+            State::Clear
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rollbackd::config::Config;
-use rollbackd::model::{Color, SampleStatus};
+use rollbackd::model::{Color, SampleStatus, now_ms};
 use rollbackd::probe::Prober;
 use rollbackd::store::{Incident, Store};
 
@@ -155,5 +155,62 @@ async fn both_colors_answering_503_fire_and_the_rollback_is_refused() {
     // Refusals back off (a minute, then more): one incident, not one per
     // evaluation.
     assert_eq!(store.incidents().await.unwrap().len(), 1);
+    assert!(daemon.stop().await.success());
+}
+
+// ---------------------------------------------------------------------------
+// 3. A window judges one deployment.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_right_after_a_deploy_does_not_judge_it_on_the_old_samples() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let hook = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // No cooldown to hide behind: a second rollback could run at once.
+    let env = Env::new(&config(
+        &blue.url,
+        &green.url,
+        dir.path(),
+        &hook,
+        "cooldown = \"1s\"",
+    ));
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let store = env.store().await;
+
+    // v2 fails and is rolled back to green.
+    let daemon = env.daemon();
+    blue.set(503);
+    let first = closed_incident(&store, &daemon.log).await;
+    assert_eq!(first.state, "verified", "{first:#?}\n{}", read(&daemon.log));
+    assert!(daemon.stop().await.success());
+
+    // The pipeline deploys a healthy v3 to blue while the daemon is down;
+    // v2's failing samples are still the latest blue ones in the database.
+    blue.set(200);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v3"]);
+    let v3 = store.latest_deployment().await.unwrap().unwrap();
+    let restarted = now_ms();
+    let daemon = env.daemon();
+    // Judged on its own samples only: enough of them to fire Critical twice
+    // over had they been failing.
+    wait_for("ten samples of v3", Duration::from_secs(20), || async {
+        store
+            .samples(Some("healthz"), Some(Color::Blue), restarted)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| s.deployment == Some(v3.id) && s.ok)
+            .count()
+            >= 10
+    })
+    .await;
+    let log = read(&daemon.log);
+    assert!(
+        !log.contains("rule fired on blue") && !log.contains("rollback started"),
+        "v3 judged on v2's samples:\n{log}"
+    );
+    assert_eq!(store.incidents().await.unwrap().len(), 1, "{log}");
     assert!(daemon.stop().await.success());
 }
