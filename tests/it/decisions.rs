@@ -214,3 +214,146 @@ async fn a_restart_right_after_a_deploy_does_not_judge_it_on_the_old_samples() {
     assert_eq!(store.incidents().await.unwrap().len(), 1, "{log}");
     assert!(daemon.stop().await.success());
 }
+
+// ---------------------------------------------------------------------------
+// 2. A stopped standby is not a broken one when `prepare` can start it.
+
+/// A stopped standby: its port is bound but not listening, so connections
+/// are refused, and nobody else can take the port before it "starts".
+fn stopped_service() -> (tokio::net::TcpSocket, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", socket.local_addr().unwrap());
+    (socket, url)
+}
+
+/// Start the stopped service: it listens and its `/healthz` answers "ok".
+fn start_service(socket: tokio::net::TcpSocket) {
+    let listener = socket.listen(64).unwrap();
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+}
+
+async fn timeline(store: &Store, incident: i64) -> Vec<String> {
+    store
+        .incident_events(incident)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}: {}", e.state, e.message))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_standby_is_prepared_verified_switched_to_then_the_bad_color_retired() {
+    let blue = common::Color::start().await;
+    let (green_socket, green_url) = stopped_service();
+    let hook = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let steps = dir.path().join("steps.log");
+    let step = |what: &str, var: &str| {
+        format!(
+            "[\"/bin/sh\", \"-c\", \"echo \\\"{what} $1\\\" >> {}\", \"{what}\", \"{{{var}}}\"]",
+            steps.display()
+        )
+    };
+    let env = Env::new(&config(
+        &blue.url,
+        &green_url,
+        dir.path(),
+        &hook,
+        &format!(
+            "prepare = {}\nretire = {}",
+            step("prepare", "to"),
+            step("retire", "from")
+        ),
+    ));
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let store = env.store().await;
+    let daemon = env.daemon();
+    wait_for(
+        "refused samples from green",
+        Duration::from_secs(20),
+        || async {
+            store
+                .samples(Some("healthz"), Some(Color::Green), 0)
+                .await
+                .unwrap()
+                .len()
+                >= 3
+        },
+    )
+    .await;
+
+    blue.set(503);
+    wait_for("the prepare command", Duration::from_secs(20), || async {
+        read(&steps).contains("prepare green")
+    })
+    .await;
+    // What the prepare command stands for: the standby starts.
+    start_service(green_socket);
+    let incident = closed_incident(&store, &daemon.log).await;
+    let events = timeline(&store, incident.id).await;
+    assert_eq!(incident.state, "verified", "{incident:#?}\n{events:#?}");
+    assert_eq!(read(&steps), "prepare green\nretire blue\n");
+    let order = [
+        "preparing green",
+        "prepared green",
+        "target_verified: green (v1) passes",
+        "switching: running the switch command",
+        "switched: traffic moved to green",
+        "retired blue",
+    ];
+    let mut at = 0;
+    for needle in order {
+        let found = events[at..]
+            .iter()
+            .position(|e| e.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} after step {at}: {events:#?}"));
+        at += found + 1;
+    }
+    assert!(
+        read(&dir.path().join("switch.log")).contains("blue green"),
+        "switched once to green"
+    );
+    notice(&hook, "rollback_completed").await;
+    assert!(!read(&daemon.log).contains("may be blind"));
+    assert!(daemon.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_standby_without_prepare_refuses_naming_its_failing_probe() {
+    let blue = common::Color::start().await;
+    let (_green_socket, green_url) = stopped_service();
+    let hook = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(&config(&blue.url, &green_url, dir.path(), &hook, ""));
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let store = env.store().await;
+    let daemon = env.daemon();
+    wait_for(
+        "samples from both colors",
+        Duration::from_secs(20),
+        || async { store.samples(None, None, 0).await.unwrap().len() >= 4 },
+    )
+    .await;
+
+    blue.set(503);
+    let incident = closed_incident(&store, &daemon.log).await;
+    assert_eq!(incident.state, "refused", "{incident:#?}");
+    let outcome = incident.outcome.clone().unwrap_or_default();
+    assert!(
+        outcome.contains("green is not healthy: healthz:") && outcome.contains("refused"),
+        "{outcome}"
+    );
+    let n = notice(&hook, "rollback_refused").await;
+    assert!(
+        n["summary"].as_str().unwrap_or("").contains("healthz"),
+        "{n:#}"
+    );
+    assert!(!dir.path().join("switch.log").exists(), "nothing switched");
+    assert!(!read(&daemon.log).contains("may be blind"));
+    assert!(daemon.stop().await.success());
+}
