@@ -62,6 +62,8 @@ pub enum DaemonError {
     Rollback(#[from] RollbackError),
     #[error(transparent)]
     Active(#[from] active::ActiveError),
+    #[error(transparent)]
+    Lock(#[from] crate::statelock::LockError),
     #[error("cannot listen on {addr} ([daemon] listen): {source}")]
     Listen {
         addr: SocketAddr,
@@ -80,6 +82,9 @@ pub(crate) struct ProbeTask {
 /// Run until a [`Control::Shutdown`] arrives (or the channel closes).
 pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result<(), DaemonError> {
     let mut config = Arc::new(config);
+    // One daemon per state_dir: held until `run` returns (or the process
+    // dies: the kernel lets go of it).
+    let _state_lock = crate::statelock::acquire(&config.daemon.state_dir)?;
     let store = Store::open_dir(&config.daemon.state_dir).await?;
     let prober = Prober::new();
     // Notifications: a queue and its worker; sending never waits.

@@ -357,3 +357,66 @@ async fn a_stopped_standby_without_prepare_refuses_naming_its_failing_probe() {
     assert!(!read(&daemon.log).contains("may be blind"));
     assert!(daemon.stop().await.success());
 }
+
+// ---------------------------------------------------------------------------
+// 7. One daemon per state_dir.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_state_dir_exits_naming_the_first_until_it_is_killed() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let hook = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(&config(&blue.url, &green.url, dir.path(), &hook, ""));
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    let first = env.daemon();
+    wait_for(
+        "the first daemon running",
+        Duration::from_secs(20),
+        || async { read(&first.log).contains("rollbackd running") },
+    )
+    .await;
+
+    // The second exits at once, non-zero, naming the first's PID.
+    let mut second = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["--log-format", "text", "run"])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_for("the second daemon to exit", Duration::from_secs(10), || {
+        let done = second.try_wait().unwrap();
+        status = status.or(done);
+        async move { done.is_some() }
+    })
+    .await;
+    let status = status.unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(70), "{stderr}");
+    assert!(
+        stderr.contains(&format!("another rollbackd (pid {})", first.pid())),
+        "{stderr}"
+    );
+    assert!(read(&first.log).contains("rollbackd running"));
+
+    // kill -9 of the first: the kernel releases the lock; a new daemon
+    // starts on the same state directory.
+    let first_log = first.log.clone();
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    drop(first); // reaps it
+    std::fs::rename(&first_log, env.path("first.log")).unwrap();
+    let next = env.daemon();
+    wait_for(
+        "the next daemon running",
+        Duration::from_secs(20),
+        || async { read(&next.log).contains("rollbackd running") },
+    )
+    .await;
+    assert!(next.stop().await.success());
+}
