@@ -308,11 +308,16 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     Ok(Err(e)) => {
                         tracing::error!("rollback stopped on an error: {e}");
                         metrics.rollback("error");
-                        next_attempt = Some(Instant::now() + RETRY_AFTER);
+                        let ctx = rollback::Context { config: &config, store: &store, prober: &prober, notify: Some(&hub) };
+                        let delay = after_broken_rollback(&ctx, &e.to_string(), &mut refusals).await;
+                        next_attempt = Some(Instant::now() + delay);
                     }
                     Err(e) => {
                         tracing::error!("rollback task panicked: {e}");
                         metrics.rollback("error");
+                        let ctx = rollback::Context { config: &config, store: &store, prober: &prober, notify: Some(&hub) };
+                        let delay = after_broken_rollback(&ctx, &e.to_string(), &mut refusals).await;
+                        next_attempt = Some(Instant::now() + delay);
                     }
                 }
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or(active);
@@ -456,6 +461,29 @@ fn blind_tried(config: &Config, engine: &Engine) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The rollback task ended without an outcome (it panicked, or stopped on
+/// an error): close its incident as failed and free the in-flight slot
+/// (`rollback::abandon`), then count it as a refusal, so the retry backs
+/// off like any refusal's. Returns when to try again.
+async fn after_broken_rollback(
+    ctx: &rollback::Context<'_>,
+    why: &str,
+    refusals: &mut u32,
+) -> Duration {
+    match rollback::abandon(ctx, why).await {
+        Ok(Some(outcome)) => tracing::warn!("closed the broken rollback: {outcome:?}"),
+        Ok(None) => {}
+        // The database refuses: the slot stays held by this live process
+        // (`reconcile` never takes over a live holder) until a restart.
+        // Say so.
+        Err(e) => tracing::error!(
+            "cannot close the broken rollback's incident ({e}); automatic rollbacks stay blocked until the daemon restarts"
+        ),
+    }
+    *refusals += 1;
+    retry_delay(*refusals)
 }
 
 /// The longest a rollback can take: prepare, switch and retire each within
@@ -976,5 +1004,111 @@ mod retry_tests {
     fn refusals_back_off_to_fifteen_minutes() {
         let minutes: Vec<u64> = (1..=6).map(|n| retry_delay(n).as_secs() / 60).collect();
         assert_eq!(minutes, [1, 2, 4, 8, 15, 15]);
+    }
+}
+
+#[cfg(test)]
+mod broken_rollback_tests {
+    use super::*;
+    use crate::model::Severity;
+    use crate::rollback::{PANIC_FAULT, Trigger};
+
+    fn request(reason: &str) -> Request {
+        Request {
+            trigger: Trigger::Automatic,
+            severity: Severity::Critical,
+            rule: Some("critical: health_failures >= 3 over 10m".into()),
+            reason: reason.into(),
+            evidence: serde_json::json!({}),
+            since_ms: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicked_rollback_closes_its_incident_frees_the_slot_and_retries_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        let text = r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "t"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+health = true
+[rollback]
+command = ["/bin/true"]
+verify_target = false
+verify_after = "1s"
+"#;
+        std::fs::write(&path, text).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        let now = now_ms();
+        store
+            .record_deployment(Color::Green, "v1", "cli", now - 2000)
+            .await
+            .unwrap();
+        store
+            .record_deployment(Color::Blue, "v2", "cli", now - 1000)
+            .await
+            .unwrap();
+        let prober = Prober::new();
+
+        // The task dies with its incident open and the slot held.
+        let task = {
+            let (config, store, prober) = (config.clone(), store.clone(), prober.clone());
+            tokio::spawn(async move {
+                let ctx = rollback::Context {
+                    config: &config,
+                    store: &store,
+                    prober: &prober,
+                    notify: None,
+                };
+                rollback::execute(&ctx, request(&format!("bad {PANIC_FAULT}"))).await
+            })
+        };
+        let panicked = task.await.unwrap_err();
+        assert!(panicked.is_panic());
+        let open = store.in_flight_incident().await.unwrap().unwrap();
+        assert_eq!(open.state, "requested");
+
+        let ctx = rollback::Context {
+            config: &config,
+            store: &store,
+            prober: &prober,
+            notify: None,
+        };
+        let mut refusals = 0;
+        let delay = after_broken_rollback(&ctx, &panicked.to_string(), &mut refusals).await;
+        // Retried like a refusal: after a minute, then backing off.
+        assert_eq!((delay, refusals), (RETRY_AFTER, 1));
+        assert_eq!(store.in_flight_incident().await.unwrap(), None);
+        let closed = store.incident(open.id).await.unwrap();
+        assert_eq!(closed.state, "failed");
+        let outcome = closed.outcome.unwrap_or_default();
+        assert!(
+            outcome.contains("the rollback task stopped")
+                && outcome.contains("nothing was switched"),
+            "{outcome}"
+        );
+        // The slot is free: the next attempt runs its switch (green, on a
+        // closed port, then fails its verification: escalated).
+        let next = rollback::execute(&ctx, request("blue fails again"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&next, Outcome::Escalated { incident, .. } if *incident != open.id),
+            "{next:?}"
+        );
     }
 }
