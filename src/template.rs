@@ -238,6 +238,134 @@ mod tests {
         assert!(e.contains("expected an HTTP method"), "{e}");
     }
 
+    const BASE: &str = r#"[daemon]
+state_dir = "state"
+
+[service]
+name = "beluga"
+
+[colors.blue]
+base_url = "http://127.0.0.1:8081"
+[colors.green]
+base_url = "http://127.0.0.1:8082"
+
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+health = true
+
+[rollback]
+command = ["/bin/true", "{to}"]
+"#;
+
+    /// Config errors for the template keys name the file, line and key.
+    fn config_error(dir: &Path, notify: &str) -> (usize, String, String) {
+        let path = dir.join("rollbackd.toml");
+        let text = format!("{BASE}\n[[notify]]\nkind = \"webhook\"\nurl = \"env:X_HOOK\"\n{notify}");
+        match crate::config::Config::parse(&path, &text) {
+            Err(crate::config::ConfigError::Invalid {
+                path: p,
+                line,
+                key,
+                message,
+                ..
+            }) => {
+                assert_eq!(p, path);
+                (line, key, message)
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("config was accepted:\n{text}"),
+        }
+    }
+
+    #[test]
+    fn template_keys_are_checked_with_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_lines = BASE.lines().count();
+        // A template key on a built-in format.
+        let (line, key, message) =
+            config_error(dir.path(), "format = \"slack\"\nmethod = \"PUT\"\n");
+        assert_eq!((line, key.as_str()), (base_lines + 6, "notify[1].method"));
+        assert!(message.contains("only for format = \"template\""), "{message}");
+        // format = "template" without a template.
+        let (_, key, message) = config_error(dir.path(), "format = \"template\"\n");
+        assert_eq!(key, "notify[1].format");
+        assert!(message.contains("needs `template`"), "{message}");
+        // A missing file, and a template with a syntax error on its line 3.
+        let (line, key, message) = config_error(
+            dir.path(),
+            "format = \"template\"\ntemplate = \"nope.json\"\n",
+        );
+        assert_eq!((line, key.as_str()), (base_lines + 6, "notify[1].template"));
+        assert!(message.contains("cannot read template"), "{message}");
+        std::fs::write(dir.path().join("bad.json"), "{\n\"a\": 1,\n\"b\": {{ summary | }}\n}").unwrap();
+        let (_, key, message) = config_error(
+            dir.path(),
+            "format = \"template\"\ntemplate = \"bad.json\"\n",
+        );
+        assert_eq!(key, "notify[1].template");
+        assert!(message.contains("bad.json line 3"), "{message}");
+        // A header name that cannot be one, and a content type that is none.
+        let (_, key, _) = config_error(
+            dir.path(),
+            "format = \"json\"\nheaders = { \"Bad Name\" = \"x\" }\n",
+        );
+        assert_eq!(key, "notify[1].headers");
+        let (_, key, _) = config_error(dir.path(), "format = \"json\"\ncontent_type = \"json\"\n");
+        assert_eq!(key, "notify[1].content_type");
+    }
+
+    #[test]
+    fn a_template_target_loads_with_secret_headers_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.json"), "{\"k\": {{ key | tojson }}}").unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        let text = format!(
+            "{BASE}\n[[notify]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\nformat = \"template\"\n\
+             template = \"t.json\"\nheaders = {{ Authorization = \"file:{}\" }}\n",
+            dir.path().join("token").display()
+        );
+        std::fs::write(dir.path().join("token"), "Bearer s3cr3t-t0ken\n").unwrap();
+        let c = crate::config::Config::parse(&path, &text).unwrap();
+        let n = &c.notify[0];
+        assert_eq!(n.headers[0].1.expose(), Ok("Bearer s3cr3t-t0ken"));
+        assert!(n.template.is_some());
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    /// The templates `config/templates/` ships load, check and render.
+    #[test]
+    fn shipped_templates_load_and_render_json() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/templates");
+        let cases = [
+            ("pagerduty.json", None, None),
+            (
+                "statuspage.json",
+                Some("{{ 'PATCH' if opened else 'POST' }}"),
+                Some("{% if opened %}/{{ opened.id }}{% endif %}"),
+            ),
+            (
+                "github-commit-comment.json",
+                None,
+                Some("/commits/{{ from_version if incident else version }}/comments"),
+            ),
+            ("discord-announcement.json", None, None),
+        ];
+        for (name, method, path) in cases {
+            let t = NotifyTemplate::load(&dir.join(name), method, path, true)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let open = t
+                .render(&context(&sample_notice(Event::RollbackStarted), None, &[]))
+                .unwrap();
+            if !open.body.trim().is_empty() {
+                serde_json::from_str::<Value>(&open.body).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+    }
+
     #[test]
     fn secrets_reach_the_template_and_not_the_notice() {
         let n = sample_notice(Event::RollbackStarted);

@@ -8,6 +8,7 @@ mod demo;
 mod gate;
 mod matrix;
 mod notify;
+mod notify_api;
 mod probes;
 mod replay;
 mod report;
