@@ -989,29 +989,32 @@ impl Config {
                     return Err(src.key_error(
                         &span,
                         "content_type",
-                        format!("invalid content type {ct:?}: expected one like \"application/json\""),
+                        format!(
+                            "invalid content type {ct:?}: expected one like \"application/json\""
+                        ),
                     ));
                 }
             }
-            let secret_map = |key: &str, map: Option<BTreeMap<String, String>>, header_names: bool| {
-                map.unwrap_or_default()
-                    .into_iter()
-                    .map(|(name, value)| {
-                        if header_names
-                            && reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                        {
-                            return Err(src.key_error(
-                                &span,
-                                key,
-                                format!("invalid header name {name:?}"),
-                            ));
-                        }
-                        let secret = Secret::resolve(&value)
-                            .map_err(|e| src.key_error(&span, key, format!("{name}: {e}")))?;
-                        Ok((name, secret))
-                    })
-                    .collect::<Result<Vec<_>, ConfigError>>()
-            };
+            let secret_map =
+                |key: &str, map: Option<BTreeMap<String, String>>, header_names: bool| {
+                    map.unwrap_or_default()
+                        .into_iter()
+                        .map(|(name, value)| {
+                            if header_names
+                                && reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                            {
+                                return Err(src.key_error(
+                                    &span,
+                                    key,
+                                    format!("invalid header name {name:?}"),
+                                ));
+                            }
+                            let secret = Secret::resolve(&value)
+                                .map_err(|e| src.key_error(&span, key, format!("{name}: {e}")))?;
+                            Ok((name, secret))
+                        })
+                        .collect::<Result<Vec<_>, ConfigError>>()
+                };
             let headers = secret_map("headers", n.headers, true)?;
             let secrets = secret_map("secrets", n.secrets, false)?;
             for (name, secret) in headers.iter().chain(&secrets) {

@@ -61,7 +61,9 @@ pub enum Observed {
     Rollback,
     /// A rollback started but ended otherwise (refused, failed, escalated,
     /// dry run), or had not ended when the drill stopped watching.
-    RollbackNotVerified { state: String },
+    RollbackNotVerified {
+        state: String,
+    },
     /// A rule fired; no rollback started.
     Alert,
     Nothing,
@@ -200,7 +202,12 @@ fn stage(name: &'static str, at_ms: Millis, fault_ms: Millis, detail: String) ->
 }
 
 /// Read the database once and note what is new since the fault.
-async fn look(store: &Store, drill: i64, fault_ms: Millis, w: &mut Watch) -> Result<(), StoreError> {
+async fn look(
+    store: &Store,
+    drill: i64,
+    fault_ms: Millis,
+    w: &mut Watch,
+) -> Result<(), StoreError> {
     if w.first_failure.is_none() {
         if let Some(s) = store.first_failure_since(fault_ms).await? {
             let detail = format!(
@@ -215,7 +222,7 @@ async fn look(store: &Store, drill: i64, fault_ms: Millis, w: &mut Watch) -> Res
     if w.fired.is_none() {
         let verdicts = store.verdicts_between(fault_ms, now_ms() + 1).await?;
         if let Some(v) = verdicts.into_iter().find(|v| v.state == "fired") {
-            let detail = format!("{} {} on {}", v.severity.as_str(), v.rule, v.color);
+            let detail = format!("{} on {}", v.rule, v.color);
             w.fired = Some(stage("rule fired", v.at_ms, fault_ms, detail));
         }
     }
@@ -439,7 +446,13 @@ impl Report {
 
     pub fn text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "drill #{} on {}: {}", self.drill, self.service, self.verdict());
+        let _ = writeln!(
+            out,
+            "drill #{} on {}: {}",
+            self.drill,
+            self.service,
+            self.verdict()
+        );
         if let (Some(c), Some(v)) = (self.active, &self.active_version) {
             let _ = writeln!(out, "active before the fault: {c} ({v})");
         }
@@ -451,12 +464,19 @@ impl Report {
             let _ = writeln!(out, "restore: {r}");
         }
         if let Some(i) = self.incident {
-            let _ = writeln!(out, "incident: #{i} (marked as a drill; `rollbackd incident show {i}`)");
+            let _ = writeln!(
+                out,
+                "incident: #{i} (marked as a drill; `rollbackd incident show {i}`)"
+            );
         }
         let _ = writeln!(
             out,
             "notifications: {}",
-            if self.notify { "sent, marked as a drill" } else { "withheld (no --notify)" }
+            if self.notify {
+                "sent, marked as a drill"
+            } else {
+                "withheld (no --notify)"
+            }
         );
         for n in &self.notes {
             let _ = writeln!(out, "note: {n}");
@@ -466,7 +486,11 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "## Rollback drill #{} — {}\n", self.drill, self.service);
+        let _ = writeln!(
+            out,
+            "## Rollback drill #{} — {}\n",
+            self.drill, self.service
+        );
         let _ = writeln!(out, "**{}**\n", self.verdict());
         let _ = writeln!(out, "- **Date:** {}", format_ms(self.started_ms));
         if let (Some(c), Some(v)) = (self.active, &self.active_version) {
@@ -479,12 +503,20 @@ impl Report {
             let _ = writeln!(out, "- **Incident:** #{i} (marked as a drill)");
         }
         if let Some(r) = &self.restore_result {
-            let _ = writeln!(out, "- **Restore:** `{}` — {r}", self.restore.as_deref().unwrap_or_default().join(" "));
+            let _ = writeln!(
+                out,
+                "- **Restore:** `{}` — {r}",
+                self.restore.as_deref().unwrap_or_default().join(" ")
+            );
         }
         let _ = writeln!(
             out,
             "- **Notifications:** {}",
-            if self.notify { "sent, marked as a drill" } else { "withheld" }
+            if self.notify {
+                "sent, marked as a drill"
+            } else {
+                "withheld"
+            }
         );
         let _ = writeln!(out, "\n| stage | after the fault | at | detail |");
         let _ = writeln!(out, "|---|---:|---|---|");
@@ -585,10 +617,21 @@ mod tests {
             vec!["systemctl", "stop", "beluga@blue.service", "a b", "c d"]
         );
         assert_eq!(split_argv("''").unwrap(), vec![""]);
-        for bad in ["kill $(pidof x)", "a | b", "a > f", "a; b", "rm *", "", "'open"] {
+        for bad in [
+            "kill $(pidof x)",
+            "a | b",
+            "a > f",
+            "a; b",
+            "rm *",
+            "",
+            "'open",
+        ] {
             assert!(split_argv(bad).is_err(), "{bad:?} was accepted");
         }
-        assert_eq!(split_argv("echo '$HOME|x'").unwrap(), vec!["echo", "$HOME|x"]);
+        assert_eq!(
+            split_argv("echo '$HOME|x'").unwrap(),
+            vec!["echo", "$HOME|x"]
+        );
     }
 
     #[test]

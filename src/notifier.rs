@@ -617,7 +617,10 @@ async fn deliver(
 
 enum Delivered {
     /// Accepted; with the answer's body when it was JSON.
-    Sent { attempts: u32, answer: Option<Value> },
+    Sent {
+        attempts: u32,
+        answer: Option<Value>,
+    },
     /// The template rendered an empty body: nothing to send.
     Nothing,
 }
@@ -638,7 +641,10 @@ fn request(target: &Notifier, notice: &Notice, opened: Option<&Value>) -> Result
         (Some(t), NotifyFormat::Template) => {
             let mut secrets = Vec::with_capacity(target.secrets.len());
             for (name, secret) in &target.secrets {
-                secrets.push((name.clone(), secret.expose().map_err(str::to_owned)?.to_owned()));
+                secrets.push((
+                    name.clone(),
+                    secret.expose().map_err(str::to_owned)?.to_owned(),
+                ));
             }
             let ctx = crate::template::context(notice, opened, &secrets);
             let r = t.render(&ctx)?;
@@ -734,7 +740,9 @@ async fn attempt_all(
             Err(e) => last = e.without_url().to_string(),
         }
         if attempt < policy.attempts {
-            tracing::debug!("notification attempt {attempt} failed ({last}); retrying in {pause:?}");
+            tracing::debug!(
+                "notification attempt {attempt} failed ({last}); retrying in {pause:?}"
+            );
             tokio::time::sleep(pause).await;
             wait *= 2;
         }

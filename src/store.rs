@@ -1293,7 +1293,10 @@ impl Store {
 
     /// The first failed sample at or after `since_ms` (any probe, any
     /// color), if there is one yet.
-    pub async fn first_failure_since(&self, since_ms: Millis) -> Result<Option<Sample>, StoreError> {
+    pub async fn first_failure_since(
+        &self,
+        since_ms: Millis,
+    ) -> Result<Option<Sample>, StoreError> {
         let row: Option<SampleRow> = sqlx::query_as(&format!(
             "SELECT {SAMPLE_COLUMNS} FROM samples WHERE at_ms >= ? AND status IN ('failed', 'timeout') ORDER BY at_ms, id LIMIT 1"
         ))

@@ -86,7 +86,11 @@ impl NotifyTemplate {
             .map_err(|e| describe(Path::new("method"), "in", &e))?;
         env.template_from_str(&t.path)
             .map_err(|e| describe(Path::new("path"), "in", &e))?;
-        for event in [Event::RollbackStarted, Event::RollbackCompleted, Event::DeployReport] {
+        for event in [
+            Event::RollbackStarted,
+            Event::RollbackCompleted,
+            Event::DeployReport,
+        ] {
             let sample = context(&sample_notice(event), None, &[]);
             let r = t.render(&sample)?;
             reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|_| {
@@ -144,12 +148,7 @@ pub fn context(n: &Notice, opened: Option<&Value>, secrets: &[(String, String)])
     if let Some(o) = opened {
         v["opened"] = o.clone();
     }
-    v["secret"] = Value::Object(
-        secrets
-            .iter()
-            .map(|(k, s)| (k.clone(), json!(s)))
-            .collect(),
-    );
+    v["secret"] = Value::Object(secrets.iter().map(|(k, s)| (k.clone(), json!(s))).collect());
     v
 }
 
@@ -264,7 +263,8 @@ command = ["/bin/true", "{to}"]
     /// Config errors for the template keys name the file, line and key.
     fn config_error(dir: &Path, notify: &str) -> (usize, String, String) {
         let path = dir.join("rollbackd.toml");
-        let text = format!("{BASE}\n[[notify]]\nkind = \"webhook\"\nurl = \"env:X_HOOK\"\n{notify}");
+        let text =
+            format!("{BASE}\n[[notify]]\nkind = \"webhook\"\nurl = \"env:X_HOOK\"\n{notify}");
         match crate::config::Config::parse(&path, &text) {
             Err(crate::config::ConfigError::Invalid {
                 path: p,
@@ -289,7 +289,10 @@ command = ["/bin/true", "{to}"]
         let (line, key, message) =
             config_error(dir.path(), "format = \"slack\"\nmethod = \"PUT\"\n");
         assert_eq!((line, key.as_str()), (base_lines + 6, "notify[1].method"));
-        assert!(message.contains("only for format = \"template\""), "{message}");
+        assert!(
+            message.contains("only for format = \"template\""),
+            "{message}"
+        );
         // format = "template" without a template.
         let (_, key, message) = config_error(dir.path(), "format = \"template\"\n");
         assert_eq!(key, "notify[1].format");
@@ -301,7 +304,11 @@ command = ["/bin/true", "{to}"]
         );
         assert_eq!((line, key.as_str()), (base_lines + 6, "notify[1].template"));
         assert!(message.contains("cannot read template"), "{message}");
-        std::fs::write(dir.path().join("bad.json"), "{\n\"a\": 1,\n\"b\": {{ summary | }}\n}").unwrap();
+        std::fs::write(
+            dir.path().join("bad.json"),
+            "{\n\"a\": 1,\n\"b\": {{ summary | }}\n}",
+        )
+        .unwrap();
         let (_, key, message) = config_error(
             dir.path(),
             "format = \"template\"\ntemplate = \"bad.json\"\n",

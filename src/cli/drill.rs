@@ -57,8 +57,14 @@ pub async fn run(config: &Config, a: DrillArgs) -> anyhow::Result<()> {
             std::future::pending::<()>().await;
         }
     };
-    let report = drill::run(config, &store, &plan, |line| eprintln!("drill: {line}"), interrupted)
-        .await?;
+    let report = drill::run(
+        config,
+        &store,
+        &plan,
+        |line| eprintln!("drill: {line}"),
+        interrupted,
+    )
+    .await?;
     if a.markdown {
         print!("{}", report.markdown());
     } else {
@@ -72,7 +78,11 @@ pub async fn run(config: &Config, a: DrillArgs) -> anyhow::Result<()> {
             report.drill,
             report.expect.as_str(),
             report.observed.as_str(),
-            if report.restore_ok { "" } else { "; the restore failed" }
+            if report.restore_ok {
+                ""
+            } else {
+                "; the restore failed"
+            }
         ))
         .into())
     }

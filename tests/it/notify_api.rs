@@ -122,8 +122,7 @@ async fn pagerduty(State(a): State<Apis>, headers: HeaderMap, body: String) -> R
         Err(why) => return (StatusCode::BAD_REQUEST, a.refuse(why)).into_response(),
     };
     a.record("pagerduty", "POST", "/v2/enqueue".into(), &v);
-    if a
-        .pd_throttle
+    if a.pd_throttle
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
     {
@@ -151,7 +150,10 @@ async fn pagerduty(State(a): State<Apis>, headers: HeaderMap, body: String) -> R
     }
     if action == "trigger" {
         let p = &v["payload"];
-        if p["summary"].as_str().is_none_or(|s| s.is_empty() || s.chars().count() > 1024) {
+        if p["summary"]
+            .as_str()
+            .is_none_or(|s| s.is_empty() || s.chars().count() > 1024)
+        {
             errors.push("payload.summary is required (at most 1024 characters)".into());
         }
         if p["source"].as_str().is_none_or(str::is_empty) {
@@ -179,7 +181,10 @@ async fn pagerduty(State(a): State<Apis>, headers: HeaderMap, body: String) -> R
 
 fn statuspage_auth(a: &Apis, headers: &HeaderMap) -> Result<(), Response> {
     if header(headers, "authorization") != STATUSPAGE_KEY {
-        return Err((StatusCode::UNAUTHORIZED, a.refuse("statuspage: bad Authorization".into()))
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            a.refuse("statuspage: bad Authorization".into()),
+        )
             .into_response());
     }
     Ok(())
@@ -202,12 +207,21 @@ async fn statuspage_create(State(a): State<Apis>, headers: HeaderMap, body: Stri
     let status_ok = inc["status"].as_str().is_none_or(|s| STATUSES.contains(&s));
     if !name_ok || !status_ok {
         let why = a.refuse("statuspage: incident.name is required; status must be known".into());
-        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"error": why}))).into_response();
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"error": why})),
+        )
+            .into_response();
     }
-    let id = format!("sp{}", a.next_statuspage_id.fetch_add(1, Ordering::SeqCst) + 1);
+    let id = format!(
+        "sp{}",
+        a.next_statuspage_id.fetch_add(1, Ordering::SeqCst) + 1
+    );
     (
         StatusCode::CREATED,
-        axum::Json(json!({"id": id, "name": inc["name"], "status": inc["status"], "page_id": "p4ge"})),
+        axum::Json(
+            json!({"id": id, "name": inc["name"], "status": inc["status"], "page_id": "p4ge"}),
+        ),
     )
         .into_response()
 }
@@ -233,17 +247,27 @@ async fn statuspage_update(
         .and_then(|n| n.parse::<u32>().ok())
         .is_some_and(|n| n >= 1 && n <= created);
     if !known {
-        return (StatusCode::NOT_FOUND, a.refuse(format!("statuspage: no incident {id}")))
+        return (
+            StatusCode::NOT_FOUND,
+            a.refuse(format!("statuspage: no incident {id}")),
+        )
             .into_response();
     }
     if v["incident"]["status"]
         .as_str()
         .is_some_and(|s| !STATUSES.contains(&s))
     {
-        return (StatusCode::UNPROCESSABLE_ENTITY, a.refuse("statuspage: bad status".into()))
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            a.refuse("statuspage: bad status".into()),
+        )
             .into_response();
     }
-    (StatusCode::OK, axum::Json(json!({"id": id, "status": v["incident"]["status"]}))).into_response()
+    (
+        StatusCode::OK,
+        axum::Json(json!({"id": id, "status": v["incident"]["status"]})),
+    )
+        .into_response()
 }
 
 /// GitHub: `POST /repos/OWNER/REPO/commits/SHA/comments`.
@@ -254,11 +278,19 @@ async fn github_comment(
     body: String,
 ) -> Response {
     if header(&headers, "authorization") != GITHUB_TOKEN {
-        return (StatusCode::UNAUTHORIZED, a.refuse("github: bad credentials".into())).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            a.refuse("github: bad credentials".into()),
+        )
+            .into_response();
     }
     if header(&headers, "user-agent").is_empty() {
         // GitHub refuses requests without a User-Agent.
-        return (StatusCode::FORBIDDEN, a.refuse("github: no User-Agent".into())).into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            a.refuse("github: no User-Agent".into()),
+        )
+            .into_response();
     }
     if header(&headers, "accept") != "application/vnd.github+json" {
         a.refuse("github: Accept is not application/vnd.github+json".into());
@@ -267,7 +299,12 @@ async fn github_comment(
         Ok(v) => v,
         Err(why) => return (StatusCode::BAD_REQUEST, a.refuse(why)).into_response(),
     };
-    a.record("github", "POST", format!("/repos/{owner}/{repo}/commits/{sha}/comments"), &v);
+    a.record(
+        "github",
+        "POST",
+        format!("/repos/{owner}/{repo}/commits/{sha}/comments"),
+        &v,
+    );
     if v["body"].as_str().is_none_or(str::is_empty) {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -293,7 +330,11 @@ async fn discord(State(a): State<Apis>, headers: HeaderMap, body: String) -> Res
         .as_str()
         .is_some_and(|c| !c.is_empty() && c.chars().count() <= 2000);
     if !content_ok {
-        return (StatusCode::BAD_REQUEST, a.refuse("discord: content 1..=2000".into())).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            a.refuse("discord: content 1..=2000".into()),
+        )
+            .into_response();
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -394,8 +435,18 @@ min_severity = "high"
             api = apis.url,
             pd = toml_str(&templates.join("pagerduty.json").display().to_string()),
             sp = toml_str(&templates.join("statuspage.json").display().to_string()),
-            gh = toml_str(&templates.join("github-commit-comment.json").display().to_string()),
-            discord = toml_str(&templates.join("discord-announcement.json").display().to_string()),
+            gh = toml_str(
+                &templates
+                    .join("github-commit-comment.json")
+                    .display()
+                    .to_string()
+            ),
+            discord = toml_str(
+                &templates
+                    .join("discord-announcement.json")
+                    .display()
+                    .to_string()
+            ),
             routing = secret("pd-routing-key", ROUTING_KEY),
             sp_key = secret("statuspage-key", STATUSPAGE_KEY),
             gh_token = secret("github-token", GITHUB_TOKEN),
@@ -459,8 +510,7 @@ min_severity = "high"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pagerduty_triggers_and_resolves_each_incident_by_its_dedup_key_and_honours_retry_after()
-{
+async fn pagerduty_triggers_and_resolves_each_incident_by_its_dedup_key_and_honours_retry_after() {
     let w = World::new().await;
     w.deploy(Color::Green, "1111111").await;
     w.deploy(Color::Blue, "2222222").await;
@@ -470,19 +520,29 @@ async fn pagerduty_triggers_and_resolves_each_incident_by_its_dedup_key_and_hono
     // A refused rollback: the standby is broken. It still ends, and what
     // it opened is resolved.
     w.green.set(500);
-    let Outcome::Refused { incident: refused, .. } = w.rollback("drill the refusal").await else {
+    let Outcome::Refused {
+        incident: refused, ..
+    } = w.rollback("drill the refusal").await
+    else {
         panic!("expected a refusal");
     };
     // A verified one.
     w.green.set(200);
-    let Outcome::Verified { incident: verified, .. } = w.rollback("bad release").await else {
+    let Outcome::Verified {
+        incident: verified, ..
+    } = w.rollback("bad release").await
+    else {
         panic!("expected a verified rollback");
     };
     assert_ne!(refused, verified);
 
     // 1 throttled + 2 per incident.
     let got = w.wait("five PagerDuty requests", "pagerduty", 5).await;
-    assert!(w.invalid().is_empty(), "invalid requests: {:?}", w.invalid());
+    assert!(
+        w.invalid().is_empty(),
+        "invalid requests: {:?}",
+        w.invalid()
+    );
     assert_eq!(got[0].body["event_action"], "trigger");
     // Another incident's events may pass it; its own retry is the next
     // request with the same body.
@@ -530,11 +590,19 @@ async fn statuspage_github_and_discord_hear_of_a_rollback_as_their_apis_expect()
     };
 
     // Statuspage: created, then the same incident resolved.
-    let sp = w.wait("Statuspage create and resolve", "statuspage", 2).await;
-    assert_eq!((sp[0].method.as_str(), sp[0].path.as_str()), ("POST", "/incidents"));
+    let sp = w
+        .wait("Statuspage create and resolve", "statuspage", 2)
+        .await;
+    assert_eq!(
+        (sp[0].method.as_str(), sp[0].path.as_str()),
+        ("POST", "/incidents")
+    );
     assert_eq!(sp[0].body["incident"]["status"], "identified");
     assert_eq!(sp[0].body["incident"]["impact_override"], "major");
-    assert_eq!((sp[1].method.as_str(), sp[1].path.as_str()), ("PATCH", "/incidents/sp1"));
+    assert_eq!(
+        (sp[1].method.as_str(), sp[1].path.as_str()),
+        ("PATCH", "/incidents/sp1")
+    );
     assert_eq!(sp[1].body["incident"]["status"], "resolved");
 
     // GitHub: one comment, on the commit that was rolled back.
@@ -546,11 +614,25 @@ async fn statuspage_github_and_discord_hear_of_a_rollback_as_their_apis_expect()
 
     // Discord: the users' announcement and its all-clear.
     let dc = w.wait("two Discord announcements", "discord", 2).await;
-    assert!(dc[0].body["content"].as_str().unwrap().contains("restoring the previous version"));
-    assert!(dc[1].body["content"].as_str().unwrap().starts_with("✅ **Resolved**"));
+    assert!(
+        dc[0].body["content"]
+            .as_str()
+            .unwrap()
+            .contains("restoring the previous version")
+    );
+    assert!(
+        dc[1].body["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("✅ **Resolved**")
+    );
     assert_eq!(dc[0].body["allowed_mentions"]["parse"], json!([]));
 
-    assert!(w.invalid().is_empty(), "invalid requests: {:?}", w.invalid());
+    assert!(
+        w.invalid().is_empty(),
+        "invalid requests: {:?}",
+        w.invalid()
+    );
     // Nothing more went out (each template renders nothing for the rest).
     assert_eq!(w.apis.of("statuspage").len(), 2);
     assert_eq!(w.apis.of("github").len(), 1);
