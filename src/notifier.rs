@@ -880,6 +880,74 @@ mod tests {
         assert_eq!(p["at"], "1970-01-01T00:00:00.000Z");
     }
 
+    /// Issue 16: every way an incident ends closes it, under the key it
+    /// was opened with.
+    #[test]
+    fn every_end_of_an_incident_closes_the_key_its_start_opened() {
+        let start = Notice {
+            event: Event::RollbackStarted,
+            ..notice()
+        };
+        assert_eq!(start.phase(), Phase::Open);
+        for end in [
+            Event::RollbackCompleted,
+            Event::RollbackFailed,
+            Event::RollbackRefused,
+            Event::RollbackEscalated,
+            Event::RollbackDryRun,
+        ] {
+            let n = Notice {
+                event: end,
+                severity: Severity::Low,
+                ..notice()
+            };
+            assert_eq!(n.phase(), Phase::Close, "{end:?}");
+            assert_eq!(n.key(), start.key(), "{end:?}");
+        }
+        assert_eq!(start.key(), "rollbackd/beluga/incident/7");
+        // An alert and its recovery share the rule's key on that color.
+        let alert = Notice {
+            event: Event::Alert,
+            incident: None,
+            rule: Some("medium: error_rate > 10%".into()),
+            color: Some(Color::Blue),
+            ..notice()
+        };
+        let recovered = Notice {
+            event: Event::Recovered,
+            ..alert.clone()
+        };
+        assert_eq!(alert.phase(), Phase::Open);
+        assert_eq!(recovered.phase(), Phase::Close);
+        assert_eq!(alert.key(), recovered.key());
+        let green = Notice {
+            color: Some(Color::Green),
+            ..alert.clone()
+        };
+        assert_ne!(green.key(), alert.key());
+        assert_eq!(
+            Notice {
+                event: Event::DeployReport,
+                incident: None,
+                ..notice()
+            }
+            .phase(),
+            Phase::Info
+        );
+    }
+
+    #[test]
+    fn a_drill_notice_says_so_in_its_headline() {
+        let mut n = notice();
+        assert!(n.headline().starts_with("[CRITICAL]"));
+        n.drill = Some(3);
+        assert!(n.headline().starts_with("DRILL [CRITICAL]"));
+        let p = payload(NotifyFormat::Json, &n);
+        assert_eq!(p["drill"], 3);
+        assert_eq!(p["key"], "rollbackd/beluga/incident/7");
+        assert_eq!(p["phase"], "close");
+    }
+
     #[test]
     fn worst_case_adds_timeouts_and_backoff() {
         let p = Policy {

@@ -179,22 +179,22 @@ async fn pagerduty(State(a): State<Apis>, headers: HeaderMap, body: String) -> R
         .into_response()
 }
 
-fn statuspage_auth(a: &Apis, headers: &HeaderMap) -> Result<(), Response> {
-    if header(headers, "authorization") != STATUSPAGE_KEY {
-        return Err((
+/// Statuspage's answer to a request without the right key, if it is one.
+fn statuspage_unauthorized(a: &Apis, headers: &HeaderMap) -> Option<Response> {
+    (header(headers, "authorization") != STATUSPAGE_KEY).then(|| {
+        (
             StatusCode::UNAUTHORIZED,
             a.refuse("statuspage: bad Authorization".into()),
         )
-            .into_response());
-    }
-    Ok(())
+            .into_response()
+    })
 }
 
 const STATUSES: [&str; 4] = ["investigating", "identified", "monitoring", "resolved"];
 
 /// Statuspage: create an incident (`POST /v1/pages/PAGE/incidents`).
 async fn statuspage_create(State(a): State<Apis>, headers: HeaderMap, body: String) -> Response {
-    if let Err(r) = statuspage_auth(&a, &headers) {
+    if let Some(r) = statuspage_unauthorized(&a, &headers) {
         return r;
     }
     let v = match json_body(&headers, &body) {
@@ -233,7 +233,7 @@ async fn statuspage_update(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Err(r) = statuspage_auth(&a, &headers) {
+    if let Some(r) = statuspage_unauthorized(&a, &headers) {
         return r;
     }
     let v = match json_body(&headers, &body) {
