@@ -310,3 +310,12 @@ async fn the_daemon_hub_withholds_a_drill_s_notices_unless_it_asked_for_them() {
     assert_eq!(got[0]["summary"], "during a drill with --notify");
     assert_eq!(got[0]["drill"], loud);
 }
+
+#[test]
+fn a_fault_that_needs_a_shell_is_a_usage_error() {
+    let env = Env::new("");
+    let out = env.cli(&["drill", "--inject", "kill $(pidof beluga) | true"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("never run through one"), "{stderr}");
+}
