@@ -450,6 +450,20 @@ impl Hub {
     }
 }
 
+/// The deliveries of one key to one target still going (each resolves to
+/// `true` when done).
+#[derive(Default)]
+struct Pending {
+    opens: Vec<tokio::sync::watch::Receiver<bool>>,
+    close: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Pending {
+    fn settled(&self) -> bool {
+        self.opens.iter().chain(&self.close).all(|rx| *rx.borrow())
+    }
+}
+
 /// What the opening request for one key to one target answered, kept for
 /// the closing one.
 #[derive(Default)]
@@ -508,9 +522,11 @@ async fn work(
             return;
         }
     };
-    // Per key and target: the last delivery queued (the next one waits
-    // until it is done, so a close never overtakes its open).
-    let mut last: HashMap<String, tokio::sync::watch::Receiver<bool>> = HashMap::new();
+    // Per key and target, the deliveries still going: a close waits for
+    // the opens before it (it must never overtake them, and may need what
+    // they answered), and an open for the close before it. Opens among
+    // themselves go in parallel.
+    let mut pending: HashMap<String, Pending> = HashMap::new();
     let memory = Arc::new(Memory::default());
     let mut running = JoinSet::new();
     while let Some(mut job) = rx.recv().await {
@@ -537,13 +553,23 @@ async fn work(
                 running.join_next().await;
             }
             let slot = format!("{}|{key}", target.id);
-            let before = last.remove(&slot);
             let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-            if job.notice.phase() != Phase::Close {
-                last.insert(slot.clone(), done_rx);
-            }
-            if last.len() > REMEMBERED {
-                last.retain(|_, rx| !*rx.borrow());
+            let p = pending.entry(slot.clone()).or_default();
+            p.opens.retain(|rx| !*rx.borrow());
+            let before: Vec<_> = match job.notice.phase() {
+                Phase::Close => {
+                    let opens = std::mem::take(&mut p.opens);
+                    p.close = Some(done_rx);
+                    opens
+                }
+                Phase::Open | Phase::Info => {
+                    let close = p.close.take().into_iter().collect();
+                    p.opens.push(done_rx);
+                    close
+                }
+            };
+            if pending.len() > REMEMBERED {
+                pending.retain(|_, p| !p.settled());
             }
             let (client, notice, stats, memory) = (
                 client.clone(),
@@ -552,9 +578,9 @@ async fn work(
                 memory.clone(),
             );
             running.spawn(async move {
-                if let Some(mut before) = before {
+                for mut earlier in before {
                     // Err: the earlier delivery's task is gone; go on.
-                    let _ = before.wait_for(|done| *done).await;
+                    let _ = earlier.wait_for(|done| *done).await;
                 }
                 deliver(&client, &target, &notice, policy, &stats, &memory, &slot).await;
                 let _ = done_tx.send(true);

@@ -566,6 +566,8 @@ async fn pagerduty_triggers_and_resolves_each_incident_by_its_dedup_key_and_hono
             .map(|g| g.body["event_action"].as_str().unwrap())
             .collect()
     };
+    // The refusal's resolve was queued while its trigger waited out the
+    // Retry-After: it still comes second.
     assert_eq!(by_key(refused), ["trigger", "resolve"]);
     assert_eq!(by_key(verified), ["trigger", "resolve"]);
     let trigger = accepted
