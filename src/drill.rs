@@ -201,15 +201,18 @@ fn stage(name: &'static str, at_ms: Millis, fault_ms: Millis, detail: String) ->
     }
 }
 
-/// Read the database once and note what is new since the fault.
+/// Read the database once and note what is new since the fault. With the
+/// active color known, failures and rules of the standby do not count (a
+/// stopped standby on staging fails all the time).
 async fn look(
     store: &Store,
     drill: i64,
     fault_ms: Millis,
+    active: Option<Color>,
     w: &mut Watch,
 ) -> Result<(), StoreError> {
     if w.first_failure.is_none() {
-        if let Some(s) = store.first_failure_since(fault_ms).await? {
+        if let Some(s) = store.first_failure_since(fault_ms, active).await? {
             let detail = format!(
                 "{} on {}: {}",
                 s.probe,
@@ -221,7 +224,10 @@ async fn look(
     }
     if w.fired.is_none() {
         let verdicts = store.verdicts_between(fault_ms, now_ms() + 1).await?;
-        if let Some(v) = verdicts.into_iter().find(|v| v.state == "fired") {
+        if let Some(v) = verdicts
+            .into_iter()
+            .find(|v| v.state == "fired" && active.is_none_or(|c| c == v.color))
+        {
             let detail = format!("{} on {}", v.rule, v.color);
             w.fired = Some(stage("rule fired", v.at_ms, fault_ms, detail));
         }
@@ -287,6 +293,7 @@ pub async fn run(
         ));
     }
     let active = crate::active::current(config, store).await.ok().flatten();
+    let active_color = active.as_ref().map(|(c, _)| *c);
     let budget = plan.timeout + COMMAND_TIMEOUT * 2;
     let drill = store
         .start_drill(
@@ -317,15 +324,17 @@ pub async fn run(
     let mut ticker = tokio::time::interval(POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(interrupted);
+    let mut cut_short = false;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = &mut interrupted => {
                 notes.push("interrupted: stopped watching before the outcome was known".into());
+                cut_short = true;
                 break;
             }
         }
-        look(store, drill, fault_ms, &mut w).await?;
+        look(store, drill, fault_ms, active_color, &mut w).await?;
         for s in w.stages().iter().skip(seen) {
             say(&format!(
                 "+{:>7}  {}: {}",
@@ -361,7 +370,9 @@ pub async fn run(
         notes.push("the restore command failed: put the host back by hand".into());
     }
     let observed = w.observed();
-    let matched = observed.matches(plan.expect);
+    // Cut short, only a rollback that ended settles anything: "alert" and
+    // "nothing" need the whole timeout.
+    let matched = observed.matches(plan.expect) && !(cut_short && w.closed_state.is_none());
     let ended_ms = now_ms();
     store
         .end_drill(drill, ended_ms, observed.word(), matched)

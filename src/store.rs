@@ -1291,16 +1291,20 @@ impl Store {
         Ok(out)
     }
 
-    /// The first failed sample at or after `since_ms` (any probe, any
-    /// color), if there is one yet.
+    /// The first failed sample at or after `since_ms`, if there is one yet:
+    /// of `color` or a shared probe, or of any color when `color` is `None`.
     pub async fn first_failure_since(
         &self,
         since_ms: Millis,
+        color: Option<Color>,
     ) -> Result<Option<Sample>, StoreError> {
         let row: Option<SampleRow> = sqlx::query_as(&format!(
-            "SELECT {SAMPLE_COLUMNS} FROM samples WHERE at_ms >= ? AND status IN ('failed', 'timeout') ORDER BY at_ms, id LIMIT 1"
+            "SELECT {SAMPLE_COLUMNS} FROM samples WHERE at_ms >= ? AND status IN ('failed', 'timeout') \
+             AND (? IS NULL OR color = ? OR color IS NULL) ORDER BY at_ms, id LIMIT 1"
         ))
         .bind(since_ms)
+        .bind(color.map(Color::as_str))
+        .bind(color.map(Color::as_str))
         .fetch_optional(&self.pool)
         .await
         .map_err(q("reading samples"))?;

@@ -51,10 +51,26 @@ pub async fn run(config: &Config, a: DrillArgs) -> anyhow::Result<()> {
         timeout: a.timeout,
         notify: a.notify,
     };
-    let interrupted = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            // No signal handling: never interrupt.
-            std::future::pending::<()>().await;
+    // Ctrl-C or SIGTERM stops the watching; the restore still runs.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let interrupted = async move {
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(term);
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                if r.is_err() {
+                    // No SIGINT handling: only SIGTERM interrupts.
+                    term.await;
+                }
+            }
+            () = &mut term => {}
         }
     };
     let report = drill::run(

@@ -131,6 +131,47 @@ async fn a_drill_kills_the_active_color_times_the_rollback_and_keeps_it_out_of_n
     )
     .await;
 
+    // 0. A drill interrupted (SIGTERM) stops watching, still restores, and
+    //    fails: "nothing" needs the whole timeout.
+    let restored_early = env.path("restored-early");
+    let child = Command::new(common::BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args([
+            "drill",
+            "--inject",
+            "/bin/true",
+            "--expect",
+            "nothing",
+            "--timeout",
+            "60s",
+        ])
+        .arg("--restore")
+        .arg(format!("/usr/bin/touch '{}'", restored_early.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the drill marker", Duration::from_secs(10), || async {
+        store.drill_at(now_ms(), None).await.unwrap().is_some()
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("note: interrupted"), "{stdout}");
+    assert!(
+        restored_early.exists(),
+        "the restore did not run after SIGTERM"
+    );
+
     // 1. A drill whose expectation does not hold: nothing is broken, so no
     //    rollback comes. Exit 1, and it says why.
     let out = cli(
