@@ -244,13 +244,43 @@ pub enum NotifyFormat {
     Slack,
     Discord,
     Json,
+    /// The body rendered from `template` (see `template.rs`).
+    Template,
 }
 
 #[derive(Debug, Clone)]
 pub struct Notifier {
+    /// Its place among the `[[notify]]` tables (1-based), naming it in
+    /// the worker's memory of what it opened.
+    pub id: usize,
     pub url: Secret,
     pub format: NotifyFormat,
     pub min_severity: Severity,
+    /// `format = "template"`: the body, method and path templates.
+    pub template: Option<std::sync::Arc<crate::template::NotifyTemplate>>,
+    /// Sent with every request; values may be secret references.
+    pub headers: Vec<(String, Secret)>,
+    /// Default `application/json`.
+    pub content_type: Option<String>,
+    /// Secret values a template reads as `secret.NAME` (a routing key that
+    /// travels in the body).
+    pub secrets: Vec<(String, Secret)>,
+}
+
+impl Notifier {
+    /// A webhook in a built-in format, with no extra header.
+    pub fn webhook(url: Secret, format: NotifyFormat, min_severity: Severity) -> Notifier {
+        Notifier {
+            id: 0,
+            url,
+            format,
+            min_severity,
+            template: None,
+            headers: Vec::new(),
+            content_type: None,
+            secrets: Vec::new(),
+        }
+    }
 }
 
 /// An argv with `{name}` placeholders; never run through a shell.
@@ -460,6 +490,12 @@ struct RawNotify {
     url: String,
     format: Option<NotifyFormat>,
     min_severity: Option<SeverityValue>,
+    template: Option<PathBuf>,
+    method: Option<String>,
+    path: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    content_type: Option<String>,
+    secrets: Option<BTreeMap<String, String>>,
 }
 
 /// A humantime duration: "5s", "2m", "14d".
@@ -932,10 +968,96 @@ impl Config {
                     "[[notify]] url is written in the file: a webhook URL is a secret; use \"env:NAME\" or \"file:/path\"".to_owned(),
                 );
             }
+            let format = n.format.unwrap_or(NotifyFormat::Json);
+            let templated = format == NotifyFormat::Template;
+            for (key, set) in [
+                ("template", n.template.is_some()),
+                ("method", n.method.is_some()),
+                ("path", n.path.is_some()),
+                ("secrets", n.secrets.is_some()),
+            ] {
+                if set && !templated {
+                    return Err(src.key_error(
+                        &span,
+                        key,
+                        format!("`{key}` is only for format = \"template\""),
+                    ));
+                }
+            }
+            if let Some(ct) = &n.content_type {
+                if reqwest::header::HeaderValue::from_str(ct).is_err() || !ct.contains('/') {
+                    return Err(src.key_error(
+                        &span,
+                        "content_type",
+                        format!(
+                            "invalid content type {ct:?}: expected one like \"application/json\""
+                        ),
+                    ));
+                }
+            }
+            let secret_map =
+                |key: &str, map: Option<BTreeMap<String, String>>, header_names: bool| {
+                    map.unwrap_or_default()
+                        .into_iter()
+                        .map(|(name, value)| {
+                            if header_names
+                                && reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                            {
+                                return Err(src.key_error(
+                                    &span,
+                                    key,
+                                    format!("invalid header name {name:?}"),
+                                ));
+                            }
+                            let secret = Secret::resolve(&value)
+                                .map_err(|e| src.key_error(&span, key, format!("{name}: {e}")))?;
+                            Ok((name, secret))
+                        })
+                        .collect::<Result<Vec<_>, ConfigError>>()
+                };
+            let headers = secret_map("headers", n.headers, true)?;
+            let secrets = secret_map("secrets", n.secrets, false)?;
+            for (name, secret) in headers.iter().chain(&secrets) {
+                if let Some(problem) = secret.problem() {
+                    warnings.push(format!(
+                        "[[notify]] {name}: {problem}; the daemon must have it"
+                    ));
+                }
+            }
+            let template = match (templated, n.template) {
+                (false, _) => None,
+                (true, None) => {
+                    return Err(src.key_error(
+                        &span,
+                        "format",
+                        "format = \"template\" needs `template`: the path of the body template file",
+                    ));
+                }
+                (true, Some(file)) => {
+                    let file = relative_to_config(file);
+                    let json_body = n
+                        .content_type
+                        .as_deref()
+                        .is_none_or(|ct| ct.contains("json"));
+                    let t = crate::template::NotifyTemplate::load(
+                        &file,
+                        n.method.as_deref(),
+                        n.path.as_deref(),
+                        json_body,
+                    )
+                    .map_err(|e| src.key_error(&span, "template", e))?;
+                    Some(std::sync::Arc::new(t))
+                }
+            };
             notify.push(Notifier {
+                id: notify.len() + 1,
                 url,
-                format: n.format.unwrap_or(NotifyFormat::Json),
+                format,
                 min_severity: n.min_severity.map(|s| s.0).unwrap_or(Severity::Medium),
+                template,
+                headers,
+                content_type: n.content_type,
+                secrets,
             });
         }
 

@@ -89,7 +89,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let prober = Prober::new();
     // Notifications: a queue and its worker; sending never waits.
     let notify_policy = notifier::Policy::default();
-    let (hub, notify_worker) = notifier::Hub::start(notify_policy);
+    let (hub, notify_worker) = notifier::Hub::start_with_drills(notify_policy, store.clone());
     let mut recoveries = notifier::Recoveries::default();
     let mut holds = rollback::HoldLog::default();
     let mut active_watch = active::Watch::new(&config);

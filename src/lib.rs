@@ -19,7 +19,8 @@
 //!   reads no clock.
 //! - [`rollback`] is the guarded switch, a state machine persisted at every
 //!   step; [`active`] says which color serves traffic; [`notifier`] sends
-//!   webhooks without ever making them wait.
+//!   webhooks without ever making them wait ([`template`] renders the
+//!   templated ones).
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
 //!   act. [`reload`] says what a reload changes and watches the file;
 //!   [`signals`] and [`systemd`] connect it to the host; [`logging`] picks
@@ -29,7 +30,8 @@
 //! - [`report`] summarises a deployment's lifetime (post-deploy report).
 //! - [`gate`] judges one color before a cutover with the daemon's own
 //!   scheduler and matrix.
-//! - [`demo`] rehearses a rollback end to end on one terminal.
+//! - [`demo`] rehearses a rollback end to end on one terminal; [`drill`]
+//!   rehearses one on a real host against the running daemon.
 //! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
 
 pub mod active;
@@ -38,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod drill;
 pub mod gate;
 pub mod http;
 pub mod logging;
@@ -56,4 +59,5 @@ pub mod signals;
 pub mod statelock;
 pub mod store;
 pub mod systemd;
+pub mod template;
 pub mod writer;

@@ -1,5 +1,6 @@
-//! Outgoing notifications: `[[notify]]` webhooks in `slack`, `discord` or
-//! `json` format, filtered by `min_severity`.
+//! Outgoing notifications: `[[notify]]` webhooks in `slack`, `discord`,
+//! `json` or `template` format (see `template`), filtered by
+//! `min_severity`.
 //!
 //! A [`Hub`] is a handle on a bounded queue served by one worker task;
 //! [`Hub::send`] never waits (a full queue drops the notice, logged and
@@ -9,6 +10,18 @@
 //! cannot be delivered is logged and counted in [`failed_total`] (for
 //! `/metrics`). Webhook URLs are secrets: they are never logged, and the
 //! errors logged here are stripped of them.
+//!
+//! Every notice carries a `key` and a `phase`: what opens something
+//! (a rollback started, an alert) and what closes it (the incident's end,
+//! the rule's recovery) share the key, so an external incident (PagerDuty's
+//! dedup key, a Statuspage incident) is resolved by the notice that ends it.
+//! Deliveries of one key to one target go out in order, and what the
+//! opening request answered (JSON) is kept in memory for the closing one
+//! (`opened` in a template), until the close is delivered.
+//!
+//! During a `rollbackd drill` the daemon's hub ([`Hub::start_with_drills`])
+//! withholds notices unless the drill asked for them (`--notify`); those it
+//! sends are marked as a drill.
 //!
 //! This file owns the payload shapes and the delivery policy. What deserves a
 //! notice is decided by its callers (`rollback` for the rollback lifecycle,
@@ -27,6 +40,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::config::{Notifier, NotifyFormat};
 use crate::matrix::{State, Verdict};
 use crate::model::{Color, Millis, Severity, format_ms, now_ms};
+use crate::store::Store;
 
 static SENT: AtomicU64 = AtomicU64::new(0);
 static FAILED: AtomicU64 = AtomicU64::new(0);
@@ -85,6 +99,42 @@ impl Event {
             Event::DeployReport => "post-deploy report",
         }
     }
+
+    /// Whether this event opens something, closes it, or only informs.
+    pub fn phase(self) -> Phase {
+        match self {
+            Event::RollbackStarted | Event::Alert | Event::RollbackHeld => Phase::Open,
+            Event::RollbackCompleted
+            | Event::RollbackFailed
+            | Event::RollbackRefused
+            | Event::RollbackEscalated
+            | Event::RollbackDryRun
+            | Event::Recovered => Phase::Close,
+            Event::DeployReport => Phase::Info,
+        }
+    }
+}
+
+/// Where a notice stands in the life of what its key names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// A rollback started, a rule fired (alert, held rollback).
+    Open,
+    /// The incident ended (verified, failed, refused, escalated, dry run),
+    /// or the rule is clear again.
+    Close,
+    /// Neither: a post-deploy report.
+    Info,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Open => "open",
+            Phase::Close => "close",
+            Phase::Info => "info",
+        }
+    }
 }
 
 /// One notification, independent of its wire format.
@@ -103,7 +153,13 @@ pub struct Notice {
     pub from: Option<Color>,
     pub to: Option<Color>,
     pub version: Option<String>,
+    /// The version being left (a rollback's broken release).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
     pub at_ms: Millis,
+    /// The `rollbackd drill` this notice comes from (sent with `--notify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<i64>,
 }
 
 impl Notice {
@@ -120,13 +176,39 @@ impl Notice {
             from: None,
             to: None,
             version: None,
+            from_version: None,
             at_ms: now_ms(),
+            drill: None,
         }
     }
 
-    fn headline(&self) -> String {
+    /// What this notice is about, the same for what opens and what closes
+    /// it: the incident, else the rule on its color, else the event.
+    pub fn key(&self) -> String {
+        match (self.incident, &self.rule, self.event) {
+            (Some(id), _, _) => format!("rollbackd/{}/incident/{id}", self.service),
+            (None, Some(rule), _) => format!(
+                "rollbackd/{}/rule/{rule}/{}",
+                self.service,
+                self.color.map(Color::as_str).unwrap_or("shared")
+            ),
+            (None, None, Event::DeployReport) => format!(
+                "rollbackd/{}/deploy/{}",
+                self.service,
+                self.version.as_deref().unwrap_or("unknown")
+            ),
+            (None, None, e) => format!("rollbackd/{}/{}/{}", self.service, e.as_str(), self.at_ms),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.event.phase()
+    }
+
+    pub fn headline(&self) -> String {
         format!(
-            "[{}] {}: {} — {}",
+            "{}[{}] {}: {} — {}",
+            if self.drill.is_some() { "DRILL " } else { "" },
             self.severity.as_str().to_uppercase(),
             self.service,
             self.event.as_str(),
@@ -161,8 +243,12 @@ pub fn payload(format: NotifyFormat, n: &Notice) -> Value {
         NotifyFormat::Json => {
             let mut v = serde_json::to_value(n).unwrap_or_else(|_| json!({}));
             v["at"] = json!(format_ms(n.at_ms));
+            v["key"] = json!(n.key());
+            v["phase"] = json!(n.phase().as_str());
             v
         }
+        // Rendered by `request`; here, its fields (for a test or a preview).
+        NotifyFormat::Template => crate::template::context(n, None, &[]),
         NotifyFormat::Slack => {
             let facts = n
                 .facts()
@@ -306,14 +392,33 @@ pub struct Hub {
     stats: Arc<Stats>,
 }
 
+/// The longest a `Retry-After` is honoured; a receiver asking for more is
+/// retried after this (and the notice may run out of attempts).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// How many opened keys (and their answers) the worker remembers; past
+/// this the oldest are forgotten.
+const REMEMBERED: usize = 1024;
+
 impl Hub {
     /// Start the worker. The caller owns its handle: await it (bounded by
     /// [`Policy::worst_case`]) after dropping every [`Hub`] to deliver what
     /// is queued before exiting.
     pub fn start(policy: Policy) -> (Hub, JoinHandle<()>) {
+        Hub::start_inner(policy, None)
+    }
+
+    /// [`Hub::start`] for the daemon: each notice is first checked against
+    /// the drills recorded in `store` (`rollbackd drill`), and withheld when
+    /// it belongs to a drill that did not ask for notifications.
+    pub fn start_with_drills(policy: Policy, store: Store) -> (Hub, JoinHandle<()>) {
+        Hub::start_inner(policy, Some(store))
+    }
+
+    fn start_inner(policy: Policy, drills: Option<Store>) -> (Hub, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(Stats::default());
-        let worker = tokio::spawn(work(rx, policy, stats.clone()));
+        let worker = tokio::spawn(work(rx, policy, stats.clone(), drills));
         (Hub { tx, stats }, worker)
     }
 
@@ -345,7 +450,63 @@ impl Hub {
     }
 }
 
-async fn work(mut rx: mpsc::Receiver<Job>, policy: Policy, stats: Arc<Stats>) {
+/// The deliveries of one key to one target still going (each resolves to
+/// `true` when done).
+#[derive(Default)]
+struct Pending {
+    opens: Vec<tokio::sync::watch::Receiver<bool>>,
+    close: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Pending {
+    fn settled(&self) -> bool {
+        self.opens.iter().chain(&self.close).all(|rx| *rx.borrow())
+    }
+}
+
+/// What the opening request for one key to one target answered, kept for
+/// the closing one.
+#[derive(Default)]
+struct Memory {
+    opened: std::sync::Mutex<HashMap<String, Value>>,
+    order: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl Memory {
+    fn opened(&self, slot: &str) -> Option<Value> {
+        // A poisoned lock only means a delivery panicked mid-insert; the
+        // map itself is still usable.
+        let map = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(slot).cloned()
+    }
+
+    fn remember(&self, slot: &str, answer: Value) {
+        let mut map = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        if map.insert(slot.to_owned(), answer).is_none() {
+            order.push_back(slot.to_owned());
+        }
+        while order.len() > REMEMBERED {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&self, slot: &str) {
+        let mut map = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(slot);
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        order.retain(|s| s != slot);
+    }
+}
+
+async fn work(
+    mut rx: mpsc::Receiver<Job>,
+    policy: Policy,
+    stats: Arc<Stats>,
+    drills: Option<Store>,
+) {
     let client = match reqwest::Client::builder()
         .connect_timeout(policy.timeout)
         .timeout(policy.timeout)
@@ -361,14 +522,69 @@ async fn work(mut rx: mpsc::Receiver<Job>, policy: Policy, stats: Arc<Stats>) {
             return;
         }
     };
+    // Per key and target, the deliveries still going: a close waits for
+    // the opens before it (it must never overtake them, and may need what
+    // they answered), and an open for the close before it. Opens among
+    // themselves go in parallel.
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let memory = Arc::new(Memory::default());
     let mut running = JoinSet::new();
-    while let Some(job) = rx.recv().await {
+    while let Some(mut job) = rx.recv().await {
+        if let Some(store) = &drills {
+            match store.drill_at(job.notice.at_ms, job.notice.incident).await {
+                Ok(Some(d)) if !d.notify => {
+                    tracing::info!(
+                        rollbackd.incident = job.notice.incident,
+                        "notification withheld: drill #{} is running without --notify ({})",
+                        d.id,
+                        job.notice.event.as_str()
+                    );
+                    continue;
+                }
+                Ok(Some(d)) => job.notice.drill = Some(d.id),
+                Ok(None) => {}
+                // Better a drill's notice sent than a real one lost.
+                Err(e) => tracing::warn!("cannot read drills, notifying anyway: {e}"),
+            }
+        }
+        let key = job.notice.key();
         for target in job.targets {
             while running.len() >= PARALLEL {
                 running.join_next().await;
             }
-            let (client, notice, stats) = (client.clone(), job.notice.clone(), stats.clone());
-            running.spawn(async move { deliver(&client, &target, &notice, policy, &stats).await });
+            let slot = format!("{}|{key}", target.id);
+            let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+            let p = pending.entry(slot.clone()).or_default();
+            p.opens.retain(|rx| !*rx.borrow());
+            let before: Vec<_> = match job.notice.phase() {
+                Phase::Close => {
+                    let opens = std::mem::take(&mut p.opens);
+                    p.close = Some(done_rx);
+                    opens
+                }
+                Phase::Open | Phase::Info => {
+                    let close = p.close.take().into_iter().collect();
+                    p.opens.push(done_rx);
+                    close
+                }
+            };
+            if pending.len() > REMEMBERED {
+                pending.retain(|_, p| !p.settled());
+            }
+            let (client, notice, stats, memory) = (
+                client.clone(),
+                job.notice.clone(),
+                stats.clone(),
+                memory.clone(),
+            );
+            running.spawn(async move {
+                for mut earlier in before {
+                    // Err: the earlier delivery's task is gone; go on.
+                    let _ = earlier.wait_for(|done| *done).await;
+                }
+                deliver(&client, &target, &notice, policy, &stats, &memory, &slot).await;
+                let _ = done_tx.send(true);
+            });
         }
         // Reap what has finished, without waiting.
         while running.try_join_next().is_some() {}
@@ -382,15 +598,33 @@ async fn deliver(
     notice: &Notice,
     policy: Policy,
     stats: &Stats,
+    memory: &Memory,
+    slot: &str,
 ) {
-    match attempt_all(client, target, notice, policy).await {
-        Ok(attempts) => {
+    match attempt_all(client, target, notice, policy, memory.opened(slot)).await {
+        Ok(Delivered::Sent { attempts, answer }) => {
             stats.add_sent();
+            match notice.phase() {
+                Phase::Open => {
+                    if let Some(a) = answer {
+                        memory.remember(slot, a);
+                    }
+                }
+                Phase::Close => memory.forget(slot),
+                Phase::Info => {}
+            }
             tracing::debug!(
                 rollbackd.severity = notice.severity.as_str(),
                 "notification sent to {} ({:?}) after {attempts} attempt(s)",
                 target.url,
                 target.format
+            );
+        }
+        Ok(Delivered::Nothing) => {
+            tracing::debug!(
+                "template for {} renders nothing for {}: not sent",
+                target.url,
+                notice.event.as_str()
             );
         }
         Err(why) => {
@@ -407,21 +641,112 @@ async fn deliver(
     }
 }
 
-/// Returns the attempts it took, or why it gave up.
+enum Delivered {
+    /// Accepted; with the answer's body when it was JSON.
+    Sent {
+        attempts: u32,
+        answer: Option<Value>,
+    },
+    /// The template rendered an empty body: nothing to send.
+    Nothing,
+}
+
+/// One request, ready to send (and to send again).
+struct Request {
+    method: reqwest::Method,
+    url: String,
+    content_type: String,
+    body: String,
+}
+
+/// Build the request for one target. Its errors never carry a secret.
+fn request(target: &Notifier, notice: &Notice, opened: Option<&Value>) -> Result<Request, String> {
+    // `Display` of a Secret names only where it comes from.
+    let url = target.url.expose().map_err(str::to_owned)?;
+    match (&target.template, target.format) {
+        (Some(t), NotifyFormat::Template) => {
+            let mut secrets = Vec::with_capacity(target.secrets.len());
+            for (name, secret) in &target.secrets {
+                secrets.push((
+                    name.clone(),
+                    secret.expose().map_err(str::to_owned)?.to_owned(),
+                ));
+            }
+            let ctx = crate::template::context(notice, opened, &secrets);
+            let r = t.render(&ctx)?;
+            let method = reqwest::Method::from_bytes(r.method.as_bytes())
+                .map_err(|_| format!("method renders to {:?}: not an HTTP method", r.method))?;
+            Ok(Request {
+                method,
+                url: format!("{url}{}", r.path),
+                content_type: target
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/json".into()),
+                body: r.body,
+            })
+        }
+        _ => Ok(Request {
+            method: reqwest::Method::POST,
+            url: url.to_owned(),
+            content_type: target
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/json".into()),
+            body: payload(target.format, notice).to_string(),
+        }),
+    }
+}
+
+/// How long a 429 or 503 asks to wait: `Retry-After` in seconds (an HTTP
+/// date is not honoured: the backoff applies), at most [`MAX_RETRY_AFTER`].
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let secs: u64 = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// Returns the attempts it took and the answer, or why it gave up.
 async fn attempt_all(
     client: &reqwest::Client,
     target: &Notifier,
     notice: &Notice,
     policy: Policy,
-) -> Result<u32, String> {
-    // `Display` of a Secret names only where it comes from.
-    let url = target.url.expose().map_err(str::to_owned)?;
-    let body = payload(target.format, notice);
+    opened: Option<Value>,
+) -> Result<Delivered, String> {
+    let req = request(target, notice, opened.as_ref())?;
+    if req.body.trim().is_empty() && target.format == NotifyFormat::Template {
+        return Ok(Delivered::Nothing);
+    }
     let mut wait = policy.backoff;
     let mut last = String::new();
     for attempt in 1..=policy.attempts.max(1) {
-        match client.post(url).json(&body).send().await {
-            Ok(resp) if resp.status().is_success() => return Ok(attempt),
+        let mut builder = client
+            .request(req.method.clone(), &req.url)
+            .header(reqwest::header::CONTENT_TYPE, &req.content_type)
+            .body(req.body.clone());
+        for (name, value) in &target.headers {
+            builder = builder.header(name.as_str(), value.expose().map_err(str::to_owned)?);
+        }
+        let mut pause = wait;
+        match builder.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                let answer = resp
+                    .bytes()
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+                return Ok(Delivered::Sent {
+                    attempts: attempt,
+                    answer,
+                });
+            }
             Ok(resp) => {
                 let status = resp.status();
                 last = format!("HTTP {status}");
@@ -432,13 +757,19 @@ async fn attempt_all(
                 {
                     return Err(format!("{last} (not retried)"));
                 }
+                if let Some(asked) = retry_after(&resp) {
+                    pause = pause.max(asked);
+                    last = format!("{last}, Retry-After {}s", asked.as_secs());
+                }
             }
             // The error's text would carry the URL, which is a secret.
             Err(e) => last = e.without_url().to_string(),
         }
         if attempt < policy.attempts {
-            tracing::debug!("notification attempt {attempt} failed ({last}); retrying in {wait:?}");
-            tokio::time::sleep(wait).await;
+            tracing::debug!(
+                "notification attempt {attempt} failed ({last}); retrying in {pause:?}"
+            );
+            tokio::time::sleep(pause).await;
             wait *= 2;
         }
     }
@@ -491,6 +822,8 @@ impl Recoveries {
             return None;
         }
         self.last_hold = Some(why.to_owned());
+        // Its clearing closes what this notice opened.
+        self.notified(v);
         let mut n = Notice::new(
             Event::RollbackHeld,
             v.severity,
@@ -571,6 +904,74 @@ mod tests {
         assert_eq!(p["incident"], 7);
         assert_eq!(p["to"], "green");
         assert_eq!(p["at"], "1970-01-01T00:00:00.000Z");
+    }
+
+    /// Issue 16: every way an incident ends closes it, under the key it
+    /// was opened with.
+    #[test]
+    fn every_end_of_an_incident_closes_the_key_its_start_opened() {
+        let start = Notice {
+            event: Event::RollbackStarted,
+            ..notice()
+        };
+        assert_eq!(start.phase(), Phase::Open);
+        for end in [
+            Event::RollbackCompleted,
+            Event::RollbackFailed,
+            Event::RollbackRefused,
+            Event::RollbackEscalated,
+            Event::RollbackDryRun,
+        ] {
+            let n = Notice {
+                event: end,
+                severity: Severity::Low,
+                ..notice()
+            };
+            assert_eq!(n.phase(), Phase::Close, "{end:?}");
+            assert_eq!(n.key(), start.key(), "{end:?}");
+        }
+        assert_eq!(start.key(), "rollbackd/beluga/incident/7");
+        // An alert and its recovery share the rule's key on that color.
+        let alert = Notice {
+            event: Event::Alert,
+            incident: None,
+            rule: Some("medium: error_rate > 10%".into()),
+            color: Some(Color::Blue),
+            ..notice()
+        };
+        let recovered = Notice {
+            event: Event::Recovered,
+            ..alert.clone()
+        };
+        assert_eq!(alert.phase(), Phase::Open);
+        assert_eq!(recovered.phase(), Phase::Close);
+        assert_eq!(alert.key(), recovered.key());
+        let green = Notice {
+            color: Some(Color::Green),
+            ..alert.clone()
+        };
+        assert_ne!(green.key(), alert.key());
+        assert_eq!(
+            Notice {
+                event: Event::DeployReport,
+                incident: None,
+                ..notice()
+            }
+            .phase(),
+            Phase::Info
+        );
+    }
+
+    #[test]
+    fn a_drill_notice_says_so_in_its_headline() {
+        let mut n = notice();
+        assert!(n.headline().starts_with("[CRITICAL]"));
+        n.drill = Some(3);
+        assert!(n.headline().starts_with("DRILL [CRITICAL]"));
+        let p = payload(NotifyFormat::Json, &n);
+        assert_eq!(p["drill"], 3);
+        assert_eq!(p["key"], "rollbackd/beluga/incident/7");
+        assert_eq!(p["phase"], "close");
     }
 
     #[test]

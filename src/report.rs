@@ -59,6 +59,9 @@ pub struct Report {
     /// Percent of the active color's health samples that passed.
     pub availability_pct: Option<f64>,
     pub target_pct: f64,
+    /// Health samples taken during a `rollbackd drill` (a fault injected on
+    /// purpose): left out of availability.
+    pub drill_samples: u64,
 }
 
 impl ProbeRow {
@@ -82,10 +85,14 @@ impl Report {
     }
 
     fn availability_text(&self) -> String {
-        match (self.availability_pct, self.meets_target()) {
+        let text = match (self.availability_pct, self.meets_target()) {
             (Some(a), Some(true)) => format!("{a:.3}% (target {}%: met)", self.target_pct),
             (Some(a), _) => format!("{a:.3}% (target {}%: MISSED)", self.target_pct),
             (None, _) => "no samples".into(),
+        };
+        match self.drill_samples {
+            0 => text,
+            n => format!("{text}; {n} sample(s) taken during drills left out"),
         }
     }
 
@@ -210,6 +217,13 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
         .unwrap_or_else(now_ms);
     let samples = store.samples_between(deployment.at_ms, until_ms).await?;
     let verdicts = store.verdicts_between(deployment.at_ms, until_ms).await?;
+    let drills = store.drills_between(deployment.at_ms, until_ms).await?;
+    let in_drill = |at: Millis| {
+        drills
+            .iter()
+            .any(|d| d.started_ms <= at && at <= d.ended_ms.unwrap_or(d.deadline_ms))
+    };
+    let mut drill_samples = 0u64;
 
     #[derive(Default)]
     struct Acc {
@@ -251,6 +265,10 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
             && judged.contains(&s.probe.as_str())
             && s.counts().is_some()
         {
+            if in_drill(s.at_ms) {
+                drill_samples += 1;
+                continue;
+            }
             seen += 1;
             up += u64::from(s.ok);
         }
@@ -290,5 +308,6 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
         fired,
         availability_pct: (seen > 0).then(|| up as f64 / seen as f64 * 100.0),
         target_pct: AVAILABILITY_TARGET,
+        drill_samples,
     })
 }

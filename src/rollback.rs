@@ -390,6 +390,7 @@ impl Run<'_, '_> {
         n.from = Some(self.from);
         n.to = Some(self.to);
         n.version = self.target_dep.as_ref().map(|d| d.version.clone());
+        n.from_version = Some(self.active_dep.version.clone());
         n.detail = format!("trigger: {}", self.req.reason);
         self.ctx.notify(n);
     }

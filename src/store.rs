@@ -1136,6 +1136,193 @@ async fn migration_lock(db: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, S
     .map_err(fail)
 }
 
+// --- drills (issue 16): `rollbackd drill` marks its rehearsal here ------
+
+/// One `rollbackd drill`, as recorded.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Drill {
+    pub id: i64,
+    pub started_ms: Millis,
+    pub deadline_ms: Millis,
+    pub ended_ms: Option<Millis>,
+    pub expect: String,
+    pub notify: bool,
+}
+
+/// How long after a drill ends its aftermath (a recovery, a rollback that
+/// closes late) still counts as the drill's.
+pub const DRILL_AFTERMATH_MS: Millis = 120_000;
+
+impl Store {
+    /// Record the start of a drill: from now until it ends (or until
+    /// `deadline_ms`, if its process dies first) notifications are withheld
+    /// unless `notify`.
+    pub async fn start_drill(
+        &self,
+        started_ms: Millis,
+        deadline_ms: Millis,
+        inject: &str,
+        expect: &str,
+        notify: bool,
+    ) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "INSERT INTO drills (started_ms, deadline_ms, inject, expect, notify) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(started_ms)
+        .bind(deadline_ms)
+        .bind(inject)
+        .bind(expect)
+        .bind(i64::from(notify))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(q("recording a drill"))
+    }
+
+    /// Record how a drill ended, and mark the incidents opened while it ran
+    /// as the drill's.
+    pub async fn end_drill(
+        &self,
+        id: i64,
+        ended_ms: Millis,
+        observed: &str,
+        matched: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("ending a drill"))?;
+        sqlx::query("UPDATE drills SET ended_ms = ?, observed = ?, matched = ? WHERE id = ?")
+            .bind(ended_ms)
+            .bind(observed)
+            .bind(i64::from(matched))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("ending a drill"))?;
+        sqlx::query(
+            "UPDATE incidents SET drill_id = ? WHERE drill_id IS NULL \
+             AND opened_ms >= (SELECT started_ms FROM drills WHERE id = ?) AND opened_ms <= ?",
+        )
+        .bind(id)
+        .bind(id)
+        .bind(ended_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("marking a drill's incidents"))?;
+        tx.commit().await.map_err(q("ending a drill"))?;
+        Ok(())
+    }
+
+    /// Mark one incident as a drill's (the drill does so as soon as it sees
+    /// the incident open).
+    pub async fn mark_drill_incident(&self, drill: i64, incident: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE incidents SET drill_id = ? WHERE id = ? AND drill_id IS NULL")
+            .bind(drill)
+            .bind(incident)
+            .execute(&self.pool)
+            .await
+            .map_err(q("marking a drill's incident"))?;
+        Ok(())
+    }
+
+    /// The drill a notice belongs to: one running at `at_ms` (or ended
+    /// less than [`DRILL_AFTERMATH_MS`] before it), or the drill of
+    /// `incident`.
+    pub async fn drill_at(
+        &self,
+        at_ms: Millis,
+        incident: Option<i64>,
+    ) -> Result<Option<Drill>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, started_ms, deadline_ms, ended_ms, expect, notify FROM drills \
+             WHERE (started_ms <= ?1 AND ?1 <= COALESCE(ended_ms, deadline_ms) + ?2) \
+             OR id = (SELECT drill_id FROM incidents WHERE id = ?3) \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(at_ms)
+        .bind(DRILL_AFTERMATH_MS)
+        .bind(incident)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading drills"))?;
+        Ok(row.map(drill_from_row))
+    }
+
+    /// Drills that overlap `[from, until)`, oldest first: their samples are
+    /// not the service's availability.
+    pub async fn drills_between(
+        &self,
+        from_ms: Millis,
+        until_ms: Millis,
+    ) -> Result<Vec<Drill>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, started_ms, deadline_ms, ended_ms, expect, notify FROM drills \
+             WHERE started_ms < ? AND COALESCE(ended_ms, deadline_ms) >= ? ORDER BY id",
+        )
+        .bind(until_ms)
+        .bind(from_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading drills"))?;
+        Ok(rows.into_iter().map(drill_from_row).collect())
+    }
+
+    /// Incidents opened at or after `since_ms`, oldest first, with the
+    /// drill each belongs to.
+    pub async fn incidents_since(
+        &self,
+        since_ms: Millis,
+    ) -> Result<Vec<(Incident, Option<i64>)>, StoreError> {
+        let rows: Vec<IncidentRow> = sqlx::query_as(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE opened_ms >= ? ORDER BY id"
+        ))
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing incidents"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let incident = Incident::from(row);
+            let drill: Option<i64> =
+                sqlx::query_scalar("SELECT drill_id FROM incidents WHERE id = ?")
+                    .bind(incident.id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(q("listing incidents"))?;
+            out.push((incident, drill));
+        }
+        Ok(out)
+    }
+
+    /// The first failed sample at or after `since_ms`, if there is one yet:
+    /// of `color` or a shared probe, or of any color when `color` is `None`.
+    pub async fn first_failure_since(
+        &self,
+        since_ms: Millis,
+        color: Option<Color>,
+    ) -> Result<Option<Sample>, StoreError> {
+        let row: Option<SampleRow> = sqlx::query_as(&format!(
+            "SELECT {SAMPLE_COLUMNS} FROM samples WHERE at_ms >= ? AND status IN ('failed', 'timeout') \
+             AND (? IS NULL OR color = ? OR color IS NULL) ORDER BY at_ms, id LIMIT 1"
+        ))
+        .bind(since_ms)
+        .bind(color.map(Color::as_str))
+        .bind(color.map(Color::as_str))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading samples"))?;
+        Ok(row.map(Sample::from))
+    }
+}
+
+fn drill_from_row(r: sqlx::sqlite::SqliteRow) -> Drill {
+    Drill {
+        id: r.get("id"),
+        started_ms: r.get("started_ms"),
+        deadline_ms: r.get("deadline_ms"),
+        ended_ms: r.get("ended_ms"),
+        expect: r.get("expect"),
+        notify: r.get::<i64, _>("notify") != 0,
+    }
+}
+
 fn verdict_from_row(r: sqlx::sqlite::SqliteRow) -> StoredVerdict {
     StoredVerdict {
         at_ms: r.get("at_ms"),

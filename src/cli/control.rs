@@ -42,7 +42,7 @@ pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
     let store = open(config).await?;
     let prober = Prober::new();
     let policy = notifier::Policy::default();
-    let (hub, sender) = notifier::Hub::start(policy);
+    let (hub, sender) = notifier::Hub::start_with_drills(policy, store.clone());
     let request = Request {
         trigger: Trigger::Manual,
         severity: crate::model::Severity::Critical,

@@ -11,6 +11,7 @@
 mod assets;
 mod check;
 mod control;
+mod drill;
 mod gate;
 mod incidents;
 mod replay;
@@ -87,6 +88,8 @@ pub enum Command {
     GenerateAssets(assets::AssetsArgs),
     /// Run the rules over stored samples: what would have fired, and when
     Replay(ReplayArgs),
+    /// Rehearse on a real (staging) host: inject a fault, time the daemon's response, restore
+    Drill(drill::DrillArgs),
 }
 
 #[derive(Args, Debug)]
@@ -226,6 +229,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Report(a) => report::run(&config, a).await,
         Command::Demo | Command::GenerateAssets(_) => Ok(()),
         Command::Replay(a) => replay::run(&config, a).await,
+        Command::Drill(a) => drill::run(&config, a).await,
     }
 }
 

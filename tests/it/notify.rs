@@ -54,11 +54,11 @@ impl Receiver {
     }
 
     pub fn target(&self, path: &str, format: NotifyFormat, min: Severity) -> Notifier {
-        Notifier {
-            url: Secret::resolve(&format!("{}/{path}", self.url)).unwrap(),
+        Notifier::webhook(
+            Secret::resolve(&format!("{}/{path}", self.url)).unwrap(),
             format,
-            min_severity: min,
-        }
+            min,
+        )
     }
 
     pub fn bodies(&self, path: &str) -> Vec<Value> {
@@ -231,11 +231,11 @@ async fn send_never_waits_for_a_receiver_that_hangs() {
 #[tokio::test]
 async fn an_unreadable_secret_url_fails_without_leaking_anything() {
     let (hub, worker) = Hub::start(fast());
-    let target = Notifier {
-        url: Secret::resolve("env:ROLLBACKD_TEST_UNSET_HOOK_4711").unwrap(),
-        format: NotifyFormat::Slack,
-        min_severity: Severity::Low,
-    };
+    let target = Notifier::webhook(
+        Secret::resolve("env:ROLLBACKD_TEST_UNSET_HOOK_4711").unwrap(),
+        NotifyFormat::Slack,
+        Severity::Low,
+    );
     hub.send(&[target], notice(Event::Alert, Severity::High));
     wait_for("the failure", Duration::from_secs(5), || async {
         hub.stats().failed() == 1
