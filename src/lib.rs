@@ -55,4 +55,5 @@ pub mod secret;
 pub mod signals;
 pub mod store;
 pub mod systemd;
+pub mod traffic;
 pub mod writer;
