@@ -317,22 +317,18 @@ mod tests {
         m.dropped(7);
         let text = m.encode(4096);
 
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        let scrape = prometheus_parse::Scrape::parse(lines.into_iter().map(Ok)).unwrap();
+        let scrape = crate::probe::exposition::parse(&text).unwrap();
         let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-            let s = scrape
-                .samples
+            scrape
                 .iter()
                 .find(|s| {
-                    s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+                    s.metric == name
+                        && labels
+                            .iter()
+                            .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
                 })
-                .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"));
-            match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                ref other => panic!("unexpected {other:?}"),
-            }
+                .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+                .value
         };
         assert_eq!(
             value(

@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod exec;
+pub mod exposition;
 pub mod http;
 pub mod log;
 pub mod prometheus;
