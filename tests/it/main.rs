@@ -14,3 +14,4 @@ mod report;
 mod rollback;
 mod spine;
 mod systemd;
+mod traffic;
