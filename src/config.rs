@@ -1952,6 +1952,99 @@ command = ["/bin/true", "{to}"]
     }
 
     #[test]
+    fn access_log_and_unit_probes_parse_with_defaults() {
+        let text = format!(
+            "{GOOD}\n[[probe]]\nname = \"users\"\nkind = \"access_log\"\nfile = \"/var/log/nginx/access.log\"\n\
+             [[probe]]\nname = \"per-color\"\nkind = \"access_log\"\nfile = \"/var/log/nginx/{{color}}.log\"\nformat = \"combined\"\n\
+             [[probe]]\nname = \"resources\"\nkind = \"unit\"\nunit = \"beluga@{{color}}.service\"\nmemory_max = \"512M\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let Check::AccessLog(a) = &c.probe("users").unwrap().check else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                a.format,
+                a.color_field.as_deref(),
+                a.status_field.as_str(),
+                a.latency_field.as_str()
+            ),
+            (
+                AccessLogFormat::Json,
+                Some("upstream_addr"),
+                "status",
+                "request_time"
+            )
+        );
+        let Check::AccessLog(a) = &c.probe("per-color").unwrap().check else {
+            panic!()
+        };
+        assert_eq!(
+            (a.format, a.color_field.as_deref()),
+            (AccessLogFormat::Combined, None)
+        );
+        let p = c.probe("resources").unwrap();
+        assert_eq!(p.scope, Scope::PerColor);
+        let Check::Unit(u) = &p.check else { panic!() };
+        assert_eq!(u.memory_max, Some(MemoryLimit::Bytes(512 << 20)));
+        // The errors signal and the access log rules.
+        assert!(
+            c.rules
+                .iter()
+                .any(|r| r.name == "critical: error_rate >= 100% over 400ms"
+                    && r.probes == ["users", "per-color"])
+        );
+        let text = format!(
+            "{text}\n[[rule]]\nseverity = \"high\"\nwhen = \"errors >= 20\"\nwindow = \"1m\"\nprobes = [\"users\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.rules[0].min_samples, 1);
+        assert_eq!(c.rules[0].condition.signal, Signal::Errors);
+    }
+
+    #[test]
+    fn bad_access_log_and_unit_keys_are_located() {
+        for (probe, key, needle) in [
+            (
+                "kind = \"access_log\"\nfile = \"/x/a.log\"\nformat = \"combined\"",
+                "file",
+                "put {color} in `file`",
+            ),
+            (
+                "kind = \"access_log\"\nfile = \"/x/{color}.log\"\ncolor_field = \"up\"",
+                "color_field",
+                "already names the color",
+            ),
+            (
+                "kind = \"access_log\"\nfile = \"/x/{color}.log\"\nformat = \"combined\"\nstatus_field = \"s\"",
+                "status_field",
+                "fixed positions",
+            ),
+            ("kind = \"access_log\"", "file", "needs `file`"),
+            ("kind = \"unit\"", "unit", "exactly one of `unit`"),
+            (
+                "kind = \"unit\"\nunit = \"a\"\nmemory_max = \"150%\"",
+                "memory_max",
+                "percentage",
+            ),
+            (
+                "kind = \"unit\"\nunit = \"a\"\npattern = \"x\"",
+                "pattern",
+                "does not apply to kind = \"unit\"",
+            ),
+        ] {
+            let text = format!("{GOOD}\n[[probe]]\nname = \"new\"\n{probe}\n");
+            let (line, k, message) = invalid(&text);
+            assert_eq!(k, format!("probe[2].{key}"), "{probe}: {message}");
+            assert!(message.contains(needle), "{probe}: {message}");
+            assert!(
+                line + 1 >= line_of(&text, "name = \"new\""),
+                "{probe}: line {line}"
+            );
+        }
+    }
+
+    #[test]
     fn key_that_does_not_apply_to_the_kind_is_rejected() {
         let text = GOOD.replace("health = true", "health = true\npattern = \"ERROR\"");
         let (line, key, message) = invalid(&text);
