@@ -44,6 +44,8 @@ impl Figures {
         let per_day = 10f64.powf(self.log10_false_per_day);
         if self.log10_false_per_day < -300.0 {
             "never (below 1e-300 per day)".into()
+        } else if per_day >= 10.0 {
+            format!("{per_day:.0} per day")
         } else if per_day >= 1.0 {
             format!("{per_day:.1} per day")
         } else {
