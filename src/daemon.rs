@@ -193,7 +193,14 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                         eval.reset_at(due);
                     }
                 }
-                transitions.note(&sample);
+                // One request is not news: an access log's failing requests
+                // speak through the rules, not a log line per change.
+                let per_request = config
+                    .probe(&sample.probe)
+                    .is_some_and(|p| matches!(p.check, Check::AccessLog(_)));
+                if !per_request {
+                    transitions.note(&sample);
+                }
                 engine.observe(&sample);
                 metrics.observe_sample(&sample);
                 if writer_tx.send(sample).await.is_err() {
