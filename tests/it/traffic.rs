@@ -537,6 +537,8 @@ async fn unit_probe_sees_an_oom_kill_in_a_real_cgroup_or_a_shaped_one() {
     let mut sleeper = None;
     if real {
         std::fs::write(cgroup_dir.join("memory.max"), "33554432").unwrap();
+        // Without swap to spill into, going past memory.max is an OOM kill.
+        let _ = std::fs::write(cgroup_dir.join("memory.swap.max"), "0");
         // A long-lived process keeps the cgroup populated.
         let child = Command::new("/bin/sleep").arg("60").spawn().unwrap();
         std::fs::write(cgroup_dir.join("cgroup.procs"), child.id().to_string()).unwrap();
@@ -550,7 +552,7 @@ async fn unit_probe_sees_an_oom_kill_in_a_real_cgroup_or_a_shaped_one() {
         // A process that allocates past memory.max, moved into the cgroup
         // before it starts allocating: the kernel OOM-kills it.
         let mut hog = Command::new("/bin/sh")
-            .args(["-c", "read _; exec /usr/bin/python3 -c 'x = bytearray(256 * 1024 * 1024); print(len(x))'"])
+            .args(["-c", "read _; exec /usr/bin/python3 -c 'x = b\"x\" * (256 * 1024 * 1024); print(len(x))'"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
