@@ -91,8 +91,10 @@ impl Request {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     Request(Request),
-    /// Parsed, but names no configured color (another upstream, none).
+    /// Parsed, but names no color (no upstream: `-`).
     Ignored,
+    /// Parsed, naming an upstream that is no color's `base_url`.
+    Unmatched(String),
     Malformed,
 }
 
@@ -111,15 +113,21 @@ pub struct Parser {
 
 impl Parser {
     pub fn new(check: &AccessLogCheck, colors: &Colors, fixed: Option<Color>) -> Parser {
-        let upstreams = Color::ALL
-            .iter()
-            .filter_map(|&c| {
-                let url = colors.get(c).base_url.as_ref()?;
-                let host = url.host_str()?;
-                let port = url.port_or_known_default()?;
-                Some((format!("{host}:{port}"), c))
-            })
-            .collect();
+        let mut upstreams = Vec::new();
+        for c in Color::ALL {
+            let Some(url) = colors.get(c).base_url.as_ref() else {
+                continue;
+            };
+            let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+                continue;
+            };
+            upstreams.push((format!("{host}:{port}"), c));
+            // nginx logs the address it connected to, not the name.
+            if host == "localhost" {
+                upstreams.push((format!("127.0.0.1:{port}"), c));
+                upstreams.push((format!("[::1]:{port}"), c));
+            }
+        }
         Parser {
             format: check.format,
             fixed,
@@ -142,18 +150,19 @@ impl Parser {
             return Line::Malformed;
         };
         let color = match (self.fixed, upstream) {
-            (Some(c), _) => Some(c),
-            (None, Some(addr)) => self.color_of(&addr),
-            (None, None) => None,
+            (Some(c), _) => c,
+            (None, Some(addr)) => match self.color_of(&addr) {
+                Some(c) => c,
+                None if addr.trim().is_empty() || addr.trim() == "-" => return Line::Ignored,
+                None => return Line::Unmatched(addr),
+            },
+            (None, None) => return Line::Ignored,
         };
-        match color {
-            Some(color) => Line::Request(Request {
-                color,
-                status,
-                latency_ms,
-            }),
-            None => Line::Ignored,
-        }
+        Line::Request(Request {
+            color,
+            status,
+            latency_ms,
+        })
     }
 
     /// The upstream that answered: with retries nginx lists them all
@@ -237,13 +246,23 @@ pub struct Requests {
     parser: Parser,
     pending: Vec<Request>,
     malformed: u64,
+    /// Upstreams seen that are no color (a few, for one warning each).
+    unmatched: Vec<String>,
 }
+
+/// How many distinct unknown upstreams are reported.
+const UNMATCHED_REPORTED: usize = 8;
 
 impl Sink for Requests {
     fn line(&mut self, line: &[u8]) {
         match self.parser.parse(line) {
             Line::Request(r) if self.pending.len() < PENDING_CAP => self.pending.push(r),
             Line::Request(_) | Line::Malformed => self.malformed += 1,
+            Line::Unmatched(addr) => {
+                if self.unmatched.len() < UNMATCHED_REPORTED && !self.unmatched.contains(&addr) {
+                    self.unmatched.push(addr);
+                }
+            }
             Line::Ignored => {}
         }
     }
@@ -272,6 +291,7 @@ pub async fn follow<E, EF>(
         parser: Parser::new(check, colors, fixed),
         pending: Vec::new(),
         malformed: 0,
+        unmatched: Vec::new(),
     };
     let wake = Arc::new(Notify::new());
     let on_read: OnRead = {
@@ -292,6 +312,7 @@ pub async fn follow<E, EF>(
     let mut ticker = tokio::time::interval(poll.max(Duration::from_millis(100)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_problem: Option<String> = None;
+    let mut reported: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = wake.notified() => {}
@@ -304,11 +325,12 @@ pub async fn follow<E, EF>(
                 (
                     std::mem::take(&mut s.pending),
                     std::mem::take(&mut s.malformed),
+                    s.unmatched.clone(),
                 )
             })
         })
         .await;
-        let ((requests, malformed), problem) = match taken {
+        let ((requests, malformed, unmatched), problem) = match taken {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(rollbackd.probe = probe, "access log follower failed: {e}");
@@ -316,6 +338,17 @@ pub async fn follow<E, EF>(
             }
         };
         count_malformed(probe, malformed);
+        for addr in unmatched {
+            if !reported.contains(&addr) {
+                // Once per address: a base_url written as a name the proxy
+                // logs as an address would otherwise judge nothing, silently.
+                tracing::warn!(
+                    rollbackd.probe = probe,
+                    "access log names upstream {addr:?}, which is no color's base_url host:port: its requests are ignored"
+                );
+                reported.push(addr);
+            }
+        }
         if problem != last_problem {
             if let Some(p) = &problem {
                 // Not a failed sample: a log we cannot read says nothing
@@ -387,8 +420,11 @@ mod tests {
             ),
             req(Color::Green, 499, 1000.0)
         );
+        assert_eq!(
+            line(r#"{"status":"200","request_time":"0.1","upstream_addr":"127.0.0.1:9999"}"#),
+            Line::Unmatched("127.0.0.1:9999".into())
+        );
         for ignored in [
-            r#"{"status":"200","request_time":"0.1","upstream_addr":"127.0.0.1:9999"}"#,
             r#"{"status":"404","request_time":"0.0","upstream_addr":"-"}"#,
             r#"{"status":"200","request_time":"0.0"}"#,
             "",
@@ -404,6 +440,22 @@ mod tests {
             r#"["status"]"#,
         ] {
             assert_eq!(line(bad), Line::Malformed, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_localhost_base_url_matches_the_address_nginx_logs() {
+        let mut c = colors();
+        c.blue.base_url = Some("http://localhost:8083".parse().unwrap());
+        let p = Parser::new(&json_check(), &c, None);
+        for addr in ["localhost:8083", "127.0.0.1:8083", "[::1]:8083"] {
+            let line =
+                format!(r#"{{"status":"200","request_time":"0.001","upstream_addr":"{addr}"}}"#);
+            assert_eq!(
+                p.parse(line.as_bytes()),
+                req(Color::Blue, 200, 1.0),
+                "{addr}"
+            );
         }
     }
 
