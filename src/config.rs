@@ -135,6 +135,8 @@ pub enum Check {
     Exec(ExecCheck),
     Prometheus(PrometheusCheck),
     Log(LogCheck),
+    AccessLog(AccessLogCheck),
+    Unit(UnitCheck),
 }
 
 impl Check {
@@ -145,6 +147,8 @@ impl Check {
             Check::Exec(_) => "exec",
             Check::Prometheus(_) => "prometheus",
             Check::Log(_) => "log",
+            Check::AccessLog(_) => "access_log",
+            Check::Unit(_) => "unit",
         }
     }
 }
@@ -191,6 +195,45 @@ pub enum LogSource {
 pub struct LogCheck {
     pub source: LogSource,
     pub pattern: Regex,
+}
+
+/// How an access log's lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One JSON object per line (nginx `log_format ... escape=json`).
+    Json,
+    /// nginx/Apache combined, with `$request_time` (seconds) appended last.
+    Combined,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLogCheck {
+    /// The log's path; `{color}` in it names the color of every line.
+    pub file: String,
+    pub format: AccessLogFormat,
+    /// The JSON field naming the upstream (`host:port`), matched against
+    /// each color's `base_url`; `None` when the file name carries `{color}`.
+    pub color_field: Option<String>,
+    pub status_field: String,
+    pub latency_field: String,
+}
+
+/// `memory_max`: a share of the unit's own `memory.max`, or bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryLimit {
+    Percent(f64),
+    Bytes(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct UnitCheck {
+    /// The systemd unit (`{color}` rendered); its state and restarts come
+    /// from `systemctl show`, its cgroup from its `ControlGroup`.
+    pub unit: Option<String>,
+    /// A cgroup v2 directory, read without systemd.
+    pub cgroup: Option<String>,
+    pub memory_max: Option<MemoryLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -342,6 +385,23 @@ fn default_rule_specs() -> Vec<(Severity, &'static str, &'static str, u32)> {
     ]
 }
 
+/// The traffic an `access_log` probe is assumed to see when `check` states
+/// detection times and `min_samples` feasibility: requests per second per
+/// color. Real traffic is what it is; this is the rate the figures assume.
+pub const ASSUMED_REQUESTS_PER_S: f64 = 20.0;
+
+/// Rules added to the default matrix when there are `access_log` probes,
+/// fed by those probes only (docs/ARCHITECTURE.md says why these numbers):
+/// a window of 400 ms all failing (at 20 requests/s, eight requests in a
+/// row) is a hard-down color, rolled back ~0.4 s after the fault; more
+/// than half failing over 30 s (at least 100 requests) is High.
+fn default_access_log_rule_specs() -> Vec<(Severity, &'static str, &'static str, u32)> {
+    vec![
+        (Severity::Critical, "error_rate >= 100%", "400ms", 6),
+        (Severity::High, "error_rate > 50%", "30s", 100),
+    ]
+}
+
 // ---------------------------------------------------------------------------
 // Raw TOML shapes. Values that can be checked on their own are checked while
 // deserializing, so toml attaches the span of the bad value.
@@ -402,13 +462,15 @@ struct RawActive {
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 enum Kind {
     Http,
     Tcp,
     Exec,
     Prometheus,
     Log,
+    AccessLog,
+    Unit,
 }
 
 #[derive(Deserialize)]
@@ -437,6 +499,12 @@ struct RawProbe {
     file: Option<String>,
     unit: Option<String>,
     pattern: Option<Pattern>,
+    format: Option<AccessLogFormat>,
+    color_field: Option<String>,
+    status_field: Option<String>,
+    latency_field: Option<String>,
+    cgroup: Option<String>,
+    memory_max: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -880,11 +948,22 @@ impl Config {
             }
             None => default_rule_specs()
                 .into_iter()
-                .map(|(severity, when, window, min_samples)| {
+                .map(|spec| (spec, false))
+                .chain(
+                    default_access_log_rule_specs()
+                        .into_iter()
+                        .map(|spec| (spec, true))
+                        .filter(|_| {
+                            probes
+                                .iter()
+                                .any(|p| matches!(p.check, Check::AccessLog(_)))
+                        }),
+                )
+                .map(|((severity, when, window, min_samples), access_log_only)| {
                     let condition: Condition = when.parse().unwrap_or_else(|e| unreachable!("{e}"));
                     let window =
                         humantime::parse_duration(window).unwrap_or_else(|e| unreachable!("{e}"));
-                    make_rule(
+                    let mut rule = make_rule(
                         None,
                         severity,
                         condition,
@@ -893,7 +972,15 @@ impl Config {
                         Some(min_samples),
                         None,
                         &probes,
-                    )
+                    );
+                    if access_log_only {
+                        rule.probes.retain(|n| {
+                            probes
+                                .iter()
+                                .any(|p| &p.name == n && matches!(p.check, Check::AccessLog(_)))
+                        });
+                    }
+                    rule
                 })
                 .collect(),
         };
@@ -1192,7 +1279,11 @@ impl Config {
         }
         let per_window: u64 = feeding
             .iter()
-            .map(|p| (rule.window.as_millis() / p.interval.as_millis().max(1)) as u64)
+            .map(|p| match p.check {
+                // A sample per request: at the assumed traffic.
+                Check::AccessLog(_) => (rule.window.as_secs_f64() * ASSUMED_REQUESTS_PER_S) as u64,
+                _ => (rule.window.as_millis() / p.interval.as_millis().max(1)) as u64,
+            })
             .sum();
         if per_window < u64::from(rule.min_samples) {
             return Detection::Never(format!(
@@ -1349,6 +1440,8 @@ fn validate_probe(
         Kind::Exec => "exec",
         Kind::Prometheus => "prometheus",
         Kind::Log => "log",
+        Kind::AccessLog => "access_log",
+        Kind::Unit => "unit",
     };
     if raw.name.trim().is_empty() {
         return Err(err("name", "expected a non-empty probe name".into()));
@@ -1370,6 +1463,14 @@ fn validate_probe(
         Kind::Exec => &["command"],
         Kind::Prometheus => &["path", "url", "headers", "requests", "errors", "latency"],
         Kind::Log => &["file", "unit", "pattern"],
+        Kind::AccessLog => &[
+            "file",
+            "format",
+            "color_field",
+            "status_field",
+            "latency_field",
+        ],
+        Kind::Unit => &["unit", "cgroup", "memory_max"],
     };
     let present = [
         ("path", raw.path.is_some()),
@@ -1389,6 +1490,12 @@ fn validate_probe(
         ("file", raw.file.is_some()),
         ("unit", raw.unit.is_some()),
         ("pattern", raw.pattern.is_some()),
+        ("format", raw.format.is_some()),
+        ("color_field", raw.color_field.is_some()),
+        ("status_field", raw.status_field.is_some()),
+        ("latency_field", raw.latency_field.is_some()),
+        ("cgroup", raw.cgroup.is_some()),
+        ("memory_max", raw.memory_max.is_some()),
     ];
     if let Some((key, _)) = present.iter().find(|(k, set)| *set && !allowed.contains(k)) {
         return Err(err(
@@ -1571,6 +1678,79 @@ fn validate_probe(
                 pattern: pattern.0,
             })
         }
+        Kind::AccessLog => {
+            let file = raw.file.ok_or_else(|| {
+                err(
+                    "file",
+                    "kind = \"access_log\" needs `file`, the proxy's access log".into(),
+                )
+            })?;
+            let format = raw.format.unwrap_or(AccessLogFormat::Json);
+            let by_file = file.contains("{color}");
+            let color_field = match (format, by_file, raw.color_field) {
+                (_, true, Some(_)) => {
+                    return Err(err(
+                        "color_field",
+                        "the file name's {color} already names the color: drop `color_field` or the placeholder".into(),
+                    ));
+                }
+                (_, true, None) => None,
+                (AccessLogFormat::Json, false, field) => {
+                    need_bases("color_field")?;
+                    Some(field.unwrap_or_else(|| "upstream_addr".into()))
+                }
+                (AccessLogFormat::Combined, false, _) => {
+                    return Err(err(
+                        "file",
+                        "format = \"combined\" has no field naming the upstream: put {color} in `file` (one log per color), or use format = \"json\" with a `color_field`".into(),
+                    ));
+                }
+            };
+            if format == AccessLogFormat::Combined
+                && (raw.status_field.is_some() || raw.latency_field.is_some())
+            {
+                let key = if raw.status_field.is_some() {
+                    "status_field"
+                } else {
+                    "latency_field"
+                };
+                return Err(err(
+                    key,
+                    format!(
+                        "`{key}` names a JSON field; format = \"combined\" has fixed positions"
+                    ),
+                ));
+            }
+            Check::AccessLog(AccessLogCheck {
+                file,
+                format,
+                color_field,
+                status_field: raw.status_field.unwrap_or_else(|| "status".into()),
+                latency_field: raw.latency_field.unwrap_or_else(|| "request_time".into()),
+            })
+        }
+        Kind::Unit => {
+            if raw.unit.is_some() == raw.cgroup.is_some() {
+                return Err(err(
+                    "unit",
+                    "kind = \"unit\" needs exactly one of `unit` (a systemd unit) or `cgroup` (a cgroup v2 directory)".into(),
+                ));
+            }
+            let memory_max = match raw.memory_max {
+                None => None,
+                Some(text) => Some(parse_memory_limit(&text).ok_or_else(|| {
+                    err(
+                        "memory_max",
+                        format!("expected a percentage of the unit's MemoryMax like \"90%\", or bytes like \"512M\" or \"1073741824\", found {text:?}"),
+                    )
+                })?),
+            };
+            Check::Unit(UnitCheck {
+                unit: raw.unit,
+                cgroup: raw.cgroup,
+                memory_max,
+            })
+        }
     };
 
     let per_color = match &check {
@@ -1581,6 +1761,13 @@ fn validate_probe(
         Check::Log(l) => match &l.source {
             LogSource::File(f) | LogSource::Unit(f) => f.contains("{color}"),
         },
+        // Every request names its color (by field or by file).
+        Check::AccessLog(_) => true,
+        Check::Unit(u) => u
+            .unit
+            .as_ref()
+            .or(u.cgroup.as_ref())
+            .is_some_and(|t| t.contains("{color}")),
     };
     let scope = if per_color {
         Scope::PerColor
@@ -1608,6 +1795,27 @@ fn validate_probe(
     })
 }
 
+/// `memory_max`: `90%`, or bytes with an optional K/M/G/T suffix (powers
+/// of 1024, as systemd's `MemoryMax=`).
+fn parse_memory_limit(text: &str) -> Option<MemoryLimit> {
+    let t = text.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let p: f64 = p.trim().parse().ok()?;
+        return (p > 0.0 && p <= 100.0).then_some(MemoryLimit::Percent(p));
+    }
+    let (number, scale) = match t.char_indices().last()? {
+        (i, 'K' | 'k') => (&t[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&t[..i], 1 << 20),
+        (i, 'G' | 'g') => (&t[..i], 1 << 30),
+        (i, 'T' | 't') => (&t[..i], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = number.trim().parse().ok()?;
+    n.checked_mul(scale)
+        .filter(|b| *b > 0)
+        .map(MemoryLimit::Bytes)
+}
+
 /// Which probes feed a signal when a rule names none: every per-color probe
 /// that produces it. Shared probes never judge a color.
 fn feeds(signal: Signal, probe: &Probe) -> bool {
@@ -1616,9 +1824,9 @@ fn feeds(signal: Signal, probe: &Probe) -> bool {
     }
     match signal {
         Signal::HealthFailures => probe.health,
-        Signal::ErrorRate => true,
+        Signal::ErrorRate | Signal::Errors => true,
         Signal::LatencyAvg | Signal::LatencyP95 | Signal::Degradation => match &probe.check {
-            Check::Log(_) => false,
+            Check::Log(_) | Check::Unit(_) => false,
             Check::Prometheus(p) => p.latency.is_some(),
             _ => true,
         },
@@ -1638,6 +1846,8 @@ fn make_rule(
 ) -> Rule {
     let min_default = match condition.signal {
         Signal::HealthFailures => consecutive_needed(&condition),
+        // A count is its own evidence: one sample in the window will do.
+        Signal::Errors => 1,
         _ => 10,
     };
     Rule {
@@ -1861,6 +2071,99 @@ command = ["/bin/true", "{to}"]
         assert_eq!(line, line_of(&text, "[colors.green]"));
         assert_eq!(key, "colors.green.base_url");
         assert!(message.contains("needs a base_url"), "{message}");
+    }
+
+    #[test]
+    fn access_log_and_unit_probes_parse_with_defaults() {
+        let text = format!(
+            "{GOOD}\n[[probe]]\nname = \"users\"\nkind = \"access_log\"\nfile = \"/var/log/nginx/access.log\"\n\
+             [[probe]]\nname = \"per-color\"\nkind = \"access_log\"\nfile = \"/var/log/nginx/{{color}}.log\"\nformat = \"combined\"\n\
+             [[probe]]\nname = \"resources\"\nkind = \"unit\"\nunit = \"beluga@{{color}}.service\"\nmemory_max = \"512M\"\n"
+        );
+        let c = parse(&text).unwrap();
+        let Check::AccessLog(a) = &c.probe("users").unwrap().check else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                a.format,
+                a.color_field.as_deref(),
+                a.status_field.as_str(),
+                a.latency_field.as_str()
+            ),
+            (
+                AccessLogFormat::Json,
+                Some("upstream_addr"),
+                "status",
+                "request_time"
+            )
+        );
+        let Check::AccessLog(a) = &c.probe("per-color").unwrap().check else {
+            panic!()
+        };
+        assert_eq!(
+            (a.format, a.color_field.as_deref()),
+            (AccessLogFormat::Combined, None)
+        );
+        let p = c.probe("resources").unwrap();
+        assert_eq!(p.scope, Scope::PerColor);
+        let Check::Unit(u) = &p.check else { panic!() };
+        assert_eq!(u.memory_max, Some(MemoryLimit::Bytes(512 << 20)));
+        // The errors signal and the access log rules.
+        assert!(
+            c.rules
+                .iter()
+                .any(|r| r.name == "critical: error_rate >= 100% over 400ms"
+                    && r.probes == ["users", "per-color"])
+        );
+        let text = format!(
+            "{text}\n[[rule]]\nseverity = \"high\"\nwhen = \"errors >= 20\"\nwindow = \"1m\"\nprobes = [\"users\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.rules[0].min_samples, 1);
+        assert_eq!(c.rules[0].condition.signal, Signal::Errors);
+    }
+
+    #[test]
+    fn bad_access_log_and_unit_keys_are_located() {
+        for (probe, key, needle) in [
+            (
+                "kind = \"access_log\"\nfile = \"/x/a.log\"\nformat = \"combined\"",
+                "file",
+                "put {color} in `file`",
+            ),
+            (
+                "kind = \"access_log\"\nfile = \"/x/{color}.log\"\ncolor_field = \"up\"",
+                "color_field",
+                "already names the color",
+            ),
+            (
+                "kind = \"access_log\"\nfile = \"/x/{color}.log\"\nformat = \"combined\"\nstatus_field = \"s\"",
+                "status_field",
+                "fixed positions",
+            ),
+            ("kind = \"access_log\"", "file", "needs `file`"),
+            ("kind = \"unit\"", "unit", "exactly one of `unit`"),
+            (
+                "kind = \"unit\"\nunit = \"a\"\nmemory_max = \"150%\"",
+                "memory_max",
+                "percentage",
+            ),
+            (
+                "kind = \"unit\"\nunit = \"a\"\npattern = \"x\"",
+                "pattern",
+                "does not apply to kind = \"unit\"",
+            ),
+        ] {
+            let text = format!("{GOOD}\n[[probe]]\nname = \"new\"\n{probe}\n");
+            let (line, k, message) = invalid(&text);
+            assert_eq!(k, format!("probe[2].{key}"), "{probe}: {message}");
+            assert!(message.contains(needle), "{probe}: {message}");
+            assert!(
+                line + 1 >= line_of(&text, "name = \"new\""),
+                "{probe}: line {line}"
+            );
+        }
     }
 
     #[test]

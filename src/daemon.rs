@@ -18,14 +18,14 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::active;
-use crate::config::{Config, ConfigError, Scope, consecutive_needed};
+use crate::config::{Check, Config, ConfigError, Scope, consecutive_needed};
 use crate::http::{AppState, Health, ProbeInfo, ReloadInfo, Server, Snapshot};
 use crate::matrix::{self, Decision, Engine, State, Verdict};
 use crate::metrics::Metrics;
 use crate::model::{Color, Sample, Signal, duration_ms, now_ms};
 use crate::notifier;
-use crate::probe::Prober;
 use crate::probe::schedule::{self, Cadence};
+use crate::probe::{Prober, access_log};
 use crate::reload::{self, ConfigWatcher};
 use crate::retention;
 use crate::rollback::{self, Outcome, Request, RollbackError, Trigger};
@@ -37,6 +37,10 @@ use crate::systemd;
 const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
 /// How often verdicts are evaluated.
 const EVAL_PERIOD: Duration = Duration::from_millis(250);
+/// A failed sample is judged as it lands (SPEC: decisions are taken as the
+/// evidence lands), but a burst of them is judged at most this often: an
+/// evaluation reads the active color and the holds from the database.
+const JUDGE_GAP: Duration = Duration::from_millis(40);
 /// While a rollback-worthy rule stays fired but the rollback was skipped or
 /// refused, how long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -174,6 +178,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut transitions = crate::probe::Transitions::default();
     let mut last_status = status_line(active, &[], &last_reload);
     let mut last_bake_check = Instant::now();
+    let mut last_eval = Instant::now();
 
     metrics.set_active(active);
     systemd::ready(&last_status);
@@ -187,7 +192,22 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     loop {
         tokio::select! {
             Some(sample) = sample_rx.recv() => {
-                transitions.note(&sample);
+                if !sample.ok && sample.status != crate::model::SampleStatus::NoData {
+                    let due = last_eval + JUDGE_GAP;
+                    if Instant::now() >= due {
+                        eval.reset_immediately();
+                    } else {
+                        eval.reset_at(due);
+                    }
+                }
+                // One request is not news: an access log's failing requests
+                // speak through the rules, not a log line per change.
+                let per_request = config
+                    .probe(&sample.probe)
+                    .is_some_and(|p| matches!(p.check, Check::AccessLog(_)));
+                if !per_request {
+                    transitions.note(&sample);
+                }
                 engine.observe(&sample);
                 metrics.observe_sample(&sample);
                 if writer_tx.send(sample).await.is_err() {
@@ -195,6 +215,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 }
             }
             _ = eval.tick() => {
+                last_eval = Instant::now();
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
                     tracing::error!("cannot read the active color: {e}");
                     active
@@ -929,9 +950,12 @@ pub(crate) fn spawn_probes(
         .unwrap_or(2);
     let mut tasks = Vec::new();
     for (index, probe) in config.probes.iter().enumerate() {
-        let colors: Vec<Option<Color>> = match probe.scope {
-            Scope::PerColor => Color::ALL.iter().copied().map(Some).collect(),
-            Scope::Shared => vec![None],
+        let colors: Vec<Option<Color>> = match (&probe.check, probe.scope) {
+            // One log for both colors (each line names its upstream) is
+            // followed once.
+            (Check::AccessLog(a), _) if !a.file.contains("{color}") => vec![None],
+            (_, Scope::PerColor) => Color::ALL.iter().copied().map(Some).collect(),
+            (_, Scope::Shared) => vec![None],
         };
         for color in colors {
             let (stop, stop_rx) = watch::channel(false);
@@ -976,9 +1000,29 @@ struct ProbeJob {
 
 impl ProbeJob {
     /// Probe on the probe's cadence (see `probe::schedule`), stamping each
-    /// outcome with time and the color's deployment.
+    /// outcome with time and the color's deployment. An access log is
+    /// followed instead: a sample per request, as its line lands.
     async fn run(self, stop: watch::Receiver<bool>) {
         let probe = &self.config.probes[self.index];
+        if let Check::AccessLog(check) = &probe.check {
+            let (tx, deployments) = (&self.tx, &self.deployments);
+            access_log::follow(
+                &probe.name,
+                check,
+                &self.config.colors,
+                self.color,
+                probe.interval,
+                move |color, outcome| {
+                    let deployment = deployments.borrow().get(&color).copied();
+                    let sample =
+                        outcome.into_sample(now_ms(), &probe.name, Some(color), deployment);
+                    async move { tx.send(sample).await.is_ok() }
+                },
+                stop,
+            )
+            .await;
+            return;
+        }
         let cadence = Cadence::for_probe(probe, self.confirms);
         let (config, prober, color) = (&self.config, &self.prober, self.color);
         let (tx, deployments) = (&self.tx, &self.deployments);

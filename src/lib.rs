@@ -60,4 +60,5 @@ pub mod statelock;
 pub mod store;
 pub mod systemd;
 pub mod template;
+pub mod traffic;
 pub mod writer;

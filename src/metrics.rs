@@ -47,6 +47,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeNameLabels {
+    probe: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ColorLabels {
     color: String,
 }
@@ -69,6 +74,7 @@ pub struct Metrics {
     dropped: Counter,
     buffered: Gauge,
     db_size: Gauge,
+    malformed: Family<ProbeNameLabels, Counter>,
 }
 
 impl Metrics {
@@ -85,6 +91,12 @@ impl Metrics {
         let dropped = Counter::default();
         let buffered = Gauge::default();
         let db_size = Gauge::default();
+        let malformed = Family::<ProbeNameLabels, Counter>::default();
+        registry.register(
+            "access_log_malformed_lines",
+            "Access log lines skipped because they did not parse, per probe",
+            malformed.clone(),
+        );
         registry.register(
             "probe_latency_seconds",
             "Probe latency, per probe and color",
@@ -141,6 +153,7 @@ impl Metrics {
             dropped,
             buffered,
             db_size,
+            malformed,
         }
     }
 
@@ -224,6 +237,14 @@ impl Metrics {
     pub fn encode(&self, db_size_bytes: u64) -> String {
         self.db_size
             .set(i64::try_from(db_size_bytes).unwrap_or(i64::MAX));
+        // Counted process-wide by the followers (they survive reloads).
+        for (probe, total) in crate::probe::access_log::malformed_totals() {
+            let c = self.malformed.get_or_create(&ProbeNameLabels { probe });
+            let seen = c.get();
+            if total > seen {
+                c.inc_by(total - seen);
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; an encoder error would be a
         // bug in a metric, and an empty scrape says so loudly enough.
@@ -296,22 +317,18 @@ mod tests {
         m.dropped(7);
         let text = m.encode(4096);
 
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        let scrape = prometheus_parse::Scrape::parse(lines.into_iter().map(Ok)).unwrap();
+        let scrape = crate::probe::exposition::parse(&text).unwrap();
         let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-            let s = scrape
-                .samples
+            scrape
                 .iter()
                 .find(|s| {
-                    s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+                    s.metric == name
+                        && labels
+                            .iter()
+                            .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
                 })
-                .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"));
-            match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                ref other => panic!("unexpected {other:?}"),
-            }
+                .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+                .value
         };
         assert_eq!(
             value(

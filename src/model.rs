@@ -169,6 +169,9 @@ pub enum Signal {
     LatencyP95,
     HealthFailures,
     Degradation,
+    /// A count of failed samples (for `log`/`access_log`: matching lines,
+    /// failed requests) over the window.
+    Errors,
 }
 
 /// What a threshold is measured in, and so which units it may be written in.
@@ -187,6 +190,7 @@ impl Signal {
             Signal::LatencyP95 => "latency_p95",
             Signal::HealthFailures => "health_failures",
             Signal::Degradation => "degradation",
+            Signal::Errors => "errors",
         }
     }
 
@@ -194,7 +198,7 @@ impl Signal {
         match self {
             Signal::ErrorRate | Signal::Degradation => Unit::Percent,
             Signal::LatencyAvg | Signal::LatencyP95 => Unit::Millis,
-            Signal::HealthFailures => Unit::Count,
+            Signal::HealthFailures | Signal::Errors => Unit::Count,
         }
     }
 }
@@ -208,8 +212,9 @@ impl FromStr for Signal {
             "latency_p95" => Ok(Signal::LatencyP95),
             "health_failures" => Ok(Signal::HealthFailures),
             "degradation" => Ok(Signal::Degradation),
+            "errors" => Ok(Signal::Errors),
             other => Err(format!(
-                "unknown signal {other:?}: expected error_rate, latency_avg, latency_p95, health_failures or degradation"
+                "unknown signal {other:?}: expected error_rate, latency_avg, latency_p95, health_failures, degradation or errors"
             )),
         }
     }
@@ -481,7 +486,8 @@ mod tests {
             ("error_rate > 50", "percentage"),
             ("latency_avg > 5%", "latency"),
             ("health_failures >= 3ms", "count"),
-            ("errors > 5%", "unknown signal"),
+            ("errors > 5%", "count"),
+            ("failures > 5", "unknown signal"),
             ("error_rate 50%", "no comparison"),
             ("error_rate => 50%", "bad operator"),
             ("error_rate > %", "not a number"),

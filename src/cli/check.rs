@@ -1,6 +1,8 @@
 //! `rollbackd check`: the effective configuration in an operator's words.
 
 use crate::config::{Config, Detection, Scope};
+use std::time::Duration;
+
 use crate::model::Color;
 
 /// What `check` prints: the effective configuration in an operator's words.
@@ -98,6 +100,7 @@ pub fn report(config: &Config) -> String {
             humantime::format_duration(r.severity.acted_on_within())
         );
     }
+    traffic_figures(config, &mut out);
     if !config.warnings.is_empty() {
         let _ = writeln!(out, "\nwarnings:");
         for w in &config.warnings {
@@ -105,4 +108,40 @@ pub fn report(config: &Config) -> String {
         }
     }
     out
+}
+
+/// Rules fed by real traffic: their detection and false firings depend on
+/// the request rate, so say which rate (and which noise) the figures assume.
+fn traffic_figures(config: &Config, out: &mut String) {
+    use std::fmt::Write;
+    let noise = crate::traffic::ASSUMED_TRAFFIC_NOISE;
+    let rows: Vec<_> = config
+        .rules
+        .iter()
+        .filter_map(|r| crate::traffic::figures(config, r, noise).map(|f| (r, f)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nreal traffic (access_log), assuming {} requests/s per color and {}% random errors:",
+        crate::config::ASSUMED_REQUESTS_PER_S,
+        noise * 100.0
+    );
+    for (rule, f) in rows {
+        let _ = writeln!(
+            out,
+            "  {} ({}): every request failing is detected in ~{} (median; {} of {} requests at {:.0}/s); false firings: {}",
+            rule.name,
+            config.actions.for_severity(rule.severity).as_str(),
+            humantime::format_duration(Duration::from_millis(
+                f.median_detection.as_millis() as u64 / 10 * 10
+            )),
+            f.needed,
+            f.per_window,
+            f.requests_per_s,
+            f.false_text()
+        );
+    }
 }

@@ -751,6 +751,12 @@ impl Engine {
                 })
             }
             Signal::Degradation => self.degradation(window, agg, s),
+            // Failed samples, weighted like the error rate: a log sample
+            // counts its matching lines, an access_log sample its request.
+            Signal::Errors => Read::value(Reading {
+                value: (total.n_counts > 0).then(|| total.errors()),
+                n: total.n_counts,
+            }),
         }
     }
 

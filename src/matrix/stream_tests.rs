@@ -155,6 +155,13 @@ fn fire_and_under(rule: &Rule) -> (Fault, Fault) {
                 ..base
             },
         ),
+        Signal::Errors => (
+            Fault {
+                fail_rate: 1.0,
+                ..base
+            },
+            base,
+        ),
         Signal::Degradation => (
             // Baseline 100 ms: T% worse is 100 x (1 + T/100).
             Fault {
@@ -716,4 +723,237 @@ min_samples = 5
     // Failing from 30 s: over 50% of the 30 s window at 45 s (16 of 30),
     // fired when that has held for 20 s.
     assert_eq!(fired_at, Some(65));
+}
+
+// ---------------------------------------------------------------------------
+// Real traffic: the default rules for `access_log` probes (issue 13).
+
+/// The default matrix with one health probe at 1 s and one access log.
+fn traffic_config() -> Config {
+    let mut text = config_text(&["healthz"], "1s", "");
+    text.push_str(
+        "[[probe]]\nname = \"users\"\nkind = \"access_log\"\nfile = \"/var/log/nginx/access.log\"\n",
+    );
+    parse(&text)
+}
+
+/// Both colors serve Poisson traffic at `rate` requests/s for `seconds`
+/// (after `history_s` healthy ones); from the onset blue's requests fail
+/// with probability `blue_fail` (green's with `green_fail`), its health
+/// probe keeps passing (a /healthz that answers while real requests fail).
+/// The engine judges on every failed request (as the daemon does) and
+/// every 250 ms. Returns the onset and the first firing of each
+/// Critical/High rule on blue, and whether anything fired on green.
+fn traffic_stream(
+    config: &Config,
+    seed: u64,
+    rate: f64,
+    blue_fail: f64,
+    green_fail: f64,
+    history_s: f64,
+    seconds: f64,
+) -> (Millis, HashMap<String, Millis>, bool) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut e = Engine::new(config);
+    // Arrivals per color, the health probe each second, the ticks.
+    let mut next = [T0, T0];
+    let mut next_health = T0;
+    let mut next_tick = T0;
+    let onset = T0 + (history_s * 1000.0) as Millis + rng.gen_range(0..1000);
+    let end = onset + (seconds * 1000.0) as Millis;
+    let mut fired: HashMap<String, Millis> = HashMap::new();
+    let mut green_fired = false;
+    let mut judge = |e: &mut Engine, now: Millis, fired: &mut HashMap<String, Millis>| {
+        for c in Color::ALL {
+            for v in e.evaluate(now, c) {
+                if v.state == State::Fired && v.severity >= Severity::High {
+                    if c == Color::Blue {
+                        fired.entry(v.rule.clone()).or_insert(now);
+                    } else {
+                        green_fired = true;
+                    }
+                }
+            }
+        }
+    };
+    loop {
+        let t = next[0].min(next[1]).min(next_health).min(next_tick);
+        if t > end {
+            break;
+        }
+        if t == next_tick {
+            judge(&mut e, t, &mut fired);
+            next_tick += EVAL_MS;
+        } else if t == next_health {
+            for c in Color::ALL {
+                e.observe(&sample(t, "healthz", Some(c), true, 5.0, None));
+            }
+            next_health += 1000;
+        } else {
+            let i = if next[0] <= next[1] { 0 } else { 1 };
+            let color = Color::ALL[i];
+            let p = match (t >= onset, color) {
+                (true, Color::Blue) => blue_fail,
+                (true, Color::Green) => green_fail,
+                (false, _) => 0.0,
+            };
+            let ok = !rng.gen_bool(p);
+            let mut s = sample(t, "users", Some(color), ok, rng.gen_range(5.0..80.0), None);
+            s.status = if ok {
+                SampleStatus::Ok
+            } else {
+                SampleStatus::Failed
+            };
+            e.observe(&s);
+            if !ok {
+                judge(&mut e, t, &mut fired);
+            }
+            // Exponential gaps: Poisson arrivals.
+            let gap = -(1.0 - rng.r#gen::<f64>()).ln() / rate * 1000.0;
+            next[i] = t + (gap.ceil() as Millis).max(1);
+        }
+    }
+    (onset, fired, green_fired)
+}
+
+#[test]
+fn default_matrix_gains_the_access_log_rules_only_with_an_access_log() {
+    let names: Vec<String> = traffic_config()
+        .rules
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    assert!(
+        names.contains(&"critical: error_rate >= 100% over 400ms".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"high: error_rate > 50% over 30s".to_owned()),
+        "{names:?}"
+    );
+    let rule = traffic_config()
+        .rules
+        .into_iter()
+        .find(|r| r.window == Duration::from_millis(400))
+        .unwrap();
+    assert_eq!(rule.probes, ["users"], "fed by the access log only");
+    assert!(
+        default_config(&["healthz"])
+            .rules
+            .iter()
+            .all(|r| r.window != Duration::from_millis(400))
+    );
+}
+
+#[test]
+fn a_color_failing_every_request_is_caught_within_half_a_second_median() {
+    let config = traffic_config();
+    let mut delays: Vec<Millis> = (0..41)
+        .map(|seed| {
+            let (onset, fired, green) = traffic_stream(&config, seed, 20.0, 1.0, 0.0, 60.0, 5.0);
+            assert!(!green, "seed {seed}: green fired");
+            let at = fired
+                .get("critical: error_rate >= 100% over 400ms")
+                .unwrap_or_else(|| panic!("seed {seed}: never fired: {fired:?}"));
+            at - onset
+        })
+        .collect();
+    delays.sort();
+    let median = delays[delays.len() / 2];
+    // What `check` states for this rule at 20 requests/s.
+    let rule = config
+        .rules
+        .iter()
+        .find(|r| r.window == Duration::from_millis(400))
+        .unwrap();
+    let stated = crate::traffic::figures(&config, rule, 0.03).unwrap();
+    assert_eq!(stated.needed, 8);
+    assert!(median <= 500, "median {median} ms: {delays:?}");
+    assert!(
+        (median - duration_ms(stated.median_detection)).abs() <= 100,
+        "median {median} ms, check states {:?}",
+        stated.median_detection
+    );
+}
+
+#[test]
+fn sixty_percent_errors_are_rolled_back_within_the_high_time() {
+    let config = traffic_config();
+    for seed in 0..3 {
+        let (onset, fired, _) = traffic_stream(&config, seed, 20.0, 0.6, 0.0, 60.0, 300.0);
+        let first = fired
+            .iter()
+            .filter(|(name, _)| name.starts_with("high") || name.starts_with("critical"))
+            .map(|(_, t)| *t)
+            .min()
+            .unwrap_or_else(|| panic!("seed {seed}: 60% errors never fired High"));
+        assert!(
+            first - onset <= duration_ms(Severity::High.acted_on_within()),
+            "seed {seed}: {} ms",
+            first - onset
+        );
+    }
+}
+
+#[test]
+fn three_percent_random_errors_for_ten_minutes_never_roll_back() {
+    let config = traffic_config();
+    for seed in 0..2 {
+        let (_, fired, green) = traffic_stream(&config, 100 + seed, 20.0, 0.03, 0.03, 10.0, 600.0);
+        assert!(fired.is_empty() && !green, "seed {seed}: {fired:?}");
+    }
+    // And what `check` says about it: practically never.
+    for rule in &config.rules {
+        if let Some(f) = crate::traffic::figures(&config, rule, 0.03) {
+            if rule.severity >= Severity::High {
+                assert!(f.log10_false_per_day < -4.0, "{}: {f:?}", rule.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_counts_failed_samples_and_matching_lines_over_the_window() {
+    let text = config_text(
+        &["healthz"],
+        "1s",
+        "[[probe]]\nname = \"security\"\nkind = \"log\"\nfile = \"/var/log/{color}.log\"\npattern = \"unauthorized|violation|attack\"\n\
+         [[rule]]\nname = \"security incident\"\nseverity = \"high\"\nwhen = \"errors >= 20\"\nwindow = \"1m\"\nprobes = [\"security\"]\n",
+    );
+    let config = parse(&text);
+    let mut e = Engine::new(&config);
+    let state = |e: &mut Engine, now: Millis| {
+        e.evaluate(now, Color::Blue)
+            .into_iter()
+            .find(|v| v.rule == "security incident")
+            .unwrap()
+    };
+    // 19 matching lines over a minute: not yet.
+    for i in 0..19 {
+        let at = T0 + i * 3000;
+        e.observe(&sample(
+            at,
+            "security",
+            Some(Color::Blue),
+            false,
+            0.0,
+            Some((10.0, 1.0)),
+        ));
+    }
+    let v = state(&mut e, T0 + 56_000);
+    assert_eq!((v.state, v.value), (State::Clear, Some(19.0)), "{v:?}");
+    // One sample carrying two more matching lines: 21 >= 20.
+    e.observe(&sample(
+        T0 + 57_000,
+        "security",
+        Some(Color::Blue),
+        false,
+        0.0,
+        Some((5.0, 2.0)),
+    ));
+    let v = state(&mut e, T0 + 57_000);
+    assert_eq!((v.state, v.value), (State::Fired, Some(21.0)), "{v:?}");
+    // The first ones leave the window.
+    let v = state(&mut e, T0 + 130_000);
+    assert_ne!(v.state, State::Fired, "{v:?}");
 }

@@ -53,6 +53,34 @@ pub struct Tally {
     pub truncations: u32,
 }
 
+/// Where a followed file's lines go: a [`Tally`] of matching lines for
+/// `log`, parsed requests for `access_log`. Called under the follower's
+/// lock, from the probe's run or the watch's thread.
+pub trait Sink: Send + 'static {
+    /// One complete line, without its `\n`.
+    fn line(&mut self, line: &[u8]);
+    fn rotated(&mut self) {}
+    fn truncated(&mut self) {}
+}
+
+/// The `log` probe's sink: counts lines and the ones `pattern` matches.
+pub struct Matcher {
+    pattern: Regex,
+    tally: Tally,
+}
+
+impl Sink for Matcher {
+    fn line(&mut self, line: &[u8]) {
+        self.tally.line(&self.pattern, line);
+    }
+    fn rotated(&mut self) {
+        self.tally.rotations += 1;
+    }
+    fn truncated(&mut self) {
+        self.tally.truncations += 1;
+    }
+}
+
 impl Tally {
     fn line(&mut self, pattern: &Regex, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -117,7 +145,7 @@ struct Handle {
 
 impl Handle {
     /// Read to the end, counting complete lines. Returns the bytes read.
-    fn drain(&mut self, pattern: &Regex, tally: &mut Tally) -> std::io::Result<u64> {
+    fn drain<S: Sink>(&mut self, sink: &mut S) -> std::io::Result<u64> {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut total = 0u64;
         loop {
@@ -131,17 +159,17 @@ impl Handle {
             let mut rest = &chunk[..n];
             while let Some(end) = rest.iter().position(|b| *b == b'\n') {
                 if self.partial.is_empty() {
-                    tally.line(pattern, &rest[..end]);
+                    sink.line(strip_cr(&rest[..end]));
                 } else {
                     self.partial.extend_from_slice(&rest[..end]);
-                    tally.line(pattern, &std::mem::take(&mut self.partial));
+                    sink.line(strip_cr(&std::mem::take(&mut self.partial)));
                 }
                 rest = &rest[end + 1..];
             }
             self.partial.extend_from_slice(rest);
             while self.partial.len() >= LINE_CAP {
                 let piece: Vec<u8> = self.partial.drain(..LINE_CAP).collect();
-                tally.line(pattern, &piece);
+                sink.line(&piece);
             }
         }
         if total > 0 {
@@ -151,42 +179,45 @@ impl Handle {
     }
 
     /// The file is done with: its unterminated last line is a line.
-    fn finish(self, pattern: &Regex, tally: &mut Tally) {
+    fn finish<S: Sink>(self, sink: &mut S) {
         if !self.partial.is_empty() {
-            tally.line(pattern, &self.partial);
+            sink.line(strip_cr(&self.partial));
         }
     }
 }
 
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 /// The reading side of a followed file. Guarded by a mutex: the watch's
 /// thread and the probe's runs both read through it.
-struct Reader {
+struct Reader<S> {
     path: PathBuf,
-    pattern: Regex,
     current: Option<Handle>,
     /// The file before the last rotation, still read for a while.
     rotated: Option<Handle>,
     /// Until the first read, an existing file is joined at its end: what it
     /// held before following started is history, not this interval.
     joined: bool,
-    tally: Tally,
+    sink: S,
     problem: Option<String>,
 }
 
-impl Reader {
+impl<S: Sink> Reader<S> {
     /// Read everything new: the rotated-away file, the file we hold, then
     /// switch to whatever file is now at the path.
     fn poll(&mut self) {
         if let Some(h) = &mut self.rotated {
-            let _ = h.drain(&self.pattern, &mut self.tally);
+            let _ = h.drain(&mut self.sink);
             if h.last_growth.elapsed() > KEEP_ROTATED {
                 if let Some(h) = self.rotated.take() {
-                    h.finish(&self.pattern, &mut self.tally);
+                    h.finish(&mut self.sink);
                 }
             }
         }
         if let Some(h) = &mut self.current {
-            if let Err(e) = h.drain(&self.pattern, &mut self.tally) {
+            if let Err(e) = h.drain(&mut self.sink) {
                 self.problem = Some(format!("cannot read {}: {e}", self.path.display()));
             }
         }
@@ -207,11 +238,11 @@ impl Reader {
                 let position = h.file.stream_position().unwrap_or(0);
                 if at_path.len() < position {
                     // Truncated in place (copytruncate): start over.
-                    self.tally.truncations += 1;
+                    self.sink.truncated();
                     h.partial.clear();
                     match h.file.seek(SeekFrom::Start(0)) {
                         Ok(_) => {
-                            let _ = h.drain(&self.pattern, &mut self.tally);
+                            let _ = h.drain(&mut self.sink);
                         }
                         Err(e) => {
                             self.problem =
@@ -252,42 +283,73 @@ impl Reader {
             last_growth: Instant::now(),
         };
         if let Some(old) = self.current.replace(new) {
-            self.tally.rotations += 1;
+            self.sink.rotated();
             if let Some(older) = self.rotated.replace(old) {
-                older.finish(&self.pattern, &mut self.tally);
+                older.finish(&mut self.sink);
             }
         }
         if let Some(h) = &mut self.current {
-            if let Err(e) = h.drain(&self.pattern, &mut self.tally) {
+            if let Err(e) = h.drain(&mut self.sink) {
                 self.problem = Some(format!("cannot read {}: {e}", self.path.display()));
             }
         }
     }
 }
 
+/// Called by the watch's thread after it has read new lines into the sink
+/// (`access_log` wakes its task with it, so samples leave as lines land).
+pub type OnRead = Arc<dyn Fn() + Send + Sync>;
+
 /// A followed file: its reader and the watch that feeds it between runs.
 /// Dropping it stops the watch (and its thread).
-pub struct FollowedFile {
-    reader: Arc<Mutex<Reader>>,
+pub struct FollowedFile<S: Sink = Matcher> {
+    reader: Arc<Mutex<Reader<S>>>,
     watcher: Mutex<Option<RecommendedWatcher>>,
+    on_read: Option<OnRead>,
 }
 
-impl FollowedFile {
-    /// Start following `path` from its current end.
-    pub fn new(path: PathBuf, pattern: Regex) -> FollowedFile {
+impl FollowedFile<Matcher> {
+    /// Start following `path` from its current end, counting the lines
+    /// `pattern` matches.
+    pub fn new(path: PathBuf, pattern: Regex) -> FollowedFile<Matcher> {
+        FollowedFile::with_sink(
+            path,
+            Matcher {
+                pattern,
+                tally: Tally::default(),
+            },
+            None,
+        )
+    }
+
+    /// Read what is new and hand over everything counted since the last take.
+    pub fn take(&self) -> (Tally, Option<String>) {
+        self.take_with(|m| std::mem::take(&mut m.tally))
+    }
+
+    /// Lines counted but not yet taken (tests use it to see the watch work).
+    pub fn pending_lines(&self) -> u64 {
+        lock(&self.reader).sink.tally.lines
+    }
+}
+
+impl<S: Sink> FollowedFile<S> {
+    /// Start following `path` from its current end into `sink`; `on_read`
+    /// runs after the watch has read new bytes.
+    pub fn with_sink(path: PathBuf, sink: S, on_read: Option<OnRead>) -> FollowedFile<S> {
         let reader = Arc::new(Mutex::new(Reader {
             path,
-            pattern,
             current: None,
             rotated: None,
             joined: false,
-            tally: Tally::default(),
+            sink,
             problem: None,
         }));
         lock(&reader).poll();
         let followed = FollowedFile {
             reader,
             watcher: Mutex::new(None),
+            on_read,
         };
         followed.ensure_watch();
         followed
@@ -307,6 +369,7 @@ impl FollowedFile {
         };
         let reader = Arc::downgrade(&self.reader);
         let file_name = path.file_name().map(|n| n.to_owned());
+        let on_read = self.on_read.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let relevant = match &event {
                 Ok(e) => e
@@ -318,6 +381,9 @@ impl FollowedFile {
             };
             if let (true, Some(reader)) = (relevant, reader.upgrade()) {
                 lock(&reader).poll();
+                if let Some(wake) = &on_read {
+                    wake();
+                }
             }
         });
         match watcher {
@@ -333,8 +399,9 @@ impl FollowedFile {
         lock(&self.watcher).is_some()
     }
 
-    /// Read what is new and hand over everything counted since the last take.
-    pub fn take(&self) -> (Tally, Option<String>) {
+    /// Read what is new, then hand `take` the sink (under the lock); the
+    /// problem is why the file cannot be read, if it cannot.
+    pub fn take_with<T>(&self, take: impl FnOnce(&mut S) -> T) -> (T, Option<String>) {
         self.ensure_watch();
         let mut r = lock(&self.reader);
         r.poll();
@@ -343,15 +410,10 @@ impl FollowedFile {
         } else {
             None
         };
-        (std::mem::take(&mut r.tally), problem)
+        (take(&mut r.sink), problem)
     }
 
-    /// Lines counted but not yet taken (tests use it to see the watch work).
-    pub fn pending_lines(&self) -> u64 {
-        lock(&self.reader).tally.lines
-    }
-
-    fn path(&self) -> PathBuf {
+    pub fn path(&self) -> PathBuf {
         lock(&self.reader).path.clone()
     }
 }

@@ -5,12 +5,15 @@
 //! This module knows nothing of windows, rules or the database: the daemon
 //! stamps the outcome with time and deployment and hands it on.
 
+pub mod access_log;
 pub mod exec;
+pub mod exposition;
 pub mod http;
 pub mod log;
 pub mod prometheus;
 pub mod schedule;
 pub mod tcp;
+pub mod unit;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,6 +37,17 @@ impl Outcome {
         Outcome {
             status: SampleStatus::Ok,
             latency_ms: Some(ms(latency)),
+            detail: detail.into(),
+            requests: None,
+            errors: None,
+        }
+    }
+
+    /// Ok, for a check whose time says nothing about the service (unit).
+    pub fn ok_without_latency(detail: impl Into<String>) -> Outcome {
+        Outcome {
+            status: SampleStatus::Ok,
+            latency_ms: None,
             detail: detail.into(),
             requests: None,
             errors: None,
@@ -153,6 +167,7 @@ pub struct Prober {
     http: http::Clients,
     scrapes: Arc<Mutex<prometheus::Memory>>,
     logs: Arc<Mutex<log::Memory>>,
+    units: Arc<Mutex<unit::Memory>>,
 }
 
 impl Prober {
@@ -161,6 +176,7 @@ impl Prober {
             http: http::Clients::new(),
             scrapes: Arc::default(),
             logs: Arc::default(),
+            units: Arc::default(),
         }
     }
 
@@ -170,6 +186,10 @@ impl Prober {
     pub fn forget_removed(&self, config: &Config) {
         let keep = |name: &str| config.probe(name).is_some();
         self.scrapes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain_probes(&keep);
+        self.units
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain_probes(&keep);
@@ -201,6 +221,11 @@ impl Prober {
                         .await
                 }
                 Check::Log(check) => log::run(&self.logs, &probe.name, check, color).await,
+                Check::Unit(check) => unit::run(&self.units, &probe.name, check, color).await,
+                // Followed, not run: `access_log::follow` sends its samples.
+                Check::AccessLog(_) => {
+                    Outcome::no_data("an access log is followed, not run on an interval")
+                }
                 // Handled above; never reached, but a sample rather than a panic.
                 Check::Exec(_) => Outcome::failed(None, "exec probe scheduled wrongly"),
             }
@@ -265,6 +290,12 @@ pub fn target(config: &Config, probe: &Probe, color: Option<Color>) -> String {
         Check::Log(c) => match &c.source {
             crate::config::LogSource::File(f) => crate::config::render(f, &vars),
             crate::config::LogSource::Unit(u) => crate::config::render(u, &vars),
+        },
+        Check::AccessLog(c) => crate::config::render(&c.file, &vars),
+        Check::Unit(c) => match (&c.unit, &c.cgroup) {
+            (Some(u), _) => crate::config::render(u, &vars),
+            (None, Some(g)) => crate::config::render(g, &vars),
+            (None, None) => "no unit".to_owned(),
         },
     }
 }

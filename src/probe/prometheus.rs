@@ -22,10 +22,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use prometheus_parse::{Scrape, Value};
 use regex::Regex;
 
 use super::Outcome;
+use super::exposition::{self, Sample as Scraped};
 use super::http::{self, Clients};
 use crate::config::{Config, PrometheusCheck};
 use crate::model::{Color, SampleStatus};
@@ -217,55 +217,38 @@ fn series_key(name: &str, labels: &HashMap<String, String>, skip: &str) -> Strin
     key
 }
 
-fn counters(scrape: &Scrape, sel: &Selector) -> HashMap<String, f64> {
+fn counters(scrape: &[Scraped], sel: &Selector) -> HashMap<String, f64> {
     scrape
-        .samples
         .iter()
         .filter(|s| s.metric == sel.name && sel.matches_labels(&s.labels))
-        .filter_map(|s| match s.value {
-            Value::Counter(v) | Value::Untyped(v) | Value::Gauge(v) => {
-                Some((series_key(&s.metric, &s.labels, ""), v))
-            }
-            _ => None,
-        })
+        .map(|s| (series_key(&s.metric, &s.labels, ""), s.value))
         .collect()
 }
 
-fn histograms(scrape: &Scrape, sel: &Selector) -> HashMap<String, Hist> {
+fn histograms(scrape: &[Scraped], sel: &Selector) -> HashMap<String, Hist> {
     let mut out: HashMap<String, Hist> = HashMap::new();
     let bucket_name = format!("{}_bucket", sel.name);
     let sum_name = format!("{}_sum", sel.name);
     let count_name = format!("{}_count", sel.name);
-    for s in &scrape.samples {
-        match &s.value {
-            // With `# TYPE x histogram` the parser gathers the buckets.
-            Value::Histogram(buckets) if s.metric == sel.name && sel.matches_labels(&s.labels) => {
-                let h = out
-                    .entry(series_key(&sel.name, &s.labels, "le"))
-                    .or_default();
-                h.buckets
-                    .extend(buckets.iter().map(|b| (b.less_than, b.count)));
+    for s in scrape {
+        let v = &s.value;
+        if s.metric != bucket_name && s.metric != sum_name && s.metric != count_name {
+            continue;
+        }
+        let mut without_le = s.labels.clone();
+        let le = without_le.remove("le");
+        if !sel.matches_labels(&without_le) {
+            continue;
+        }
+        let key = || series_key(&sel.name, &without_le, "");
+        if s.metric == bucket_name {
+            if let Some(bound) = le.and_then(|l| parse_bound(&l)) {
+                out.entry(key()).or_default().buckets.push((bound, *v));
             }
-            Value::Counter(v) | Value::Untyped(v) | Value::Gauge(v) => {
-                let labels: &HashMap<String, String> = &s.labels;
-                let mut without_le = labels.clone();
-                let le = without_le.remove("le");
-                if !sel.matches_labels(&without_le) {
-                    continue;
-                }
-                let key = || series_key(&sel.name, &without_le, "");
-                if s.metric == bucket_name {
-                    // Without a TYPE line the buckets come as plain samples.
-                    if let Some(bound) = le.and_then(|l| parse_bound(&l)) {
-                        out.entry(key()).or_default().buckets.push((bound, *v));
-                    }
-                } else if s.metric == sum_name {
-                    out.entry(key()).or_default().sum = *v;
-                } else if s.metric == count_name {
-                    out.entry(key()).or_default().count = *v;
-                }
-            }
-            _ => {}
+        } else if s.metric == sum_name {
+            out.entry(key()).or_default().sum = *v;
+        } else {
+            out.entry(key()).or_default().count = *v;
         }
     }
     for h in out.values_mut() {
@@ -569,7 +552,7 @@ pub async fn run(
         return Outcome::failed(None, format!("scrape failed: HTTP {}", code.as_u16()));
     }
     let text = String::from_utf8_lossy(&body);
-    let scrape = match Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))) {
+    let scrape = match exposition::parse(&text) {
         Ok(s) => s,
         Err(e) => return Outcome::failed(None, format!("scrape failed: unparsable metrics: {e}")),
     };
@@ -581,7 +564,7 @@ pub async fn run(
             .map(|l| histograms(&scrape, l))
             .unwrap_or_default(),
     };
-    if snapshot.requests.is_empty() && scrape.samples.is_empty() {
+    if snapshot.requests.is_empty() && scrape.is_empty() {
         return Outcome::failed(None, "scrape failed: the page holds no metrics");
     }
     let fingerprint = format!("{}\n{}\n{:?}", check.requests, check.errors, check.latency);
@@ -621,8 +604,8 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Scrape {
-        Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    fn parse(text: &str) -> Vec<Scraped> {
+        exposition::parse(text).unwrap()
     }
 
     fn check(latency: Option<&str>) -> PrometheusCheck {

@@ -17,3 +17,4 @@ mod report;
 mod rollback;
 mod spine;
 mod systemd;
+mod traffic;

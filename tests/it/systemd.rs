@@ -209,17 +209,16 @@ async fn status_json(base: &str) -> serde_json::Value {
 async fn metric(base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let (code, body) = get(&format!("{base}/metrics")).await;
     assert_eq!(code, 200);
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let scrape = rollbackd::probe::exposition::parse(&body).unwrap();
     scrape
-        .samples
         .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
+        .filter(|s| {
+            s.metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
+        .map(|s| s.value)
         .sum()
 }
 
