@@ -41,39 +41,14 @@ pub fn watchdog() {
 }
 
 /// How often to ping the watchdog: half of `WATCHDOG_USEC`, when systemd
-/// asked for pings from this process (`WATCHDOG_PID` unset or ours, as
-/// `sd_watchdog_enabled(3)` reads them).
+/// asked this process for pings. `sd_notify::watchdog_enabled` reads
+/// `WATCHDOG_USEC` and `WATCHDOG_PID` as `sd_watchdog_enabled(3)` does
+/// (systemd sets both; a `WATCHDOG_PID` naming another process means the
+/// pings are not ours to send).
 pub fn watchdog_period() -> Option<Duration> {
-    watchdog_period_from(
-        std::env::var("WATCHDOG_USEC").ok().as_deref(),
-        std::env::var("WATCHDOG_PID").ok().as_deref(),
-        std::process::id(),
-    )
-}
-
-fn watchdog_period_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
-    let usec: u64 = usec?.trim().parse().ok()?;
-    if let Some(pid) = pid {
-        if pid.trim().parse::<u32>().ok()? != me {
-            return None;
-        }
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) {
+        return None;
     }
     Some(Duration::from_micros(usec / 2)).filter(|d| !d.is_zero())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watchdog_period_is_half_of_watchdog_usec_for_this_process_only() {
-        let half = Some(Duration::from_secs(15));
-        assert_eq!(watchdog_period_from(Some("30000000"), None, 7), half);
-        assert_eq!(watchdog_period_from(Some("30000000"), Some("7"), 7), half);
-        assert_eq!(watchdog_period_from(Some("30000000"), Some("8"), 7), None);
-        assert_eq!(watchdog_period_from(Some("30000000"), Some("x"), 7), None);
-        assert_eq!(watchdog_period_from(None, Some("7"), 7), None);
-        assert_eq!(watchdog_period_from(Some("0"), None, 7), None);
-        assert_eq!(watchdog_period_from(Some("soon"), None, 7), None);
-    }
 }

@@ -97,7 +97,15 @@ struct Proc {
 
 impl Proc {
     fn start(config: &Path, log: &Path, vars: &[(&str, String)]) -> Proc {
-        let mut cmd = Command::new(common::BIN);
+        // systemd gives WATCHDOG_PID with WATCHDOG_USEC, naming the daemon's
+        // own PID: a shell that execs the binary knows it as `$$`.
+        let mut cmd = if vars.iter().any(|(k, _)| *k == "WATCHDOG_USEC") {
+            let mut sh = Command::new("/bin/sh");
+            sh.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", common::BIN]);
+            sh
+        } else {
+            Command::new(common::BIN)
+        };
         cmd.arg("--config")
             .arg(config)
             .args(["--log-format", "text", "run"])
