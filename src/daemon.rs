@@ -35,8 +35,9 @@ use crate::systemd;
 
 /// How often the latest deployment's bake is checked.
 const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
-/// How often verdicts are evaluated.
-const EVAL_PERIOD: Duration = Duration::from_millis(250);
+/// How often verdicts are evaluated when no sample lands (each sample is
+/// judged as it lands): shared with `replay`.
+const EVAL_PERIOD: Duration = matrix::EVAL_PERIOD;
 /// While a rollback-worthy rule stays fired but the rollback was skipped or
 /// refused, how long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -167,6 +168,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut transitions = crate::probe::Transitions::default();
     let mut last_status = status_line(active, &[], &last_reload);
     let mut last_bake_check = Instant::now();
+    let mut last_refresh = Instant::now();
 
     metrics.set_active(active);
     systemd::ready(&last_status);
@@ -182,16 +184,24 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             Some(sample) = sample_rx.recv() => {
                 transitions.note(&sample);
                 engine.observe(&sample);
+                // Judged as it lands (SPEC: decisions are taken as the
+                // evidence lands), as `replay` does: the next tick is now.
+                eval.reset_immediately();
                 metrics.observe_sample(&sample);
                 if writer_tx.send(sample).await.is_err() {
                     tracing::error!("the sample writer stopped; samples are no longer stored");
                 }
             }
             _ = eval.tick() => {
-                active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
-                    tracing::error!("cannot read the active color: {e}");
-                    active
-                });
+                // The database is read at most once per period, however
+                // many samples land.
+                if last_refresh.elapsed() >= EVAL_PERIOD {
+                    last_refresh = Instant::now();
+                    active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
+                        tracing::error!("cannot read the active color: {e}");
+                        active
+                    });
+                }
                 let now = now_ms();
                 if last_bake_check.elapsed() >= BAKE_CHECK_PERIOD {
                     last_bake_check = Instant::now();
@@ -199,8 +209,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                         tracing::error!("cannot check the bake of the latest deployment: {e}");
                     }
                 }
-                let mut verdicts = engine.evaluate(now, Color::Blue);
-                verdicts.extend(engine.evaluate(now, Color::Green));
+                let verdicts = engine.judge(now);
                 match engine.take_blind_change() {
                     Some(true) => tracing::error!("alert: {}", matrix::BLIND_REASON),
                     Some(false) => tracing::warn!("a probe answers again: the watchdog can see, verdicts resume"),
@@ -687,50 +696,39 @@ async fn refresh_active(
 
 /// For `degradation`: each probe's latency and error rate under the
 /// previous deployment, over its last 30 minutes before the current one took
-/// over (the arithmetic is `matrix::Baseline::from_samples`).
+/// over: chosen by `matrix::baseline_sources`, as `replay` chooses them.
 async fn baselines(
     config: &Config,
     store: &Store,
     ids: &DeploymentIds,
 ) -> Result<matrix::Baselines, DaemonError> {
-    let mut out = matrix::Baselines::new();
     if !config
         .rules
         .iter()
         .any(|r| r.condition.signal == Signal::Degradation)
     {
-        return Ok(out);
+        return Ok(matrix::Baselines::new());
     }
-    let deployments = store.deployments().await?;
-    for color in Color::ALL {
-        let Some(current) = ids
-            .get(&color)
-            .and_then(|id| deployments.iter().find(|d| d.id == *id))
-        else {
-            continue;
-        };
-        let Some(previous) = deployments.iter().rev().find(|d| d.id < current.id) else {
-            continue;
-        };
-        let mut by_probe: HashMap<String, Vec<Sample>> = HashMap::new();
-        for sample in store
-            .samples(None, Some(previous.color), current.at_ms - 30 * 60 * 1000)
-            .await?
-        {
-            if sample.at_ms < current.at_ms && sample.deployment == Some(previous.id) {
-                by_probe
-                    .entry(sample.probe.clone())
-                    .or_default()
-                    .push(sample);
-            }
-        }
-        out.extend(
-            by_probe
-                .into_iter()
-                .map(|(probe, samples)| ((probe, color), matrix::Baseline::from_samples(&samples))),
+    let cutovers: Vec<matrix::Cutover> = store
+        .deployments()
+        .await?
+        .iter()
+        .map(|d| matrix::Cutover {
+            id: d.id,
+            color: d.color,
+            at_ms: d.at_ms,
+        })
+        .collect();
+    let sources = matrix::baseline_sources(&cutovers, ids);
+    let mut samples = Vec::new();
+    for src in &sources {
+        samples.extend(
+            store
+                .samples(None, Some(src.previous.color), src.from_ms)
+                .await?,
         );
     }
-    Ok(out)
+    Ok(matrix::baselines(&sources, &samples))
 }
 
 /// After a restart, the windows come back from the stored samples.
