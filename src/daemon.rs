@@ -19,6 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::active;
 use crate::config::{Config, ConfigError, Scope, consecutive_needed};
+use crate::entry;
 use crate::http::{AppState, Health, ProbeInfo, ReloadInfo, Server, Snapshot};
 use crate::matrix::{self, Decision, Engine, State, Verdict};
 use crate::metrics::Metrics;
@@ -151,6 +152,12 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let verdict_writer = tokio::spawn(write_verdicts(store.clone(), verdict_rx, health.clone()));
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
     let mut probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
+    // `[entry]`: what the users' entry serves, looked at on a pace of its
+    // own; a reload sends the new `[entry]`, dropping the sender stops it.
+    let (entry_cfg_tx, entry_cfg_rx) = watch::channel(config.entry.clone());
+    let (seen_tx, mut seen_rx) = mpsc::channel::<entry::Seen>(16);
+    let entry_watch = tokio::spawn(watch_entry(entry_cfg_rx, seen_tx));
+    let mut drift = entry::Drift::default();
 
     let mut eval = tokio::time::interval(EVAL_PERIOD);
     eval.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -308,6 +315,40 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 }
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or(active);
             }
+            Some(seen) = seen_rx.recv() => {
+                if let (entry::Seen::Color(served), Some(active)) = (seen, active) {
+                    if rollback_task.is_some() {
+                        // A rollback moves traffic on purpose.
+                        drift.hold();
+                    } else {
+                        match drift.look(served, active) {
+                            Some(entry::DriftChange::Started { served, active }) => {
+                                let summary = format!(
+                                    "drift: the entry serves {served} while {active} is the active color"
+                                );
+                                tracing::warn!(
+                                    rollbackd.color = served.as_str(),
+                                    rollbackd.severity = crate::model::Severity::High.as_str(),
+                                    "alert: {summary}"
+                                );
+                                let mut notice = notifier::Notice::new(
+                                    notifier::Event::Alert,
+                                    crate::model::Severity::High,
+                                    &config.service,
+                                    summary,
+                                );
+                                notice.color = Some(served);
+                                hub.send(&config.notify, notice);
+                            }
+                            Some(entry::DriftChange::Ended { active }) => tracing::info!(
+                                rollbackd.color = active.as_str(),
+                                "the entry serves the active color {active} again"
+                            ),
+                            None => {}
+                        }
+                    }
+                }
+            }
             _ = active_watch.changed() => {
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
                     tracing::error!("cannot read the active color: {e}");
@@ -357,6 +398,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 .reload(&prober, &sample_tx, &deploy_rx, &app, &last_status)
                 .await;
             metrics.reload(info.ok);
+            entry_cfg_tx.send_if_modified(|e| {
+                let new = config.entry.clone();
+                let changed = e.as_ref().map(|e| (&e.url, &e.color_header))
+                    != new.as_ref().map(|e| (&e.url, &e.color_header));
+                *e = new;
+                changed
+            });
             last_reload = Some(info);
             publish_reload(&snapshot_tx, &config, &last_reload);
         }
@@ -376,6 +424,11 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         let _ = writer_tx.send(sample).await;
     }
     drop(writer_tx);
+    drop(entry_cfg_tx);
+    drop(seen_rx);
+    if let Err(e) = entry_watch.await {
+        tracing::error!("entry watch panicked: {e}");
+    }
     if let Some(mut task) = rollback_task {
         // Never abandon a rollback half-way: every step is bounded by the
         // rollback timeout and verification by verify_after, so this wait
@@ -729,6 +782,41 @@ async fn baselines(
         );
     }
     Ok(matrix::baselines(&sources, &samples))
+}
+
+/// How often the `[entry]` is looked at for drift.
+const ENTRY_PERIOD: Duration = Duration::from_secs(1);
+
+/// Look at the `[entry]` every [`ENTRY_PERIOD`] and send what it serves,
+/// until the configuration sender or the loop goes away.
+async fn watch_entry(
+    mut config: watch::Receiver<Option<crate::config::Entry>>,
+    seen: mpsc::Sender<entry::Seen>,
+) {
+    let mut tick = tokio::time::interval(ENTRY_PERIOD);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        let current = config.borrow_and_update().clone();
+        tokio::select! {
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tick.tick(), if current.is_some() => {
+                if let Some(e) = &current {
+                    // A slow entry delays the next look, never the loop.
+                    let look = tokio::select! {
+                        s = entry::served(e) => s,
+                        _ = config.changed() => continue,
+                    };
+                    if seen.send(look).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// After a restart, the windows come back from the stored samples.
