@@ -202,7 +202,8 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             _ = eval.tick() => {
                 // The database is read at most once per period, however
                 // many samples land.
-                if last_refresh.elapsed() >= EVAL_PERIOD {
+                let refreshed = last_refresh.elapsed() >= EVAL_PERIOD;
+                if refreshed {
                     last_refresh = Instant::now();
                     active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
                         tracing::error!("cannot read the active color: {e}");
@@ -228,7 +229,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 for notice in recoveries.cleared(&config.service, &verdicts) {
                     hub.send(&config.notify, notice);
                 }
-                if holds.check(&store).await {
+                if refreshed && holds.check(&store).await {
                     // A hold just ended: a rollback it held back goes now.
                     next_attempt = Some(Instant::now());
                 }

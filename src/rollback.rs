@@ -963,9 +963,12 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
             let landed = match (&ctx.config.active_file, &ctx.config.entry) {
                 (Some(file), _) => active::read_file(file).ok() == Some(run.to),
                 (None, _) if inc.state == "switched" => true,
-                // `[entry]` tells what the traffic does now.
+                // `[entry]` tells what the traffic does now (a proxy may
+                // still be reloading: give it verify_after).
                 (None, Some(entry)) => {
-                    crate::entry::served(entry).await == crate::entry::Seen::Color(run.to)
+                    crate::entry::wait_serving(entry, run.to, ctx.config.rollback.verify_after)
+                        .await
+                        .is_ok()
                 }
                 (None, None) => false,
             };

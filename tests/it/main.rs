@@ -5,6 +5,7 @@ mod assets;
 mod bake;
 mod common;
 mod demo;
+mod faults;
 mod gate;
 mod matrix;
 mod notify;
