@@ -18,7 +18,9 @@
 //! Judging at the sample puts a firing before the deployment record of the
 //! rollback it caused, as in the daemon. Samples from the longest window
 //! before the start warm the windows up. A new deployment of a color
-//! forgets that color's windows and reloads baselines, as in the daemon.
+//! forgets that color's windows (`Engine::set_deployments`: only samples
+//! of a color's current deployment count) and reloads baselines, as in the
+//! daemon.
 //! The active color at a time is the latest deployment's (else the
 //! `[active] file` now). It cannot know what a rollback would have changed
 //! afterwards: a rule that keeps firing is reported once, when it fires.
@@ -169,9 +171,11 @@ impl Replay<'_> {
                     (Some(d), s) if d <= t && s.is_none_or(|s| d <= s) => {
                         let d = &self.deployments[next_deploy];
                         next_deploy += 1;
-                        if ids.insert(d.color, d.id).is_some() {
-                            engine.reset_color(d.color);
-                        }
+                        // A window judges one deployment, as in the daemon:
+                        // the color starts clean, and samples stamped with
+                        // another deployment no longer count.
+                        ids.insert(d.color, d.id);
+                        engine.set_deployments(Color::ALL.map(|c| ids.get(&c).copied()));
                         if wants_baselines {
                             engine.set_baselines(self.baselines(&ids));
                         }

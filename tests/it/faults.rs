@@ -70,7 +70,7 @@ name = "medium: error_rate > 10% over 20s"
 severity = "medium"
 when = "error_rate > 10%"
 window = "20s"
-min_samples = 4
+min_samples = 50
 [[rule]]
 name = "medium: latency_avg > 2000ms over 20s"
 severity = "medium"
@@ -1592,9 +1592,21 @@ fn scenarios() -> Vec<Scenario> {
             "zero rollbacks",
             noise_2pct
         ),
-        scenario!("both colors down", "refused, escalation notified", both_down, pending "issue10a point 1"),
-        scenario!("standby stopped, with prepare", "prepare, verify, switch", standby_stopped_prepare, pending "issue10a point 2"),
-        scenario!("standby stopped, no prepare", "refused naming the probe", standby_stopped_no_prepare, pending "issue10a point 2"),
+        scenario!(
+            "both colors down",
+            "refused, escalation notified",
+            both_down
+        ),
+        scenario!(
+            "standby stopped, with prepare",
+            "prepare, verify, switch",
+            standby_stopped_prepare
+        ),
+        scenario!(
+            "standby stopped, no prepare",
+            "refused naming the probe",
+            standby_stopped_no_prepare
+        ),
         scenario!("switch command fails", "failed, notified", switch_fails),
         scenario!("switch command hangs", "failed at timeout", switch_hangs),
         scenario!(
@@ -1634,7 +1646,11 @@ fn scenarios() -> Vec<Scenario> {
             "held, then rollback",
             pause_then_expiry
         ),
-        scenario!("restart right after deploy", "new version kept", restart_after_deploy, pending "issue10a point 3"),
+        scenario!(
+            "restart right after deploy",
+            "new version kept",
+            restart_after_deploy
+        ),
     ]
 }
 
