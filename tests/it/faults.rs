@@ -1726,3 +1726,30 @@ async fn fault_injection_suite() {
     eprintln!("{table}");
     assert!(failed.is_empty(), "{table}\n{}", failed.join("\n\n"));
 }
+
+/// Issue 10, point 4: `check` says whether a switch is confirmed by the
+/// traffic, and where.
+#[tokio::test]
+async fn check_says_whether_the_switch_is_confirmed() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let env = Env::new("");
+    let plain = common::fast_config(&blue, &green, env.dir.path(), "");
+    std::fs::write(&env.config, &plain).unwrap();
+    let out = env.cli_ok(&["check"]);
+    assert!(
+        out.contains("switch: not confirmed: without [entry]"),
+        "{out}"
+    );
+    let with_entry = format!(
+        "{plain}\n[entry]\nurl = \"http://127.0.0.1:8080/healthz\"\ncolor_header = \"X-Color\"\n"
+    );
+    std::fs::write(&env.config, with_entry).unwrap();
+    let out = env.cli_ok(&["check"]);
+    assert!(
+        out.contains("switch: confirmed by traffic")
+            && out.contains("http://127.0.0.1:8080/healthz")
+            && out.contains("x-color"),
+        "{out}"
+    );
+}
