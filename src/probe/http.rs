@@ -157,10 +157,11 @@ pub async fn read_capped(
     Ok((body, false))
 }
 
-/// Whether a failed request got an answer (see [`super::io_status`]): the
-/// innermost I/O error decides; a timeout is a timeout; a connect error
-/// without one (a name that does not resolve) got none; any other error
-/// (the peer closed mid-answer, spoke bad HTTP or TLS) is the target's.
+/// Whether a failed request got an answer (see [`super::io_status`]): a
+/// timeout is a timeout; a name that does not resolve got none; otherwise
+/// the innermost system call's error decides; any other error (a TLS
+/// certificate we reject, the peer closing mid-answer or speaking bad HTTP)
+/// is the target's answer.
 pub fn classify(e: &reqwest::Error) -> SampleStatus {
     if e.is_timeout() {
         return SampleStatus::Timeout;
@@ -168,15 +169,21 @@ pub fn classify(e: &reqwest::Error) -> SampleStatus {
     let mut source: Option<&dyn std::error::Error> = Some(e);
     let mut io = None;
     while let Some(s) = source {
+        if s.to_string().starts_with("dns error") {
+            return SampleStatus::Unreachable;
+        }
         if let Some(found) = s.downcast_ref::<std::io::Error>() {
             io = Some(found);
         }
         source = s.source();
     }
     match io {
-        Some(io) => super::io_status(io),
-        None if e.is_connect() => SampleStatus::Unreachable,
-        None => SampleStatus::Failed,
+        // A system call's error: refused, reset, unreachable, EMFILE.
+        Some(io) if io.raw_os_error().is_some() => super::io_status(io),
+        Some(io) if io.kind() == std::io::ErrorKind::TimedOut => SampleStatus::Timeout,
+        // A library's verdict on what the peer sent (TLS: a certificate
+        // we do not trust), or no I/O error at all: an answer.
+        _ => SampleStatus::Failed,
     }
 }
 

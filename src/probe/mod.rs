@@ -125,15 +125,15 @@ fn cap_detail(mut o: Outcome) -> Outcome {
 }
 
 /// How a failed connection or request is judged: a refused, reset or
-/// aborted connection is the target answering "no" (`Failed`); a timeout is
-/// `Timeout`; anything else (no route, a name that does not resolve, the
+/// aborted connection is the target answering "no", and data we reject (a
+/// TLS certificate we do not trust) is an answer too (`Failed`); a timeout
+/// is `Timeout`; anything else (no route, a name that does not resolve, the
 /// watchdog out of file descriptors) got no answer (`Unreachable`).
 pub fn io_status(e: &std::io::Error) -> SampleStatus {
     use std::io::ErrorKind::*;
     match e.kind() {
-        ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
-            SampleStatus::Failed
-        }
+        ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        | InvalidData => SampleStatus::Failed,
         TimedOut => SampleStatus::Timeout,
         _ => SampleStatus::Unreachable,
     }
@@ -318,6 +318,9 @@ mod tests {
             assert_eq!(status(errno), SampleStatus::Failed, "errno {errno}");
         }
         assert_eq!(status(110), SampleStatus::Timeout, "ETIMEDOUT");
+        let bad_certificate =
+            Error::new(std::io::ErrorKind::InvalidData, "invalid peer certificate");
+        assert_eq!(io_status(&bad_certificate), SampleStatus::Failed);
         // ENETUNREACH, EHOSTUNREACH, EMFILE (our own), ENFILE: no answer.
         for errno in [101, 113, 24, 23] {
             assert_eq!(status(errno), SampleStatus::Unreachable, "errno {errno}");
