@@ -168,6 +168,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
 
     let mut eval = tokio::time::interval(EVAL_PERIOD);
     eval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // When the loop last judged and will judge next (`eval` does not say).
+    let mut last_eval = Instant::now();
+    let mut next_eval = last_eval;
     // The watchdog is pinged from this loop and only from it: while the loop
     // is stuck (an await that never returns, a blocked thread), the pings
     // stop and systemd restarts the daemon.
@@ -199,14 +202,21 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 transitions.note(&sample);
                 engine.observe(&sample);
                 // Judged as it lands (SPEC: decisions are taken as the
-                // evidence lands), as `replay` does: the next tick is now.
-                eval.reset_immediately();
+                // evidence lands), as `replay` does: the next tick is now,
+                // or `EVAL_GAP` after the previous judgement.
+                let want = Instant::now().max(last_eval + matrix::EVAL_GAP);
+                if want < next_eval {
+                    eval.reset_at(want);
+                    next_eval = want;
+                }
                 metrics.observe_sample(&sample);
                 if writer_tx.send(sample).await.is_err() {
                     tracing::error!("the sample writer stopped; samples are no longer stored");
                 }
             }
             _ = eval.tick() => {
+                last_eval = Instant::now();
+                next_eval = last_eval + EVAL_PERIOD;
                 // The database is read at most once per period, however
                 // many samples land.
                 let refreshed = last_refresh.elapsed() >= EVAL_PERIOD;

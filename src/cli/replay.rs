@@ -13,8 +13,10 @@
 //! copy of it: `Engine::judge` on both colors, `matrix::decide` on the
 //! verdicts, baselines from `matrix::baseline_sources`. And it judges at
 //! the daemon's moments: as each sample lands (at its time, after every
-//! sample and deployment up to it), and `--step` (default 250 ms, the
-//! daemon's `EVAL_PERIOD`) after the last judgement while none lands.
+//! sample and deployment up to it; samples landing within `EVAL_GAP` of
+//! the previous judgement are judged together, that long after it), and
+//! `--step` (default 250 ms, the daemon's `EVAL_PERIOD`) after the last
+//! judgement while none lands.
 //! Judging at the sample puts a firing before the deployment record of the
 //! rollback it caused, as in the daemon. Samples from the longest window
 //! before the start warm the windows up. A new deployment of a color
@@ -343,7 +345,9 @@ impl Replay<'_> {
             .flatten()
             .min();
             let quiet = last_sample_at.is_none_or(|l| t - l > self.warmup + self.step);
-            let mut next = next_sample_at.map_or(t + self.step, |s| s.min(t + self.step));
+            let gap = duration_ms(matrix::EVAL_GAP).min(self.step);
+            let mut next =
+                next_sample_at.map_or(t + self.step, |s| s.max(t + gap).min(t + self.step));
             if quiet {
                 next = next.max(next_event.unwrap_or(self.end + self.step));
             }

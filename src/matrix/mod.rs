@@ -77,6 +77,11 @@ use window::{Aggregate, Totals};
 /// (windows slide, `for` holds expire); `replay` follows the same schedule.
 pub const EVAL_PERIOD: Duration = Duration::from_millis(250);
 
+/// The least time between two judgements: samples landing faster (an
+/// `access_log` probe under load lands one per request) are judged together,
+/// at most this long after the previous judgement.
+pub const EVAL_GAP: Duration = Duration::from_millis(25);
+
 /// What the daemon says when the watchdog goes blind.
 pub const BLIND_REASON: &str = "the watchdog may be blind: no probe on either color and no \
      shared probe got an answer (each timed out or could not reach its target), which points at \
