@@ -18,9 +18,9 @@
 //! - [`matrix`] turns samples into verdicts and decisions. It does no IO and
 //!   reads no clock.
 //! - [`rollback`] is the guarded switch, a state machine persisted at every
-//!   step; [`active`] says which color serves traffic; [`notifier`] sends
-//!   webhooks without ever making them wait ([`template`] renders the
-//!   templated ones).
+//!   step; [`active`] says which color is active, [`entry`] which one the
+//!   users' entry really serves; [`notifier`] sends webhooks without ever
+//!   making them wait ([`template`] renders the templated ones).
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
 //!   act. [`reload`] says what a reload changes and watches the file;
 //!   [`signals`] and [`systemd`] connect it to the host; [`logging`] picks
@@ -41,6 +41,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod drill;
+pub mod entry;
 pub mod gate;
 pub mod http;
 pub mod logging;

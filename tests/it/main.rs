@@ -7,6 +7,7 @@ mod common;
 mod decisions;
 mod demo;
 mod drill;
+mod faults;
 mod gate;
 mod matrix;
 mod notify;
