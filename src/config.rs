@@ -80,6 +80,9 @@ pub struct Daemon {
     pub retention: Duration,
     pub dry_run: bool,
     pub watch_config: bool,
+    /// The independent failure rate `check` assumes when it says how often
+    /// a consecutive-failure rule would fire on noise (a fraction: 0.02).
+    pub assumed_noise: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -296,11 +299,16 @@ fn placeholders(text: &str) -> impl Iterator<Item = &str> {
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Fast confirm is on unless `confirm_interval = "off"` (SPEC section 2):
+/// this pace, or the probe's interval when that is shorter.
+pub const DEFAULT_CONFIRM_INTERVAL: Duration = Duration::from_millis(200);
+/// `[daemon] assumed_noise`: the failure rate `check` prices rules at.
+pub const DEFAULT_ASSUMED_NOISE: f64 = 0.02;
 
 /// The default decision matrix of SPEC section 2.
 fn default_rule_specs() -> Vec<(Severity, &'static str, &'static str, u32)> {
     vec![
-        (Severity::Critical, "health_failures >= 3", "10m", 3),
+        (Severity::Critical, "health_failures >= 5", "10m", 5),
         (Severity::Critical, "error_rate >= 100%", "1m", 5),
         (Severity::High, "error_rate > 50%", "2m", 10),
         (Severity::High, "latency_avg > 5000ms", "5m", 10),
@@ -344,6 +352,7 @@ struct RawDaemon {
     retention: Option<HumanDuration>,
     dry_run: Option<bool>,
     watch_config: Option<bool>,
+    assumed_noise: Option<Percent>,
 }
 
 #[derive(Deserialize)]
@@ -391,7 +400,7 @@ struct RawProbe {
     address: Option<String>,
     interval: Option<HumanDuration>,
     timeout: Option<HumanDuration>,
-    confirm_interval: Option<HumanDuration>,
+    confirm_interval: Option<Confirm>,
     health: Option<bool>,
     method: Option<String>,
     headers: Option<BTreeMap<String, String>>,
@@ -528,6 +537,45 @@ impl<'de> Deserialize<'de> for ConditionValue {
             .map(ConditionValue)
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// `confirm_interval = "200ms"`, or `"off"` for no fast confirm.
+struct Confirm(Option<Duration>);
+
+impl<'de> Deserialize<'de> for Confirm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(Confirm(None));
+        }
+        humantime::parse_duration(&text)
+            .map(|d| Confirm(Some(d)))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid confirm_interval {text:?}: {e}; expected a duration like \"200ms\", or \"off\""
+                ))
+            })
+    }
+}
+
+/// A rate in percent above 0 and below 100, e.g. `"2%"`; kept as a fraction.
+struct Percent(f64);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_percent(&text).map(Percent).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid rate {text:?}: expected a percentage above 0 and below 100, like \"2%\""
+            ))
+        })
+    }
+}
+
+/// `"2%"` or `"0.5%"` -> 0.02, 0.005: a rate strictly between 0% and 100%.
+pub fn parse_percent(text: &str) -> Option<f64> {
+    let n: f64 = text.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (n > 0.0 && n < 100.0).then_some(n / 100.0)
 }
 
 /// `listen = "127.0.0.1:9797"`, or `"off"` for no HTTP listener.
@@ -750,6 +798,11 @@ impl Config {
                 .unwrap_or(Duration::from_secs(14 * 86400)),
             dry_run: raw.daemon.dry_run.unwrap_or(false),
             watch_config: raw.daemon.watch_config.unwrap_or(true),
+            assumed_noise: raw
+                .daemon
+                .assumed_noise
+                .map(|p| p.0)
+                .unwrap_or(DEFAULT_ASSUMED_NOISE),
         };
 
         let raw_colors = raw.colors;
@@ -1082,6 +1135,17 @@ impl Config {
         Detection::Within(rule.window + rule.hold_for)
     }
 
+    /// Confirm runs after a first failure: up to the streak the health
+    /// rules need (the scheduler's `Cadence::confirms`).
+    pub fn confirms(&self) -> u32 {
+        self.rules
+            .iter()
+            .filter(|r| r.condition.signal == Signal::HealthFailures)
+            .map(|r| consecutive_needed(&r.condition).saturating_sub(1))
+            .max()
+            .unwrap_or(2)
+    }
+
     pub fn probe(&self, name: &str) -> Option<&Probe> {
         self.probes.iter().find(|p| p.name == name)
     }
@@ -1292,12 +1356,15 @@ fn validate_probe(
             ),
         ));
     }
-    let confirm_interval = raw.confirm_interval.map(|d| d.0);
+    let confirm_interval = match raw.confirm_interval {
+        Some(Confirm(explicit)) => explicit,
+        None => Some(DEFAULT_CONFIRM_INTERVAL.min(interval)),
+    };
     if let Some(c) = confirm_interval {
         if c.is_zero() || c > interval {
             return Err(err(
                 "confirm_interval",
-                "expected a duration above zero and below `interval`".into(),
+                "expected a duration above zero and no longer than `interval`, or \"off\"".into(),
             ));
         }
     }

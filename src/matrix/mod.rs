@@ -53,6 +53,7 @@
 //! verdict is inconclusive, and [`Engine::take_blind_change`] tells the
 //! daemon once, so it can alert with [`BLIND_REASON`].
 
+pub mod noise;
 pub mod signal;
 pub mod window;
 
