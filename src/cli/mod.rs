@@ -59,7 +59,7 @@ pub enum Command {
     /// Run the daemon (systemd Type=notify)
     Run,
     /// Validate the configuration; print probes, the matrix and detection times
-    Check,
+    Check(CheckArgs),
     /// Active color, deployment, latest verdicts, pause state, last incident
     Status(JsonFlag),
     /// Record a cutover made by a pipeline
@@ -87,6 +87,14 @@ pub enum Command {
     GenerateAssets(assets::AssetsArgs),
     /// Run the rules over stored samples: what would have fired, and when
     Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Exit 1 when a Critical/High rule would fire on noise more than once
+    /// a year at [daemon] assumed_noise
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -208,8 +216,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     match cli.command {
         Command::Run => run(config).await,
-        Command::Check => {
+        Command::Check(a) => {
             print!("{}", check::report(&config));
+            if a.strict {
+                check::strict(&config)?;
+            }
             Ok(())
         }
         Command::Status(f) => status::run(&config, f.json).await,

@@ -355,14 +355,19 @@ high = "alert"
         // A burst is at most `confirms` runs after the failure that began it.
         let mut run = 0;
         for w in blue.windows(2) {
-            run = if w[1].at_ms - w[0].at_ms == 200 { run + 1 } else { 0 };
+            run = if w[1].at_ms - w[0].at_ms == 200 {
+                run + 1
+            } else {
+                0
+            };
             assert!(run <= 4);
         }
         let failed = a.iter().filter(|s| !s.ok).count() as f64 / a.len() as f64;
         assert!((0.25..0.35).contains(&failed), "{failed}");
         assert!(
-            a.iter()
-                .all(|s| s.ok == (s.status == SampleStatus::Ok) && s.status != SampleStatus::Timeout)
+            a.iter().all(
+                |s| s.ok == (s.status == SampleStatus::Ok) && s.status != SampleStatus::Timeout
+            )
         );
     }
 

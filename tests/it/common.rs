@@ -198,9 +198,8 @@ pub const REQUIRE_ALL: &str = "ROLLBACKD_TEST_REQUIRE_ALL";
 #[allow(dead_code)] // until every system-package test uses it
 pub fn have_tool(tool: &str, package: &str) -> bool {
     let found = Path::new(tool).is_absolute() && Path::new(tool).exists()
-        || std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
-        })
+        || std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
         || ["/usr/sbin", "/sbin", "/usr/lib/postgresql"]
             .iter()
             .any(|dir| Path::new(dir).join(tool).is_file());
