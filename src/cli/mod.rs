@@ -174,6 +174,32 @@ pub struct ReplayArgs {
     /// Evaluation pace (the daemon's is 250ms)
     #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
     pub step: Duration,
+    /// Instead of stored samples, generate a healthy service whose probes
+    /// fail independently at this rate, e.g. 2% (in memory; no database)
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub synthetic_noise: Option<f64>,
+    /// With --synthetic-noise: how long a period to generate
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "7d", requires = "synthetic_noise")]
+    pub period: Duration,
+    /// With --synthetic-noise: the probes that fail (default: all); the
+    /// others answer ok throughout
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        requires = "synthetic_noise"
+    )]
+    pub probes: Vec<String>,
+    /// With --synthetic-noise: the random seed (default: a random one, printed)
+    #[arg(long, requires = "synthetic_noise")]
+    pub seed: Option<u64>,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    config::parse_percent(text).ok_or_else(|| {
+        format!("expected a percentage above 0 and below 100, like 2%, not {text:?}")
+    })
 }
 
 /// A failure that is an answer, not an error: exit 1.

@@ -184,3 +184,109 @@ async fn replay_reports_what_would_have_fired_and_when() {
     let out = env.cli(&["replay", "--rules", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(78), "{out:?}");
 }
+
+/// One health probe at 1 s, the most common setup, with the default
+/// matrix; `THREE_IN_A_ROW` is the same with the old Critical row.
+const ONE_PROBE: &str = r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "beluga"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "1s"
+health = true
+[rollback]
+command = ["/bin/true", "{to}"]
+"#;
+
+const THREE_IN_A_ROW: &str = r#"
+[[rule]]
+severity = "critical"
+when = "health_failures >= 3"
+window = "10m"
+min_samples = 3
+"#;
+
+/// The closing line's counts: (rollbacks, alerts, blind spells).
+fn totals(out: &str) -> (u32, u32, u32) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("would have requested a rollback"))
+        .unwrap_or_else(|| panic!("no totals in:\n{out}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1], nums[2])
+}
+
+/// Issue 17: a week of 2% independent (answered) failures on both colors,
+/// generated in memory, requests no rollback through the defaults and
+/// shows no blind spell; the same seeded week through
+/// `health_failures >= 3` would have rolled back. No database is created.
+#[test]
+fn issue17_synthetic_noise_is_quiet_with_the_defaults_and_noisy_with_three_in_a_row() {
+    let env = Env::new(ONE_PROBE);
+    let three = env.path("three.toml");
+    std::fs::write(&three, ONE_PROBE.to_owned() + THREE_IN_A_ROW).unwrap();
+    let three = three.to_str().unwrap().to_owned();
+    // Evaluated every second rather than every 250 ms, to keep the debug
+    // binary's week short; both runs in parallel.
+    let args = [
+        "replay",
+        "--synthetic-noise",
+        "2%",
+        "--for",
+        "7d",
+        "--seed",
+        "17",
+        "--step",
+        "1s",
+    ];
+    let (defaults, noisy) = std::thread::scope(|s| {
+        let defaults = s.spawn(|| env.cli_ok(&args));
+        let mut with_rules = args.to_vec();
+        with_rules.extend(["--rules", three.as_str()]);
+        let noisy = env.cli_ok(&with_rules);
+        (defaults.join().unwrap(), noisy)
+    });
+    assert!(
+        defaults.contains("synthetic: every probe failing independently at 2%, seed 17"),
+        "{defaults}"
+    );
+    let (rollbacks, _, blind) = totals(&defaults);
+    assert_eq!(rollbacks, 0, "the defaults roll back on noise:\n{defaults}");
+    assert_eq!(
+        blind, 0,
+        "answered failures on both colors are not blindness"
+    );
+    let (rollbacks, _, _) = totals(&noisy);
+    assert!(
+        rollbacks >= 1,
+        "three in a row fires on the same week:\n{}",
+        noisy
+            .lines()
+            .filter(|l| l.contains("health_failures"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        !env.path("state").exists(),
+        "synthetic replay wrote a state dir"
+    );
+
+    // A probe that does not exist is a usage error.
+    let out = env.cli(&["replay", "--synthetic-noise", "2%", "--probes", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    // --for without --synthetic-noise is a usage error too.
+    let out = env.cli(&["replay", "--for", "1d"]);
+    assert_eq!(out.status.code(), Some(2));
+}
