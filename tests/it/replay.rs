@@ -80,7 +80,8 @@ async fn replay_reports_what_would_have_fired_and_when() {
     let env = Env::new(CONFIG);
     let base = now_ms() - 40 * 60 * 1000;
     let fault_from = base + 20 * 60 * 1000;
-    let third_failure = fault_from + 10_000;
+    // The default Critical row: 5 failures in a row (samples every 5 s).
+    let fifth_failure = fault_from + 20_000;
     {
         let store = env.store().await;
         let d = store
@@ -103,15 +104,15 @@ async fn replay_reports_what_would_have_fired_and_when() {
     let fired: Vec<&str> = out.lines().filter(|l| l.contains(" fired ")).collect();
     let crit = fired
         .iter()
-        .find(|l| l.contains("critical: health_failures >= 3"))
+        .find(|l| l.contains("critical: health_failures >= 5"))
         .unwrap_or_else(|| panic!("no health_failures fire in:\n{out}"));
     assert!(crit.contains(" blue "), "{crit}");
     assert!(crit.contains("would roll back (active color)"), "{crit}");
-    // Fired at the third failed sample (the report is to the second).
+    // Fired at the fifth failed sample (the report is to the second).
     let at = time_of(crit);
     assert!(
-        (third_failure - 1000..=third_failure + 1000).contains(&at),
-        "fired at {at}, third failure at {third_failure}\n{out}"
+        (fifth_failure - 1000..=fifth_failure + 1000).contains(&at),
+        "fired at {at}, fifth failure at {fifth_failure}\n{out}"
     );
     assert!(
         fired.iter().all(|l| l.contains(" blue ")),
@@ -130,11 +131,11 @@ async fn replay_reports_what_would_have_fired_and_when() {
             .unwrap_or_else(|| panic!("no summary row for {rule} on {color}:\n{out}"))
             .to_owned()
     };
-    let blue = row("critical: health_failures >= 3 over 10m", "blue");
+    let blue = row("critical: health_failures >= 5 over 10m", "blue");
     let cols: Vec<&str> = blue.split_whitespace().collect();
     assert!(cols.contains(&"1"), "{blue}");
     assert!(cols.contains(&"12"), "peak streak of 12 failures: {blue}");
-    let green = row("critical: health_failures >= 3 over 10m", "green");
+    let green = row("critical: health_failures >= 5 over 10m", "green");
     assert!(green.contains(" 0 "), "{green}");
     assert!(out.contains("would have requested"), "{out}");
 
