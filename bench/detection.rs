@@ -18,7 +18,8 @@
 //!
 //! ```text
 //! cargo bench --bench detection            # 20 trials per configuration
-//! TRIALS=5 cargo bench --bench detection   # quicker
+//! TRIALS=5 SEEDS=1 cargo bench --bench detection   # quicker
+//! cargo test --bench detection              # the same on a debug build
 //! ```
 //!
 //! Figures are written down in `docs/benchmarks.md`.
@@ -124,14 +125,18 @@ async fn trial(probe_extra: &str, rules: &str) -> Option<f64> {
         config(dir.path(), &blue_url, &green_url, probe_extra, rules),
     )
     .ok()?;
-    let deployed = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .args(["deploy", "--color", "blue", "--version", "v1"])
-        .stdout(Stdio::null())
-        .status()
-        .ok()?;
-    assert!(deployed.success(), "rollbackd deploy failed");
+    // v0 on green earlier (the version to roll back to), v1 live on blue.
+    for (color, version) in [("green", "v0"), ("blue", "v1")] {
+        let deployed = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .args(["deploy", "--color", color, "--version", version])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        assert!(deployed.success(), "rollbackd deploy failed");
+    }
     let mut daemon = Command::new(BIN)
         .arg("--config")
         .arg(&path)
@@ -241,11 +246,15 @@ async fn main() {
             }
         );
     }
+    let seeds: u64 = std::env::var("SEEDS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(3);
     println!(
         "\na week of 2% independent failures on both colors (replay --synthetic-noise 2% --for 7d):"
     );
     for (name, probe_extra, rules) in configurations {
-        for seed in 1..=3 {
+        for seed in 1..=seeds {
             match noisy_week(probe_extra, rules, seed) {
                 Some((_, line)) => println!("  {name}, seed {seed}: {line}"),
                 None => println!("  {name}, seed {seed}: replay failed"),
