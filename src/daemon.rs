@@ -62,6 +62,8 @@ pub enum DaemonError {
     Rollback(#[from] RollbackError),
     #[error(transparent)]
     Active(#[from] active::ActiveError),
+    #[error(transparent)]
+    Lock(#[from] crate::statelock::LockError),
     #[error("cannot listen on {addr} ([daemon] listen): {source}")]
     Listen {
         addr: SocketAddr,
@@ -80,6 +82,9 @@ pub(crate) struct ProbeTask {
 /// Run until a [`Control::Shutdown`] arrives (or the channel closes).
 pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result<(), DaemonError> {
     let mut config = Arc::new(config);
+    // One daemon per state_dir: held until `run` returns (or the process
+    // dies: the kernel lets go of it).
+    let _state_lock = crate::statelock::acquire(&config.daemon.state_dir)?;
     let store = Store::open_dir(&config.daemon.state_dir).await?;
     let prober = Prober::new();
     // Notifications: a queue and its worker; sending never waits.
@@ -107,11 +112,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         }
     }
 
+    // The engine learns each color's current deployment before the windows
+    // are rebuilt: a stored sample of an earlier deployment (the one rolled
+    // back before a restart) never judges the current one.
     let mut engine = Engine::new(&config);
-    rebuild_windows(&mut engine, &config, &store).await?;
-
     let (deploy_tx, deploy_rx) = watch::channel(DeploymentIds::new());
     let mut active = refresh_active(&config, &store, &deploy_tx, &mut engine, None).await?;
+    rebuild_windows(&mut engine, &config, &store).await?;
 
     // The read-only listener comes up before READY=1, so a bad `listen` is
     // a startup error and a client may connect as soon as systemd says so.
@@ -202,7 +209,18 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 let mut verdicts = engine.evaluate(now, Color::Blue);
                 verdicts.extend(engine.evaluate(now, Color::Green));
                 match engine.take_blind_change() {
-                    Some(true) => tracing::error!("alert: {}", matrix::BLIND_REASON),
+                    Some(true) => {
+                        let tried = blind_tried(&config, &engine);
+                        tracing::error!("alert: {}; tried: {tried}", matrix::BLIND_REASON);
+                        let mut notice = notifier::Notice::new(
+                            notifier::Event::Alert,
+                            crate::model::Severity::High,
+                            &config.service,
+                            "the watchdog may be blind: nothing answered".to_owned(),
+                        );
+                        notice.detail = format!("{}; tried: {tried}", matrix::BLIND_REASON);
+                        hub.send(&config.notify, notice);
+                    }
                     Some(false) => tracing::warn!("a probe answers again: the watchdog can see, verdicts resume"),
                     None => {}
                 }
@@ -290,11 +308,16 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     Ok(Err(e)) => {
                         tracing::error!("rollback stopped on an error: {e}");
                         metrics.rollback("error");
-                        next_attempt = Some(Instant::now() + RETRY_AFTER);
+                        let ctx = rollback::Context { config: &config, store: &store, prober: &prober, notify: Some(&hub) };
+                        let delay = after_broken_rollback(&ctx, &e.to_string(), &mut refusals).await;
+                        next_attempt = Some(Instant::now() + delay);
                     }
                     Err(e) => {
                         tracing::error!("rollback task panicked: {e}");
                         metrics.rollback("error");
+                        let ctx = rollback::Context { config: &config, store: &store, prober: &prober, notify: Some(&hub) };
+                        let delay = after_broken_rollback(&ctx, &e.to_string(), &mut refusals).await;
+                        next_attempt = Some(Instant::now() + delay);
                     }
                 }
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or(active);
@@ -420,6 +443,47 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the blind watchdog tried, for its alert: each probe and color that
+/// got no answer, its target and its error.
+fn blind_tried(config: &Config, engine: &Engine) -> String {
+    engine
+        .unanswered()
+        .into_iter()
+        .map(|(name, color, detail)| {
+            let target = config
+                .probe(name)
+                .map(|p| crate::probe::target(config, p, color))
+                .unwrap_or_default();
+            let on = color.map(Color::as_str).unwrap_or("shared");
+            format!("{name} on {on} ({target}): {detail}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The rollback task ended without an outcome (it panicked, or stopped on
+/// an error): close its incident as failed and free the in-flight slot
+/// (`rollback::abandon`), then count it as a refusal, so the retry backs
+/// off like any refusal's. Returns when to try again.
+async fn after_broken_rollback(
+    ctx: &rollback::Context<'_>,
+    why: &str,
+    refusals: &mut u32,
+) -> Duration {
+    match rollback::abandon(ctx, why).await {
+        Ok(Some(outcome)) => tracing::warn!("closed the broken rollback: {outcome:?}"),
+        Ok(None) => {}
+        // The database refuses: the slot stays held by this live process
+        // (`reconcile` never takes over a live holder) until a restart.
+        // Say so.
+        Err(e) => tracing::error!(
+            "cannot close the broken rollback's incident ({e}); automatic rollbacks stay blocked until the daemon restarts"
+        ),
+    }
+    *refusals += 1;
+    retry_delay(*refusals)
 }
 
 /// The longest a rollback can take: prepare, switch and retire each within
@@ -664,13 +728,10 @@ async fn refresh_active(
     for d in store.deployments().await? {
         ids.insert(d.color, d.id);
     }
+    // Resets a color whose deployment changed (a new release starts clean).
+    engine.set_deployments(Color::ALL.map(|c| ids.get(&c).copied()));
     let old = deploy_tx.borrow().clone();
     if ids != old {
-        for color in Color::ALL {
-            if old.contains_key(&color) && ids.get(&color) != old.get(&color) {
-                engine.reset_color(color);
-            }
-        }
         engine.set_baselines(baselines(config, store, &ids).await?);
         deploy_tx.send_replace(ids);
     }
@@ -733,7 +794,8 @@ async fn baselines(
     Ok(out)
 }
 
-/// After a restart, the windows come back from the stored samples.
+/// After a restart, the windows come back from the stored samples (of each
+/// color's current deployment only: the engine drops the others).
 async fn rebuild_windows(
     engine: &mut Engine,
     config: &Config,
@@ -936,5 +998,111 @@ mod retry_tests {
     fn refusals_back_off_to_fifteen_minutes() {
         let minutes: Vec<u64> = (1..=6).map(|n| retry_delay(n).as_secs() / 60).collect();
         assert_eq!(minutes, [1, 2, 4, 8, 15, 15]);
+    }
+}
+
+#[cfg(test)]
+mod broken_rollback_tests {
+    use super::*;
+    use crate::model::Severity;
+    use crate::rollback::{PANIC_FAULT, Trigger};
+
+    fn request(reason: &str) -> Request {
+        Request {
+            trigger: Trigger::Automatic,
+            severity: Severity::Critical,
+            rule: Some("critical: health_failures >= 3 over 10m".into()),
+            reason: reason.into(),
+            evidence: serde_json::json!({}),
+            since_ms: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicked_rollback_closes_its_incident_frees_the_slot_and_retries_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        let text = r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "t"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+health = true
+[rollback]
+command = ["/bin/true"]
+verify_target = false
+verify_after = "1s"
+"#;
+        std::fs::write(&path, text).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        let now = now_ms();
+        store
+            .record_deployment(Color::Green, "v1", "cli", now - 2000)
+            .await
+            .unwrap();
+        store
+            .record_deployment(Color::Blue, "v2", "cli", now - 1000)
+            .await
+            .unwrap();
+        let prober = Prober::new();
+
+        // The task dies with its incident open and the slot held.
+        let task = {
+            let (config, store, prober) = (config.clone(), store.clone(), prober.clone());
+            tokio::spawn(async move {
+                let ctx = rollback::Context {
+                    config: &config,
+                    store: &store,
+                    prober: &prober,
+                    notify: None,
+                };
+                rollback::execute(&ctx, request(&format!("bad {PANIC_FAULT}"))).await
+            })
+        };
+        let panicked = task.await.unwrap_err();
+        assert!(panicked.is_panic());
+        let open = store.in_flight_incident().await.unwrap().unwrap();
+        assert_eq!(open.state, "requested");
+
+        let ctx = rollback::Context {
+            config: &config,
+            store: &store,
+            prober: &prober,
+            notify: None,
+        };
+        let mut refusals = 0;
+        let delay = after_broken_rollback(&ctx, &panicked.to_string(), &mut refusals).await;
+        // Retried like a refusal: after a minute, then backing off.
+        assert_eq!((delay, refusals), (RETRY_AFTER, 1));
+        assert_eq!(store.in_flight_incident().await.unwrap(), None);
+        let closed = store.incident(open.id).await.unwrap();
+        assert_eq!(closed.state, "failed");
+        let outcome = closed.outcome.unwrap_or_default();
+        assert!(
+            outcome.contains("the rollback task stopped")
+                && outcome.contains("nothing was switched"),
+            "{outcome}"
+        );
+        // The slot is free: the next attempt runs its switch (green, on a
+        // closed port, then fails its verification: escalated).
+        let next = rollback::execute(&ctx, request("blue fails again"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&next, Outcome::Escalated { incident, .. } if *incident != open.id),
+            "{next:?}"
+        );
     }
 }

@@ -53,6 +53,7 @@ pub mod retention;
 pub mod rollback;
 pub mod secret;
 pub mod signals;
+pub mod statelock;
 pub mod store;
 pub mod systemd;
 pub mod writer;

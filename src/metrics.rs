@@ -92,7 +92,7 @@ impl Metrics {
         );
         registry.register(
             "samples",
-            "Samples taken, per probe, color and status (ok, failed, timeout, no_data)",
+            "Samples taken, per probe, color and status (ok, failed, timeout, unreachable, no_data)",
             samples.clone(),
         );
         registry.register(

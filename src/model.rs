@@ -361,12 +361,19 @@ impl FromStr for Condition {
     }
 }
 
+/// What one probe run saw. `Ok` and `Failed` got an answer from the
+/// target (a failed answer: a bad status, a mismatching body, an exit code,
+/// a refused or reset connection, errors in metrics or logs); `Timeout` and
+/// `Unreachable` got none (no answer in time; a name that does not resolve,
+/// an unreachable network, the watchdog's own resource error); `NoData` is
+/// neither a pass nor a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleStatus {
     Ok,
     Failed,
     Timeout,
+    Unreachable,
     NoData,
 }
 
@@ -376,8 +383,16 @@ impl SampleStatus {
             SampleStatus::Ok => "ok",
             SampleStatus::Failed => "failed",
             SampleStatus::Timeout => "timeout",
+            SampleStatus::Unreachable => "unreachable",
             SampleStatus::NoData => "no_data",
         }
+    }
+}
+
+impl SampleStatus {
+    /// True for `Ok` and `Failed`: the target answered.
+    pub fn answered(self) -> bool {
+        matches!(self, SampleStatus::Ok | SampleStatus::Failed)
     }
 }
 
@@ -388,6 +403,7 @@ impl FromStr for SampleStatus {
             "ok" => Ok(SampleStatus::Ok),
             "failed" => Ok(SampleStatus::Failed),
             "timeout" => Ok(SampleStatus::Timeout),
+            "unreachable" => Ok(SampleStatus::Unreachable),
             "no_data" => Ok(SampleStatus::NoData),
             other => Err(format!("unknown sample status {other:?}")),
         }
@@ -412,6 +428,13 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// Whether the target answered (well or badly): what tells a broken
+    /// service from a blind watchdog (SPEC section 2, "An answer is not
+    /// blindness").
+    pub fn answered(&self) -> bool {
+        self.status.answered()
+    }
+
     /// Requests and errors this sample stands for, or `None` for no data.
     pub fn counts(&self) -> Option<(f64, f64)> {
         match self.status {

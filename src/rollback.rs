@@ -249,6 +249,12 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
         from,
         req.reason
     );
+    // A fault point for the tests of a rollback task that dies mid-way
+    // (its incident open, its slot held): see `abandon`.
+    #[cfg(test)]
+    if req.reason.contains(PANIC_FAULT) {
+        panic!("injected fault: {PANIC_FAULT}");
+    }
     let run = Run {
         ctx,
         id,
@@ -861,6 +867,38 @@ async fn wait_for_orphaned_switch(ctx: &Context<'_>, incident: i64) -> Result<()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// A request whose reason holds this panics once its incident is open
+/// (tests only).
+#[cfg(test)]
+pub(crate) const PANIC_FAULT: &str = "[test fault: panic in the rollback task]";
+
+/// Close the rollback this process left in flight when its task ended
+/// without an outcome (it panicked, or stopped on an error): the incident
+/// is closed as failed, saying whether the switch command may have run,
+/// the failure is notified, and the in-flight slot is free for the next
+/// attempt. `None` when this process holds no rollback.
+pub async fn abandon(ctx: &Context<'_>, why: &str) -> Result<Option<Outcome>, RollbackError> {
+    let Some(inc) = ctx.store.in_flight_incident().await? else {
+        return Ok(None);
+    };
+    if inc.holder.as_deref() != Some(holder_id().as_str()) {
+        // Another process's rollback (a CLI's): not ours to close.
+        return Ok(None);
+    }
+    let run = resumed_run(ctx, &inc).await?;
+    let why = match inc.state.as_str() {
+        "requested" | "target_verified" => {
+            format!(
+                "the rollback task stopped ({why}) before the switch command ran; nothing was switched"
+            )
+        }
+        state => format!(
+            "the rollback task stopped in state {state} ({why}); the switch command may have run: check which color serves traffic"
+        ),
+    };
+    Ok(Some(run.fail(why).await?))
 }
 
 /// Close or resume the rollback left in flight by a process that died (the

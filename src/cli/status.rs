@@ -105,13 +105,18 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     }
     match &last_incident {
         Some(i) => println!(
-            "last incident: #{} {} {} -> {} {} ({})",
+            "last incident: #{} {} {} -> {} {} ({}){}",
             i.id,
             i.severity,
             i.from_color.map(Color::as_str).unwrap_or("?"),
             i.to_color.map(Color::as_str).unwrap_or("?"),
             i.state,
-            format_ms(i.opened_ms)
+            format_ms(i.opened_ms),
+            // Why it ended so, e.g. which probe of the standby failed.
+            i.outcome
+                .as_deref()
+                .map(|o| format!(" — {o}"))
+                .unwrap_or_default()
         ),
         None => println!("last incident: none"),
     }

@@ -47,11 +47,17 @@
 //!
 //! # Blindness
 //!
-//! When no probe anywhere answers — every per-color probe on both colors and
-//! every shared probe that has reported is failing — the fault is more
-//! likely the watchdog's (network, starvation) than the service's: every
-//! verdict is inconclusive, and [`Engine::take_blind_change`] tells the
-//! daemon once, so it can alert with [`BLIND_REASON`].
+//! A failed sample either got an answer from its target (a status, a
+//! mismatching body, an exit code, a refused or reset connection) or got
+//! none (a timeout, an unreachable network, a name that does not resolve,
+//! the watchdog's own resource error): [`Sample::answered`]. When nothing
+//! answered — no probe on either color and no shared probe got an answer
+//! in its latest sample — the fault is more likely the watchdog's (network,
+//! starvation) than the service's: every verdict is inconclusive, and
+//! [`Engine::take_blind_change`] tells the daemon once, so it can alert with
+//! [`BLIND_REASON`] and what was tried ([`Engine::unanswered`]). A color
+//! that answers "broken" is judged broken, even when the other color is
+//! broken too.
 
 pub mod noise;
 pub mod signal;
@@ -68,10 +74,10 @@ use signal::{Point, Reading};
 use window::{Aggregate, Totals};
 
 /// What the daemon says when the watchdog goes blind.
-pub const BLIND_REASON: &str = "the watchdog may be blind: every probe on both colors and every \
-     shared probe is failing at once, which points at the watchdog (network down, host starved) \
-     rather than the service; verdicts are inconclusive and nothing is rolled back until a probe \
-     answers again";
+pub const BLIND_REASON: &str = "the watchdog may be blind: no probe on either color and no \
+     shared probe got an answer (each timed out or could not reach its target), which points at \
+     the watchdog (network down, host starved) rather than the service; verdicts are \
+     inconclusive and nothing is rolled back until a probe answers again";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -176,7 +182,11 @@ struct Series {
     consecutive_failures: u64,
     /// When the current failure streak began.
     streak_started: Option<Millis>,
-    last_ok: Option<bool>,
+    /// Whether the latest sample with data got an answer.
+    last_answered: Option<bool>,
+    /// The latest sample's detail when it got no answer: what was tried,
+    /// for the blindness alert.
+    last_unanswered: Option<String>,
 }
 
 impl Series {
@@ -238,12 +248,17 @@ pub struct Engine {
     windows: Vec<WindowSlot>,
     baselines: Baselines,
     keep_ms: Millis,
-    /// Series whose last sample was ok.
+    /// Series whose latest sample got an answer (ok or failed).
     answering: usize,
-    /// Series whose last sample failed, per slot (blue, green, shared).
-    failing: [usize; 3],
+    /// Series whose latest sample got no answer, per slot (blue, green,
+    /// shared).
+    unanswered: [usize; 3],
     /// Whether blindness was last reported as on.
     blind_reported: bool,
+    /// Each color's current deployment, once the caller says
+    /// ([`Engine::set_deployments`]): samples of another deployment are not
+    /// observed. `None` until then (replay, gate: every sample counts).
+    deployments: Option<[Option<i64>; 2]>,
 }
 
 impl Engine {
@@ -258,8 +273,9 @@ impl Engine {
             baselines: HashMap::new(),
             keep_ms: 0,
             answering: 0,
-            failing: [0; 3],
+            unanswered: [0; 3],
             blind_reported: false,
+            deployments: None,
         };
         engine.reconfigure(config);
         engine
@@ -397,7 +413,34 @@ impl Engine {
         self.recount_answers();
     }
 
+    /// Each color's current deployment (blue, green). A window judges one
+    /// deployment: a color whose deployment changed starts clean, and from
+    /// now on a sample of that color stamped with another deployment (taken
+    /// before the change, or stored by an earlier run) is not observed.
+    /// Call it before rebuilding windows from stored samples.
+    pub fn set_deployments(&mut self, current: [Option<i64>; 2]) {
+        let before = self.deployments.replace(current);
+        for color in Color::ALL {
+            let s = color_slot(color);
+            if before.is_some_and(|b| b[s] != current[s]) {
+                self.reset_color(color);
+            }
+        }
+    }
+
+    /// Whether a sample belongs to its color's current deployment (always,
+    /// for a shared probe or before [`Engine::set_deployments`]).
+    fn current_deployment(&self, sample: &Sample) -> bool {
+        match (self.deployments, sample.color) {
+            (Some(ids), Some(color)) => sample.deployment == ids[color_slot(color)],
+            _ => true,
+        }
+    }
+
     pub fn observe(&mut self, sample: &Sample) {
+        if !self.current_deployment(sample) {
+            return;
+        }
         let Some(&index) = self.probe_index.get(&sample.probe) else {
             // A probe no longer configured (e.g. samples rebuilt from the
             // database after a reload removed it): nothing judges it.
@@ -409,21 +452,27 @@ impl Engine {
         let series = &mut probe.series[s];
         series.observed += 1;
         if p.counts.is_some() {
-            match series.last_ok {
+            match series.last_answered {
                 Some(true) => self.answering -= 1,
-                Some(false) => self.failing[s] -= 1,
+                Some(false) => self.unanswered[s] -= 1,
                 None => {}
             }
             if sample.ok {
                 series.consecutive_failures = 0;
                 series.streak_started = None;
-                self.answering += 1;
             } else {
                 series.consecutive_failures += 1;
                 series.streak_started.get_or_insert(sample.at_ms);
-                self.failing[s] += 1;
             }
-            series.last_ok = Some(sample.ok);
+            let answered = sample.answered();
+            if answered {
+                self.answering += 1;
+                series.last_unanswered = None;
+            } else {
+                self.unanswered[s] += 1;
+                series.last_unanswered = Some(sample.detail.clone());
+            }
+            series.last_answered = Some(answered);
         }
         series.points.push_back(p);
         if s < 2 {
@@ -464,18 +513,39 @@ impl Engine {
             .min()
     }
 
-    /// True when no probe answers: every per-color probe that has reported
-    /// is failing on both colors, and every shared probe that has reported
-    /// is failing too. The fault is more likely ours (network, starvation)
-    /// than the service's, and no verdict may blame a color.
+    /// True when nothing answers: no probe on either color and no shared
+    /// probe got an answer in its latest sample (each timed out or could
+    /// not reach its target), and both colors (or, without per-color
+    /// probes, the shared ones) have been tried. The fault is more likely
+    /// ours (network, starvation) than the service's, and no verdict may
+    /// blame a color. A failed answer (a 503, a refused connection) is an
+    /// answer: two broken colors are judged, not a blind watchdog.
     pub fn blind(&self) -> bool {
         let per_color = self.probes.iter().any(|p| p.scope == Scope::PerColor);
         self.answering == 0
             && if per_color {
-                self.failing[0] > 0 && self.failing[1] > 0
+                self.unanswered[0] > 0 && self.unanswered[1] > 0
             } else {
-                self.failing[2] > 0
+                self.unanswered[2] > 0
             }
+    }
+
+    /// What was tried and got no answer: (probe, color or `None` for a
+    /// shared probe, the latest sample's detail), in configuration order.
+    /// What the blindness alert lists.
+    pub fn unanswered(&self) -> Vec<(&str, Option<Color>, &str)> {
+        let mut out = Vec::new();
+        for p in &self.probes {
+            for (s, color) in [Some(Color::Blue), Some(Color::Green), None]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(detail) = &p.series[s].last_unanswered {
+                    out.push((p.name.as_str(), color, detail.as_str()));
+                }
+            }
+        }
+        out
     }
 
     /// `Some(true)` when the watchdog went blind since the last call,
@@ -491,12 +561,12 @@ impl Engine {
 
     fn recount_answers(&mut self) {
         self.answering = 0;
-        self.failing = [0; 3];
+        self.unanswered = [0; 3];
         for p in &self.probes {
             for (s, series) in p.series.iter().enumerate() {
-                match series.last_ok {
+                match series.last_answered {
                     Some(true) => self.answering += 1,
-                    Some(false) => self.failing[s] += 1,
+                    Some(false) => self.unanswered[s] += 1,
                     None => {}
                 }
             }
@@ -952,17 +1022,92 @@ command = ["/bin/true"]
         assert!(d.iter().any(|d| matches!(d, Decision::Alert(_))));
     }
 
+    /// A sample that got no answer: `status` is a timeout or unreachable.
+    fn unanswered(at_s: i64, probe: &str, color: Option<Color>, status: SampleStatus) -> Sample {
+        Sample {
+            status,
+            latency_ms: None,
+            detail: format!("{} on {color:?}", status.as_str()),
+            ..sample(at_s, probe, color, false)
+        }
+    }
+
     #[test]
     fn blind_watchdog_is_inconclusive_not_a_rollback() {
         let mut e = Engine::new(&config());
         for t in 0..5 {
-            e.observe(&sample(t, "healthz", Some(Color::Blue), false));
-            e.observe(&sample(t, "healthz", Some(Color::Green), false));
-            e.observe(&sample(t, "lavalink", None, false));
+            e.observe(&unanswered(
+                t,
+                "healthz",
+                Some(Color::Blue),
+                SampleStatus::Timeout,
+            ));
+            e.observe(&unanswered(
+                t,
+                "healthz",
+                Some(Color::Green),
+                SampleStatus::Unreachable,
+            ));
+            e.observe(&unanswered(t, "lavalink", None, SampleStatus::Timeout));
         }
+        assert!(e.blind());
         let vs = e.evaluate(5000, Color::Blue);
         assert!(vs.iter().all(|v| v.state == State::Inconclusive), "{vs:#?}");
         assert!(vs[0].detail.contains("blind"));
+        // What was tried, for the alert: every probe and color, with its error.
+        assert_eq!(
+            e.unanswered(),
+            vec![
+                ("healthz", Some(Color::Blue), "timeout on Some(Blue)"),
+                ("healthz", Some(Color::Green), "unreachable on Some(Green)"),
+                ("lavalink", None, "timeout on None"),
+            ]
+        );
+    }
+
+    #[test]
+    fn both_colors_answering_broken_are_judged_not_blind() {
+        // Both colors answer 503 (Failed: an answer) and the shared
+        // dependency times out: the watchdog sees, the active is judged.
+        let mut e = Engine::new(&config());
+        for t in 0..5 {
+            e.observe(&sample(t, "healthz", Some(Color::Blue), false));
+            e.observe(&sample(t, "healthz", Some(Color::Green), false));
+            e.observe(&unanswered(t, "lavalink", None, SampleStatus::Timeout));
+        }
+        assert!(!e.blind());
+        assert_eq!(e.take_blind_change(), None);
+        let vs = e.evaluate(5000, Color::Blue);
+        assert_eq!(state_of(&vs, "critical: health_failures"), State::Fired);
+        let d = decide(&vs, Color::Blue, &config().actions);
+        assert!(matches!(&d[0], Decision::Rollback(v) if v.color == Color::Blue));
+    }
+
+    #[test]
+    fn a_refused_connection_is_an_answer_a_timeout_is_not() {
+        // Blue times out, green refuses connections (Failed, answered):
+        // one color answered, so the watchdog is not blind.
+        let mut e = Engine::new(&config());
+        for t in 0..5 {
+            e.observe(&unanswered(
+                t,
+                "healthz",
+                Some(Color::Blue),
+                SampleStatus::Timeout,
+            ));
+            e.observe(&sample(t, "healthz", Some(Color::Green), false));
+        }
+        assert!(!e.blind());
+        // The refused color answers nothing further; now green's latest
+        // sample is a timeout too: nothing answered.
+        e.observe(&unanswered(
+            5,
+            "healthz",
+            Some(Color::Green),
+            SampleStatus::Timeout,
+        ));
+        assert!(e.blind());
+        assert_eq!(e.take_blind_change(), Some(true));
     }
 
     #[test]
@@ -974,6 +1119,56 @@ command = ["/bin/true"]
         }
         let vs = e.evaluate(30_000, Color::Blue);
         assert!(vs.iter().all(|v| v.state != State::Fired), "{vs:#?}");
+    }
+
+    #[test]
+    fn a_window_judges_only_its_colors_current_deployment() {
+        let crit = "critical: health_failures";
+        let of = |s: Sample, deployment| Sample {
+            deployment: Some(deployment),
+            ..s
+        };
+        // A restart: the engine learns that blue now runs deployment 3
+        // before the stored samples come back; blue's are of deployment 2,
+        // which failed and was rolled back.
+        let mut e = Engine::new(&config());
+        e.set_deployments([Some(3), Some(1)]);
+        for t in 0..10 {
+            e.observe(&of(sample(t, "healthz", Some(Color::Blue), false), 2));
+            e.observe(&of(sample(t, "healthz", Some(Color::Green), true), 1));
+        }
+        let vs = e.evaluate(10_000, Color::Blue);
+        assert_eq!(state_of(&vs, crit), State::Inconclusive, "{vs:#?}");
+        assert_eq!(e.failing_since(Color::Blue), None);
+        // Deployment 3's own failures are judged.
+        for t in 10..15 {
+            e.observe(&of(sample(t, "healthz", Some(Color::Blue), false), 3));
+        }
+        assert_eq!(
+            state_of(&e.evaluate(15_000, Color::Blue), crit),
+            State::Fired
+        );
+
+        // In memory: a new deployment on blue starts clean, and a sample
+        // stamped with the old one (in flight at the change) does not count.
+        e.set_deployments([Some(4), Some(1)]);
+        assert_eq!(
+            state_of(&e.evaluate(15_000, Color::Blue), crit),
+            State::Inconclusive
+        );
+        for t in 15..20 {
+            e.observe(&of(sample(t, "healthz", Some(Color::Blue), false), 3));
+            e.observe(&of(sample(t, "healthz", Some(Color::Blue), true), 4));
+        }
+        assert_eq!(
+            state_of(&e.evaluate(20_000, Color::Blue), crit),
+            State::Clear
+        );
+        // Green's windows were untouched by blue's deployment.
+        assert_eq!(
+            state_of(&e.evaluate(20_000, Color::Green), crit),
+            State::Clear
+        );
     }
 
     #[test]

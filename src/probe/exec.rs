@@ -18,6 +18,8 @@ pub async fn run(check: &ExecCheck, color: Option<Color>, timeout: Duration) -> 
     let status = match done.exit {
         Exit::Code(0) => SampleStatus::Ok,
         Exit::TimedOut => SampleStatus::Timeout,
+        // The watchdog could not run its own check: no answer from anyone.
+        Exit::SpawnFailed(_) => SampleStatus::Unreachable,
         _ => SampleStatus::Failed,
     };
     Outcome {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::Outcome;
 use crate::config::{Config, HttpCheck};
-use crate::model::Color;
+use crate::model::{Color, SampleStatus};
 
 /// How much of a body is read and kept for matching.
 pub const BODY_CAP: usize = 64 * 1024;
@@ -49,7 +49,7 @@ impl Clients {
 
     pub async fn run(&self, config: &Config, check: &HttpCheck, color: Option<Color>) -> Outcome {
         let Some(url) = config.endpoint_url(&check.endpoint, color) else {
-            return Outcome::failed(None, "no URL for this color (missing base_url)");
+            return Outcome::unreachable(None, "no URL for this color (missing base_url)");
         };
         let client = if check.follow_redirects {
             &self.redirects
@@ -60,13 +60,17 @@ impl Clients {
         for (name, value) in &check.headers {
             match value.expose() {
                 Ok(v) => request = request.header(name.as_str(), v),
-                Err(problem) => return Outcome::failed(None, format!("header {name}: {problem}")),
+                Err(problem) => {
+                    return Outcome::unreachable(None, format!("header {name}: {problem}"));
+                }
             }
         }
         let started = Instant::now();
         let mut response = match request.send().await {
             Ok(r) => r,
-            Err(e) => return Outcome::failed(Some(started.elapsed()), describe_error(&e)),
+            Err(e) => {
+                return Outcome::failure(classify(&e), Some(started.elapsed()), describe_error(&e));
+            }
         };
         let status = response.status();
         let missing_headers: Vec<&str> = check
@@ -151,6 +155,36 @@ pub async fn read_capped(
         body.extend_from_slice(&chunk);
     }
     Ok((body, false))
+}
+
+/// Whether a failed request got an answer (see [`super::io_status`]): a
+/// timeout is a timeout; a name that does not resolve got none; otherwise
+/// the innermost system call's error decides; any other error (a TLS
+/// certificate we reject, the peer closing mid-answer or speaking bad HTTP)
+/// is the target's answer.
+pub fn classify(e: &reqwest::Error) -> SampleStatus {
+    if e.is_timeout() {
+        return SampleStatus::Timeout;
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let mut io = None;
+    while let Some(s) = source {
+        if s.to_string().starts_with("dns error") {
+            return SampleStatus::Unreachable;
+        }
+        if let Some(found) = s.downcast_ref::<std::io::Error>() {
+            io = Some(found);
+        }
+        source = s.source();
+    }
+    match io {
+        // A system call's error: refused, reset, unreachable, EMFILE.
+        Some(io) if io.raw_os_error().is_some() => super::io_status(io),
+        Some(io) if io.kind() == std::io::ErrorKind::TimedOut => SampleStatus::Timeout,
+        // A library's verdict on what the peer sent (TLS: a certificate
+        // we do not trust), or no I/O error at all: an answer.
+        _ => SampleStatus::Failed,
+    }
 }
 
 /// reqwest's errors nest the useful cause (connection refused, reset) deep

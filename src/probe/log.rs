@@ -412,7 +412,7 @@ pub async fn run(
                     {
                         Ok(f) => Arc::new(f),
                         Err(e) => {
-                            return Outcome::failed(None, format!("log follower failed: {e}"));
+                            return Outcome::unreachable(None, format!("log follower failed: {e}"));
                         }
                     };
                     lock(memory).files.insert(key, (fingerprint, new.clone()));
@@ -429,7 +429,7 @@ pub async fn run(
             match tokio::task::spawn_blocking(move || followed.take()).await {
                 Ok((tally, Some(problem))) if tally.lines == 0 => Outcome::no_data(problem),
                 Ok((tally, _)) => tally.outcome(&what, &pattern),
-                Err(e) => Outcome::failed(None, format!("log follower failed: {e}")),
+                Err(e) => Outcome::unreachable(None, format!("log follower failed: {e}")),
             }
         }
         LogSource::Unit(template) => {
@@ -506,10 +506,10 @@ async fn read_journal(
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => return Outcome::failed(None, format!("cannot run journalctl: {e}")),
+        Err(e) => return Outcome::unreachable(None, format!("cannot run journalctl: {e}")),
     };
     let Some(stdout) = child.stdout.take() else {
-        return Outcome::failed(None, "journalctl gave no output pipe");
+        return Outcome::unreachable(None, "journalctl gave no output pipe");
     };
     let mut lines = BufReader::new(stdout).lines();
     let mut tally = Tally::default();
@@ -529,7 +529,7 @@ async fn read_journal(
                 }
             }
             Ok(None) => break,
-            Err(e) => return Outcome::failed(None, format!("reading journalctl: {e}")),
+            Err(e) => return Outcome::unreachable(None, format!("reading journalctl: {e}")),
         }
     }
     let _ = child.start_kill();

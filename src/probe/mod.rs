@@ -50,6 +50,28 @@ impl Outcome {
         }
     }
 
+    /// No answer came: the target could not be reached (a name that does
+    /// not resolve, an unreachable network), or the watchdog could not ask
+    /// (its own resource error, a secret it cannot read).
+    pub fn unreachable(latency: Option<Duration>, detail: impl Into<String>) -> Outcome {
+        Outcome {
+            status: SampleStatus::Unreachable,
+            ..Outcome::failed(latency, detail)
+        }
+    }
+
+    /// A failure of the given kind ([`io_status`], [`http::classify`]).
+    pub fn failure(
+        status: SampleStatus,
+        latency: Option<Duration>,
+        detail: impl Into<String>,
+    ) -> Outcome {
+        Outcome {
+            status,
+            ..Outcome::failed(latency, detail)
+        }
+    }
+
     pub fn no_data(detail: impl Into<String>) -> Outcome {
         Outcome {
             status: SampleStatus::NoData,
@@ -100,6 +122,21 @@ fn cap_detail(mut o: Outcome) -> Outcome {
         o.detail.push_str(" [...]");
     }
     o
+}
+
+/// How a failed connection or request is judged: a refused, reset or
+/// aborted connection is the target answering "no", and data we reject (a
+/// TLS certificate we do not trust) is an answer too (`Failed`); a timeout
+/// is `Timeout`; anything else (no route, a name that does not resolve, the
+/// watchdog out of file descriptors) got no answer (`Unreachable`).
+pub fn io_status(e: &std::io::Error) -> SampleStatus {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        | InvalidData => SampleStatus::Failed,
+        TimedOut => SampleStatus::Timeout,
+        _ => SampleStatus::Unreachable,
+    }
 }
 
 pub fn ms(d: Duration) -> f64 {
@@ -193,6 +230,45 @@ impl Default for Prober {
     }
 }
 
+/// What a probe run against `color` tries to reach, in words for an alert:
+/// a URL (without any password), an address, a command, a file or unit.
+pub fn target(config: &Config, probe: &Probe, color: Option<Color>) -> String {
+    let vars = [("color", color.map(Color::as_str).unwrap_or(""))];
+    let url = |endpoint| match config.endpoint_url(endpoint, color) {
+        Some(mut url) => {
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        None => "no URL".to_owned(),
+    };
+    match &probe.check {
+        Check::Http(c) => url(&c.endpoint),
+        Check::Prometheus(c) => url(&c.endpoint),
+        Check::Tcp(c) => match (&c.address, color) {
+            (Some(a), _) => crate::config::render(a, &vars),
+            (None, Some(c)) => config
+                .colors
+                .get(c)
+                .base_url
+                .as_ref()
+                .map(|u| {
+                    format!(
+                        "{}:{}",
+                        u.host_str().unwrap_or(""),
+                        u.port_or_known_default().unwrap_or(0)
+                    )
+                })
+                .unwrap_or_else(|| "no address".to_owned()),
+            (None, None) => "no address".to_owned(),
+        },
+        Check::Exec(c) => c.command.render(&vars).join(" "),
+        Check::Log(c) => match &c.source {
+            crate::config::LogSource::File(f) => crate::config::render(f, &vars),
+            crate::config::LogSource::Unit(u) => crate::config::render(u, &vars),
+        },
+    }
+}
+
 /// Logs when a probe starts failing on a color and when it answers again,
 /// with the `rollbackd.probe` and `rollbackd.color` fields (journald:
 /// `ROLLBACKD_PROBE`, `ROLLBACKD_COLOR`). One line per change, not per
@@ -225,6 +301,38 @@ impl Transitions {
                 sample.probe
             ),
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_and_reset_connections_answer_the_rest_does_not() {
+        use std::io::Error;
+        let status = |errno| io_status(&Error::from_raw_os_error(errno));
+        // ECONNREFUSED, ECONNRESET, ECONNABORTED: the target said no.
+        for errno in [111, 104, 103] {
+            assert_eq!(status(errno), SampleStatus::Failed, "errno {errno}");
+        }
+        assert_eq!(status(110), SampleStatus::Timeout, "ETIMEDOUT");
+        let bad_certificate =
+            Error::new(std::io::ErrorKind::InvalidData, "invalid peer certificate");
+        assert_eq!(io_status(&bad_certificate), SampleStatus::Failed);
+        // ENETUNREACH, EHOSTUNREACH, EMFILE (our own), ENFILE: no answer.
+        for errno in [101, 113, 24, 23] {
+            assert_eq!(status(errno), SampleStatus::Unreachable, "errno {errno}");
+        }
+        assert!(SampleStatus::Failed.answered() && SampleStatus::Ok.answered());
+        for s in [
+            SampleStatus::Timeout,
+            SampleStatus::Unreachable,
+            SampleStatus::NoData,
+        ] {
+            assert!(!s.answered(), "{s:?}");
+            assert_eq!(s.as_str().parse::<SampleStatus>(), Ok(s));
         }
     }
 }

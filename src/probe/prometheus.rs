@@ -526,20 +526,26 @@ pub async fn run(
         Err(e) => return misconfigured("latency", &e),
     };
     let Some(url) = config.endpoint_url(&check.endpoint, color) else {
-        return Outcome::failed(None, "no URL for this color (missing base_url)");
+        return Outcome::unreachable(None, "no URL for this color (missing base_url)");
     };
     let mut request = clients.plain().get(url);
     for (name, value) in &check.headers {
         match value.expose() {
             Ok(v) => request = request.header(name.as_str(), v),
-            Err(problem) => return Outcome::failed(None, format!("header {name}: {problem}")),
+            Err(problem) => {
+                return Outcome::unreachable(None, format!("header {name}: {problem}"));
+            }
         }
     }
     let started = Instant::now();
     let mut response = match request.send().await {
         Ok(r) => r,
         Err(e) => {
-            return Outcome::failed(None, format!("scrape failed: {}", http::describe_error(&e)));
+            return Outcome::failure(
+                http::classify(&e),
+                None,
+                format!("scrape failed: {}", http::describe_error(&e)),
+            );
         }
     };
     let code = response.status();

@@ -52,7 +52,10 @@ impl Cadence {
 /// Whether an outcome starts (or continues) a confirmation: a failure or a
 /// timeout. "No data" is not a failure and does not speed the probe up.
 fn is_failure(o: &Outcome) -> bool {
-    matches!(o.status, SampleStatus::Failed | SampleStatus::Timeout)
+    matches!(
+        o.status,
+        SampleStatus::Failed | SampleStatus::Timeout | SampleStatus::Unreachable
+    )
 }
 
 /// Run a probe on its cadence until `stop` changes (or its sender is gone)

@@ -16,7 +16,7 @@ use axum::routing::get;
 pub const BIN: &str = env!("CARGO_BIN_EXE_rollbackd");
 
 /// One color of the service under watch: `/healthz` answers with the
-/// status held in `status`.
+/// status held in `status`; status 0 never answers (a hung service).
 pub struct Color {
     pub url: String,
     pub status: Arc<AtomicU16>,
@@ -29,6 +29,9 @@ impl Color {
             .route(
                 "/healthz",
                 get(|State(s): State<Arc<AtomicU16>>| async move {
+                    if s.load(Ordering::SeqCst) == 0 {
+                        std::future::pending::<()>().await;
+                    }
                     let code =
                         StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
                     (code, if code.is_success() { "ok" } else { "down" })
@@ -39,6 +42,16 @@ impl Color {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Color { url, status }
+    }
+
+    /// A color at `url` served by something else (or nothing: a stopped
+    /// service); `set` changes nothing there.
+    #[allow(dead_code)] // used by some test modules only
+    pub fn url_only(url: &str) -> Color {
+        Color {
+            url: url.to_owned(),
+            status: Arc::new(AtomicU16::new(0)),
+        }
     }
 
     pub fn set(&self, code: u16) {

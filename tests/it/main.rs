@@ -4,6 +4,7 @@
 mod assets;
 mod bake;
 mod common;
+mod decisions;
 mod demo;
 mod gate;
 mod matrix;

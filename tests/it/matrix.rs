@@ -1,5 +1,6 @@
 //! The matrix inside the real daemon: a watchdog that can see nothing
-//! blames nothing, and says so once.
+//! (no target answers at all) blames nothing, and says so once, naming what
+//! it tried.
 
 use std::time::Duration;
 
@@ -44,12 +45,13 @@ timeout = "200ms"
         }
     };
 
-    // The standby and the shared dependency go down first (nothing to roll
-    // back: the standby only alerts), then the active color: from its first
-    // failed sample, no probe anywhere answers.
+    // The standby and the shared dependency stop answering first (nothing
+    // to roll back: the standby only alerts), then the active color: from
+    // its first timed-out sample, no probe anywhere answers. (A 503 would
+    // be an answer: `decisions` tests that two broken colors are judged.)
     let t0 = now_ms();
-    green.set(503);
-    lavalink.set(503);
+    green.set(0);
+    lavalink.set(0);
     common::wait_for(
         "green and lavalink failing",
         Duration::from_secs(20),
@@ -60,7 +62,7 @@ timeout = "200ms"
     )
     .await;
     let t1 = now_ms();
-    blue.set(503);
+    blue.set(0);
     common::wait_for("the blindness alert", Duration::from_secs(20), || async {
         read(&daemon.log).contains("alert: the watchdog may be blind")
     })
@@ -73,6 +75,21 @@ timeout = "200ms"
     )
     .await;
     let log = read(&daemon.log);
+    let alert = log
+        .lines()
+        .find(|l| l.contains("alert: the watchdog may be blind"))
+        .unwrap_or_default();
+    for tried in [
+        format!("healthz on blue ({}/healthz)", blue.url),
+        format!("healthz on green ({}/healthz)", green.url),
+        format!("lavalink on shared ({}/healthz)", lavalink.url),
+        "no answer within 200ms".to_owned(),
+    ] {
+        assert!(
+            alert.contains(&tried),
+            "the alert names {tried:?}:\n{alert}"
+        );
+    }
     assert_eq!(
         log.matches("alert: the watchdog may be blind").count(),
         1,
