@@ -19,6 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::matrix::noise;
 use crate::model::{Action, Color, Condition, Severity, Signal};
 use crate::secret::Secret;
 
@@ -83,6 +84,9 @@ pub struct Daemon {
     pub retention: Duration,
     pub dry_run: bool,
     pub watch_config: bool,
+    /// The independent failure rate `check` assumes when it says how often
+    /// a consecutive-failure rule would fire on noise (a fraction: 0.02).
+    pub assumed_noise: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -380,11 +384,16 @@ fn placeholders(text: &str) -> impl Iterator<Item = &str> {
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Fast confirm is on unless `confirm_interval = "off"` (SPEC section 2):
+/// this pace, or the probe's interval when that is shorter.
+pub const DEFAULT_CONFIRM_INTERVAL: Duration = Duration::from_millis(200);
+/// `[daemon] assumed_noise`: the failure rate `check` prices rules at.
+pub const DEFAULT_ASSUMED_NOISE: f64 = 0.02;
 
 /// The default decision matrix of SPEC section 2.
 fn default_rule_specs() -> Vec<(Severity, &'static str, &'static str, u32)> {
     vec![
-        (Severity::Critical, "health_failures >= 3", "10m", 3),
+        (Severity::Critical, "health_failures >= 5", "10m", 5),
         (Severity::Critical, "error_rate >= 100%", "1m", 5),
         (Severity::High, "error_rate > 50%", "2m", 10),
         (Severity::High, "latency_avg > 5000ms", "5m", 10),
@@ -446,6 +455,7 @@ struct RawDaemon {
     retention: Option<HumanDuration>,
     dry_run: Option<bool>,
     watch_config: Option<bool>,
+    assumed_noise: Option<Percent>,
 }
 
 #[derive(Deserialize)]
@@ -502,7 +512,7 @@ struct RawProbe {
     address: Option<String>,
     interval: Option<HumanDuration>,
     timeout: Option<HumanDuration>,
-    confirm_interval: Option<HumanDuration>,
+    confirm_interval: Option<Confirm>,
     health: Option<bool>,
     method: Option<String>,
     headers: Option<BTreeMap<String, String>>,
@@ -651,6 +661,45 @@ impl<'de> Deserialize<'de> for ConditionValue {
             .map(ConditionValue)
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// `confirm_interval = "200ms"`, or `"off"` for no fast confirm.
+struct Confirm(Option<Duration>);
+
+impl<'de> Deserialize<'de> for Confirm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(Confirm(None));
+        }
+        humantime::parse_duration(&text)
+            .map(|d| Confirm(Some(d)))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid confirm_interval {text:?}: {e}; expected a duration like \"200ms\", or \"off\""
+                ))
+            })
+    }
+}
+
+/// A rate in percent above 0 and below 100, e.g. `"2%"`; kept as a fraction.
+struct Percent(f64);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_percent(&text).map(Percent).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid rate {text:?}: expected a percentage above 0 and below 100, like \"2%\""
+            ))
+        })
+    }
+}
+
+/// `"2%"` or `"0.5%"` -> 0.02, 0.005: a rate strictly between 0% and 100%.
+pub fn parse_percent(text: &str) -> Option<f64> {
+    let n: f64 = text.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (n > 0.0 && n < 100.0).then_some(n / 100.0)
 }
 
 /// `listen = "127.0.0.1:9797"`, or `"off"` for no HTTP listener.
@@ -873,6 +922,11 @@ impl Config {
                 .unwrap_or(Duration::from_secs(14 * 86400)),
             dry_run: raw.daemon.dry_run.unwrap_or(false),
             watch_config: raw.daemon.watch_config.unwrap_or(true),
+            assumed_noise: raw
+                .daemon
+                .assumed_noise
+                .map(|p| p.0)
+                .unwrap_or(DEFAULT_ASSUMED_NOISE),
         };
 
         let raw_colors = raw.colors;
@@ -1216,7 +1270,7 @@ impl Config {
     fn check_matrix_timing(&mut self, src: &Source) -> Result<(), ConfigError> {
         let mut warnings = Vec::new();
         for rule in &self.rules {
-            if let Some(w) = self.single_probe_streak_warning(rule) {
+            if let Some(w) = self.noise_warning(rule) {
                 warnings.push(w);
             }
             let limit = rule.severity.acted_on_within();
@@ -1275,22 +1329,115 @@ impl Config {
         Ok(())
     }
 
-    /// A `health_failures` rule fed by one probe fires on independent noise
-    /// now and then (the streak of one probe is all it takes): say how often
-    /// at a 2% failure rate, and what fixes it.
-    fn single_probe_streak_warning(&self, rule: &Rule) -> Option<String> {
-        if rule.condition.signal != Signal::HealthFailures || rule.probes.len() != 1 {
+    /// A Critical/High rule that would fire on independent noise at
+    /// `[daemon] assumed_noise` more than once a year, in plain words with
+    /// what fixes it; `check --strict` fails on it.
+    pub fn noise_warning(&self, rule: &Rule) -> Option<String> {
+        if rule.severity < Severity::High {
             return None;
         }
-        let probe = self.probe(&rule.probes[0])?;
-        let needed = i32::try_from(consecutive_needed(&rule.condition)).ok()?;
-        let per_hour = 3600.0 / probe.interval.as_secs_f64();
-        let hours = 1.0 / (per_hour * 0.02f64.powi(needed) * 0.98);
+        let per_year = self.noise_firings(rule).filter(|f| *f > 1.0)?;
         Some(format!(
-            "rule {:?} is fed by one health probe ({}): at 2% random failures it would fire on noise about once every {:.0} hours; \
-             a second health probe makes that practically never (the rule takes the smallest streak)",
-            rule.name, probe.name, hours
+            "rule {:?} would fire on noise {} at {} independent failures ([daemon] assumed_noise): \
+             ask for more consecutive failures (fast confirm keeps them quick) or add a second health probe \
+             (the rule takes the smallest streak)",
+            rule.name,
+            how_often(per_year),
+            format_rate(self.daemon.assumed_noise),
         ))
+    }
+
+    /// Expected false firings per year of a consecutive-failure rule at
+    /// `[daemon] assumed_noise`; `None` for other rules.
+    pub fn noise_firings(&self, rule: &Rule) -> Option<f64> {
+        if rule.condition.signal != Signal::HealthFailures {
+            return None;
+        }
+        let cadences: Vec<noise::Cadence> = rule
+            .probes
+            .iter()
+            .filter_map(|n| self.probe(n))
+            .map(|p| noise::Cadence {
+                interval: p.interval,
+                confirm: p.confirm_interval,
+            })
+            .collect();
+        if cadences.is_empty() {
+            return None;
+        }
+        Some(noise::firings_per_year(
+            self.daemon.assumed_noise,
+            consecutive_needed(&rule.condition),
+            &cadences,
+        ))
+    }
+
+    /// Median detection of a consecutive-failure rule when the color goes
+    /// hard down and answers at once (refused, 503): the fault lands half an
+    /// interval before the next run on average, then the confirming runs
+    /// follow at the confirm pace (or the interval). `None` for other rules.
+    pub fn median_detection(&self, rule: &Rule) -> Option<Duration> {
+        if rule.condition.signal != Signal::HealthFailures {
+            return None;
+        }
+        let needed = consecutive_needed(&rule.condition).max(1);
+        rule.probes
+            .iter()
+            .filter_map(|n| self.probe(n))
+            .map(|p| p.interval / 2 + p.confirm_interval.unwrap_or(p.interval) * (needed - 1))
+            .max()
+            .map(|d| d + rule.hold_for)
+    }
+
+    /// How long a gate must probe for this rule to be judged: until its
+    /// window holds `min_samples` (a probe's first run comes up to a second
+    /// after the start, a prometheus probe's first scrape is "no data").
+    /// `None` when it never can be.
+    pub fn judge_time(&self, rule: &Rule) -> Option<Duration> {
+        let feeding: Vec<&Probe> = rule.probes.iter().filter_map(|n| self.probe(n)).collect();
+        if feeding.is_empty() {
+            return None;
+        }
+        let need = u64::from(rule.min_samples.max(1));
+        let samples_by = |t: Duration| -> u64 {
+            feeding
+                .iter()
+                .map(|p| {
+                    let lag = p.interval.min(Duration::from_secs(1))
+                        + if matches!(p.check, Check::Prometheus(_)) {
+                            p.interval
+                        } else {
+                            Duration::ZERO
+                        };
+                    match t.checked_sub(lag) {
+                        Some(rest) => (rest.as_millis() / p.interval.as_millis().max(1)) as u64 + 1,
+                        None => 0,
+                    }
+                })
+                .sum()
+        };
+        // Whole seconds, and at most the window (else it is never judged).
+        let mut t = Duration::from_secs(1);
+        while t <= rule.window + Duration::from_secs(1) {
+            if samples_by(t) >= need {
+                // The answer lands within a probe's timeout after its run.
+                let slowest = feeding.iter().map(|p| p.timeout).max().unwrap_or_default();
+                return Some(Duration::from_secs(
+                    (t + slowest).as_secs_f64().ceil() as u64
+                ));
+            }
+            t += Duration::from_secs(1);
+        }
+        None
+    }
+
+    /// The shortest `gate --for` that judges every Critical/High rule.
+    pub fn gate_time(&self) -> Option<Duration> {
+        self.rules
+            .iter()
+            .filter(|r| r.severity >= Severity::High)
+            .map(|r| self.judge_time(r))
+            .try_fold(Duration::ZERO, |acc, t| t.map(|t| acc.max(t)))
     }
 
     /// Worst-case detection time of a rule (SPEC section 2): for
@@ -1340,6 +1487,17 @@ impl Config {
         Detection::Within(rule.window + rule.hold_for)
     }
 
+    /// Confirm runs after a first failure: up to the streak the health
+    /// rules need (the scheduler's `Cadence::confirms`).
+    pub fn confirms(&self) -> u32 {
+        self.rules
+            .iter()
+            .filter(|r| r.condition.signal == Signal::HealthFailures)
+            .map(|r| consecutive_needed(&r.condition).saturating_sub(1))
+            .max()
+            .unwrap_or(2)
+    }
+
     pub fn probe(&self, name: &str) -> Option<&Probe> {
         self.probes.iter().find(|p| p.name == name)
     }
@@ -1368,6 +1526,44 @@ pub enum Detection {
     Never(String),
     /// No configured probe produces the rule's signal.
     Unfed(Signal),
+}
+
+/// "about 3 times a day", "about once every 10 years": a rate per year in
+/// an operator's words.
+pub fn how_often(per_year: f64) -> String {
+    if per_year <= 0.0 {
+        "never".to_owned()
+    } else if per_year >= 2.0 * 365.25 {
+        format!("about {:.0} times a day", per_year / 365.25)
+    } else if per_year >= 365.25 / 1.5 {
+        "about once a day".to_owned()
+    } else if per_year >= 1.5 {
+        format!("about {:.0} times a year", per_year)
+    } else if per_year >= 1.0 / 1.5 {
+        "about once a year".to_owned()
+    } else {
+        format!("about once every {} years", significant(1.0 / per_year))
+    }
+}
+
+/// A number with about two significant digits, for people.
+fn significant(x: f64) -> String {
+    if x >= 100.0 {
+        let mag = 10f64.powi(x.log10().floor() as i32 - 1);
+        format!("{:.0}", (x / mag).round() * mag)
+    } else {
+        format!("{:.0}", x)
+    }
+}
+
+/// 0.02 -> "2%", 0.005 -> "0.5%".
+pub fn format_rate(rate: f64) -> String {
+    let pct = rate * 100.0;
+    if (pct - pct.round()).abs() < 1e-9 {
+        format!("{pct:.0}%")
+    } else {
+        format!("{pct}%")
+    }
 }
 
 /// How many consecutive failed samples a `health_failures` condition needs.
@@ -1566,12 +1762,15 @@ fn validate_probe(
             ),
         ));
     }
-    let confirm_interval = raw.confirm_interval.map(|d| d.0);
+    let confirm_interval = match raw.confirm_interval {
+        Some(Confirm(explicit)) => explicit,
+        None => Some(DEFAULT_CONFIRM_INTERVAL.min(interval)),
+    };
     if let Some(c) = confirm_interval {
         if c.is_zero() || c > interval {
             return Err(err(
                 "confirm_interval",
-                "expected a duration above zero and below `interval`".into(),
+                "expected a duration above zero and no longer than `interval`, or \"off\"".into(),
             ));
         }
     }
@@ -2036,12 +2235,23 @@ command = ["/bin/true", "{to}"]
         assert_eq!(c.rules.len(), 9);
         let crit = &c.rules[0];
         assert_eq!(crit.severity, Severity::Critical);
-        assert_eq!(crit.condition.to_string(), "health_failures >= 3");
+        assert_eq!(crit.condition.to_string(), "health_failures >= 5");
         assert_eq!(crit.probes, vec!["healthz".to_owned()]);
+        // Fast confirm is on by default: 200ms, or the interval if shorter.
+        assert_eq!(
+            c.probes[0].confirm_interval,
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(c.daemon.assumed_noise, 0.02);
         assert_eq!(
             c.detection_time(crit),
-            Detection::Within(Duration::from_secs(17)),
-            "3 x 5s interval + the 2s timeout of the last run"
+            Detection::Within(Duration::from_millis(15_800)),
+            "5s interval + 2s timeout, then four confirms of 0.2s + 2s"
+        );
+        assert_eq!(
+            c.median_detection(crit),
+            Some(Duration::from_millis(3_300)),
+            "half an interval, then four confirms of 0.2s"
         );
         assert_eq!(
             c.endpoint_url(&Endpoint::Relative("/healthz".into()), Some(Color::Green))
@@ -2354,7 +2564,10 @@ command = ["/bin/true", "{to}"]
 
     #[test]
     fn default_matrix_that_probes_too_slowly_is_rejected_at_the_probe() {
-        let text = GOOD.replace("health = true", "health = true\ninterval = \"90s\"");
+        let text = GOOD.replace(
+            "health = true",
+            "health = true\ninterval = \"90s\"\nconfirm_interval = \"off\"",
+        );
         let (line, key, message) = invalid(&text);
         assert_eq!(line, line_of(&text, "interval = \"90s\""));
         assert_eq!(key, "probe[1].interval");
@@ -2371,31 +2584,89 @@ command = ["/bin/true", "{to}"]
             "health = true\nconfirm_interval = \"500ms\"",
         );
         let c = parse(&text).unwrap();
-        // 5s + 2s timeout, then two confirms of 0.5s + 2s each.
+        // 5s + 2s timeout, then four confirms of 0.5s + 2s each.
         assert_eq!(
             c.detection_time(&c.rules[0]),
-            Detection::Within(Duration::from_secs(12))
+            Detection::Within(Duration::from_secs(17))
         );
+        let off =
+            parse(&GOOD.replace("health = true", "health = true\nconfirm_interval = \"off\""))
+                .unwrap();
+        assert_eq!(off.probes[0].confirm_interval, None);
+        // Five runs on the interval, the last one hung for its timeout.
+        assert_eq!(
+            off.detection_time(&off.rules[0]),
+            Detection::Within(Duration::from_secs(27))
+        );
+        // A short interval bounds the default confirm pace.
+        let short = parse(&GOOD.replace(
+            "health = true",
+            "health = true\ninterval = \"150ms\"\ntimeout = \"100ms\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            short.probes[0].confirm_interval,
+            Some(Duration::from_millis(150))
+        );
+        let bad = GOOD.replace(
+            "health = true",
+            "health = true\nconfirm_interval = \"soon\"",
+        );
+        let (line, key, message) = invalid(&bad);
+        assert_eq!(line, line_of(&bad, "confirm_interval"));
+        assert_eq!(key, "probe[1].confirm_interval");
+        assert!(message.contains("or \"off\""), "{message}");
     }
 
     #[test]
-    fn a_single_health_probe_is_warned_about() {
-        let c = parse(GOOD).unwrap();
+    fn assumed_noise_is_a_percentage() {
+        let text = GOOD.replace("[daemon]\n", "[daemon]\nassumed_noise = \"0.5%\"\n");
+        assert_eq!(parse(&text).unwrap().daemon.assumed_noise, 0.005);
+        for bad in ["\"0%\"", "\"100%\"", "\"2\"", "\"lots\""] {
+            let text = GOOD.replace("[daemon]\n", &format!("[daemon]\nassumed_noise = {bad}\n"));
+            let (line, key, message) = invalid(&text);
+            assert_eq!(line, line_of(&text, "assumed_noise"));
+            assert_eq!(key, "daemon.assumed_noise");
+            assert!(message.contains("like \"2%\""), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_critical_rule_that_fires_on_noise_is_warned_about() {
+        let three = GOOD.replace(
+            "[rollback]",
+            "[[rule]]\nseverity = \"critical\"\nwhen = \"health_failures >= 3\"\nwindow = \"10m\"\n\n[rollback]",
+        );
+        let c = parse(&three).unwrap();
+        // 5s interval, 3 in a row at 2%: 6.3 million ticks a year x 8e-6.
+        let per_year = c.noise_firings(&c.rules[0]).unwrap();
+        assert!((49.0..52.0).contains(&per_year), "{per_year}");
         let w = c
             .warnings
             .iter()
-            .find(|w| w.contains("fed by one health probe"))
+            .find(|w| w.contains("would fire on noise"))
             .expect("warned");
-        // 5 s interval, 3 in a row at 2%: 720 x 8e-6 x 0.98 per hour.
-        assert!(w.contains("about once every 177 hours"), "{w}");
-        let two = GOOD.replace("[rollback]", "[[probe]]\nname = \"ready\"\nkind = \"http\"\npath = \"/ready\"\nhealth = true\n\n[rollback]");
         assert!(
-            !parse(&two)
+            w.contains("about 50 times a year at 2% independent failures"),
+            "{w}"
+        );
+        // The default (5 in a row) is quiet; so is 3 in a row on two health
+        // probes (the rule takes the smallest streak).
+        let quiet = |text: &str| {
+            !parse(text)
                 .unwrap()
                 .warnings
                 .iter()
-                .any(|w| w.contains("fed by one health probe"))
-        );
+                .any(|w| w.contains("would fire on noise"))
+        };
+        assert!(quiet(GOOD));
+        assert!(quiet(&three.replace(
+            "[[rule]]",
+            "[[probe]]\nname = \"ready\"\nkind = \"http\"\npath = \"/ready\"\nhealth = true\n\n[[rule]]"
+        )));
+        // A noisier assumption makes the default speak up too.
+        let noisy = GOOD.replace("[daemon]\n", "[daemon]\nassumed_noise = \"20%\"\n");
+        assert!(!quiet(&noisy));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::active;
-use crate::config::{Check, Config, ConfigError, Scope, consecutive_needed};
+use crate::config::{Check, Config, ConfigError, Scope};
 use crate::entry;
 use crate::http::{AppState, Health, ProbeInfo, ReloadInfo, Server, Snapshot};
 use crate::matrix::{self, Decision, Engine, State, Verdict};
@@ -1024,13 +1024,7 @@ pub(crate) fn spawn_probes(
     deployments: &watch::Receiver<DeploymentIds>,
 ) -> Vec<ProbeTask> {
     // After a failure, confirm up to the streak the health rules need.
-    let confirms = config
-        .rules
-        .iter()
-        .filter(|r| r.condition.signal == Signal::HealthFailures)
-        .map(|r| consecutive_needed(&r.condition).saturating_sub(1))
-        .max()
-        .unwrap_or(2);
+    let confirms = config.confirms();
     let mut tasks = Vec::new();
     for (index, probe) in config.probes.iter().enumerate() {
         let colors: Vec<Option<Color>> = match (&probe.check, probe.scope) {

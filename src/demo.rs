@@ -111,8 +111,7 @@ pub async fn run() -> anyhow::Result<()> {
     let (control, control_rx) = tokio::sync::mpsc::channel(4);
     let daemon_config = config.clone();
     let daemon = tokio::spawn(async move { daemon::run(daemon_config, control_rx).await });
-    clock
-        .say("rollbackd is watching both colors (probe every 500ms, confirm failures every 150ms)");
+    clock.say(watching(&config));
 
     let started = now_ms();
     wait(Duration::from_secs(15), || async {
@@ -171,6 +170,42 @@ pub async fn run() -> anyhow::Result<()> {
         clock.0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// What the daemon watches, and the two numbers behind the default
+/// Critical rule (SPEC section 2, "fast and quiet"), from the config.
+fn watching(config: &Config) -> String {
+    let probe = config.probes.first();
+    let cadence = probe
+        .map(|p| {
+            format!(
+                "probe every {}, confirm failures every {}",
+                humantime::format_duration(p.interval),
+                p.confirm_interval
+                    .map(|c| humantime::format_duration(c).to_string())
+                    .unwrap_or_else(|| "interval".into())
+            )
+        })
+        .unwrap_or_default();
+    let critical = config
+        .rules
+        .iter()
+        .find(|r| r.condition.signal == crate::model::Signal::HealthFailures);
+    let why = critical
+        .and_then(|r| {
+            let median = config.median_detection(r)?;
+            let per_year = config.noise_firings(r)?;
+            Some(format!(
+                "; the Critical rule asks for {} in a row: a hard-down color is caught in about {} (median), \
+                 while {} random failures would trip it {}",
+                crate::config::consecutive_needed(&r.condition),
+                humantime::format_duration(median),
+                crate::config::format_rate(config.daemon.assumed_noise),
+                crate::config::how_often(per_year)
+            ))
+        })
+        .unwrap_or_default();
+    format!("rollbackd is watching both colors ({cadence}){why}")
 }
 
 async fn wait<F, Fut>(limit: Duration, mut cond: F) -> anyhow::Result<()>

@@ -7,6 +7,14 @@
 //! Both colors and the shared probes are probed, as the daemon does, so the
 //! matrix can tell a broken color from a blind watchdog; only the gated
 //! color is judged.
+//!
+//! The gate fails closed: a Critical/High rule it could not judge (too few
+//! samples in its window) fails it, unless the caller allows unjudged rules;
+//! the summary says how long the gate must run to judge them all
+//! (`Config::gate_time`). `degradation` has no previous deployment to
+//! compare with before a cutover, so the gate compares the candidate with
+//! the other color (the active one) probed over the same period: a
+//! simultaneous baseline, fed to the engine as each sample lands.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::daemon::{DeploymentIds, spawn_probes, stop_probes};
-use crate::matrix::{Engine, State, Verdict};
+use crate::matrix::{Baseline, Baselines, Engine, State, Verdict};
 use crate::model::{Color, Sample, Severity, Signal, format_value, now_ms};
 use crate::probe::Prober;
 
@@ -63,6 +71,9 @@ pub struct GateResult {
     pub fired: Vec<Verdict>,
     /// Why the gate fails, or empty when it passes.
     pub reasons: Vec<String>,
+    /// The shortest `--for` that judges every Critical/High rule (`None`:
+    /// some can never be judged by a gate).
+    pub judges_all_in: Option<Duration>,
 }
 
 impl GateResult {
@@ -70,19 +81,11 @@ impl GateResult {
         self.reasons.is_empty()
     }
 
-    /// Critical/High rules still inconclusive at the end, with why. They do
-    /// not fail the gate (degradation has no baseline before a cutover, a
-    /// short gate cannot fill a 5-minute window) but the summary says so.
+    /// Critical/High rules still inconclusive at the end, with why (the
+    /// health rule has a reason of its own). Each fails the gate unless
+    /// unjudged rules were allowed.
     pub fn unjudged(&self) -> Vec<String> {
-        self.verdicts
-            .iter()
-            .filter(|v| {
-                v.severity >= Severity::High
-                    && v.state == State::Inconclusive
-                    && v.signal != Signal::HealthFailures
-            })
-            .map(|v| format!("{} ({})", v.rule, v.detail))
-            .collect()
+        unjudged(&self.verdicts)
     }
 
     /// A Markdown summary for a CI step summary.
@@ -145,10 +148,21 @@ impl GateResult {
         if !unjudged.is_empty() {
             let _ = writeln!(
                 out,
-                "\n**Not judged** (inconclusive at the end; a longer `--for` would judge them): {}",
+                "\n**Not judged** (inconclusive at the end): {}",
                 unjudged.join("; ")
             );
         }
+        let _ = match self.judges_all_in {
+            Some(t) => writeln!(
+                out,
+                "\nA gate of `--for {}` or longer judges every Critical/High rule (`rollbackd check` prints it too).",
+                humantime::format_duration(t)
+            ),
+            None => writeln!(
+                out,
+                "\nSome Critical/High rule can never be judged by a gate: see `rollbackd check`."
+            ),
+        };
         if self.passed() {
             let _ = writeln!(
                 out,
@@ -165,12 +179,58 @@ impl GateResult {
     }
 }
 
-/// Probe for `duration`, then judge `color`. `progress` is called about
+fn unjudged(verdicts: &[Verdict]) -> Vec<String> {
+    verdicts
+        .iter()
+        .filter(|v| {
+            v.severity >= Severity::High
+                && v.state == State::Inconclusive
+                && v.signal != Signal::HealthFailures
+        })
+        .map(|v| format!("{} ({})", v.rule, v.detail))
+        .collect()
+}
+
+/// Below this the simultaneous baseline's latency is jitter, not a
+/// service's speed: two healthy colors a fraction of a millisecond apart
+/// are not "50% worse". The baseline latency is floored here.
+pub const BASELINE_LATENCY_FLOOR_MS: f64 = 10.0;
+
+/// The other color's samples during the gate, per probe, as the gated
+/// color's `degradation` baseline.
+#[derive(Default)]
+struct Simultaneous {
+    by_probe: BTreeMap<String, Vec<Sample>>,
+}
+
+impl Simultaneous {
+    fn note(&mut self, sample: &Sample) {
+        self.by_probe
+            .entry(sample.probe.clone())
+            .or_default()
+            .push(sample.clone());
+    }
+
+    fn baselines(&self, judged: Color) -> Baselines {
+        self.by_probe
+            .iter()
+            .map(|(probe, samples)| {
+                let mut b = Baseline::from_samples(samples);
+                b.latency_ms = b.latency_ms.map(|l| l.max(BASELINE_LATENCY_FLOOR_MS));
+                ((probe.clone(), judged), b)
+            })
+            .collect()
+    }
+}
+
+/// Probe for `duration`, then judge `color`; a Critical/High rule left
+/// unjudged fails it unless `allow_unjudged`. `progress` is called about
 /// four times a second.
 pub async fn run(
     config: Arc<Config>,
     color: Color,
     duration: Duration,
+    allow_unjudged: bool,
     mut progress: impl FnMut(&Progress),
 ) -> GateResult {
     let prober = Prober::new();
@@ -189,6 +249,11 @@ pub async fn run(
         .map(|p| (p.name.clone(), ProbeStats::default()))
         .collect();
     let mut fired: Vec<Verdict> = Vec::new();
+    let mut simultaneous = Simultaneous::default();
+    let wants_baselines = config
+        .rules
+        .iter()
+        .any(|r| r.condition.signal == Signal::Degradation);
     let started = Instant::now();
     let deadline = started + duration;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -204,9 +269,15 @@ pub async fn run(
                         stats.latencies.extend(sample.latency_ms);
                     }
                 }
+                if wants_baselines && sample.color == Some(color.other()) {
+                    simultaneous.note(&sample);
+                }
                 engine.observe(&sample);
             }
             _ = tick.tick() => {
+                if wants_baselines {
+                    engine.set_baselines(simultaneous.baselines(color));
+                }
                 let verdicts = engine.evaluate(now_ms(), color);
                 for v in verdicts.iter().filter(|v| v.state == State::Fired && v.severity >= Severity::High) {
                     if !fired.iter().any(|f| f.rule == v.rule) {
@@ -228,6 +299,9 @@ pub async fn run(
         }
     }
     stop_probes(tasks).await;
+    if wants_baselines {
+        engine.set_baselines(simultaneous.baselines(color));
+    }
     let verdicts = engine.evaluate(now_ms(), color);
 
     let mut reasons: Vec<String> = fired
@@ -251,6 +325,23 @@ pub async fn run(
             v.rule, v.detail
         ));
     }
+    let judges_all_in = config.gate_time();
+    let unjudged = unjudged(&verdicts);
+    if !unjudged.is_empty() && !allow_unjudged && !engine.blind() {
+        let longer = judges_all_in
+            .map(|t| {
+                format!(
+                    "run the gate for {} or longer",
+                    humantime::format_duration(t)
+                )
+            })
+            .unwrap_or_else(|| "see `rollbackd check`".to_owned());
+        reasons.push(format!(
+            "{} Critical/High rule(s) not judged (too little evidence): {}; {longer}, or pass --allow-unjudged",
+            unjudged.len(),
+            unjudged.join("; ")
+        ));
+    }
     GateResult {
         service: config.service.clone(),
         color,
@@ -259,5 +350,6 @@ pub async fn run(
         verdicts,
         fired,
         reasons,
+        judges_all_in,
     }
 }

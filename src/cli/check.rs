@@ -1,6 +1,6 @@
 //! `rollbackd check`: the effective configuration in an operator's words.
 
-use crate::config::{Config, Detection, Scope};
+use crate::config::{Config, Detection, Scope, format_rate, how_often};
 use std::time::Duration;
 
 use crate::model::Color;
@@ -112,6 +112,49 @@ pub fn report(config: &Config) -> String {
         );
     }
     traffic_figures(config, &mut out);
+    let streaks: Vec<_> = config
+        .rules
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r,
+                config.median_detection(r)?,
+                config.noise_firings(r)?,
+                config.detection_time(r),
+            ))
+        })
+        .collect();
+    if !streaks.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nconsecutive failures: detection of a hard-down color, and false firings at {} independent failures ([daemon] assumed_noise):",
+            format_rate(config.daemon.assumed_noise)
+        );
+        for (r, median, per_year, worst) in streaks {
+            let worst = match worst {
+                Detection::Within(d) => humantime::format_duration(d).to_string(),
+                Detection::Never(_) | Detection::Unfed(_) => "never".into(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<46} detects in {} median, {worst} at worst; on noise fires {} ({per_year:.2} a year)",
+                r.name,
+                humantime::format_duration(median),
+                how_often(per_year),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\ngate: {}",
+        match config.gate_time() {
+            Some(t) => format!(
+                "`rollbackd gate --for {}` (or longer) judges every Critical/High rule",
+                humantime::format_duration(t)
+            ),
+            None => "some Critical/High rule can never be judged by a gate".to_owned(),
+        }
+    );
     if !config.warnings.is_empty() {
         let _ = writeln!(out, "\nwarnings:");
         for w in &config.warnings {
@@ -155,4 +198,23 @@ fn traffic_figures(config: &Config, out: &mut String) {
             f.false_text()
         );
     }
+}
+
+/// `check --strict`: the Critical/High rules that would fire on noise more
+/// than once a year (each a warning already), as one failure.
+pub fn strict(config: &Config) -> Result<(), super::CheckFailed> {
+    let noisy: Vec<String> = config
+        .rules
+        .iter()
+        .filter(|r| config.noise_warning(r).is_some())
+        .map(|r| r.name.clone())
+        .collect();
+    if noisy.is_empty() {
+        return Ok(());
+    }
+    Err(super::CheckFailed(format!(
+        "--strict: {} would fire on noise more than once a year at {} independent failures",
+        noisy.join(", "),
+        format_rate(config.daemon.assumed_noise)
+    )))
 }

@@ -23,6 +23,10 @@ pub struct GateArgs {
     /// How long to probe, e.g. 2m
     #[arg(long = "for", value_parser = humantime::parse_duration, default_value = "2m")]
     pub duration: Duration,
+    /// Pass even when a Critical/High rule could not be judged (too few
+    /// samples for its window); by default such a gate fails
+    #[arg(long)]
+    pub allow_unjudged: bool,
     /// Write the Markdown summary here [default: $GITHUB_STEP_SUMMARY when set]
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
@@ -55,27 +59,33 @@ pub async fn run(config: Config, a: GateArgs) -> anyhow::Result<()> {
         config.service,
         humantime::format_duration(a.duration)
     );
-    let result = gate::run(config.clone(), a.color, a.duration, |p| match &bar {
-        Some(bar) => {
-            bar.set_position(p.elapsed.as_millis() as u64);
-            bar.set_message(format!(
-                "{}s/{}s {}",
-                p.elapsed.as_secs(),
-                p.total.as_secs(),
-                describe(p)
-            ));
-        }
-        None if last_line.elapsed() >= Duration::from_secs(5) || p.elapsed >= p.total => {
-            last_line = std::time::Instant::now();
-            eprintln!(
-                "gate: {}s/{}s {}",
-                p.elapsed.as_secs(),
-                p.total.as_secs(),
-                describe(p)
-            );
-        }
-        None => {}
-    })
+    let result = gate::run(
+        config.clone(),
+        a.color,
+        a.duration,
+        a.allow_unjudged,
+        |p| match &bar {
+            Some(bar) => {
+                bar.set_position(p.elapsed.as_millis() as u64);
+                bar.set_message(format!(
+                    "{}s/{}s {}",
+                    p.elapsed.as_secs(),
+                    p.total.as_secs(),
+                    describe(p)
+                ));
+            }
+            None if last_line.elapsed() >= Duration::from_secs(5) || p.elapsed >= p.total => {
+                last_line = std::time::Instant::now();
+                eprintln!(
+                    "gate: {}s/{}s {}",
+                    p.elapsed.as_secs(),
+                    p.total.as_secs(),
+                    describe(p)
+                );
+            }
+            None => {}
+        },
+    )
     .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();

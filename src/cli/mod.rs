@@ -60,7 +60,7 @@ pub enum Command {
     /// Run the daemon (systemd Type=notify)
     Run,
     /// Validate the configuration; print probes, the matrix and detection times
-    Check,
+    Check(CheckArgs),
     /// Active color, deployment, latest verdicts, pause state, last incident
     Status(JsonFlag),
     /// Record a cutover made by a pipeline
@@ -90,6 +90,14 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Rehearse on a real (staging) host: inject a fault, time the daemon's response, restore
     Drill(drill::DrillArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Exit 1 when a Critical/High rule would fire on noise more than once
+    /// a year at [daemon] assumed_noise
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +177,32 @@ pub struct ReplayArgs {
     /// Evaluation pace (the daemon's is 250ms)
     #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
     pub step: Duration,
+    /// Instead of stored samples, generate a healthy service whose probes
+    /// fail independently at this rate, e.g. 2% (in memory; no database)
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub synthetic_noise: Option<f64>,
+    /// With --synthetic-noise: how long a period to generate
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "7d", requires = "synthetic_noise")]
+    pub period: Duration,
+    /// With --synthetic-noise: the probes that fail (default: all); the
+    /// others answer ok throughout
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        requires = "synthetic_noise"
+    )]
+    pub probes: Vec<String>,
+    /// With --synthetic-noise: the random seed (default: a random one, printed)
+    #[arg(long, requires = "synthetic_noise")]
+    pub seed: Option<u64>,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    config::parse_percent(text).ok_or_else(|| {
+        format!("expected a percentage above 0 and below 100, like 2%, not {text:?}")
+    })
 }
 
 /// A failure that is an answer, not an error: exit 1.
@@ -211,8 +245,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     match cli.command {
         Command::Run => run(config).await,
-        Command::Check => {
+        Command::Check(a) => {
             print!("{}", check::report(&config));
+            if a.strict {
+                check::strict(&config)?;
+            }
             Ok(())
         }
         Command::Status(f) => status::run(&config, f.json).await,

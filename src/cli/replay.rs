@@ -35,7 +35,7 @@ use std::fmt::Write as _;
 use super::{ReplayArgs, open};
 
 use crate::config::Config;
-use crate::matrix::{self, Baselines, Decision, Engine, State, Verdict};
+use crate::matrix::{self, Baselines, Decision, Engine, State, Verdict, noise};
 use crate::model::{
     Action, Color, Millis, Op, Sample, Signal, duration_ms, format_ms, format_value, now_ms,
 };
@@ -48,6 +48,9 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => config.clone(),
     };
+    if let Some(rate) = a.synthetic_noise {
+        return synthetic(config, &rules, &a, rate);
+    }
     // Replay writes nothing: not even an empty database where none was.
     let db = config.db_path();
     if !db.exists() {
@@ -78,6 +81,7 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
     };
     let step = duration_ms(a.step).max(1);
     let replay = Replay {
+        origin: format!("database {}", config.db_path().display()),
         rules: &rules,
         samples: &samples,
         deployments: &deployments,
@@ -87,11 +91,85 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         step,
         warmup,
     };
-    print!("{}", replay.run(&a, config));
+    print!("{}", replay.run(&a));
+    Ok(())
+}
+
+/// The most samples `--synthetic-noise` makes (a few GB of memory).
+const SYNTHETIC_CAP: u64 = 20_000_000;
+
+/// `replay --synthetic-noise RATE --for D`: the configured probes of a
+/// healthy service over `D`, failing independently at `RATE`
+/// (`matrix::noise`), run through the same replay. No database is read or
+/// written. The active color is the `[active] file`'s, else blue.
+fn synthetic(config: &Config, rules: &Config, a: &ReplayArgs, rate: f64) -> anyhow::Result<()> {
+    for name in &a.probes {
+        if config.probe(name).is_none() {
+            return Err(super::NotFound(format!(
+                "--probes: no probe named {name:?} in {}",
+                config.path.display()
+            ))
+            .into());
+        }
+    }
+    let estimate = noise::estimate(config, a.period);
+    if estimate > SYNTHETIC_CAP {
+        anyhow::bail!(
+            "--synthetic-noise would make about {estimate} samples (at most {SYNTHETIC_CAP}): \
+             shorten --for or name fewer --probes"
+        );
+    }
+    let seed = a.seed.unwrap_or_else(rand::random);
+    let end = now_ms();
+    let start = end - duration_ms(a.period);
+    let spec = noise::Spec {
+        rate,
+        start_ms: start,
+        period: a.period,
+        noisy: a.probes.clone(),
+        seed,
+    };
+    let samples = noise::generate(config, &spec, config.confirms());
+    let (active, said) = match config
+        .active_file
+        .as_ref()
+        .and_then(|f| crate::active::read_file(f).ok())
+    {
+        Some(c) => (c, "from the [active] file"),
+        None => (Color::Blue, "assumed"),
+    };
+    let noisy = if a.probes.is_empty() {
+        "every probe".to_owned()
+    } else {
+        a.probes.join(", ")
+    };
+    let warmup = rules
+        .rules
+        .iter()
+        .map(|r| duration_ms(r.window + r.hold_for))
+        .max()
+        .unwrap_or(0);
+    let replay = Replay {
+        origin: format!(
+            "synthetic: {noisy} failing independently at {}, seed {seed}, active color {active} ({said}), no database",
+            crate::config::format_rate(rate)
+        ),
+        rules,
+        samples: &samples,
+        deployments: &[],
+        fallback_active: Some(active),
+        start,
+        end,
+        step: duration_ms(a.step).max(1),
+        warmup,
+    };
+    print!("{}", replay.run(a));
     Ok(())
 }
 
 struct Replay<'a> {
+    /// Where the samples come from, for the header.
+    origin: String,
     rules: &'a Config,
     samples: &'a [Sample],
     deployments: &'a [Deployment],
@@ -115,7 +193,7 @@ struct Tally {
 }
 
 impl Replay<'_> {
-    fn run(&self, a: &ReplayArgs, db_config: &Config) -> String {
+    fn run(&self, a: &ReplayArgs) -> String {
         let rules = self.rules;
         let mut out = String::new();
         let in_range = self
@@ -125,11 +203,13 @@ impl Replay<'_> {
             .count();
         let _ = writeln!(
             out,
-            "replay of {} ({in_range} samples) from {} to {}: database {}, {} rules from {}, evaluated every {}",
-            humantime::format_duration(a.since),
+            "replay of {} ({in_range} samples) from {} to {}: {}, {} rules from {}, evaluated every {}",
+            humantime::format_duration(std::time::Duration::from_millis(
+                (self.end - self.start).max(0) as u64
+            )),
             format_ms(self.start),
             format_ms(self.end),
-            db_config.db_path().display(),
+            self.origin,
             rules.rules.len(),
             rules.path.display(),
             humantime::format_duration(a.step),

@@ -59,6 +59,7 @@
 //! that answers "broken" is judged broken, even when the other color is
 //! broken too.
 
+pub mod noise;
 pub mod signal;
 pub mod window;
 
@@ -1076,7 +1077,7 @@ command = ["/bin/true"]
     }
 
     #[test]
-    fn three_consecutive_health_failures_fire_critical_and_hysteresis_clears() {
+    fn five_consecutive_health_failures_fire_critical_and_hysteresis_clears() {
         let mut e = Engine::new(&config());
         let crit = "critical: health_failures";
         for t in 0..5 {
@@ -1085,28 +1086,31 @@ command = ["/bin/true"]
             e.observe(&sample(t, "lavalink", None, true));
         }
         assert_eq!(state_of(&e.evaluate(5000, Color::Blue), crit), State::Clear);
-        for t in 5..7 {
+        for t in 5..9 {
             e.observe(&sample(t, "healthz", Some(Color::Blue), false));
         }
         assert_eq!(
-            state_of(&e.evaluate(7000, Color::Blue), crit),
+            state_of(&e.evaluate(9000, Color::Blue), crit),
             State::Clear,
-            "two failures are a blip"
+            "four failures are a blip"
         );
-        e.observe(&sample(7, "healthz", Some(Color::Blue), false));
-        let vs = e.evaluate(8000, Color::Blue);
+        e.observe(&sample(9, "healthz", Some(Color::Blue), false));
+        let vs = e.evaluate(10000, Color::Blue);
         assert_eq!(state_of(&vs, crit), State::Fired);
         let d = decide(&vs, Color::Blue, &config().actions);
         assert!(matches!(&d[0], Decision::Rollback(v) if v.rule.starts_with(crit)));
         // One clean sample does not clear it: three clean evaluations do.
-        e.observe(&sample(8, "healthz", Some(Color::Blue), true));
-        assert_eq!(state_of(&e.evaluate(9000, Color::Blue), crit), State::Fired);
+        e.observe(&sample(10, "healthz", Some(Color::Blue), true));
         assert_eq!(
-            state_of(&e.evaluate(10000, Color::Blue), crit),
+            state_of(&e.evaluate(11000, Color::Blue), crit),
             State::Fired
         );
         assert_eq!(
-            state_of(&e.evaluate(11000, Color::Blue), crit),
+            state_of(&e.evaluate(12000, Color::Blue), crit),
+            State::Fired
+        );
+        assert_eq!(
+            state_of(&e.evaluate(13000, Color::Blue), crit),
             State::Clear
         );
     }
@@ -1114,11 +1118,11 @@ command = ["/bin/true"]
     #[test]
     fn standby_failures_only_alert() {
         let mut e = Engine::new(&config());
-        for t in 0..4 {
+        for t in 0..6 {
             e.observe(&sample(t, "healthz", Some(Color::Green), false));
             e.observe(&sample(t, "healthz", Some(Color::Blue), true));
         }
-        let vs = e.evaluate(4000, Color::Green);
+        let vs = e.evaluate(6000, Color::Green);
         assert_eq!(state_of(&vs, "critical: health_failures"), State::Fired);
         let d = decide(&vs, Color::Blue, &config().actions);
         assert!(d.iter().all(|d| !matches!(d, Decision::Rollback(_))));

@@ -28,10 +28,13 @@ fn config_text(health_probes: &[&str], interval: &str, rules: &str) -> String {
          [rollback]\ncommand = [\"/bin/true\"]\n\
          [[probe]]\nname = \"lavalink\"\nkind = \"http\"\nurl = \"http://127.0.0.1:3/version\"\n",
     );
+    // The streams below take one sample per interval, with no confirm
+    // runs in between: the configuration says so, so detection times are
+    // priced for the same cadence.
     for name in health_probes {
         text.push_str(&format!(
             "[[probe]]\nname = \"{name}\"\nkind = \"http\"\npath = \"/{name}\"\n\
-             interval = \"{interval}\"\ntimeout = \"500ms\"\nhealth = true\n"
+             interval = \"{interval}\"\ntimeout = \"500ms\"\nconfirm_interval = \"off\"\nhealth = true\n"
         ));
     }
     text.push_str(rules);

@@ -26,6 +26,9 @@ fn demo_detects_rolls_back_verifies_and_reports() {
         started.elapsed()
     );
     for needle in [
+        // The defaults' two numbers, as the reason for them (issue 17).
+        "the Critical rule asks for 5 in a row: a hard-down color is caught in about 1s 50ms (median)",
+        "while 2% random failures would trip it about once every",
         "FAULT INJECTED",
         "target_verified  green (v1) passes its health probes",
         "switching",

@@ -80,7 +80,8 @@ async fn replay_reports_what_would_have_fired_and_when() {
     let env = Env::new(CONFIG);
     let base = now_ms() - 40 * 60 * 1000;
     let fault_from = base + 20 * 60 * 1000;
-    let third_failure = fault_from + 10_000;
+    // The default Critical row: 5 failures in a row (samples every 5 s).
+    let fifth_failure = fault_from + 20_000;
     {
         let store = env.store().await;
         let d = store
@@ -103,15 +104,15 @@ async fn replay_reports_what_would_have_fired_and_when() {
     let fired: Vec<&str> = out.lines().filter(|l| l.contains(" fired ")).collect();
     let crit = fired
         .iter()
-        .find(|l| l.contains("critical: health_failures >= 3"))
+        .find(|l| l.contains("critical: health_failures >= 5"))
         .unwrap_or_else(|| panic!("no health_failures fire in:\n{out}"));
     assert!(crit.contains(" blue "), "{crit}");
     assert!(crit.contains("would roll back (active color)"), "{crit}");
-    // Fired at the third failed sample (the report is to the second).
+    // Fired at the fifth failed sample (the report is to the second).
     let at = time_of(crit);
     assert!(
-        (third_failure - 1000..=third_failure + 1000).contains(&at),
-        "fired at {at}, third failure at {third_failure}\n{out}"
+        (fifth_failure - 1000..=fifth_failure + 1000).contains(&at),
+        "fired at {at}, fifth failure at {fifth_failure}\n{out}"
     );
     assert!(
         fired.iter().all(|l| l.contains(" blue ")),
@@ -130,11 +131,11 @@ async fn replay_reports_what_would_have_fired_and_when() {
             .unwrap_or_else(|| panic!("no summary row for {rule} on {color}:\n{out}"))
             .to_owned()
     };
-    let blue = row("critical: health_failures >= 3 over 10m", "blue");
+    let blue = row("critical: health_failures >= 5 over 10m", "blue");
     let cols: Vec<&str> = blue.split_whitespace().collect();
     assert!(cols.contains(&"1"), "{blue}");
     assert!(cols.contains(&"12"), "peak streak of 12 failures: {blue}");
-    let green = row("critical: health_failures >= 3 over 10m", "green");
+    let green = row("critical: health_failures >= 5 over 10m", "green");
     assert!(green.contains(" 0 "), "{green}");
     assert!(out.contains("would have requested"), "{out}");
 
@@ -281,4 +282,110 @@ async fn issue10_replay_agrees_with_the_daemon_that_rolled_back() {
             .any(|l| l.contains(" fired ") && l.contains(" green ")),
         "healthy green never fired in the daemon:\n{out}"
     );
+}
+
+/// One health probe at 1 s, the most common setup, with the default
+/// matrix; `THREE_IN_A_ROW` is the same with the old Critical row.
+const ONE_PROBE: &str = r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "beluga"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "1s"
+health = true
+[rollback]
+command = ["/bin/true", "{to}"]
+"#;
+
+const THREE_IN_A_ROW: &str = r#"
+[[rule]]
+severity = "critical"
+when = "health_failures >= 3"
+window = "10m"
+min_samples = 3
+"#;
+
+/// The closing line's counts: (rollbacks, alerts, blind spells).
+fn totals(out: &str) -> (u32, u32, u32) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("would have requested a rollback"))
+        .unwrap_or_else(|| panic!("no totals in:\n{out}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1], nums[2])
+}
+
+/// Issue 17: a week of 2% independent (answered) failures on both colors,
+/// generated in memory, requests no rollback through the defaults and
+/// shows no blind spell; the same seeded week through
+/// `health_failures >= 3` would have rolled back. No database is created.
+#[test]
+fn issue17_synthetic_noise_is_quiet_with_the_defaults_and_noisy_with_three_in_a_row() {
+    let env = Env::new(ONE_PROBE);
+    let three = env.path("three.toml");
+    std::fs::write(&three, ONE_PROBE.to_owned() + THREE_IN_A_ROW).unwrap();
+    let three = three.to_str().unwrap().to_owned();
+    // Evaluated every second rather than every 250 ms, to keep the debug
+    // binary's week short; both runs in parallel.
+    let args = [
+        "replay",
+        "--synthetic-noise",
+        "2%",
+        "--for",
+        "7d",
+        "--seed",
+        "17",
+        "--step",
+        "1s",
+    ];
+    let (defaults, noisy) = std::thread::scope(|s| {
+        let defaults = s.spawn(|| env.cli_ok(&args));
+        let mut with_rules = args.to_vec();
+        with_rules.extend(["--rules", three.as_str()]);
+        let noisy = env.cli_ok(&with_rules);
+        (defaults.join().unwrap(), noisy)
+    });
+    assert!(
+        defaults.contains("synthetic: every probe failing independently at 2%, seed 17"),
+        "{defaults}"
+    );
+    let (rollbacks, _, blind) = totals(&defaults);
+    assert_eq!(rollbacks, 0, "the defaults roll back on noise:\n{defaults}");
+    assert_eq!(
+        blind, 0,
+        "answered failures on both colors are not blindness"
+    );
+    let (rollbacks, _, _) = totals(&noisy);
+    assert!(
+        rollbacks >= 1,
+        "three in a row fires on the same week:\n{}",
+        noisy
+            .lines()
+            .filter(|l| l.contains("health_failures"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        !env.path("state").exists(),
+        "synthetic replay wrote a state dir"
+    );
+
+    // A probe that does not exist is a usage error.
+    let out = env.cli(&["replay", "--synthetic-noise", "2%", "--probes", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    // --for without --synthetic-noise is a usage error too.
+    let out = env.cli(&["replay", "--for", "1d"]);
+    assert_eq!(out.status.code(), Some(2));
 }

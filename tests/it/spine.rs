@@ -195,7 +195,7 @@ async fn check_exits_0_on_the_example_and_78_on_a_bad_file() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("health_failures >= 3") && text.contains("DETECTS IN"),
+        text.contains("health_failures >= 5") && text.contains("DETECTS IN"),
         "{text}"
     );
 
@@ -228,4 +228,55 @@ async fn check_exits_0_on_the_example_and_78_on_a_bad_file() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
+}
+
+/// Issue 17: `check` prices every consecutive-failure rule (median and
+/// worst detection, false firings per year at `[daemon] assumed_noise`);
+/// a Critical rule that would fire on noise more than once a year is a
+/// warning, and `check --strict` fails on it with exit 1 (a failed check;
+/// the file itself is valid).
+#[test]
+fn issue17_check_prices_streak_rules_and_strict_fails_a_noisy_one() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/rollbackd.toml");
+    let out = std::process::Command::new(common::BIN)
+        .args(["--config", example, "check", "--strict"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "the example is quiet:\n{text}");
+    // One health probe at 1 s, confirmed every 200 ms, 5 in a row.
+    assert!(
+        text.contains(
+            "detects in 1s 300ms median, 6s 800ms at worst; on noise fires about once every 10 years (0.10 a year)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("at 2% independent failures"), "{text}");
+
+    let noisy = std::fs::read_to_string(example).unwrap().replace(
+        "# [[rule]]\n# name = \"high error rate\"",
+        "[[rule]]\nseverity = \"critical\"\nwhen = \"health_failures >= 3\"\nwindow = \"10m\"\n\n# [[rule]]\n# name = \"high error rate\"",
+    );
+    let env = Env::new(&noisy);
+    let out = env.cli(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning, not an error:\n{text}"
+    );
+    assert!(
+        text.contains("would fire on noise about once a day at 2% independent failures"),
+        "{text}"
+    );
+    let out = env.cli(&["check", "--strict"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--strict: critical: health_failures >= 3 over 10m would fire on noise"),
+        "{err}"
+    );
+    // A lower assumed noise makes the same rule acceptable.
+    let env = Env::new(&noisy.replace("assumed_noise = \"2%\"", "assumed_noise = \"0.1%\""));
+    assert_eq!(env.cli(&["check", "--strict"]).status.code(), Some(0));
 }

@@ -1136,7 +1136,7 @@ async fn http_listener_serves_healthz_metrics_status_read_only() {
         Duration::from_secs(10),
         || async {
             get(&format!("{base}/metrics")).await.1.contains(
-                "rollbackd_verdict_state{rule=\"critical: health_failures >= 3 over 10m\",\
+                "rollbackd_verdict_state{rule=\"critical: health_failures >= 5 over 10m\",\
                  severity=\"critical\",color=\"blue\",state=\"clear\"} 1",
             )
         },
