@@ -97,6 +97,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut active_watch = active::Watch::new(&config);
     let mut rollback_verdict: Option<Verdict> = None;
     let metrics = Arc::new(Metrics::new());
+    metrics.configure(&config);
     let health = Arc::new(Health::new());
     let started_ms = now_ms();
 
@@ -439,6 +440,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 .reload(&prober, &sample_tx, &deploy_rx, &app, &last_status)
                 .await;
             metrics.reload(info.ok);
+            if info.ok {
+                metrics.configure(&config);
+            }
             entry_cfg_tx.send_if_modified(|e| {
                 let new = config.entry.clone();
                 let changed = e.as_ref().map(|e| (&e.url, &e.color_header))

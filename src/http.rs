@@ -230,11 +230,18 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+/// OpenMetrics when the scraper's `Accept` asks for it (Prometheus does),
+/// the classic text format otherwise.
+async fn metrics_text(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
     let size = db_size(&state.db_path);
     (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        state.metrics.encode(size),
+        [(header::CONTENT_TYPE, format.content_type())],
+        state.metrics.encode(size, format),
     )
 }
 

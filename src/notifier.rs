@@ -27,9 +27,9 @@
 //! notice is decided by its callers (`rollback` for the rollback lifecycle,
 //! `daemon` for alerts and recoveries, through [`Recoveries`]).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -54,6 +54,56 @@ pub fn sent_total() -> u64 {
 /// queue was full) since the process started.
 pub fn failed_total() -> u64 {
     FAILED.load(Ordering::Relaxed)
+}
+
+/// Per notifier, named by its place among the `[[notify]]` tables and its
+/// format (never its URL, which is a secret): (delivered, given up on) since
+/// the process started. A std `Mutex`: held for one map update.
+static PER_TARGET: Mutex<BTreeMap<(usize, &'static str), (u64, u64)>> = Mutex::new(BTreeMap::new());
+
+/// One notifier's totals (see [`target_totals`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetTotals {
+    /// Its place among the `[[notify]]` tables, 1-based.
+    pub id: usize,
+    pub format: &'static str,
+    pub sent: u64,
+    pub failed: u64,
+}
+
+/// Deliveries per notifier since the process started (for `/metrics`).
+pub fn target_totals() -> Vec<TargetTotals> {
+    let Ok(map) = PER_TARGET.lock() else {
+        return Vec::new();
+    };
+    map.iter()
+        .map(|(&(id, format), &(sent, failed))| TargetTotals {
+            id,
+            format,
+            sent,
+            failed,
+        })
+        .collect()
+}
+
+fn count_target(target: &Notifier, sent: u64, failed: u64) {
+    if let Ok(mut map) = PER_TARGET.lock() {
+        let e = map
+            .entry((target.id, format_name(target.format)))
+            .or_default();
+        e.0 += sent;
+        e.1 += failed;
+    }
+}
+
+/// The format's name as the configuration spells it.
+pub fn format_name(format: NotifyFormat) -> &'static str {
+    match format {
+        NotifyFormat::Slack => "slack",
+        NotifyFormat::Discord => "discord",
+        NotifyFormat::Json => "json",
+        NotifyFormat::Template => "template",
+    }
 }
 
 /// How many notices may wait for the worker before new ones are dropped.
@@ -373,14 +423,19 @@ impl Stats {
         self.failed.load(Ordering::Relaxed)
     }
 
-    fn add_sent(&self) {
+    fn add_sent(&self, target: &Notifier) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         SENT.fetch_add(1, Ordering::Relaxed);
+        count_target(target, 1, 0);
     }
 
-    fn add_failed(&self, n: u64) {
+    fn add_failed(&self, targets: &[Notifier]) {
+        let n = targets.len() as u64;
         self.failed.fetch_add(n, Ordering::Relaxed);
         FAILED.fetch_add(n, Ordering::Relaxed);
+        for t in targets {
+            count_target(t, 0, 1);
+        }
     }
 }
 
@@ -438,9 +493,13 @@ impl Hub {
         if targets.is_empty() {
             return;
         }
-        let n = targets.len() as u64;
         if let Err(e) = self.tx.try_send(Job { targets, notice }) {
-            self.stats.add_failed(n);
+            let targets = match &e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => {
+                    &j.targets
+                }
+            };
+            self.stats.add_failed(targets);
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "the notification queue is full",
                 mpsc::error::TrySendError::Closed(_) => "the notification worker has stopped",
@@ -517,7 +576,7 @@ async fn work(
         Err(e) => {
             tracing::error!("cannot build the HTTP client for notifications: {e}");
             while let Some(job) = rx.recv().await {
-                stats.add_failed(job.targets.len() as u64);
+                stats.add_failed(&job.targets);
             }
             return;
         }
@@ -603,7 +662,7 @@ async fn deliver(
 ) {
     match attempt_all(client, target, notice, policy, memory.opened(slot)).await {
         Ok(Delivered::Sent { attempts, answer }) => {
-            stats.add_sent();
+            stats.add_sent(target);
             match notice.phase() {
                 Phase::Open => {
                     if let Some(a) = answer {
@@ -628,7 +687,7 @@ async fn deliver(
             );
         }
         Err(why) => {
-            stats.add_failed(1);
+            stats.add_failed(std::slice::from_ref(target));
             tracing::error!(
                 rollbackd.severity = notice.severity.as_str(),
                 rollbackd.incident = notice.incident,
