@@ -10,6 +10,7 @@ mod drill;
 mod faults;
 mod gate;
 mod matrix;
+mod metrics;
 mod notify;
 mod notify_api;
 mod probes;

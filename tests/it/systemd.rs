@@ -1098,21 +1098,23 @@ async fn http_listener_serves_healthz_metrics_status_read_only() {
         },
     )
     .await;
+    // (No Accept header: the classic text format; tests/it/metrics.rs
+    // covers the negotiation.)
     let resp = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert!(
         resp.headers()[reqwest::header::CONTENT_TYPE]
             .to_str()
             .unwrap()
-            .starts_with("application/openmetrics-text")
+            .starts_with("text/plain; version=0.0.4")
     );
     let body = resp.text().await.unwrap();
     for family in [
         "# TYPE rollbackd_probe_latency_seconds histogram",
-        "# TYPE rollbackd_samples counter",
+        "# TYPE rollbackd_samples_total counter",
         "# TYPE rollbackd_verdict_state gauge",
-        "# TYPE rollbackd_rollbacks counter",
+        "# TYPE rollbackd_rollbacks_total counter",
         "# TYPE rollbackd_database_size_bytes gauge",
-        "# TYPE rollbackd_samples_dropped counter",
+        "# TYPE rollbackd_samples_dropped_total counter",
     ] {
         assert!(body.contains(family), "{family} in\n{body}");
     }
