@@ -59,7 +59,10 @@ pub fn failed_total() -> u64 {
 /// Per notifier, named by its place among the `[[notify]]` tables and its
 /// format (never its URL, which is a secret): (delivered, given up on) since
 /// the process started. A std `Mutex`: held for one map update.
-static PER_TARGET: Mutex<BTreeMap<(usize, &'static str), (u64, u64)>> = Mutex::new(BTreeMap::new());
+static PER_TARGET: Mutex<BTreeMap<TargetKey, (u64, u64)>> = Mutex::new(BTreeMap::new());
+
+/// A notifier's place among the `[[notify]]` tables and its format.
+type TargetKey = (usize, &'static str);
 
 /// One notifier's totals (see [`target_totals`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
