@@ -274,3 +274,59 @@ async fn a_real_prometheus_scrapes_the_daemon() {
     drop(prometheus);
     assert!(daemon.stop().await.success());
 }
+
+#[tokio::test]
+async fn notifications_are_counted_per_notifier_without_its_url() {
+    use rollbackd::config::NotifyFormat;
+    use rollbackd::model::Severity;
+    use rollbackd::notifier::{Event, Hub, Notice, Policy};
+
+    let rx = crate::notify::Receiver::start().await;
+    let mut good = rx.target("good", NotifyFormat::Json, Severity::Low);
+    // Ids no other test uses: the totals are process-wide.
+    good.id = 41;
+    // A port nothing listens on: every attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/{HOOK_TOKEN}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut dead = rollbackd::config::Notifier::webhook(
+        rollbackd::secret::Secret::resolve(&dead_url).unwrap(),
+        NotifyFormat::Discord,
+        Severity::Low,
+    );
+    dead.id = 42;
+
+    let (hub, worker) = Hub::start(Policy {
+        attempts: 2,
+        backoff: Duration::from_millis(50),
+        timeout: Duration::from_millis(500),
+    });
+    hub.send(
+        &[good, dead],
+        Notice::new(
+            Event::RollbackStarted,
+            Severity::High,
+            "beluga",
+            "blue -> green".into(),
+        ),
+    );
+    drop(hub);
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let text = rollbackd::metrics::Metrics::new().encode(0, rollbackd::metrics::Format::Classic);
+    for line in [
+        "rollbackd_notifications_sent_total{notifier=\"41\",format=\"json\"} 1\n",
+        "rollbackd_notifications_failed_total{notifier=\"41\",format=\"json\"} 0\n",
+        "rollbackd_notifications_sent_total{notifier=\"42\",format=\"discord\"} 0\n",
+        "rollbackd_notifications_failed_total{notifier=\"42\",format=\"discord\"} 1\n",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    assert!(
+        !text.contains(HOOK_TOKEN) && !text.contains(&rx.url),
+        "a URL leaked"
+    );
+}
