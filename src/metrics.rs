@@ -69,6 +69,9 @@ pub struct Metrics {
     dropped: Counter,
     buffered: Gauge,
     db_size: Gauge,
+    storage_ok: Gauge,
+    storage_failed: Counter,
+    storage_kept: Gauge,
 }
 
 impl Metrics {
@@ -85,6 +88,9 @@ impl Metrics {
         let dropped = Counter::default();
         let buffered = Gauge::default();
         let db_size = Gauge::default();
+        let storage_ok = Gauge::default();
+        let storage_failed = Counter::default();
+        let storage_kept = Gauge::default();
         registry.register(
             "probe_latency_seconds",
             "Probe latency, per probe and color",
@@ -130,6 +136,21 @@ impl Metrics {
             "Size of rollbackd.db and its write-ahead log",
             db_size.clone(),
         );
+        registry.register(
+            "storage_ok",
+            "1 while the database takes writes, nothing waits in memory and the file at the path is the one open; 0 during a storage fault",
+            storage_ok.clone(),
+        );
+        registry.register(
+            "storage_write_failures",
+            "Write transactions the database refused (full, read-only, locked past the busy timeout)",
+            storage_failed.clone(),
+        );
+        registry.register(
+            "storage_kept_records",
+            "Rollback records kept in memory until the database takes writes again",
+            storage_kept.clone(),
+        );
         Metrics {
             registry,
             latency,
@@ -141,6 +162,9 @@ impl Metrics {
             dropped,
             buffered,
             db_size,
+            storage_ok,
+            storage_failed,
+            storage_kept,
         }
     }
 
@@ -218,6 +242,19 @@ impl Metrics {
 
     pub fn set_buffered(&self, n: usize) {
         self.buffered.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The storage's state, read by the caller before [`Metrics::encode`]:
+    /// whether it is free of faults, the store's count of failed writes
+    /// (only ever grows) and the records waiting in memory.
+    pub fn set_storage(&self, ok: bool, failed_writes: u64, kept: usize) {
+        self.storage_ok.set(i64::from(ok));
+        let seen = self.storage_failed.get();
+        if failed_writes > seen {
+            self.storage_failed.inc_by(failed_writes - seen);
+        }
+        self.storage_kept
+            .set(i64::try_from(kept).unwrap_or(i64::MAX));
     }
 
     /// The text exposition, with the database size read by the caller.

@@ -13,9 +13,12 @@ use serde::Serialize;
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{FromRow, Row, SqlitePool};
+use sqlx::{Connection, FromRow, Row, SqlitePool};
 
 use crate::model::{Color, Millis, Sample, SampleStatus, Severity};
+
+mod kept;
+pub use kept::KEPT_BUSY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -70,6 +73,50 @@ fn q(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    /// (device, inode) of the file when it was opened: a file deleted or
+    /// replaced under us is told by comparing the path with it.
+    identity: Option<(u64, u64)>,
+    /// Rollback records kept in memory while the database refuses them
+    /// (`kept.rs`), and the count of failed write transactions.
+    kept: std::sync::Arc<kept::Kept>,
+}
+
+/// A pooled connection for one write transaction. Unless [`Writing::done`]
+/// is called after its commit, the connection is closed instead of going
+/// back to the pool: a failed COMMIT (disk full, read-only or immutable
+/// file) can leave SQLite's transaction open, holding the write lock, with
+/// sqlx's own count of open transactions off by one, so that every later
+/// batch on that connection would be a savepoint inside a transaction that
+/// never commits. Closing the connection rolls it back and frees the lock.
+struct Writing {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    busy: Duration,
+    done: bool,
+    failures: std::sync::Arc<kept::Kept>,
+}
+
+impl Writing {
+    /// After a successful commit: the connection may go back to the pool
+    /// (with the pool's busy timeout again).
+    async fn done(&mut self) {
+        if self.busy != BUSY_TIMEOUT {
+            let reset = format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
+            if sqlx::query(&reset).execute(&mut *self.conn).await.is_err() {
+                // Closed on drop rather than pooled with a short timeout.
+                return;
+            }
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.close_on_drop();
+            self.failures.failed_write();
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -256,6 +303,9 @@ impl From<IncidentRow> for Incident {
 
 const MINUTE_MS: Millis = 60_000;
 
+/// How long a write waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What one retention pass did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RetentionReport {
@@ -323,17 +373,25 @@ impl Store {
     }
 
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::new()
+        let mut options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // WAL + NORMAL: a committed transaction survives a crash of this
             // process (kill -9); only a power loss may drop the last commits.
             .synchronous(SqliteSynchronous::Normal)
-            .auto_vacuum(SqliteAutoVacuum::Incremental)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("journal_size_limit", "67108864");
+        // `auto_vacuum` is set when the file is made; setting it again takes
+        // the write lock, so a command that only reads could not open a
+        // database another process holds locked.
+        if std::fs::metadata(path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true)
+        {
+            options = options.auto_vacuum(SqliteAutoVacuum::Incremental);
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -358,7 +416,55 @@ impl Store {
         Ok(Store {
             pool,
             path: path.to_path_buf(),
+            identity: file_identity(path),
+            kept: Default::default(),
         })
+    }
+
+    /// A connection for one write transaction, begun with `BEGIN IMMEDIATE`
+    /// (the write lock is taken, or waited for, up front) and with `busy`
+    /// as its busy timeout.
+    async fn writing(&self, doing: &'static str, busy: Duration) -> Result<Writing, StoreError> {
+        let conn = self.pool.acquire().await.map_err(q(doing))?;
+        let mut w = Writing {
+            conn,
+            busy,
+            done: false,
+            failures: self.kept.clone(),
+        };
+        if busy != BUSY_TIMEOUT {
+            sqlx::query(&format!("PRAGMA busy_timeout = {}", busy.as_millis()))
+                .execute(&mut *w.conn)
+                .await
+                .map_err(q(doing))?;
+        }
+        Ok(w)
+    }
+
+    /// Whether the file at the path is no longer the one opened: `None`
+    /// while it is, else what happened to it, for the log and `/healthz`.
+    pub fn file_problem(&self) -> Option<String> {
+        let opened = self.identity?;
+        match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "the database file {} was deleted while the daemon runs: it writes into the unlinked file, which is lost when it stops",
+                self.path.display()
+            )),
+            Err(e) => Some(format!(
+                "cannot check the database file {}: {e}",
+                self.path.display()
+            )),
+            Ok(_) if file_identity(&self.path) != Some(opened) => Some(format!(
+                "the database file {} was replaced while the daemon runs: it still writes into the file it opened, not the one at the path",
+                self.path.display()
+            )),
+            Ok(_) => None,
+        }
+    }
+
+    /// Write transactions that failed since the store was opened.
+    pub fn failed_writes(&self) -> u64 {
+        self.kept.failed_writes()
     }
 
     pub fn path(&self) -> &Path {
@@ -376,9 +482,11 @@ impl Store {
         if samples.is_empty() {
             return Ok(());
         }
-        let mut tx = self
-            .pool
-            .begin()
+        let mut w = self
+            .writing("starting a sample batch", BUSY_TIMEOUT)
+            .await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(q("starting a sample batch"))?;
         for s in samples {
@@ -400,6 +508,7 @@ impl Store {
             .map_err(q("inserting samples"))?;
         }
         tx.commit().await.map_err(q("committing samples"))?;
+        w.done().await;
         Ok(())
     }
 
@@ -473,7 +582,11 @@ impl Store {
                     .map_err(q("finding old samples"))?;
             let Some(oldest) = oldest else { break };
             let end = (oldest.div_euclid(MINUTE_MS) * MINUTE_MS + CHUNK_MS).min(before_ms);
-            let mut tx = self.pool.begin().await.map_err(q("rolling up samples"))?;
+            let mut w = self.writing("rolling up samples", BUSY_TIMEOUT).await?;
+            let mut tx = (*w.conn)
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(q("rolling up samples"))?;
             let rows = sqlx::query(
                 "SELECT probe, COALESCE(color, '') AS color, at_ms, ok, status, latency_ms \
                  FROM samples WHERE at_ms < ? ORDER BY probe, color, at_ms",
@@ -538,6 +651,7 @@ impl Store {
                 .map_err(q("deleting rolled-up samples"))?
                 .rows_affected();
             tx.commit().await.map_err(q("rolling up samples"))?;
+            w.done().await;
             report.deleted_samples += deleted;
             report.minutes += minutes.len() as u64;
         }
@@ -624,6 +738,24 @@ impl Store {
         source: &str,
         at_ms: Millis,
     ) -> Result<Deployment, StoreError> {
+        self.record_deployment_with(color, version, source, at_ms, BUSY_TIMEOUT)
+            .await
+    }
+
+    async fn record_deployment_with(
+        &self,
+        color: Color,
+        version: &str,
+        source: &str,
+        at_ms: Millis,
+        busy: Duration,
+    ) -> Result<Deployment, StoreError> {
+        const DOING: &str = "recording a deployment";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO deployments (color, version, at_ms, source) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -631,9 +763,11 @@ impl Store {
         .bind(version)
         .bind(at_ms)
         .bind(source)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(q("recording a deployment"))?;
+        .map_err(q(DOING))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(Deployment {
             id,
             color,
@@ -778,7 +912,23 @@ impl Store {
         first_state: &str,
         message: &str,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("opening an incident"))?;
+        self.open_incident_with(new, first_state, message, BUSY_TIMEOUT)
+            .await
+    }
+
+    async fn open_incident_with(
+        &self,
+        new: &NewIncident,
+        first_state: &str,
+        message: &str,
+        busy: Duration,
+    ) -> Result<i64, StoreError> {
+        const DOING: &str = "opening an incident";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         let inserted = sqlx::query_scalar::<_, i64>(
             "INSERT INTO incidents (opened_ms, trigger_kind, severity, rule, reason, evidence, from_color, to_color, \
              from_version, to_version, state, in_flight, holder) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -801,14 +951,18 @@ impl Store {
         let id = match inserted {
             Ok(id) => id,
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                drop(tx);
+                // Not a storage fault: roll back and hand the connection on.
+                tx.rollback().await.map_err(q(DOING))?;
+                w.done().await;
+                drop(w);
                 let holder = self.in_flight_incident().await?.map(|i| i.id).unwrap_or(0);
                 return Err(StoreError::RollbackInFlight(holder));
             }
-            Err(e) => return Err(q("opening an incident")(e)),
+            Err(e) => return Err(q(DOING)(e)),
         };
         insert_event(&mut tx, id, new.at_ms, first_state, message).await?;
-        tx.commit().await.map_err(q("opening an incident"))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(id)
     }
 
@@ -820,23 +974,39 @@ impl Store {
         state: &str,
         message: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
+        self.advance_incident_with(id, at_ms, state, message, BUSY_TIMEOUT)
             .await
-            .map_err(q("advancing an incident"))?;
+    }
+
+    async fn advance_incident_with(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        state: &str,
+        message: &str,
+        busy: Duration,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "advancing an incident";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         let changed = sqlx::query("UPDATE incidents SET state = ? WHERE id = ?")
             .bind(state)
             .bind(id)
             .execute(&mut *tx)
             .await
-            .map_err(q("advancing an incident"))?
+            .map_err(q(DOING))?
             .rows_affected();
         if changed == 0 {
+            tx.rollback().await.map_err(q(DOING))?;
+            w.done().await;
             return Err(StoreError::NoIncident(id));
         }
         insert_event(&mut tx, id, at_ms, state, message).await?;
-        tx.commit().await.map_err(q("advancing an incident"))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 
@@ -848,13 +1018,27 @@ impl Store {
         state: &str,
         message: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
+        self.add_incident_event_with(id, at_ms, state, message, BUSY_TIMEOUT)
             .await
-            .map_err(q("adding an incident event"))?;
+    }
+
+    async fn add_incident_event_with(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        state: &str,
+        message: &str,
+        busy: Duration,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "adding an incident event";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         insert_event(&mut tx, id, at_ms, state, message).await?;
-        tx.commit().await.map_err(q("adding an incident event"))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 
@@ -867,7 +1051,25 @@ impl Store {
         outcome: &str,
         downtime_ms: Option<Millis>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("closing an incident"))?;
+        self.close_incident_with(id, at_ms, state, outcome, downtime_ms, BUSY_TIMEOUT)
+            .await
+    }
+
+    async fn close_incident_with(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        state: &str,
+        outcome: &str,
+        downtime_ms: Option<Millis>,
+        busy: Duration,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "closing an incident";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         sqlx::query(
             "UPDATE incidents SET state = ?, outcome = ?, downtime_ms = ?, closed_ms = ?, in_flight = NULL WHERE id = ?",
         )
@@ -878,9 +1080,10 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await
-        .map_err(q("closing an incident"))?;
+        .map_err(q(DOING))?;
         insert_event(&mut tx, id, at_ms, state, outcome).await?;
-        tx.commit().await.map_err(q("closing an incident"))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 
@@ -905,7 +1108,27 @@ impl Store {
         Ok(rows.into_iter().map(Incident::from).collect())
     }
 
+    /// The rollback in flight: in the database, or (while the database
+    /// refuses writes) one this process keeps in memory.
     pub async fn in_flight_incident(&self) -> Result<Option<Incident>, StoreError> {
+        match self.stored_in_flight_incident().await {
+            Ok(None) => Ok(self.kept_in_flight()),
+            Err(e) => match self.kept_in_flight() {
+                Some(kept) => Ok(Some(kept)),
+                None => Err(e),
+            },
+            found => found,
+        }
+    }
+
+    async fn max_incident_id(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM incidents")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("reading the last incident id"))
+    }
+
+    async fn stored_in_flight_incident(&self) -> Result<Option<Incident>, StoreError> {
         let row: Option<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE in_flight IS NOT NULL"
         ))
@@ -939,6 +1162,22 @@ impl Store {
     /// deployment of the same known version. A later `deploy` (a new row)
     /// starts clean.
     pub async fn quarantine_deployment(&self, id: i64, version: &str) -> Result<(), StoreError> {
+        self.quarantine_deployment_with(id, version, BUSY_TIMEOUT)
+            .await
+    }
+
+    async fn quarantine_deployment_with(
+        &self,
+        id: i64,
+        version: &str,
+        busy: Duration,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "quarantining a deployment";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         sqlx::query(
             "UPDATE deployments SET quarantined = 1 WHERE id = ? \
              OR (id < ? AND version = ? AND version NOT IN ('', 'unknown'))",
@@ -946,9 +1185,11 @@ impl Store {
         .bind(id)
         .bind(id)
         .bind(version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(q("quarantining a deployment"))?;
+        .map_err(q(DOING))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 
@@ -964,7 +1205,8 @@ impl Store {
     /// command ran (it may have moved traffic even if it then failed), and
     /// with `dry_run` also the last one that would have run it.
     pub async fn cooldown_start_ms(&self, dry_run: bool) -> Result<Option<Millis>, StoreError> {
-        sqlx::query_scalar(
+        let kept = self.kept_cooldown_start(dry_run);
+        let stored: Option<Millis> = sqlx::query_scalar(
             "SELECT MAX(i.opened_ms) FROM incidents i WHERE i.trigger_kind = 'automatic' \
              AND (EXISTS (SELECT 1 FROM incident_events e WHERE e.incident_id = i.id AND e.state = 'switching') \
                   OR (? AND i.state = 'dry_run'))",
@@ -972,7 +1214,8 @@ impl Store {
         .bind(dry_run)
         .fetch_one(&self.pool)
         .await
-        .map_err(q("reading the last rollback"))
+        .map_err(q("reading the last rollback"))?;
+        Ok(stored.max(kept))
     }
 
     /// The last escalated incident, unless a deployment was recorded after
@@ -1134,6 +1377,12 @@ async fn migration_lock(db: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, S
     .await
     .map_err(|e| fail(std::io::Error::other(e)))?
     .map_err(fail)
+}
+
+/// (device, inode) of a file, `None` when it cannot be read.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn verdict_from_row(r: sqlx::sqlite::SqliteRow) -> StoredVerdict {
