@@ -373,7 +373,7 @@ impl Store {
     }
 
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut options = SqliteConnectOptions::new()
+        let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -384,18 +384,21 @@ impl Store {
             .foreign_keys(true)
             .pragma("journal_size_limit", "67108864");
         // `auto_vacuum` is set when the file is made; setting it again takes
-        // the write lock, so a command that only reads could not open a
-        // database another process holds locked.
-        if std::fs::metadata(path)
+        // the write lock, so a command that only reads (or a connection the
+        // pool opens to replace a failed one) could not connect while
+        // another process holds the database locked.
+        let new_file = std::fs::metadata(path)
             .map(|m| m.len() == 0)
-            .unwrap_or(true)
-        {
-            options = options.auto_vacuum(SqliteAutoVacuum::Incremental);
-        }
+            .unwrap_or(true);
+        let first = if new_file {
+            options.clone().auto_vacuum(SqliteAutoVacuum::Incremental)
+        } else {
+            options.clone()
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(first)
             .await
             .map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
@@ -413,6 +416,7 @@ impl Store {
             source,
         })?;
         give_files_to_dir_owner(path);
+        pool.set_connect_options(options);
         Ok(Store {
             pool,
             path: path.to_path_buf(),

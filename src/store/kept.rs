@@ -449,3 +449,154 @@ impl Store {
         start
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, SqliteConnection};
+
+    use super::*;
+    use crate::model::Severity;
+
+    fn incident(at_ms: Millis, holder: &str) -> NewIncident {
+        NewIncident {
+            at_ms,
+            trigger_kind: "automatic",
+            severity: Severity::Critical,
+            rule: Some("health_failures".into()),
+            reason: "blue fails".into(),
+            evidence: "{}".into(),
+            from_color: Some(Color::Blue),
+            to_color: Some(Color::Green),
+            from_version: Some("v2".into()),
+            to_version: Some("v1".into()),
+            in_flight: true,
+            holder: Some(holder.into()),
+        }
+    }
+
+    /// Another process holding the write lock (`BEGIN IMMEDIATE` on a
+    /// connection of its own) for as long as the returned connection lives.
+    async fn hold_write_lock(store: &Store) -> SqliteConnection {
+        let mut other = SqliteConnection::connect(&format!("sqlite://{}", store.path().display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        other
+    }
+
+    #[tokio::test]
+    async fn a_locked_database_keeps_the_rollback_record_in_memory_then_stores_it_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        // A rollback opened earlier, stored: the kept one comes after it.
+        let before = store
+            .open_incident(&incident(1_000, "1/1"), "requested", "first")
+            .await
+            .unwrap();
+        store
+            .close_incident(before, 1_500, "verified", "done", None)
+            .await
+            .unwrap();
+
+        let mut other = hold_write_lock(&store).await;
+        let started = std::time::Instant::now();
+        let (id, stored) = store
+            .open_incident_or_keep(&incident(2_000, "2/2"), "requested", "opened while locked")
+            .await
+            .unwrap();
+        assert!(!stored, "the lock is held: the opening cannot be stored");
+        assert_eq!(id, before + 1, "a provisional id after the last stored one");
+        store
+            .advance_incident_or_keep(id, 2_100, "switching", "running the switch command")
+            .await;
+        store
+            .close_incident_or_keep(id, 2_200, "verified", "rolled back", Some(200))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the rollback's writes waited {:?} on the locked database",
+            started.elapsed()
+        );
+        assert_eq!(store.kept_len(), 3);
+        assert!(store.failed_writes() >= 1, "the refused write is counted");
+        // The cooldown counts the rollback only memory knows of.
+        assert_eq!(store.cooldown_start_ms(false).await.unwrap(), Some(2_000));
+        // Still locked: the flush fails and keeps everything.
+        assert!(store.flush_kept().await.is_err());
+        assert_eq!(store.kept_len(), 3);
+
+        // Meanwhile the other process records an incident of its own and
+        // lets go of the lock: the kept one is stored under the next id.
+        let taken: i64 = sqlx::query_scalar(
+            "INSERT INTO incidents (opened_ms, trigger_kind, severity, reason, evidence, state) \
+             VALUES (2050, 'manual', 'critical', 'cli', '{}', 'refused') RETURNING id",
+        )
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+        assert_eq!(taken, id, "the provisional id is taken by another record");
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        drop(other);
+
+        assert_eq!(store.flush_kept().await.unwrap(), 3);
+        assert_eq!(store.kept_len(), 0);
+        let all = store.incidents().await.unwrap();
+        let kept = all
+            .iter()
+            .find(|i| i.reason == "blue fails" && i.opened_ms == 2_000);
+        let kept = kept.expect("the kept incident is stored");
+        assert_eq!(kept.id, id + 1, "mapped to the id the database gave it");
+        assert_eq!(kept.state, "verified");
+        assert_eq!(kept.downtime_ms, Some(200));
+        assert!(!kept.in_flight, "closed: the slot is free");
+        let events: Vec<_> = store
+            .incident_events(kept.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.at_ms, e.state))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                (2_000, "requested".to_owned()),
+                (2_100, "switching".to_owned()),
+                (2_200, "verified".to_owned())
+            ]
+        );
+        assert_eq!(store.in_flight_incident().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_rollback_kept_in_memory_holds_the_slot_until_it_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        let other = hold_write_lock(&store).await;
+        let (id, stored) = store
+            .open_incident_or_keep(&incident(1_000, "7/7"), "requested", "opened")
+            .await
+            .unwrap();
+        assert!(!stored);
+        store
+            .advance_incident_or_keep(id, 1_100, "target_verified", "green passes")
+            .await;
+        let held = store.in_flight_incident().await.unwrap().unwrap();
+        assert_eq!(
+            (held.id, held.state.as_str(), held.holder.as_deref()),
+            (id, "target_verified", Some("7/7"))
+        );
+        drop(other);
+        store.flush_kept().await.unwrap();
+        // Stored and still in flight: a second rollback is refused the slot.
+        let again = store
+            .open_incident_or_keep(&incident(1_200, "8/8"), "requested", "second")
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::RollbackInFlight(i)) if i == id),
+            "{again:?}"
+        );
+    }
+}
