@@ -852,6 +852,12 @@ impl Store {
     // --- verdicts --------------------------------------------------------
 
     pub async fn insert_verdict(&self, v: &StoredVerdict) -> Result<(), StoreError> {
+        const DOING: &str = "recording a verdict";
+        let mut w = self.writing(DOING, BUSY_TIMEOUT).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         sqlx::query(
             "INSERT INTO verdicts (at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -867,9 +873,11 @@ impl Store {
         .bind(v.window_ms)
         .bind(v.baseline)
         .bind(&v.detail)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(q("recording a verdict"))?;
+        .map_err(q(DOING))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 

@@ -14,4 +14,5 @@ mod replay;
 mod report;
 mod rollback;
 mod spine;
+mod storage;
 mod systemd;
