@@ -7,6 +7,7 @@
 //! IMMEDIATE`, a real tmpfs in a private mount namespace, real renames.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rollbackd::model::Color;
@@ -249,5 +250,217 @@ async fn a_deleted_or_replaced_database_file_is_reported_loudly() {
     )
     .await;
     assert_eq!(metric(&base, "rollbackd_storage_ok").await, 1.0);
+    drop(daemon);
+}
+
+/// Kills the daemon (and so its mount namespace) when the test ends.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run Python's sqlite3 (`c`, a connection to `db`) in the mount namespace
+/// of process `pid`: its output, or why it failed.
+fn in_namespace(pid: u32, db: &Path, code: &str) -> Result<String, String> {
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--", "/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=2, isolation_level=None)\n{code}"
+        ))
+        .arg(db)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Fill the file system holding `dir` until it refuses another byte.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    for _ in 0..100_000 {
+        if f.write_all(&chunk).and_then(|()| f.flush()).is_err() {
+            break;
+        }
+    }
+    // Fill the last partial chunk too, a byte at a time (bounded).
+    for _ in 0..(64 * 1024) {
+        if f.write_all(&[0]).is_err() {
+            break;
+        }
+    }
+    filler
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_neither_wedges_the_database_nor_stops_a_rollback() {
+    // A small tmpfs over state_dir, in the daemon's own mount namespace.
+    if !common::have_tool("unshare", "util-linux")
+        || !common::have_tool("nsenter", "util-linux")
+        || !common::have_tool("mount", "mount")
+        || !common::have_tool("/usr/bin/python3", "python3")
+    {
+        return;
+    }
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !probe {
+        eprintln!("skipped: a tmpfs cannot be mounted in a private mount namespace here");
+        return;
+    }
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(&config(&blue, &green, dir.path()));
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    // The database made above is the seed copied onto the tmpfs.
+    let state = env.path("state");
+    let seed = env.path("seed");
+    std::fs::rename(&state, &seed).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let log = env.path("daemon.log");
+    let child = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=16m tmpfs \"$1\" && cp -a \"$2\"/. \"$1\"/ && exec \"$3\" --config \"$4\" --log-format text run",
+            "sh",
+        ])
+        .arg(&state)
+        .arg(&seed)
+        .arg(common::BIN)
+        .arg(&env.config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let daemon = Kill(child);
+    let base = http_base(&log).await;
+    // The state directory as the daemon sees it.
+    let inside = Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(state.strip_prefix("/").unwrap());
+    common::wait_for("/healthz ok", Duration::from_secs(20), || async {
+        get(&format!("{base}/healthz")).await.0 == 200
+    })
+    .await;
+
+    // The disk fills: commits fail, and it says so.
+    let filler = fill(&inside);
+    common::wait_for(
+        "/healthz to report the full disk",
+        Duration::from_secs(20),
+        || async {
+            let (code, body) = get(&format!("{base}/healthz")).await;
+            code == 503 && body.contains("database unwritable")
+        },
+    )
+    .await;
+    assert_eq!(metric(&base, "rollbackd_storage_ok").await, 0.0);
+
+    // A fault while it is full: still decides and switches.
+    let fault = Instant::now();
+    blue.set(503);
+    common::wait_for(
+        "the switch on a full disk",
+        Duration::from_secs(20),
+        || async { !switches(dir.path()).is_empty() },
+    )
+    .await;
+    assert!(
+        fault.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        fault.elapsed()
+    );
+    common::wait_for(
+        "the rollback to finish in memory",
+        Duration::from_secs(20),
+        || async { common::read(&log).contains("rollback completed") },
+    )
+    .await;
+
+    // Space returns: no lock is left held, the fault clears, the record
+    // and new samples are really in the file.
+    std::fs::remove_file(&filler).unwrap();
+    common::wait_for(
+        "/healthz ok after the disk has room",
+        Duration::from_secs(30),
+        || async { get(&format!("{base}/healthz")).await.0 == 200 },
+    )
+    .await;
+    assert_eq!(metric(&base, "rollbackd_storage_ok").await, 1.0);
+    assert_eq!(metric(&base, "rollbackd_storage_kept_records").await, 0.0);
+    // From inside the daemon's mount namespace (SQLite resolves the
+    // /proc/PID/root link, so it cannot be opened from out here).
+    let db = state.join("rollbackd.db");
+    let mut locked = String::new();
+    for _ in 0..5 {
+        match in_namespace(
+            pid,
+            &db,
+            "c.execute('BEGIN IMMEDIATE'); c.execute('ROLLBACK'); print('free')",
+        ) {
+            Ok(_) => {
+                locked.clear();
+                break;
+            }
+            Err(e) => locked = e,
+        }
+    }
+    assert!(
+        locked.is_empty(),
+        "the daemon still holds the write lock: {locked}\n{}",
+        common::read(&log)
+    );
+    let count = || {
+        in_namespace(
+            pid,
+            &db,
+            "print(c.execute('SELECT COUNT(*) FROM samples').fetchone()[0])",
+        )
+        .unwrap()
+        .parse::<i64>()
+        .unwrap()
+    };
+    let before = count();
+    common::wait_for(
+        "new samples committed to the file",
+        Duration::from_secs(20),
+        || async { count() >= before + 10 },
+    )
+    .await;
+    let incidents = in_namespace(
+        pid,
+        &db,
+        "print([(r[1], [e[0] for e in c.execute('SELECT state FROM incident_events WHERE incident_id = ? ORDER BY at_ms, id', (r[0],))]) \
+         for r in c.execute('SELECT id, state FROM incidents').fetchall()])",
+    )
+    .unwrap();
+    assert!(
+        incidents.starts_with("[('verified', [")
+            && !incidents.contains("]), (")
+            && incidents.contains("'requested'")
+            && incidents.contains("'switching'"),
+        "one verified incident with its timeline: {incidents}"
+    );
+    assert_eq!(switches(dir.path()).len(), 1, "the switch ran once");
     drop(daemon);
 }
