@@ -62,6 +62,9 @@ pub struct Config {
     pub service: String,
     pub colors: Colors,
     pub active_file: Option<PathBuf>,
+    /// `[entry]`: the service as users reach it, to confirm a switch by
+    /// the traffic itself and to see drift.
+    pub entry: Option<Entry>,
     pub probes: Vec<Probe>,
     pub rules: Vec<Rule>,
     /// True when the file has no `[[rule]]` and the SPEC's matrix applies.
@@ -225,6 +228,14 @@ impl Actions {
     }
 }
 
+/// `[entry]`: where users reach the service, and the response header that
+/// names the color that answered.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub url: Url,
+    pub color_header: reqwest::header::HeaderName,
+}
+
 #[derive(Debug, Clone)]
 pub struct Rollback {
     pub prepare: Option<Template>,
@@ -325,6 +336,7 @@ struct RawConfig {
     colors: RawColors,
     #[serde(default)]
     active: RawActive,
+    entry: Option<Spanned<RawEntry>>,
     #[serde(default, rename = "probe")]
     probes: Vec<Spanned<RawProbe>>,
     #[serde(default, rename = "rule")]
@@ -369,6 +381,13 @@ struct RawColor {
 #[serde(deny_unknown_fields)]
 struct RawActive {
     file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    url: HttpUrl,
+    color_header: String,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -939,12 +958,38 @@ impl Config {
             });
         }
 
+        let entry = match raw.entry {
+            None => None,
+            Some(spanned) => {
+                let span = spanned.span();
+                let e = spanned.into_inner();
+                let color_header = reqwest::header::HeaderName::from_bytes(
+                    e.color_header.as_bytes(),
+                )
+                .map_err(|_| {
+                    src.key_error(
+                        &span,
+                        "color_header",
+                        format!(
+                            "{:?} is not an HTTP header name: expected a name like \"X-Color\"",
+                            e.color_header
+                        ),
+                    )
+                })?;
+                Some(Entry {
+                    url: e.url.0,
+                    color_header,
+                })
+            }
+        };
+
         let mut config = Config {
             path: path.to_path_buf(),
             daemon,
             service: raw.service.name,
             colors,
             active_file: raw.active.file.map(relative_to_config),
+            entry,
             probes,
             rules,
             default_rules,
@@ -1681,6 +1726,51 @@ command = ["/bin/true", "{to}"]
         assert_eq!(line, line_of(&text, "helth"));
         assert_eq!(key, "probe[1].helth");
         assert!(message.contains("unknown field `helth`"), "{message}");
+    }
+
+    #[test]
+    fn entry_is_read_and_its_errors_are_located() {
+        let ok = format!(
+            "{GOOD}\n[entry]\nurl = \"http://127.0.0.1:80/healthz\"\ncolor_header = \"X-Color\"\n"
+        );
+        let c = parse(&ok).unwrap();
+        let e = c.entry.expect("[entry] is read");
+        assert_eq!(
+            e.url.as_str(),
+            "http://127.0.0.1/healthz",
+            "the default port is implied"
+        );
+        assert_eq!(e.color_header.as_str(), "x-color");
+        assert!(parse(GOOD).unwrap().entry.is_none());
+
+        let text = ok.replace("X-Color", "X Color");
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "X Color"));
+        assert_eq!(key, "entry.color_header");
+        assert!(message.contains("not an HTTP header name"), "{message}");
+
+        let text = ok.replace("http://127.0.0.1:80/healthz", "ftp://h/x");
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "ftp://"));
+        assert_eq!(key, "entry.url");
+        assert!(message.contains("expected http or https"), "{message}");
+
+        let text = ok.replace(
+            "color_header = \"X-Color\"\n",
+            "colour_header = \"X-Color\"\n",
+        );
+        let (line, key, message) = invalid(&text);
+        assert_eq!(line, line_of(&text, "colour_header"));
+        assert_eq!(key, "entry.colour_header");
+        assert!(message.contains("unknown field"), "{message}");
+
+        let text = ok.replace("color_header = \"X-Color\"\n", "");
+        let (_, key, message) = invalid(&text);
+        assert!(key.starts_with("entry"), "{key}");
+        assert!(
+            message.contains("missing field `color_header`"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::active;
 use crate::config::{Config, ConfigError, Scope, consecutive_needed};
+use crate::entry;
 use crate::http::{AppState, Health, ProbeInfo, ReloadInfo, Server, Snapshot};
 use crate::matrix::{self, Decision, Engine, State, Verdict};
 use crate::metrics::Metrics;
@@ -35,8 +36,9 @@ use crate::systemd;
 
 /// How often the latest deployment's bake is checked.
 const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
-/// How often verdicts are evaluated.
-const EVAL_PERIOD: Duration = Duration::from_millis(250);
+/// How often verdicts are evaluated when no sample lands (each sample is
+/// judged as it lands): shared with `replay`.
+const EVAL_PERIOD: Duration = matrix::EVAL_PERIOD;
 /// While a rollback-worthy rule stays fired but the rollback was skipped or
 /// refused, how long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -158,9 +160,18 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let verdict_writer = tokio::spawn(write_verdicts(store.clone(), verdict_rx, health.clone()));
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(4096);
     let mut probes = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
+    // `[entry]`: what the users' entry serves, looked at on a pace of its
+    // own; a reload sends the new `[entry]`, dropping the sender stops it.
+    let (entry_cfg_tx, entry_cfg_rx) = watch::channel(config.entry.clone());
+    let (seen_tx, mut seen_rx) = mpsc::channel::<entry::Seen>(16);
+    let entry_watch = tokio::spawn(watch_entry(entry_cfg_rx, seen_tx));
+    let mut drift = entry::Drift::default();
 
     let mut eval = tokio::time::interval(EVAL_PERIOD);
     eval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // When the loop last judged and will judge next (`eval` does not say).
+    let mut last_eval = Instant::now();
+    let mut next_eval = last_eval;
     // The watchdog is pinged from this loop and only from it: while the loop
     // is stuck (an await that never returns, a blocked thread), the pings
     // stop and systemd restarts the daemon.
@@ -175,6 +186,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut transitions = crate::probe::Transitions::default();
     let mut last_status = status_line(active, &[], &last_reload);
     let mut last_bake_check = Instant::now();
+    let mut last_refresh = Instant::now();
 
     metrics.set_active(active);
     systemd::ready(&last_status);
@@ -190,16 +202,32 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             Some(sample) = sample_rx.recv() => {
                 transitions.note(&sample);
                 engine.observe(&sample);
+                // Judged as it lands (SPEC: decisions are taken as the
+                // evidence lands), as `replay` does: the next tick is now,
+                // or `EVAL_GAP` after the previous judgement.
+                let want = Instant::now().max(last_eval + matrix::EVAL_GAP);
+                if want < next_eval {
+                    eval.reset_at(want);
+                    next_eval = want;
+                }
                 metrics.observe_sample(&sample);
                 if writer_tx.send(sample).await.is_err() {
                     tracing::error!("the sample writer stopped; samples are no longer stored");
                 }
             }
             _ = eval.tick() => {
-                active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
-                    tracing::error!("cannot read the active color: {e}");
-                    active
-                });
+                last_eval = Instant::now();
+                next_eval = last_eval + EVAL_PERIOD;
+                // The database is read at most once per period, however
+                // many samples land.
+                let refreshed = last_refresh.elapsed() >= EVAL_PERIOD;
+                if refreshed {
+                    last_refresh = Instant::now();
+                    active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
+                        tracing::error!("cannot read the active color: {e}");
+                        active
+                    });
+                }
                 let now = now_ms();
                 if last_bake_check.elapsed() >= BAKE_CHECK_PERIOD {
                     last_bake_check = Instant::now();
@@ -207,8 +235,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                         tracing::error!("cannot check the bake of the latest deployment: {e}");
                     }
                 }
-                let mut verdicts = engine.evaluate(now, Color::Blue);
-                verdicts.extend(engine.evaluate(now, Color::Green));
+                let verdicts = engine.judge(now);
                 match engine.take_blind_change() {
                     Some(true) => {
                         let tried = blind_tried(&config, &engine);
@@ -231,7 +258,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 for notice in recoveries.cleared(&config.service, &verdicts) {
                     hub.send(&config.notify, notice);
                 }
-                if holds.check(&store).await {
+                if refreshed && holds.check(&store).await {
                     // A hold just ended: a rollback it held back goes now.
                     next_attempt = Some(Instant::now());
                 }
@@ -323,6 +350,40 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 }
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or(active);
             }
+            Some(seen) = seen_rx.recv() => {
+                if let (entry::Seen::Color(served), Some(active)) = (seen, active) {
+                    if rollback_task.is_some() {
+                        // A rollback moves traffic on purpose.
+                        drift.hold();
+                    } else {
+                        match drift.look(served, active) {
+                            Some(entry::DriftChange::Started { served, active }) => {
+                                let summary = format!(
+                                    "drift: the entry serves {served} while {active} is the active color"
+                                );
+                                tracing::warn!(
+                                    rollbackd.color = served.as_str(),
+                                    rollbackd.severity = crate::model::Severity::High.as_str(),
+                                    "alert: {summary}"
+                                );
+                                let mut notice = notifier::Notice::new(
+                                    notifier::Event::Alert,
+                                    crate::model::Severity::High,
+                                    &config.service,
+                                    summary,
+                                );
+                                notice.color = Some(served);
+                                hub.send(&config.notify, notice);
+                            }
+                            Some(entry::DriftChange::Ended { active }) => tracing::info!(
+                                rollbackd.color = active.as_str(),
+                                "the entry serves the active color {active} again"
+                            ),
+                            None => {}
+                        }
+                    }
+                }
+            }
             _ = active_watch.changed() => {
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
                     tracing::error!("cannot read the active color: {e}");
@@ -372,6 +433,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 .reload(&prober, &sample_tx, &deploy_rx, &app, &last_status)
                 .await;
             metrics.reload(info.ok);
+            entry_cfg_tx.send_if_modified(|e| {
+                let new = config.entry.clone();
+                let changed = e.as_ref().map(|e| (&e.url, &e.color_header))
+                    != new.as_ref().map(|e| (&e.url, &e.color_header));
+                *e = new;
+                changed
+            });
             last_reload = Some(info);
             publish_reload(&snapshot_tx, &config, &last_reload);
         }
@@ -391,6 +459,11 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         let _ = writer_tx.send(sample).await;
     }
     drop(writer_tx);
+    drop(entry_cfg_tx);
+    drop(seen_rx);
+    if let Err(e) = entry_watch.await {
+        tracing::error!("entry watch panicked: {e}");
+    }
     if let Some(mut task) = rollback_task {
         // Never abandon a rollback half-way: every step is bounded by the
         // rollback timeout and verification by verify_after, so this wait
@@ -755,50 +828,74 @@ async fn refresh_active(
 
 /// For `degradation`: each probe's latency and error rate under the
 /// previous deployment, over its last 30 minutes before the current one took
-/// over (the arithmetic is `matrix::Baseline::from_samples`).
+/// over: chosen by `matrix::baseline_sources`, as `replay` chooses them.
 async fn baselines(
     config: &Config,
     store: &Store,
     ids: &DeploymentIds,
 ) -> Result<matrix::Baselines, DaemonError> {
-    let mut out = matrix::Baselines::new();
     if !config
         .rules
         .iter()
         .any(|r| r.condition.signal == Signal::Degradation)
     {
-        return Ok(out);
+        return Ok(matrix::Baselines::new());
     }
-    let deployments = store.deployments().await?;
-    for color in Color::ALL {
-        let Some(current) = ids
-            .get(&color)
-            .and_then(|id| deployments.iter().find(|d| d.id == *id))
-        else {
-            continue;
-        };
-        let Some(previous) = deployments.iter().rev().find(|d| d.id < current.id) else {
-            continue;
-        };
-        let mut by_probe: HashMap<String, Vec<Sample>> = HashMap::new();
-        for sample in store
-            .samples(None, Some(previous.color), current.at_ms - 30 * 60 * 1000)
-            .await?
-        {
-            if sample.at_ms < current.at_ms && sample.deployment == Some(previous.id) {
-                by_probe
-                    .entry(sample.probe.clone())
-                    .or_default()
-                    .push(sample);
-            }
-        }
-        out.extend(
-            by_probe
-                .into_iter()
-                .map(|(probe, samples)| ((probe, color), matrix::Baseline::from_samples(&samples))),
+    let cutovers: Vec<matrix::Cutover> = store
+        .deployments()
+        .await?
+        .iter()
+        .map(|d| matrix::Cutover {
+            id: d.id,
+            color: d.color,
+            at_ms: d.at_ms,
+        })
+        .collect();
+    let sources = matrix::baseline_sources(&cutovers, ids);
+    let mut samples = Vec::new();
+    for src in &sources {
+        samples.extend(
+            store
+                .samples(None, Some(src.previous.color), src.from_ms)
+                .await?,
         );
     }
-    Ok(out)
+    Ok(matrix::baselines(&sources, &samples))
+}
+
+/// How often the `[entry]` is looked at for drift.
+const ENTRY_PERIOD: Duration = Duration::from_secs(1);
+
+/// Look at the `[entry]` every [`ENTRY_PERIOD`] and send what it serves,
+/// until the configuration sender or the loop goes away.
+async fn watch_entry(
+    mut config: watch::Receiver<Option<crate::config::Entry>>,
+    seen: mpsc::Sender<entry::Seen>,
+) {
+    let mut tick = tokio::time::interval(ENTRY_PERIOD);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        let current = config.borrow_and_update().clone();
+        tokio::select! {
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tick.tick(), if current.is_some() => {
+                if let Some(e) = &current {
+                    // A slow entry delays the next look, never the loop.
+                    let look = tokio::select! {
+                        s = entry::served(e) => s,
+                        _ = config.changed() => continue,
+                    };
+                    if seen.send(look).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// After a restart, the windows come back from the stored samples (of each

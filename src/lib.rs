@@ -18,7 +18,8 @@
 //! - [`matrix`] turns samples into verdicts and decisions. It does no IO and
 //!   reads no clock.
 //! - [`rollback`] is the guarded switch, a state machine persisted at every
-//!   step; [`active`] says which color serves traffic; [`notifier`] sends
+//!   step; [`active`] says which color is active, [`entry`] which one the
+//!   users' entry really serves; [`notifier`] sends
 //!   webhooks without ever making them wait.
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
 //!   act. [`reload`] says what a reload changes and watches the file;
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod entry;
 pub mod gate;
 pub mod http;
 pub mod logging;

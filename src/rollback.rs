@@ -653,7 +653,63 @@ impl Run<'_, '_> {
                 Err(e) => return self.fail(format!("switch command exited 0 but {e}")).await,
             }
         }
+        // With `[entry]`, exit 0 is not enough: the traffic itself must name
+        // the target (a proxy that rejected its new config keeps serving the
+        // old color while its reload exits 0).
+        if let Some(entry) = &config.entry {
+            match crate::entry::wait_serving(entry, self.to, config.rollback.verify_after).await {
+                Ok(()) => {
+                    self.event(
+                        "switching",
+                        &format!(
+                            "switch confirmed by traffic: the entry serves {} ({})",
+                            self.to, entry.url
+                        ),
+                    )
+                    .await?
+                }
+                Err(why) => {
+                    return self
+                        .escalate(format!(
+                            "switch command exited 0 but {why} (after {}); traffic did not move, no further automatic switch",
+                            humantime::format_duration(config.rollback.verify_after)
+                        ))
+                        .await;
+                }
+            }
+        }
         self.switched(target, done.describe()).await
+    }
+
+    /// Close the incident as escalated (an operator must act; automatic
+    /// rollbacks hold until a deployment is recorded) and notify.
+    async fn escalate(&self, why: String) -> Result<Outcome, RollbackError> {
+        tracing::error!(
+            rollbackd.incident = self.id,
+            rollbackd.color = self.from.as_str(),
+            rollbackd.severity = Severity::Critical.as_str(),
+            message_id = message_id::FAILED,
+            "rollback escalated: {why}"
+        );
+        self.ctx
+            .store
+            .close_incident(
+                self.id,
+                now_ms(),
+                "escalated",
+                &format!("escalated: {why}"),
+                None,
+            )
+            .await?;
+        self.notify(
+            Event::RollbackEscalated,
+            Severity::Critical,
+            format!("ESCALATED: {why}"),
+        );
+        Ok(Outcome::Escalated {
+            incident: self.id,
+            why,
+        })
     }
 
     /// The switch landed: record the deployment it made and quarantine the
@@ -948,9 +1004,17 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
             }
             // Did the switch happen? The active file says so when there is
             // one; otherwise only `switched` (recorded after exit 0) does.
-            let landed = match &ctx.config.active_file {
-                Some(file) => active::read_file(file).ok() == Some(run.to),
-                None => inc.state == "switched",
+            let landed = match (&ctx.config.active_file, &ctx.config.entry) {
+                (Some(file), _) => active::read_file(file).ok() == Some(run.to),
+                (None, _) if inc.state == "switched" => true,
+                // `[entry]` tells what the traffic does now (a proxy may
+                // still be reloading: give it verify_after).
+                (None, Some(entry)) => {
+                    crate::entry::wait_serving(entry, run.to, ctx.config.rollback.verify_after)
+                        .await
+                        .is_ok()
+                }
+                (None, None) => false,
             };
             if !landed {
                 let why = format!(

@@ -34,6 +34,17 @@ pub fn report(config: &Config) -> String {
     );
     let _ = writeln!(
         out,
+        "switch: {}",
+        match &config.entry {
+            Some(e) => format!(
+                "confirmed by traffic: after the command, {} must name the target in its {} header within verify_after",
+                e.url, e.color_header
+            ),
+            None => "not confirmed: without [entry], a switch command that exits 0 is taken as moving traffic".into(),
+        }
+    );
+    let _ = writeln!(
+        out,
         "state: {}{}",
         config.db_path().display(),
         if config.daemon.dry_run {

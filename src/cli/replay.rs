@@ -9,17 +9,25 @@
 //! incident. Owns the replay loop and its report; the judging is
 //! `matrix::Engine`, exactly as the daemon runs it.
 //!
-//! How it follows the daemon: it evaluates both colors every `--step`
-//! (default 250 ms, the daemon's pace) from `now - since`, after feeding
-//! every sample and deployment up to that time; samples from the longest
-//! window before the start warm the windows up. A new deployment of a color
-//! forgets that color's windows and loads `degradation` baselines from the
-//! previous deployment's last 30 minutes, as the daemon does. The active
-//! color at a time is the latest deployment's (else the `[active] file`
-//! now). It cannot know what a rollback would have changed afterwards: a
-//! rule that keeps firing is reported once, when it fires. Across a gap in
-//! the samples longer than the longest window (the daemon was stopped),
-//! it jumps to the next sample.
+//! How it follows the daemon: it takes the daemon's decision path, not a
+//! copy of it: `Engine::judge` on both colors, `matrix::decide` on the
+//! verdicts, baselines from `matrix::baseline_sources`. And it judges at
+//! the daemon's moments: as each sample lands (at its time, after every
+//! sample and deployment up to it; samples landing within `EVAL_GAP` of
+//! the previous judgement are judged together, that long after it), and
+//! `--step` (default 250 ms, the daemon's `EVAL_PERIOD`) after the last
+//! judgement while none lands.
+//! Judging at the sample puts a firing before the deployment record of the
+//! rollback it caused, as in the daemon. Samples from the longest window
+//! before the start warm the windows up. A new deployment of a color
+//! forgets that color's windows (`Engine::set_deployments`: only samples
+//! of a color's current deployment count) and reloads baselines, as in the
+//! daemon.
+//! The active color at a time is the latest deployment's (else the
+//! `[active] file` now). It cannot know what a rollback would have changed
+//! afterwards: a rule that keeps firing is reported once, when it fires.
+//! Across a gap in the samples longer than the longest window (the daemon
+//! was stopped), it jumps to the next sample.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -27,14 +35,13 @@ use std::fmt::Write as _;
 use super::{ReplayArgs, open};
 
 use crate::config::Config;
-use crate::matrix::{self, Baseline, Baselines, Engine, State, Verdict};
+use crate::matrix::{self, Baselines, Decision, Engine, State, Verdict};
 use crate::model::{
     Action, Color, Millis, Op, Sample, Signal, duration_ms, format_ms, format_value, now_ms,
 };
 use crate::store::Deployment;
 
-/// How far before a deployment its predecessor's samples make the baseline.
-const BASELINE_SPAN_MS: Millis = 30 * 60 * 1000;
+use crate::matrix::BASELINE_SPAN_MS;
 
 pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
     let rules = match &a.rules {
@@ -166,9 +173,11 @@ impl Replay<'_> {
                     (Some(d), s) if d <= t && s.is_none_or(|s| d <= s) => {
                         let d = &self.deployments[next_deploy];
                         next_deploy += 1;
-                        if ids.insert(d.color, d.id).is_some() {
-                            engine.reset_color(d.color);
-                        }
+                        // A window judges one deployment, as in the daemon:
+                        // the color starts clean, and samples stamped with
+                        // another deployment no longer count.
+                        ids.insert(d.color, d.id);
+                        engine.set_deployments(Color::ALL.map(|c| ids.get(&c).copied()));
                         if wants_baselines {
                             engine.set_baselines(self.baselines(&ids));
                         }
@@ -184,8 +193,7 @@ impl Replay<'_> {
             }
 
             let active = self.active_at(t);
-            let mut verdicts = engine.evaluate(t, Color::Blue);
-            verdicts.extend(engine.evaluate(t, Color::Green));
+            let verdicts = engine.judge(t);
             if let Some(blind) = engine.take_blind_change() {
                 if blind {
                     blind_spells += 1;
@@ -211,6 +219,61 @@ impl Replay<'_> {
                     );
                 }
             }
+            // What the daemon would do: the same `decide` over the same
+            // verdicts. A rollback is requested when its verdict newly fired
+            // (the daemon's retries after a refusal are not replayed).
+            let mut what: HashMap<(String, Color), String> = HashMap::new();
+            match active {
+                Some(active) => {
+                    for decision in matrix::decide(&verdicts, active, &rules.actions) {
+                        let (v, text) = match &decision {
+                            Decision::Rollback(v) => {
+                                (v, "-> would roll back (active color)".to_owned())
+                            }
+                            Decision::Alert(v)
+                                if rules.actions.for_severity(v.severity) == Action::Rollback =>
+                            {
+                                let text = if v.color == active {
+                                    "-> alert (a worse rule asks for the rollback)"
+                                } else {
+                                    "-> alert (standby: never rolled back)"
+                                };
+                                (v, text.to_owned())
+                            }
+                            Decision::Alert(v) => (v, "-> alert".to_owned()),
+                            Decision::Log(v) => (v, "-> log".to_owned()),
+                        };
+                        if v.changed {
+                            match decision {
+                                Decision::Rollback(_) => rollbacks += 1,
+                                Decision::Alert(_) => alerts += 1,
+                                Decision::Log(_) => {}
+                            }
+                        }
+                        what.insert((v.rule.clone(), v.color), text);
+                    }
+                }
+                None => {
+                    for v in verdicts.iter().filter(|v| v.state == State::Fired) {
+                        let text = match rules.actions.for_severity(v.severity) {
+                            Action::Rollback => {
+                                if v.changed {
+                                    rollbacks += 1;
+                                }
+                                "-> would roll back if active (active color unknown)"
+                            }
+                            Action::Alert => {
+                                if v.changed {
+                                    alerts += 1;
+                                }
+                                "-> alert"
+                            }
+                            Action::Log => "-> log",
+                        };
+                        what.insert((v.rule.clone(), v.color), text.to_owned());
+                    }
+                }
+            }
             for (i, v) in verdicts.iter().enumerate() {
                 let rule = &rules.rules[i % rules.rules.len()];
                 let tally = tallies.entry((i % rules.rules.len(), v.color)).or_default();
@@ -233,26 +296,10 @@ impl Replay<'_> {
                         tally.fired += 1;
                         tally.first_fired.get_or_insert(t);
                         tally.fired_since = Some(t);
-                        let action = rules.actions.for_severity(v.severity);
-                        let what = match (action, active) {
-                            (Action::Rollback, Some(c)) if c == v.color => {
-                                rollbacks += 1;
-                                "-> would roll back (active color)".to_owned()
-                            }
-                            (Action::Rollback, None) => {
-                                rollbacks += 1;
-                                "-> would roll back if active (active color unknown)".to_owned()
-                            }
-                            (Action::Rollback | Action::Alert, _) => {
-                                alerts += 1;
-                                if action == Action::Rollback {
-                                    "-> alert (standby: never rolled back)".to_owned()
-                                } else {
-                                    "-> alert".to_owned()
-                                }
-                            }
-                            (Action::Log, _) => "-> log".to_owned(),
-                        };
+                        let what = what
+                            .get(&(v.rule.clone(), v.color))
+                            .map(String::as_str)
+                            .unwrap_or_default();
                         let _ = writeln!(
                             out,
                             "{}",
@@ -285,24 +332,26 @@ impl Replay<'_> {
                 }
             }
 
-            // Jump over a silence: once the windows are empty, nothing
-            // changes until the next sample or deployment.
+            // The next judgement: when the next sample lands, or one step
+            // on, whichever comes first (the daemon's schedule). Across a
+            // silence, once the windows are empty, nothing changes until
+            // the next sample or deployment: jump there.
+            let next_sample_at = self.samples.get(next_sample).map(|s| s.at_ms);
             let next_event = [
-                self.samples.get(next_sample).map(|s| s.at_ms),
+                next_sample_at,
                 self.deployments.get(next_deploy).map(|d| d.at_ms),
             ]
             .into_iter()
             .flatten()
             .min();
             let quiet = last_sample_at.is_none_or(|l| t - l > self.warmup + self.step);
-            t += self.step;
+            let gap = duration_ms(matrix::EVAL_GAP).min(self.step);
+            let mut next =
+                next_sample_at.map_or(t + self.step, |s| s.max(t + gap).min(t + self.step));
             if quiet {
-                let resume = next_event.unwrap_or(self.end + self.step);
-                if resume > t {
-                    // Stay on the step grid.
-                    t += (resume - t) / self.step * self.step;
-                }
+                next = next.max(next_event.unwrap_or(self.end + self.step));
             }
+            t = next.max(t + 1);
         }
         for ((_, _), tally) in tallies.iter_mut() {
             if let Some(since) = tally.fired_since {
@@ -358,30 +407,20 @@ impl Replay<'_> {
             .or(self.fallback_active)
     }
 
-    /// The daemon's baselines for the deployments in `ids`: each probe under
-    /// the deployment before, over its last 30 minutes.
+    /// The daemon's baselines for the deployments in `ids`, chosen as the
+    /// daemon chooses them.
     fn baselines(&self, ids: &HashMap<Color, i64>) -> Baselines {
-        let mut out = Baselines::new();
-        for (&color, id) in ids {
-            let Some(current) = self.deployments.iter().find(|d| d.id == *id) else {
-                continue;
-            };
-            let Some(previous) = self.deployments.iter().rev().find(|d| d.id < current.id) else {
-                continue;
-            };
-            let mut by_probe: HashMap<&str, Vec<&Sample>> = HashMap::new();
-            for s in self.samples.iter().filter(|s| {
-                s.deployment == Some(previous.id)
-                    && s.at_ms < current.at_ms
-                    && s.at_ms >= current.at_ms - BASELINE_SPAN_MS
-            }) {
-                by_probe.entry(s.probe.as_str()).or_default().push(s);
-            }
-            for (probe, samples) in by_probe {
-                out.insert((probe.to_owned(), color), Baseline::from_samples(samples));
-            }
-        }
-        out
+        let cutovers: Vec<matrix::Cutover> = self
+            .deployments
+            .iter()
+            .map(|d| matrix::Cutover {
+                id: d.id,
+                color: d.color,
+                at_ms: d.at_ms,
+            })
+            .collect();
+        let sources = matrix::baseline_sources(&cutovers, ids);
+        matrix::baselines(&sources, self.samples)
     }
 }
 

@@ -72,6 +72,16 @@ use crate::model::{Action, Color, Millis, Sample, Severity, Signal, duration_ms,
 use signal::{Point, Reading};
 use window::{Aggregate, Totals};
 
+/// The pace of evaluation when no sample lands: the daemon judges as each
+/// sample lands and, between samples, this long after its last judgement
+/// (windows slide, `for` holds expire); `replay` follows the same schedule.
+pub const EVAL_PERIOD: Duration = Duration::from_millis(250);
+
+/// The least time between two judgements: samples landing faster (an
+/// `access_log` probe under load lands one per request) are judged together,
+/// at most this long after the previous judgement.
+pub const EVAL_GAP: Duration = Duration::from_millis(25);
+
 /// What the daemon says when the watchdog goes blind.
 pub const BLIND_REASON: &str = "the watchdog may be blind: no probe on either color and no \
      shared probe got an answer (each timed out or could not reach its target), which points at \
@@ -147,6 +157,88 @@ impl Baseline {
 /// The previous deployment's baseline per (probe, color of the deployment
 /// being judged).
 pub type Baselines = HashMap<(String, Color), Baseline>;
+
+/// How far before a deployment its predecessor's samples make its baseline.
+pub const BASELINE_SPAN_MS: Millis = 30 * 60 * 1000;
+
+/// A deployment, as baseline selection sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cutover {
+    pub id: i64,
+    pub color: Color,
+    pub at_ms: Millis,
+}
+
+/// Where the baseline of one color's current deployment comes from: the
+/// samples of `previous` (the deployment recorded just before it, whatever
+/// its color) in `[from_ms, until_ms)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaselineSource {
+    pub color: Color,
+    pub previous: Cutover,
+    pub from_ms: Millis,
+    pub until_ms: Millis,
+}
+
+/// The baseline sources of the deployments in `current` (per color, its
+/// current deployment id), from every deployment recorded (`deployments`,
+/// any order). The daemon and `replay` both choose baselines here.
+pub fn baseline_sources(
+    deployments: &[Cutover],
+    current: &HashMap<Color, i64>,
+) -> Vec<BaselineSource> {
+    let mut out = Vec::new();
+    for color in Color::ALL {
+        let Some(now) = current
+            .get(&color)
+            .and_then(|id| deployments.iter().find(|d| d.id == *id))
+        else {
+            continue;
+        };
+        let Some(previous) = deployments
+            .iter()
+            .filter(|d| d.id < now.id)
+            .max_by_key(|d| d.id)
+        else {
+            continue;
+        };
+        out.push(BaselineSource {
+            color,
+            previous: *previous,
+            from_ms: now.at_ms - BASELINE_SPAN_MS,
+            until_ms: now.at_ms,
+        });
+    }
+    out
+}
+
+/// The baselines of `sources`, from samples that include (at least) each
+/// source's span; others are ignored.
+pub fn baselines<'a>(
+    sources: &[BaselineSource],
+    samples: impl IntoIterator<Item = &'a Sample>,
+) -> Baselines {
+    let mut by_probe: HashMap<(&str, Color), Vec<&Sample>> = HashMap::new();
+    for s in samples {
+        for src in sources {
+            if s.deployment == Some(src.previous.id)
+                && s.at_ms >= src.from_ms
+                && s.at_ms < src.until_ms
+            {
+                by_probe
+                    .entry((s.probe.as_str(), src.color))
+                    .or_default()
+                    .push(s);
+            }
+        }
+    }
+    by_probe
+        .into_iter()
+        .map(|((probe, color), samples)| {
+            ((probe.to_owned(), color), Baseline::from_samples(samples))
+        })
+        .collect()
+}
 
 fn point(s: &Sample) -> Point {
     Point {
@@ -603,6 +695,15 @@ impl Engine {
                 debug_assert!(agg.oldest[pos] <= series.end_seq());
             }
         }
+    }
+
+    /// One evaluation of every rule on both colors at `now`, blue's then
+    /// green's: what the daemon runs as each sample lands (and every
+    /// `EVAL_PERIOD` without one), and what `replay` runs at the same moments.
+    pub fn judge(&mut self, now_ms: Millis) -> Vec<Verdict> {
+        let mut verdicts = self.evaluate(now_ms, Color::Blue);
+        verdicts.extend(self.evaluate(now_ms, Color::Green));
+        verdicts
     }
 
     /// Evaluate every rule for `color` at `now`.

@@ -6,6 +6,7 @@ mod bake;
 mod common;
 mod decisions;
 mod demo;
+mod faults;
 mod gate;
 mod matrix;
 mod notify;

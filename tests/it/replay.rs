@@ -184,3 +184,101 @@ async fn replay_reports_what_would_have_fired_and_when() {
     let out = env.cli(&["replay", "--rules", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(78), "{out:?}");
 }
+
+/// Issue 10, point 5: replay over a period in which the real daemon rolled
+/// back reports the same fired rule and the same rollback request, at the
+/// same time within one probe interval. It used to report "would have
+/// requested a rollback 0 time(s)": its evaluation step placed the firing
+/// after the rollback's own deployment record, when the bad color was no
+/// longer active.
+#[tokio::test]
+async fn issue10_replay_agrees_with_the_daemon_that_rolled_back() {
+    use crate::common::{self, wait_for};
+    use std::time::Duration;
+
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let env = Env::new("");
+    std::fs::write(
+        &env.config,
+        common::fast_config(&blue, &green, env.dir.path(), ""),
+    )
+    .unwrap();
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let daemon = env.daemon();
+    let store = env.store().await;
+    wait_for(
+        "samples of both colors",
+        Duration::from_secs(20),
+        || async {
+            let s = store.samples(None, None, 0).await.unwrap();
+            Color::ALL
+                .iter()
+                .all(|c| s.iter().any(|s| s.color == Some(*c) && s.ok))
+        },
+    )
+    .await;
+    blue.set(503);
+    wait_for(
+        "the rollback to be verified",
+        Duration::from_secs(30),
+        || async {
+            store
+                .incidents()
+                .await
+                .unwrap()
+                .iter()
+                .any(|i| i.state == "verified")
+        },
+    )
+    .await;
+    daemon.stop().await;
+
+    // What the daemon did: its fired verdicts on blue and its one rollback.
+    let fired: Vec<_> = store
+        .verdicts_between(0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.state == "fired" && v.color == Color::Blue)
+        .collect();
+    assert!(!fired.is_empty(), "the daemon stored no fired verdict");
+    let incidents = store.incidents().await.unwrap();
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    store.close().await;
+
+    let out = env.cli_ok(&["replay", "--since", "10m"]);
+    assert!(
+        out.contains("would have requested a rollback 1 time(s)"),
+        "replay disagrees with the daemon, which rolled back once:\n{out}"
+    );
+    let interval = 200;
+    for v in &fired {
+        assert!(
+            out.lines().any(|l| l.contains(" fired ")
+                && l.contains(" blue ")
+                && l.contains(&v.rule)
+                && (time_of(l) - v.at_ms).abs() <= interval),
+            "the daemon fired {} on blue at {}; replay did not within one probe interval:\n{out}",
+            v.rule,
+            v.at_ms
+        );
+    }
+    let request = out
+        .lines()
+        .find(|l| l.contains("would roll back (active color)"))
+        .unwrap_or_else(|| panic!("no rollback request in:\n{out}"));
+    assert!(request.contains(" blue "), "{request}");
+    let daemon_request = fired.iter().map(|v| v.at_ms).min().unwrap();
+    assert!(
+        (time_of(request) - daemon_request).abs() <= interval,
+        "replay requested at {}, the daemon fired at {daemon_request}\n{out}",
+        time_of(request)
+    );
+    assert!(
+        !out.lines()
+            .any(|l| l.contains(" fired ") && l.contains(" green ")),
+        "healthy green never fired in the daemon:\n{out}"
+    );
+}
