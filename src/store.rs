@@ -43,6 +43,10 @@ pub enum StoreError {
     RollbackInFlight(i64),
     #[error("no incident #{0}")]
     NoIncident(i64),
+    /// The WAL's shared-memory file cannot be written: no query is made
+    /// (see `Store::fence`).
+    #[error("{0}")]
+    Unwritable(String),
 }
 
 impl StoreError {
@@ -79,6 +83,18 @@ pub struct Store {
     /// Rollback records kept in memory while the database refuses them
     /// (`kept.rs`), and the count of failed write transactions.
     kept: std::sync::Arc<kept::Kept>,
+    /// What the rollback's reads said last, answered again while the
+    /// database cannot be touched (`fence`): nothing can change it then.
+    last: std::sync::Arc<std::sync::Mutex<LastRead>>,
+}
+
+#[derive(Debug, Default)]
+struct LastRead {
+    deployments: Option<Vec<Deployment>>,
+    in_flight: Option<Option<Incident>>,
+    pause: Option<Option<Pause>>,
+    escalation: Option<Option<Incident>>,
+    cooldown: [Option<Option<Millis>>; 2],
 }
 
 /// A pooled connection for one write transaction. Unless [`Writing::done`]
@@ -397,6 +413,11 @@ impl Store {
         };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // Connections are never closed behind our back: a close may
+            // checkpoint, which must not happen while the files are
+            // immutable (see `fence`).
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(first)
             .await
@@ -417,18 +438,38 @@ impl Store {
         })?;
         give_files_to_dir_owner(path);
         pool.set_connect_options(options);
-        Ok(Store {
+        let store = Store {
             pool,
             path: path.to_path_buf(),
             identity: file_identity(path),
             kept: Default::default(),
-        })
+            last: Default::default(),
+        };
+        store.remember_guards().await;
+        Ok(store)
+    }
+
+    /// Read what a rollback's guards read, so that a storage fault from
+    /// the start has answers to fall back on (see [`LastRead`]). Every
+    /// later successful read refreshes them.
+    async fn remember_guards(&self) {
+        let now = crate::model::now_ms();
+        let _ = self.deployments().await;
+        let _ = self.stored_in_flight_incident().await;
+        let _ = self.active_pause(now).await;
+        let _ = self.unresolved_escalation().await;
+        let _ = self.cooldown_start_ms(false).await;
+        let _ = self.cooldown_start_ms(true).await;
     }
 
     /// A connection for one write transaction, begun with `BEGIN IMMEDIATE`
     /// (the write lock is taken, or waited for, up front) and with `busy`
     /// as its busy timeout.
     async fn writing(&self, doing: &'static str, busy: Duration) -> Result<Writing, StoreError> {
+        if let Err(e) = self.fence(doing) {
+            self.kept.failed_write();
+            return Err(e);
+        }
         let conn = self.pool.acquire().await.map_err(q(doing))?;
         let mut w = Writing {
             conn,
@@ -443,6 +484,26 @@ impl Store {
                 .map_err(q(doing))?;
         }
         Ok(w)
+    }
+
+    /// Touch no connection while the WAL's shared-memory file cannot be
+    /// written (made immutable, or on a file system remounted read-only).
+    /// SQLite maps that file and writes into the mapping, readers too (their
+    /// read marks): a write fault there is a SIGBUS that kills the daemon,
+    /// not an error it could report. Checked before every query (one
+    /// `open`). While it holds, the rollback works from what it read last
+    /// (nothing can change the files meanwhile) and keeps what it writes.
+    fn fence(&self, doing: &'static str) -> Result<(), StoreError> {
+        let mut shm = self.path.as_os_str().to_owned();
+        shm.push("-shm");
+        match std::fs::OpenOptions::new().write(true).open(&shm) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Unwritable(format!(
+                "database error while {doing}: {} cannot be written ({e}): the database is left alone until it can",
+                Path::new(&shm).display()
+            ))),
+        }
     }
 
     /// Whether the file at the path is no longer the one opened: `None`
@@ -475,8 +536,50 @@ impl Store {
         &self.path
     }
 
+    /// Close the connections, unless the WAL's shared-memory file cannot
+    /// be written: closing may checkpoint, which writes into its mapping
+    /// (see [`Store::fence`]); the process's exit lets go of them instead.
     pub async fn close(&self) {
+        if self.fence("closing the database").is_err() {
+            tracing::warn!(
+                "the database's files cannot be written: leaving its connections to the exit"
+            );
+            return;
+        }
         self.pool.close().await;
+    }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, LastRead> {
+        // Each field is replaced whole: a poisoned lock still holds a
+        // consistent value.
+        self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remember a read's answer, or, while the fence holds, answer what
+    /// was read last (an error when nothing was).
+    fn remembered<T: Clone>(
+        &self,
+        read: Result<T, StoreError>,
+        slot: impl FnOnce(&mut LastRead) -> &mut Option<T>,
+    ) -> Result<T, StoreError> {
+        let mut last = self.last();
+        match read {
+            Ok(v) => {
+                *slot(&mut last) = Some(v.clone());
+                Ok(v)
+            }
+            Err(StoreError::Unwritable(why)) => {
+                slot(&mut last).clone().ok_or(StoreError::Unwritable(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The pool, after [`Store::fence`]: no query touches a connection
+    /// while the WAL's shared-memory file cannot be written.
+    fn db(&self) -> Result<&SqlitePool, StoreError> {
+        self.fence("reading the database")?;
+        Ok(&self.pool)
     }
 
     // --- samples ---------------------------------------------------------
@@ -533,7 +636,7 @@ impl Store {
         .bind(probe)
         .bind(color.map(Color::as_str))
         .bind(color.map(Color::as_str))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading samples"))?;
         Ok(rows.into_iter().map(Sample::from).collect())
@@ -550,7 +653,7 @@ impl Store {
         ))
         .bind(from_ms)
         .bind(until_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading samples"))?;
         Ok(rows.into_iter().map(Sample::from).collect())
@@ -558,7 +661,7 @@ impl Store {
 
     pub async fn sample_count(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM samples")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db()?)
             .await
             .map_err(q("counting samples"))
     }
@@ -581,7 +684,7 @@ impl Store {
             let oldest: Option<Millis> =
                 sqlx::query_scalar("SELECT MIN(at_ms) FROM samples WHERE at_ms < ?")
                     .bind(before_ms)
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.db()?)
                     .await
                     .map_err(q("finding old samples"))?;
             let Some(oldest) = oldest else { break };
@@ -664,9 +767,10 @@ impl Store {
 
     /// Delete rollups of minutes before `before_ms`.
     pub async fn delete_rollups(&self, before_ms: Millis) -> Result<u64, StoreError> {
+        self.fence("deleting old rollups")?;
         Ok(sqlx::query("DELETE FROM rollups WHERE minute_ms < ?")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(self.db()?)
             .await
             .map_err(q("deleting old rollups"))?
             .rows_affected())
@@ -676,16 +780,17 @@ impl Store {
     /// checkpoint is skipped (not an error) while a reader holds the WAL;
     /// `journal_size_limit` bounds it then.
     pub async fn compact(&self) -> Result<CompactReport, StoreError> {
+        self.fence("compacting the database")?;
         let free_before: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db()?)
             .await
             .map_err(q("reading the free page count"))?;
         sqlx::query("PRAGMA incremental_vacuum")
-            .execute(&self.pool)
+            .execute(self.db()?)
             .await
             .map_err(q("vacuuming"))?;
         let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db()?)
             .await
             .map_err(q("checkpointing the WAL"))?;
         let busy: i64 = row.get(0);
@@ -713,7 +818,7 @@ impl Store {
         .bind(probe)
         .bind(color.map(Color::as_str))
         .bind(color.map(Color::as_str))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading rollups"))?;
         Ok(rows
@@ -785,10 +890,20 @@ impl Store {
     /// The most recent deployment: the active color when there is no
     /// `[active] file`.
     pub async fn latest_deployment(&self) -> Result<Option<Deployment>, StoreError> {
+        match self.latest_deployment_read().await {
+            Err(StoreError::Unwritable(why)) => match &self.last().deployments {
+                Some(all) => Ok(all.last().cloned()),
+                None => Err(StoreError::Unwritable(why)),
+            },
+            r => r,
+        }
+    }
+
+    async fn latest_deployment_read(&self) -> Result<Option<Deployment>, StoreError> {
         let row: Option<DeploymentRow> = sqlx::query_as(
             "SELECT id, color, version, at_ms, source, quarantined FROM deployments ORDER BY id DESC LIMIT 1",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading the latest deployment"))?;
         Ok(row.map(DeploymentRow::into_deployment))
@@ -800,23 +915,46 @@ impl Store {
         color: Color,
         before_id: i64,
     ) -> Result<Option<Deployment>, StoreError> {
+        match self.previous_deployment_read(color, before_id).await {
+            Err(StoreError::Unwritable(why)) => match &self.last().deployments {
+                Some(all) => Ok(all
+                    .iter()
+                    .rev()
+                    .find(|d| d.color == color && d.id < before_id)
+                    .cloned()),
+                None => Err(StoreError::Unwritable(why)),
+            },
+            r => r,
+        }
+    }
+
+    async fn previous_deployment_read(
+        &self,
+        color: Color,
+        before_id: i64,
+    ) -> Result<Option<Deployment>, StoreError> {
         let row: Option<DeploymentRow> = sqlx::query_as(
             "SELECT id, color, version, at_ms, source, quarantined FROM deployments \
              WHERE color = ? AND id < ? ORDER BY id DESC LIMIT 1",
         )
         .bind(color.as_str())
         .bind(before_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading the previous deployment"))?;
         Ok(row.map(DeploymentRow::into_deployment))
     }
 
     pub async fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let read = self.deployments_read().await;
+        self.remembered(read, |l| &mut l.deployments)
+    }
+
+    async fn deployments_read(&self) -> Result<Vec<Deployment>, StoreError> {
         let rows: Vec<DeploymentRow> = sqlx::query_as(
             "SELECT id, color, version, at_ms, source, quarantined FROM deployments ORDER BY id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("listing deployments"))?;
         Ok(rows
@@ -828,12 +966,13 @@ impl Store {
     /// Claim the post-deploy report of a deployment: true for exactly one
     /// caller, the one that should send it.
     pub async fn claim_report(&self, deployment: i64, at_ms: Millis) -> Result<bool, StoreError> {
+        self.fence("claiming a post-deploy report")?;
         let done = sqlx::query(
             "UPDATE deployments SET reported_ms = ? WHERE id = ? AND reported_ms IS NULL",
         )
         .bind(at_ms)
         .bind(deployment)
-        .execute(&self.pool)
+        .execute(self.db()?)
         .await
         .map_err(q("claiming a post-deploy report"))?;
         Ok(done.rows_affected() == 1)
@@ -843,7 +982,7 @@ impl Store {
         let at: Option<Option<i64>> =
             sqlx::query_scalar("SELECT reported_ms FROM deployments WHERE id = ?")
                 .bind(deployment)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db()?)
                 .await
                 .map_err(q("reading a post-deploy report mark"))?;
         Ok(at.flatten().is_some())
@@ -889,7 +1028,7 @@ impl Store {
              JOIN (SELECT MAX(id) AS id FROM verdicts GROUP BY rule, color) last ON last.id = v.id \
              ORDER BY v.rule, v.color",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading verdicts"))?;
         Ok(rows.into_iter().map(verdict_from_row).collect())
@@ -907,7 +1046,7 @@ impl Store {
         )
         .bind(from_ms)
         .bind(until_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading verdicts"))?;
         Ok(rows.into_iter().map(verdict_from_row).collect())
@@ -1104,7 +1243,7 @@ impl Store {
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading an incident"))?;
         row.map(Incident::from).ok_or(StoreError::NoIncident(id))
@@ -1114,7 +1253,7 @@ impl Store {
         let rows: Vec<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents ORDER BY id"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("listing incidents"))?;
         Ok(rows.into_iter().map(Incident::from).collect())
@@ -1135,16 +1274,21 @@ impl Store {
 
     async fn max_incident_id(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM incidents")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db()?)
             .await
             .map_err(q("reading the last incident id"))
     }
 
     async fn stored_in_flight_incident(&self) -> Result<Option<Incident>, StoreError> {
+        let read = self.stored_in_flight_read().await;
+        self.remembered(read, |l| &mut l.in_flight)
+    }
+
+    async fn stored_in_flight_read(&self) -> Result<Option<Incident>, StoreError> {
         let row: Option<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE in_flight IS NOT NULL"
         ))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading the in-flight rollback"))?;
         Ok(row.map(Incident::from))
@@ -1155,7 +1299,7 @@ impl Store {
             "SELECT at_ms, state, message FROM incident_events WHERE incident_id = ? ORDER BY at_ms, id",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading an incident timeline"))?;
         Ok(rows
@@ -1218,27 +1362,37 @@ impl Store {
     /// with `dry_run` also the last one that would have run it.
     pub async fn cooldown_start_ms(&self, dry_run: bool) -> Result<Option<Millis>, StoreError> {
         let kept = self.kept_cooldown_start(dry_run);
-        let stored: Option<Millis> = sqlx::query_scalar(
+        let read = self.cooldown_read(dry_run).await;
+        let stored = self.remembered(read, |l| &mut l.cooldown[usize::from(dry_run)])?;
+        Ok(stored.max(kept))
+    }
+
+    async fn cooldown_read(&self, dry_run: bool) -> Result<Option<Millis>, StoreError> {
+        sqlx::query_scalar(
             "SELECT MAX(i.opened_ms) FROM incidents i WHERE i.trigger_kind = 'automatic' \
              AND (EXISTS (SELECT 1 FROM incident_events e WHERE e.incident_id = i.id AND e.state = 'switching') \
                   OR (? AND i.state = 'dry_run'))",
         )
         .bind(dry_run)
-        .fetch_one(&self.pool)
+        .fetch_one(self.db()?)
         .await
-        .map_err(q("reading the last rollback"))?;
-        Ok(stored.max(kept))
+        .map_err(q("reading the last rollback"))
     }
 
     /// The last escalated incident, unless a deployment was recorded after
     /// it closed (an operator or pipeline acted since).
     pub async fn unresolved_escalation(&self) -> Result<Option<Incident>, StoreError> {
+        let read = self.unresolved_escalation_read().await;
+        self.remembered(read, |l| &mut l.escalation)
+    }
+
+    async fn unresolved_escalation_read(&self) -> Result<Option<Incident>, StoreError> {
         let row: Option<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.state = 'escalated' \
              AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.at_ms > i.closed_ms) \
              ORDER BY i.id DESC LIMIT 1"
         ))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading escalations"))?;
         Ok(row.map(Incident::from))
@@ -1252,13 +1406,14 @@ impl Store {
         old: Option<&str>,
         new: &str,
     ) -> Result<bool, StoreError> {
+        self.fence("taking over a rollback")?;
         let done = sqlx::query(
             "UPDATE incidents SET holder = ? WHERE id = ? AND in_flight IS NOT NULL AND holder IS ?",
         )
         .bind(new)
         .bind(id)
         .bind(old)
-        .execute(&self.pool)
+        .execute(self.db()?)
         .await
         .map_err(q("taking over a rollback"))?;
         Ok(done.rows_affected() == 1)
@@ -1272,25 +1427,27 @@ impl Store {
         until_ms: Millis,
         reason: &str,
     ) -> Result<i64, StoreError> {
+        self.fence("recording a pause")?;
         sqlx::query_scalar(
             "INSERT INTO pauses (at_ms, until_ms, reason) VALUES (?, ?, ?) RETURNING id",
         )
         .bind(at_ms)
         .bind(until_ms)
         .bind(reason)
-        .fetch_one(&self.pool)
+        .fetch_one(self.db()?)
         .await
         .map_err(q("recording a pause"))
     }
 
     /// End every hold now. Returns how many were active.
     pub async fn resume(&self, at_ms: Millis) -> Result<u64, StoreError> {
+        self.fence("resuming")?;
         let done = sqlx::query(
             "UPDATE pauses SET resumed_ms = ? WHERE resumed_ms IS NULL AND until_ms > ?",
         )
         .bind(at_ms)
         .bind(at_ms)
-        .execute(&self.pool)
+        .execute(self.db()?)
         .await
         .map_err(q("resuming"))?;
         Ok(done.rows_affected())
@@ -1298,12 +1455,19 @@ impl Store {
 
     /// The hold in force at `now`, if any (the one that lasts longest).
     pub async fn active_pause(&self, now_ms: Millis) -> Result<Option<Pause>, StoreError> {
+        let read = self.active_pause_read(now_ms).await;
+        let pause = self.remembered(read, |l| &mut l.pause)?;
+        // A remembered pause may have run out since.
+        Ok(pause.filter(|p| p.until_ms > now_ms))
+    }
+
+    async fn active_pause_read(&self, now_ms: Millis) -> Result<Option<Pause>, StoreError> {
         let row = sqlx::query(
             "SELECT id, at_ms, until_ms, reason FROM pauses WHERE resumed_ms IS NULL AND until_ms > ? \
              ORDER BY until_ms DESC LIMIT 1",
         )
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading pauses"))?;
         Ok(row.map(|r| Pause {
