@@ -501,7 +501,7 @@ mod tests {
             .await
             .unwrap();
 
-        let mut other = hold_write_lock(&store).await;
+        let other = hold_write_lock(&store).await;
         let started = std::time::Instant::now();
         let (id, stored) = store
             .open_incident_or_keep(&incident(2_000, "2/2"), "requested", "opened while locked")
@@ -528,18 +528,23 @@ mod tests {
         assert!(store.flush_kept().await.is_err());
         assert_eq!(store.kept_len(), 3);
 
-        // Meanwhile the other process records an incident of its own and
-        // lets go of the lock: the kept one is stored under the next id.
-        let taken: i64 = sqlx::query_scalar(
-            "INSERT INTO incidents (opened_ms, trigger_kind, severity, reason, evidence, state) \
-             VALUES (2050, 'manual', 'critical', 'cli', '{}', 'refused') RETURNING id",
-        )
-        .fetch_one(&mut other)
-        .await
-        .unwrap();
-        assert_eq!(taken, id, "the provisional id is taken by another record");
-        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        // The other process lets go of the lock and records an incident of
+        // its own first: the kept one is stored under the next id.
         drop(other);
+        let cli = Store::open(store.path()).await.unwrap();
+        let taken = cli
+            .open_incident(
+                &NewIncident {
+                    in_flight: false,
+                    trigger_kind: "manual",
+                    ..incident(2_050, "3/3")
+                },
+                "refused",
+                "cli",
+            )
+            .await
+            .unwrap();
+        assert_eq!(taken, id, "the provisional id is taken by another record");
 
         assert_eq!(store.flush_kept().await.unwrap(), 3);
         assert_eq!(store.kept_len(), 0);
