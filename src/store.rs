@@ -86,6 +86,10 @@ pub struct Store {
     /// What the rollback's reads said last, answered again while the
     /// database cannot be touched (`fence`): nothing can change it then.
     last: std::sync::Arc<std::sync::Mutex<LastRead>>,
+    /// Whether the `-shm` could be written when the store was opened. When
+    /// it could not, SQLite mapped it read-only: reads are safe then (a
+    /// `status` during the fault), only writes are fenced.
+    mapped_writable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -444,6 +448,11 @@ impl Store {
             identity: file_identity(path),
             kept: Default::default(),
             last: Default::default(),
+            mapped_writable: true,
+        };
+        let store = Store {
+            mapped_writable: store.fence("opening the database").is_ok(),
+            ..store
         };
         store.remember_guards().await;
         Ok(store)
@@ -497,12 +506,19 @@ impl Store {
         let mut shm = self.path.as_os_str().to_owned();
         shm.push("-shm");
         match std::fs::OpenOptions::new().write(true).open(&shm) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Unwritable(format!(
-                "database error while {doing}: {} cannot be written ({e}): the database is left alone until it can",
-                Path::new(&shm).display()
-            ))),
+            // Only an immutable file (EPERM) or a read-only file system
+            // (EROFS): a user without write permission (EACCES, a reader
+            // in the group) gets SQLite's own read-only shared memory.
+            Err(e)
+                if e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32)
+                    || e.raw_os_error() == Some(nix::errno::Errno::EROFS as i32) =>
+            {
+                Err(StoreError::Unwritable(format!(
+                    "database error while {doing}: {} cannot be written ({e}): the database is left alone until it can",
+                    Path::new(&shm).display()
+                )))
+            }
+            Ok(_) | Err(_) => Ok(()),
         }
     }
 
@@ -578,7 +594,9 @@ impl Store {
     /// The pool, after [`Store::fence`]: no query touches a connection
     /// while the WAL's shared-memory file cannot be written.
     fn db(&self) -> Result<&SqlitePool, StoreError> {
-        self.fence("reading the database")?;
+        if self.mapped_writable {
+            self.fence("reading the database")?;
+        }
         Ok(&self.pool)
     }
 
@@ -1540,11 +1558,14 @@ async fn migration_lock(db: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, S
         path: lock_path.clone(),
         source: e,
     };
+    // An existing lock file opened for reading holds a flock as well: so a
+    // command that only reads works in a state directory made immutable.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
+        .or_else(|e| std::fs::File::open(&lock_path).map_err(|_| e))
         .map_err(fail)?;
     tokio::task::spawn_blocking(move || {
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
