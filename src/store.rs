@@ -500,25 +500,24 @@ impl Store {
     /// SQLite maps that file and writes into the mapping, readers too (their
     /// read marks): a write fault there is a SIGBUS that kills the daemon,
     /// not an error it could report. Checked before every query (one
-    /// `open`). While it holds, the rollback works from what it read last
+    /// `access`). While it holds, the rollback works from what it read last
     /// (nothing can change the files meanwhile) and keeps what it writes.
     fn fence(&self, doing: &'static str) -> Result<(), StoreError> {
         let mut shm = self.path.as_os_str().to_owned();
         shm.push("-shm");
-        match std::fs::OpenOptions::new().write(true).open(&shm) {
+        // `access`, never `open`: closing any descriptor of the file would
+        // drop every POSIX lock this process holds on it, SQLite's too.
+        match nix::unistd::access(Path::new(&shm), nix::unistd::AccessFlags::W_OK) {
             // Only an immutable file (EPERM) or a read-only file system
             // (EROFS): a user without write permission (EACCES, a reader
             // in the group) gets SQLite's own read-only shared memory.
-            Err(e)
-                if e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32)
-                    || e.raw_os_error() == Some(nix::errno::Errno::EROFS as i32) =>
-            {
+            Err(e @ (nix::errno::Errno::EPERM | nix::errno::Errno::EROFS)) => {
                 Err(StoreError::Unwritable(format!(
                     "database error while {doing}: {} cannot be written ({e}): the database is left alone until it can",
                     Path::new(&shm).display()
                 )))
             }
-            Ok(_) | Err(_) => Ok(()),
+            Ok(()) | Err(_) => Ok(()),
         }
     }
 

@@ -20,7 +20,7 @@ use crate::model::{Color, Millis};
 
 /// How long a rollback's own write waits for another process's write lock
 /// before the record is kept in memory instead.
-pub const KEPT_BUSY: Duration = Duration::from_millis(500);
+pub const KEPT_BUSY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub(super) struct Kept {

@@ -1517,11 +1517,20 @@ async fn read_only_state(switches: bool) -> Result_ {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let incidents = w.incidents().await;
-    ensure!(
-        incidents.len() == 1 && incidents[0].state == "verified",
-        "the kept incident: {incidents:?}"
-    );
+    // The rollback may still be verifying: its record lands as it goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let incidents = w.incidents().await;
+        if incidents.len() == 1 && incidents[0].state == "verified" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the kept incident: {incidents:?}\n{}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(w.daemon.take());
     Ok(Found {
         outcome: "switched with the state dir immutable, /healthz said so, record stored after"
