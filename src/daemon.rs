@@ -140,6 +140,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         health: health.clone(),
         metrics: metrics.clone(),
         db_path: store.path().to_path_buf(),
+        store: store.clone(),
     };
     let mut http = start_http(config.daemon.listen, &app)?;
     let mut watcher = start_watcher(&config);
@@ -523,6 +524,12 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         .is_err()
     {
         tracing::warn!("notifications still being retried at exit were abandoned");
+    }
+    if let Err(e) = store.flush_kept().await {
+        tracing::error!(
+            kept = store.kept_len(),
+            "rollback records kept in memory are lost: the database still refuses them: {e}"
+        );
     }
     store.close().await;
     tracing::info!("stopped");

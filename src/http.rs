@@ -115,6 +115,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// `rollbackd.db`: its size is a metric.
     pub db_path: PathBuf,
+    /// For the storage fault's state only (records kept in memory, failed
+    /// writes, whether the file at the path is still the one open): no
+    /// query is ever made from here.
+    pub store: crate::store::Store,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -207,6 +211,14 @@ fn problems(state: &AppState) -> Vec<String> {
             age.as_secs_f64()
         ));
     }
+    out.extend(storage_problems(state));
+    out
+}
+
+/// What is wrong with the storage now: an unwritable database, rollback
+/// records waiting in memory, a database file deleted or replaced.
+fn storage_problems(state: &AppState) -> Vec<String> {
+    let mut out = Vec::new();
     let db = state.health.db();
     if let Some(since) = db.failing_since {
         out.push(format!(
@@ -215,6 +227,13 @@ fn problems(state: &AppState) -> Vec<String> {
             db.error.unwrap_or_default()
         ));
     }
+    let kept = state.store.kept_len();
+    if kept > 0 {
+        out.push(format!(
+            "{kept} rollback records kept in memory until the database takes writes again"
+        ));
+    }
+    out.extend(state.store.file_problem());
     out
 }
 
@@ -239,6 +258,11 @@ async fn metrics_text(
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = metrics::Format::negotiate(accept);
     let size = db_size(&state.db_path);
+    state.metrics.set_storage(
+        storage_problems(&state).is_empty(),
+        state.store.failed_writes(),
+        state.store.kept_len(),
+    );
     (
         [(header::CONTENT_TYPE, format.content_type())],
         state.metrics.encode(size, format),
@@ -288,6 +312,10 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
             "size_bytes": db_size(&state.db_path),
             "writable": db.failing_since.is_none(),
             "error": db.error,
+            "ok": storage_problems(&state).is_empty(),
+            "kept_records": state.store.kept_len(),
+            "failed_writes": state.store.failed_writes(),
+            "file_problem": state.store.file_problem(),
         },
     }))
 }

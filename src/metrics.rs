@@ -172,6 +172,9 @@ pub struct Metrics {
     notifications_failed: Family<NotifierLabels, Counter>,
     reload_successful: Gauge,
     reload_success_at: Gauge<f64, AtomicU64>,
+    storage_ok: Gauge,
+    storage_failed: Counter,
+    storage_kept: Gauge,
 }
 
 impl Metrics {
@@ -248,6 +251,9 @@ impl Metrics {
             "Access log lines skipped because they did not parse, per probe",
             malformed.clone(),
         );
+        let storage_ok = Gauge::default();
+        let storage_failed = Counter::default();
+        let storage_kept = Gauge::default();
         registry.register(
             "probe_latency_seconds",
             "Probe latency, per probe and color",
@@ -293,6 +299,21 @@ impl Metrics {
             "Size of rollbackd.db and its write-ahead log",
             db_size.clone(),
         );
+        registry.register(
+            "storage_ok",
+            "1 while the database takes writes, nothing waits in memory and the file at the path is the one open; 0 during a storage fault",
+            storage_ok.clone(),
+        );
+        registry.register(
+            "storage_write_failures",
+            "Write transactions the database refused (full, read-only, locked past the busy timeout)",
+            storage_failed.clone(),
+        );
+        registry.register(
+            "storage_kept_records",
+            "Rollback records kept in memory until the database takes writes again",
+            storage_kept.clone(),
+        );
         Metrics {
             registry,
             latency,
@@ -309,6 +330,9 @@ impl Metrics {
             notifications_failed,
             reload_successful,
             reload_success_at,
+            storage_ok,
+            storage_failed,
+            storage_kept,
         }
     }
 
@@ -422,6 +446,19 @@ impl Metrics {
 
     pub fn set_buffered(&self, n: usize) {
         self.buffered.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The storage's state, read by the caller before [`Metrics::encode`]:
+    /// whether it is free of faults, the store's count of failed writes
+    /// (only ever grows) and the records waiting in memory.
+    pub fn set_storage(&self, ok: bool, failed_writes: u64, kept: usize) {
+        self.storage_ok.set(i64::from(ok));
+        let seen = self.storage_failed.get();
+        if failed_writes > seen {
+            self.storage_failed.inc_by(failed_writes - seen);
+        }
+        self.storage_kept
+            .set(i64::try_from(kept).unwrap_or(i64::MAX));
     }
 
     /// The text exposition in `format`, with the database size read by the

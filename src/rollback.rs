@@ -209,8 +209,13 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
             req.reason
         ),
     };
-    let id = match store.open_incident(&new, "requested", &requested).await {
-        Ok(id) => id,
+    // A database that refuses the record does not stop the rollback: the
+    // incident is kept in memory and written when it takes writes again.
+    let id = match store
+        .open_incident_or_keep(&new, "requested", &requested)
+        .await
+    {
+        Ok((id, _stored)) => id,
         Err(StoreError::RollbackInFlight(other)) => {
             return Ok(Outcome::Skipped {
                 why: format!("rollback already in flight (incident #{other})"),
@@ -220,11 +225,16 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
     };
     let since_ms = match req.since_ms {
         Some(s) => Some(s),
-        None => stored_failing_since(ctx, from, now).await?,
+        None => stored_failing_since(ctx, from, now)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!("cannot read when {from} started failing: {e}");
+                None
+            }),
     };
     if let Some(since) = since_ms.filter(|s| *s <= now) {
         store
-            .add_incident_event(
+            .add_incident_event_or_keep(
                 id,
                 since,
                 "detected",
@@ -237,7 +247,7 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
                         .unwrap_or_default()
                 ),
             )
-            .await?;
+            .await;
     }
     tracing::warn!(
         rollbackd.incident = id,
@@ -395,11 +405,14 @@ impl Run<'_, '_> {
         self.ctx.notify(n);
     }
 
+    /// Record a step; a database that refuses it keeps it in memory (the
+    /// rollback never waits on the database).
     async fn event(&self, state: &str, message: &str) -> Result<(), StoreError> {
         self.ctx
             .store
-            .advance_incident(self.id, now_ms(), state, message)
-            .await
+            .advance_incident_or_keep(self.id, now_ms(), state, message)
+            .await;
+        Ok(())
     }
 
     async fn refuse(&self, why: String) -> Result<Outcome, RollbackError> {
@@ -412,14 +425,14 @@ impl Run<'_, '_> {
         );
         self.ctx
             .store
-            .close_incident(
+            .close_incident_or_keep(
                 self.id,
                 now_ms(),
                 "refused",
                 &format!("refused: {why}"),
                 None,
             )
-            .await?;
+            .await;
         self.notify(
             Event::RollbackRefused,
             self.req.severity,
@@ -444,8 +457,8 @@ impl Run<'_, '_> {
         );
         self.ctx
             .store
-            .close_incident(self.id, now_ms(), "failed", &format!("failed: {why}"), None)
-            .await?;
+            .close_incident_or_keep(self.id, now_ms(), "failed", &format!("failed: {why}"), None)
+            .await;
         self.notify(
             Event::RollbackFailed,
             Severity::Critical,
@@ -504,13 +517,13 @@ impl Run<'_, '_> {
         if let Some(prepare) = &config.rollback.prepare {
             self.ctx
                 .store
-                .add_incident_event(
+                .add_incident_event_or_keep(
                     self.id,
                     now_ms(),
                     "requested",
                     &format!("preparing {}: running the prepare command", self.to),
                 )
-                .await?;
+                .await;
             let done = self.run_step("prepare", &prepare.0, None).await;
             if !done.success() {
                 return self
@@ -519,13 +532,13 @@ impl Run<'_, '_> {
             }
             self.ctx
                 .store
-                .add_incident_event(
+                .add_incident_event_or_keep(
                     self.id,
                     now_ms(),
                     "requested",
                     &format!("prepared {}: {}", self.to, done.describe()),
                 )
-                .await?;
+                .await;
         }
         if config.rollback.verify_target {
             // After `prepare` the standby may need a moment to start: give it
@@ -564,7 +577,7 @@ impl Run<'_, '_> {
             );
             self.ctx
                 .store
-                .close_incident(
+                .close_incident_or_keep(
                     self.id,
                     now_ms(),
                     "dry_run",
@@ -574,7 +587,7 @@ impl Run<'_, '_> {
                     ),
                     None,
                 )
-                .await?;
+                .await;
             self.notify(
                 Event::RollbackDryRun,
                 self.req.severity,
@@ -612,17 +625,10 @@ impl Run<'_, '_> {
         let record_group = async {
             if let Ok(pgid) = started_rx.await {
                 let message = format!("switch command running as process group {pgid}");
-                if let Err(e) = self
-                    .ctx
+                self.ctx
                     .store
-                    .add_incident_event(self.id, now_ms(), "switching", &message)
-                    .await
-                {
-                    tracing::warn!(
-                        rollbackd.incident = self.id,
-                        "cannot record the switch command's process group: {e}"
-                    );
-                }
+                    .add_incident_event_or_keep(self.id, now_ms(), "switching", &message)
+                    .await;
             }
         };
         let (done, ()) = tokio::join!(
@@ -717,13 +723,13 @@ impl Run<'_, '_> {
         let store = self.ctx.store;
         if !already_recorded {
             store
-                .record_deployment(self.to, &target.version, "rollback", now_ms())
-                .await?;
+                .record_deployment_or_keep(self.to, &target.version, "rollback", now_ms())
+                .await;
         }
         if self.ctx.config.rollback.quarantine {
             store
-                .quarantine_deployment(self.active_dep.id, &self.active_dep.version)
-                .await?;
+                .quarantine_deployment_or_keep(self.active_dep.id, &self.active_dep.version)
+                .await;
         }
         Ok(())
     }
@@ -748,13 +754,13 @@ impl Run<'_, '_> {
                     let done = self.run_step("retire", &retire.0, None).await;
                     self.ctx
                         .store
-                        .add_incident_event(
+                        .add_incident_event_or_keep(
                             self.id,
                             now_ms(),
                             "switched",
                             &format!("retired {}: {}", self.from, done.describe()),
                         )
-                        .await?;
+                        .await;
                 }
                 tracing::info!(
                     rollbackd.incident = self.id,
@@ -766,7 +772,7 @@ impl Run<'_, '_> {
                 );
                 self.ctx
                     .store
-                    .close_incident(
+                    .close_incident_or_keep(
                         self.id,
                         verified_at,
                         "verified",
@@ -777,7 +783,7 @@ impl Run<'_, '_> {
                         ),
                         downtime,
                     )
-                    .await?;
+                    .await;
                 self.notify(
                     Event::RollbackCompleted,
                     self.req.severity,
@@ -817,14 +823,14 @@ impl Run<'_, '_> {
                 );
                 self.ctx
                     .store
-                    .close_incident(
+                    .close_incident_or_keep(
                         self.id,
                         now_ms(),
                         "escalated",
                         &format!("escalated: {why}"),
                         None,
                     )
-                    .await?;
+                    .await;
                 self.notify(
                     Event::RollbackEscalated,
                     Severity::Critical,

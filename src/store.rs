@@ -13,9 +13,12 @@ use serde::Serialize;
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{FromRow, Row, SqlitePool};
+use sqlx::{Connection, FromRow, Row, SqlitePool};
 
 use crate::model::{Color, Millis, Sample, SampleStatus, Severity};
+
+mod kept;
+pub use kept::KEPT_BUSY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +43,10 @@ pub enum StoreError {
     RollbackInFlight(i64),
     #[error("no incident #{0}")]
     NoIncident(i64),
+    /// The WAL's shared-memory file cannot be written: no query is made
+    /// (see `Store::fence`).
+    #[error("{0}")]
+    Unwritable(String),
 }
 
 impl StoreError {
@@ -70,6 +77,66 @@ fn q(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    /// (device, inode) of the file when it was opened: a file deleted or
+    /// replaced under us is told by comparing the path with it.
+    identity: Option<(u64, u64)>,
+    /// Rollback records kept in memory while the database refuses them
+    /// (`kept.rs`), and the count of failed write transactions.
+    kept: std::sync::Arc<kept::Kept>,
+    /// What the rollback's reads said last, answered again while the
+    /// database cannot be touched (`fence`): nothing can change it then.
+    last: std::sync::Arc<std::sync::Mutex<LastRead>>,
+    /// Whether the `-shm` could be written when the store was opened. When
+    /// it could not, SQLite mapped it read-only: reads are safe then (a
+    /// `status` during the fault), only writes are fenced.
+    mapped_writable: bool,
+}
+
+#[derive(Debug, Default)]
+struct LastRead {
+    deployments: Option<Vec<Deployment>>,
+    in_flight: Option<Option<Incident>>,
+    pause: Option<Option<Pause>>,
+    escalation: Option<Option<Incident>>,
+    cooldown: [Option<Option<Millis>>; 2],
+}
+
+/// A pooled connection for one write transaction. Unless [`Writing::done`]
+/// is called after its commit, the connection is closed instead of going
+/// back to the pool: a failed COMMIT (disk full, read-only or immutable
+/// file) can leave SQLite's transaction open, holding the write lock, with
+/// sqlx's own count of open transactions off by one, so that every later
+/// batch on that connection would be a savepoint inside a transaction that
+/// never commits. Closing the connection rolls it back and frees the lock.
+struct Writing {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    busy: Duration,
+    done: bool,
+    failures: std::sync::Arc<kept::Kept>,
+}
+
+impl Writing {
+    /// After a successful commit: the connection may go back to the pool
+    /// (with the pool's busy timeout again).
+    async fn done(&mut self) {
+        if self.busy != BUSY_TIMEOUT {
+            let reset = format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
+            if sqlx::query(&reset).execute(&mut *self.conn).await.is_err() {
+                // Closed on drop rather than pooled with a short timeout.
+                return;
+            }
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.close_on_drop();
+            self.failures.failed_write();
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -256,6 +323,9 @@ impl From<IncidentRow> for Incident {
 
 const MINUTE_MS: Millis = 60_000;
 
+/// How long a write waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What one retention pass did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RetentionReport {
@@ -330,14 +400,30 @@ impl Store {
             // WAL + NORMAL: a committed transaction survives a crash of this
             // process (kill -9); only a power loss may drop the last commits.
             .synchronous(SqliteSynchronous::Normal)
-            .auto_vacuum(SqliteAutoVacuum::Incremental)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("journal_size_limit", "67108864");
+        // `auto_vacuum` is set when the file is made; setting it again takes
+        // the write lock, so a command that only reads (or a connection the
+        // pool opens to replace a failed one) could not connect while
+        // another process holds the database locked.
+        let new_file = std::fs::metadata(path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true);
+        let first = if new_file {
+            options.clone().auto_vacuum(SqliteAutoVacuum::Incremental)
+        } else {
+            options.clone()
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // Connections are never closed behind our back: a close may
+            // checkpoint, which must not happen while the files are
+            // immutable (see `fence`).
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(first)
             .await
             .map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
@@ -355,18 +441,162 @@ impl Store {
             source,
         })?;
         give_files_to_dir_owner(path);
-        Ok(Store {
+        pool.set_connect_options(options);
+        let store = Store {
             pool,
             path: path.to_path_buf(),
-        })
+            identity: file_identity(path),
+            kept: Default::default(),
+            last: Default::default(),
+            mapped_writable: true,
+        };
+        let store = Store {
+            mapped_writable: store.fence("opening the database").is_ok(),
+            ..store
+        };
+        store.remember_guards().await;
+        Ok(store)
+    }
+
+    /// Read what a rollback's guards read, so that a storage fault from
+    /// the start has answers to fall back on (see [`LastRead`]). Every
+    /// later successful read refreshes them.
+    async fn remember_guards(&self) {
+        let now = crate::model::now_ms();
+        let _ = self.deployments().await;
+        let _ = self.stored_in_flight_incident().await;
+        let _ = self.active_pause(now).await;
+        let _ = self.unresolved_escalation().await;
+        let _ = self.cooldown_start_ms(false).await;
+        let _ = self.cooldown_start_ms(true).await;
+    }
+
+    /// A connection for one write transaction, begun with `BEGIN IMMEDIATE`
+    /// (the write lock is taken, or waited for, up front) and with `busy`
+    /// as its busy timeout.
+    async fn writing(&self, doing: &'static str, busy: Duration) -> Result<Writing, StoreError> {
+        if let Err(e) = self.fence(doing) {
+            self.kept.failed_write();
+            return Err(e);
+        }
+        let conn = self.pool.acquire().await.map_err(q(doing))?;
+        let mut w = Writing {
+            conn,
+            busy,
+            done: false,
+            failures: self.kept.clone(),
+        };
+        if busy != BUSY_TIMEOUT {
+            sqlx::query(&format!("PRAGMA busy_timeout = {}", busy.as_millis()))
+                .execute(&mut *w.conn)
+                .await
+                .map_err(q(doing))?;
+        }
+        Ok(w)
+    }
+
+    /// Touch no connection while the WAL's shared-memory file cannot be
+    /// written (made immutable, or on a file system remounted read-only).
+    /// SQLite maps that file and writes into the mapping, readers too (their
+    /// read marks): a write fault there is a SIGBUS that kills the daemon,
+    /// not an error it could report. Checked before every query (one
+    /// `access`). While it holds, the rollback works from what it read last
+    /// (nothing can change the files meanwhile) and keeps what it writes.
+    fn fence(&self, doing: &'static str) -> Result<(), StoreError> {
+        let mut shm = self.path.as_os_str().to_owned();
+        shm.push("-shm");
+        // `access`, never `open`: closing any descriptor of the file would
+        // drop every POSIX lock this process holds on it, SQLite's too.
+        match nix::unistd::access(Path::new(&shm), nix::unistd::AccessFlags::W_OK) {
+            // Only an immutable file (EPERM) or a read-only file system
+            // (EROFS): a user without write permission (EACCES, a reader
+            // in the group) gets SQLite's own read-only shared memory.
+            Err(e @ (nix::errno::Errno::EPERM | nix::errno::Errno::EROFS)) => {
+                Err(StoreError::Unwritable(format!(
+                    "database error while {doing}: {} cannot be written ({e}): the database is left alone until it can",
+                    Path::new(&shm).display()
+                )))
+            }
+            Ok(()) | Err(_) => Ok(()),
+        }
+    }
+
+    /// Whether the file at the path is no longer the one opened: `None`
+    /// while it is, else what happened to it, for the log and `/healthz`.
+    pub fn file_problem(&self) -> Option<String> {
+        let opened = self.identity?;
+        match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "the database file {} was deleted while the daemon runs: it writes into the unlinked file, which is lost when it stops",
+                self.path.display()
+            )),
+            Err(e) => Some(format!(
+                "cannot check the database file {}: {e}",
+                self.path.display()
+            )),
+            Ok(_) if file_identity(&self.path) != Some(opened) => Some(format!(
+                "the database file {} was replaced while the daemon runs: it still writes into the file it opened, not the one at the path",
+                self.path.display()
+            )),
+            Ok(_) => None,
+        }
+    }
+
+    /// Write transactions that failed since the store was opened.
+    pub fn failed_writes(&self) -> u64 {
+        self.kept.failed_writes()
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Close the connections, unless the WAL's shared-memory file cannot
+    /// be written: closing may checkpoint, which writes into its mapping
+    /// (see [`Store::fence`]); the process's exit lets go of them instead.
     pub async fn close(&self) {
+        if self.fence("closing the database").is_err() {
+            tracing::warn!(
+                "the database's files cannot be written: leaving its connections to the exit"
+            );
+            return;
+        }
         self.pool.close().await;
+    }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, LastRead> {
+        // Each field is replaced whole: a poisoned lock still holds a
+        // consistent value.
+        self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remember a read's answer, or, while the fence holds, answer what
+    /// was read last (an error when nothing was).
+    fn remembered<T: Clone>(
+        &self,
+        read: Result<T, StoreError>,
+        slot: impl FnOnce(&mut LastRead) -> &mut Option<T>,
+    ) -> Result<T, StoreError> {
+        let mut last = self.last();
+        match read {
+            Ok(v) => {
+                *slot(&mut last) = Some(v.clone());
+                Ok(v)
+            }
+            Err(StoreError::Unwritable(why)) => {
+                slot(&mut last).clone().ok_or(StoreError::Unwritable(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The pool, after [`Store::fence`]: no query touches a connection
+    /// while the WAL's shared-memory file cannot be written.
+    fn db(&self) -> Result<&SqlitePool, StoreError> {
+        if self.mapped_writable {
+            self.fence("reading the database")?;
+        }
+        Ok(&self.pool)
     }
 
     // --- samples ---------------------------------------------------------
@@ -376,9 +606,11 @@ impl Store {
         if samples.is_empty() {
             return Ok(());
         }
-        let mut tx = self
-            .pool
-            .begin()
+        let mut w = self
+            .writing("starting a sample batch", BUSY_TIMEOUT)
+            .await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(q("starting a sample batch"))?;
         for s in samples {
@@ -400,6 +632,7 @@ impl Store {
             .map_err(q("inserting samples"))?;
         }
         tx.commit().await.map_err(q("committing samples"))?;
+        w.done().await;
         Ok(())
     }
 
@@ -420,7 +653,7 @@ impl Store {
         .bind(probe)
         .bind(color.map(Color::as_str))
         .bind(color.map(Color::as_str))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading samples"))?;
         Ok(rows.into_iter().map(Sample::from).collect())
@@ -437,7 +670,7 @@ impl Store {
         ))
         .bind(from_ms)
         .bind(until_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading samples"))?;
         Ok(rows.into_iter().map(Sample::from).collect())
@@ -445,7 +678,7 @@ impl Store {
 
     pub async fn sample_count(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM samples")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db()?)
             .await
             .map_err(q("counting samples"))
     }
@@ -468,12 +701,16 @@ impl Store {
             let oldest: Option<Millis> =
                 sqlx::query_scalar("SELECT MIN(at_ms) FROM samples WHERE at_ms < ?")
                     .bind(before_ms)
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.db()?)
                     .await
                     .map_err(q("finding old samples"))?;
             let Some(oldest) = oldest else { break };
             let end = (oldest.div_euclid(MINUTE_MS) * MINUTE_MS + CHUNK_MS).min(before_ms);
-            let mut tx = self.pool.begin().await.map_err(q("rolling up samples"))?;
+            let mut w = self.writing("rolling up samples", BUSY_TIMEOUT).await?;
+            let mut tx = (*w.conn)
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(q("rolling up samples"))?;
             let rows = sqlx::query(
                 "SELECT probe, COALESCE(color, '') AS color, at_ms, ok, status, latency_ms \
                  FROM samples WHERE at_ms < ? ORDER BY probe, color, at_ms",
@@ -538,6 +775,7 @@ impl Store {
                 .map_err(q("deleting rolled-up samples"))?
                 .rows_affected();
             tx.commit().await.map_err(q("rolling up samples"))?;
+            w.done().await;
             report.deleted_samples += deleted;
             report.minutes += minutes.len() as u64;
         }
@@ -546,9 +784,10 @@ impl Store {
 
     /// Delete rollups of minutes before `before_ms`.
     pub async fn delete_rollups(&self, before_ms: Millis) -> Result<u64, StoreError> {
+        self.fence("deleting old rollups")?;
         Ok(sqlx::query("DELETE FROM rollups WHERE minute_ms < ?")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(self.db()?)
             .await
             .map_err(q("deleting old rollups"))?
             .rows_affected())
@@ -558,16 +797,17 @@ impl Store {
     /// checkpoint is skipped (not an error) while a reader holds the WAL;
     /// `journal_size_limit` bounds it then.
     pub async fn compact(&self) -> Result<CompactReport, StoreError> {
+        self.fence("compacting the database")?;
         let free_before: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db()?)
             .await
             .map_err(q("reading the free page count"))?;
         sqlx::query("PRAGMA incremental_vacuum")
-            .execute(&self.pool)
+            .execute(self.db()?)
             .await
             .map_err(q("vacuuming"))?;
         let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db()?)
             .await
             .map_err(q("checkpointing the WAL"))?;
         let busy: i64 = row.get(0);
@@ -595,7 +835,7 @@ impl Store {
         .bind(probe)
         .bind(color.map(Color::as_str))
         .bind(color.map(Color::as_str))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading rollups"))?;
         Ok(rows
@@ -624,6 +864,24 @@ impl Store {
         source: &str,
         at_ms: Millis,
     ) -> Result<Deployment, StoreError> {
+        self.record_deployment_with(color, version, source, at_ms, BUSY_TIMEOUT)
+            .await
+    }
+
+    async fn record_deployment_with(
+        &self,
+        color: Color,
+        version: &str,
+        source: &str,
+        at_ms: Millis,
+        busy: Duration,
+    ) -> Result<Deployment, StoreError> {
+        const DOING: &str = "recording a deployment";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO deployments (color, version, at_ms, source) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -631,9 +889,11 @@ impl Store {
         .bind(version)
         .bind(at_ms)
         .bind(source)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(q("recording a deployment"))?;
+        .map_err(q(DOING))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(Deployment {
             id,
             color,
@@ -647,10 +907,20 @@ impl Store {
     /// The most recent deployment: the active color when there is no
     /// `[active] file`.
     pub async fn latest_deployment(&self) -> Result<Option<Deployment>, StoreError> {
+        match self.latest_deployment_read().await {
+            Err(StoreError::Unwritable(why)) => match &self.last().deployments {
+                Some(all) => Ok(all.last().cloned()),
+                None => Err(StoreError::Unwritable(why)),
+            },
+            r => r,
+        }
+    }
+
+    async fn latest_deployment_read(&self) -> Result<Option<Deployment>, StoreError> {
         let row: Option<DeploymentRow> = sqlx::query_as(
             "SELECT id, color, version, at_ms, source, quarantined FROM deployments ORDER BY id DESC LIMIT 1",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading the latest deployment"))?;
         Ok(row.map(DeploymentRow::into_deployment))
@@ -662,23 +932,46 @@ impl Store {
         color: Color,
         before_id: i64,
     ) -> Result<Option<Deployment>, StoreError> {
+        match self.previous_deployment_read(color, before_id).await {
+            Err(StoreError::Unwritable(why)) => match &self.last().deployments {
+                Some(all) => Ok(all
+                    .iter()
+                    .rev()
+                    .find(|d| d.color == color && d.id < before_id)
+                    .cloned()),
+                None => Err(StoreError::Unwritable(why)),
+            },
+            r => r,
+        }
+    }
+
+    async fn previous_deployment_read(
+        &self,
+        color: Color,
+        before_id: i64,
+    ) -> Result<Option<Deployment>, StoreError> {
         let row: Option<DeploymentRow> = sqlx::query_as(
             "SELECT id, color, version, at_ms, source, quarantined FROM deployments \
              WHERE color = ? AND id < ? ORDER BY id DESC LIMIT 1",
         )
         .bind(color.as_str())
         .bind(before_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading the previous deployment"))?;
         Ok(row.map(DeploymentRow::into_deployment))
     }
 
     pub async fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let read = self.deployments_read().await;
+        self.remembered(read, |l| &mut l.deployments)
+    }
+
+    async fn deployments_read(&self) -> Result<Vec<Deployment>, StoreError> {
         let rows: Vec<DeploymentRow> = sqlx::query_as(
             "SELECT id, color, version, at_ms, source, quarantined FROM deployments ORDER BY id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("listing deployments"))?;
         Ok(rows
@@ -690,12 +983,13 @@ impl Store {
     /// Claim the post-deploy report of a deployment: true for exactly one
     /// caller, the one that should send it.
     pub async fn claim_report(&self, deployment: i64, at_ms: Millis) -> Result<bool, StoreError> {
+        self.fence("claiming a post-deploy report")?;
         let done = sqlx::query(
             "UPDATE deployments SET reported_ms = ? WHERE id = ? AND reported_ms IS NULL",
         )
         .bind(at_ms)
         .bind(deployment)
-        .execute(&self.pool)
+        .execute(self.db()?)
         .await
         .map_err(q("claiming a post-deploy report"))?;
         Ok(done.rows_affected() == 1)
@@ -705,7 +999,7 @@ impl Store {
         let at: Option<Option<i64>> =
             sqlx::query_scalar("SELECT reported_ms FROM deployments WHERE id = ?")
                 .bind(deployment)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db()?)
                 .await
                 .map_err(q("reading a post-deploy report mark"))?;
         Ok(at.flatten().is_some())
@@ -714,6 +1008,12 @@ impl Store {
     // --- verdicts --------------------------------------------------------
 
     pub async fn insert_verdict(&self, v: &StoredVerdict) -> Result<(), StoreError> {
+        const DOING: &str = "recording a verdict";
+        let mut w = self.writing(DOING, BUSY_TIMEOUT).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         sqlx::query(
             "INSERT INTO verdicts (at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -729,9 +1029,11 @@ impl Store {
         .bind(v.window_ms)
         .bind(v.baseline)
         .bind(&v.detail)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(q("recording a verdict"))?;
+        .map_err(q(DOING))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 
@@ -743,7 +1045,7 @@ impl Store {
              JOIN (SELECT MAX(id) AS id FROM verdicts GROUP BY rule, color) last ON last.id = v.id \
              ORDER BY v.rule, v.color",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading verdicts"))?;
         Ok(rows.into_iter().map(verdict_from_row).collect())
@@ -761,7 +1063,7 @@ impl Store {
         )
         .bind(from_ms)
         .bind(until_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading verdicts"))?;
         Ok(rows.into_iter().map(verdict_from_row).collect())
@@ -778,7 +1080,23 @@ impl Store {
         first_state: &str,
         message: &str,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("opening an incident"))?;
+        self.open_incident_with(new, first_state, message, BUSY_TIMEOUT)
+            .await
+    }
+
+    async fn open_incident_with(
+        &self,
+        new: &NewIncident,
+        first_state: &str,
+        message: &str,
+        busy: Duration,
+    ) -> Result<i64, StoreError> {
+        const DOING: &str = "opening an incident";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         let inserted = sqlx::query_scalar::<_, i64>(
             "INSERT INTO incidents (opened_ms, trigger_kind, severity, rule, reason, evidence, from_color, to_color, \
              from_version, to_version, state, in_flight, holder) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -801,14 +1119,18 @@ impl Store {
         let id = match inserted {
             Ok(id) => id,
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                drop(tx);
+                // Not a storage fault: roll back and hand the connection on.
+                tx.rollback().await.map_err(q(DOING))?;
+                w.done().await;
+                drop(w);
                 let holder = self.in_flight_incident().await?.map(|i| i.id).unwrap_or(0);
                 return Err(StoreError::RollbackInFlight(holder));
             }
-            Err(e) => return Err(q("opening an incident")(e)),
+            Err(e) => return Err(q(DOING)(e)),
         };
         insert_event(&mut tx, id, new.at_ms, first_state, message).await?;
-        tx.commit().await.map_err(q("opening an incident"))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(id)
     }
 
@@ -820,23 +1142,39 @@ impl Store {
         state: &str,
         message: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
+        self.advance_incident_with(id, at_ms, state, message, BUSY_TIMEOUT)
             .await
-            .map_err(q("advancing an incident"))?;
+    }
+
+    async fn advance_incident_with(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        state: &str,
+        message: &str,
+        busy: Duration,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "advancing an incident";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         let changed = sqlx::query("UPDATE incidents SET state = ? WHERE id = ?")
             .bind(state)
             .bind(id)
             .execute(&mut *tx)
             .await
-            .map_err(q("advancing an incident"))?
+            .map_err(q(DOING))?
             .rows_affected();
         if changed == 0 {
+            tx.rollback().await.map_err(q(DOING))?;
+            w.done().await;
             return Err(StoreError::NoIncident(id));
         }
         insert_event(&mut tx, id, at_ms, state, message).await?;
-        tx.commit().await.map_err(q("advancing an incident"))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 
@@ -848,13 +1186,27 @@ impl Store {
         state: &str,
         message: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
+        self.add_incident_event_with(id, at_ms, state, message, BUSY_TIMEOUT)
             .await
-            .map_err(q("adding an incident event"))?;
+    }
+
+    async fn add_incident_event_with(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        state: &str,
+        message: &str,
+        busy: Duration,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "adding an incident event";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         insert_event(&mut tx, id, at_ms, state, message).await?;
-        tx.commit().await.map_err(q("adding an incident event"))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 
@@ -867,7 +1219,25 @@ impl Store {
         outcome: &str,
         downtime_ms: Option<Millis>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("closing an incident"))?;
+        self.close_incident_with(id, at_ms, state, outcome, downtime_ms, BUSY_TIMEOUT)
+            .await
+    }
+
+    async fn close_incident_with(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        state: &str,
+        outcome: &str,
+        downtime_ms: Option<Millis>,
+        busy: Duration,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "closing an incident";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         sqlx::query(
             "UPDATE incidents SET state = ?, outcome = ?, downtime_ms = ?, closed_ms = ?, in_flight = NULL WHERE id = ?",
         )
@@ -878,9 +1248,10 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await
-        .map_err(q("closing an incident"))?;
+        .map_err(q(DOING))?;
         insert_event(&mut tx, id, at_ms, state, outcome).await?;
-        tx.commit().await.map_err(q("closing an incident"))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 
@@ -889,7 +1260,7 @@ impl Store {
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading an incident"))?;
         row.map(Incident::from).ok_or(StoreError::NoIncident(id))
@@ -899,17 +1270,42 @@ impl Store {
         let rows: Vec<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents ORDER BY id"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("listing incidents"))?;
         Ok(rows.into_iter().map(Incident::from).collect())
     }
 
+    /// The rollback in flight: in the database, or (while the database
+    /// refuses writes) one this process keeps in memory.
     pub async fn in_flight_incident(&self) -> Result<Option<Incident>, StoreError> {
+        match self.stored_in_flight_incident().await {
+            Ok(None) => Ok(self.kept_in_flight()),
+            Err(e) => match self.kept_in_flight() {
+                Some(kept) => Ok(Some(kept)),
+                None => Err(e),
+            },
+            found => found,
+        }
+    }
+
+    async fn max_incident_id(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM incidents")
+            .fetch_one(self.db()?)
+            .await
+            .map_err(q("reading the last incident id"))
+    }
+
+    async fn stored_in_flight_incident(&self) -> Result<Option<Incident>, StoreError> {
+        let read = self.stored_in_flight_read().await;
+        self.remembered(read, |l| &mut l.in_flight)
+    }
+
+    async fn stored_in_flight_read(&self) -> Result<Option<Incident>, StoreError> {
         let row: Option<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE in_flight IS NOT NULL"
         ))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading the in-flight rollback"))?;
         Ok(row.map(Incident::from))
@@ -920,7 +1316,7 @@ impl Store {
             "SELECT at_ms, state, message FROM incident_events WHERE incident_id = ? ORDER BY at_ms, id",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading an incident timeline"))?;
         Ok(rows
@@ -939,6 +1335,22 @@ impl Store {
     /// deployment of the same known version. A later `deploy` (a new row)
     /// starts clean.
     pub async fn quarantine_deployment(&self, id: i64, version: &str) -> Result<(), StoreError> {
+        self.quarantine_deployment_with(id, version, BUSY_TIMEOUT)
+            .await
+    }
+
+    async fn quarantine_deployment_with(
+        &self,
+        id: i64,
+        version: &str,
+        busy: Duration,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "quarantining a deployment";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
         sqlx::query(
             "UPDATE deployments SET quarantined = 1 WHERE id = ? \
              OR (id < ? AND version = ? AND version NOT IN ('', 'unknown'))",
@@ -946,9 +1358,11 @@ impl Store {
         .bind(id)
         .bind(id)
         .bind(version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(q("quarantining a deployment"))?;
+        .map_err(q(DOING))?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
         Ok(())
     }
 
@@ -964,13 +1378,20 @@ impl Store {
     /// command ran (it may have moved traffic even if it then failed), and
     /// with `dry_run` also the last one that would have run it.
     pub async fn cooldown_start_ms(&self, dry_run: bool) -> Result<Option<Millis>, StoreError> {
+        let kept = self.kept_cooldown_start(dry_run);
+        let read = self.cooldown_read(dry_run).await;
+        let stored = self.remembered(read, |l| &mut l.cooldown[usize::from(dry_run)])?;
+        Ok(stored.max(kept))
+    }
+
+    async fn cooldown_read(&self, dry_run: bool) -> Result<Option<Millis>, StoreError> {
         sqlx::query_scalar(
             "SELECT MAX(i.opened_ms) FROM incidents i WHERE i.trigger_kind = 'automatic' \
              AND (EXISTS (SELECT 1 FROM incident_events e WHERE e.incident_id = i.id AND e.state = 'switching') \
                   OR (? AND i.state = 'dry_run'))",
         )
         .bind(dry_run)
-        .fetch_one(&self.pool)
+        .fetch_one(self.db()?)
         .await
         .map_err(q("reading the last rollback"))
     }
@@ -978,12 +1399,17 @@ impl Store {
     /// The last escalated incident, unless a deployment was recorded after
     /// it closed (an operator or pipeline acted since).
     pub async fn unresolved_escalation(&self) -> Result<Option<Incident>, StoreError> {
+        let read = self.unresolved_escalation_read().await;
+        self.remembered(read, |l| &mut l.escalation)
+    }
+
+    async fn unresolved_escalation_read(&self) -> Result<Option<Incident>, StoreError> {
         let row: Option<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.state = 'escalated' \
              AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.at_ms > i.closed_ms) \
              ORDER BY i.id DESC LIMIT 1"
         ))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading escalations"))?;
         Ok(row.map(Incident::from))
@@ -997,13 +1423,14 @@ impl Store {
         old: Option<&str>,
         new: &str,
     ) -> Result<bool, StoreError> {
+        self.fence("taking over a rollback")?;
         let done = sqlx::query(
             "UPDATE incidents SET holder = ? WHERE id = ? AND in_flight IS NOT NULL AND holder IS ?",
         )
         .bind(new)
         .bind(id)
         .bind(old)
-        .execute(&self.pool)
+        .execute(self.db()?)
         .await
         .map_err(q("taking over a rollback"))?;
         Ok(done.rows_affected() == 1)
@@ -1017,25 +1444,27 @@ impl Store {
         until_ms: Millis,
         reason: &str,
     ) -> Result<i64, StoreError> {
+        self.fence("recording a pause")?;
         sqlx::query_scalar(
             "INSERT INTO pauses (at_ms, until_ms, reason) VALUES (?, ?, ?) RETURNING id",
         )
         .bind(at_ms)
         .bind(until_ms)
         .bind(reason)
-        .fetch_one(&self.pool)
+        .fetch_one(self.db()?)
         .await
         .map_err(q("recording a pause"))
     }
 
     /// End every hold now. Returns how many were active.
     pub async fn resume(&self, at_ms: Millis) -> Result<u64, StoreError> {
+        self.fence("resuming")?;
         let done = sqlx::query(
             "UPDATE pauses SET resumed_ms = ? WHERE resumed_ms IS NULL AND until_ms > ?",
         )
         .bind(at_ms)
         .bind(at_ms)
-        .execute(&self.pool)
+        .execute(self.db()?)
         .await
         .map_err(q("resuming"))?;
         Ok(done.rows_affected())
@@ -1043,12 +1472,19 @@ impl Store {
 
     /// The hold in force at `now`, if any (the one that lasts longest).
     pub async fn active_pause(&self, now_ms: Millis) -> Result<Option<Pause>, StoreError> {
+        let read = self.active_pause_read(now_ms).await;
+        let pause = self.remembered(read, |l| &mut l.pause)?;
+        // A remembered pause may have run out since.
+        Ok(pause.filter(|p| p.until_ms > now_ms))
+    }
+
+    async fn active_pause_read(&self, now_ms: Millis) -> Result<Option<Pause>, StoreError> {
         let row = sqlx::query(
             "SELECT id, at_ms, until_ms, reason FROM pauses WHERE resumed_ms IS NULL AND until_ms > ? \
              ORDER BY until_ms DESC LIMIT 1",
         )
         .bind(now_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading pauses"))?;
         Ok(row.map(|r| Pause {
@@ -1121,11 +1557,14 @@ async fn migration_lock(db: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, S
         path: lock_path.clone(),
         source: e,
     };
+    // An existing lock file opened for reading holds a flock as well: so a
+    // command that only reads works in a state directory made immutable.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
+        .or_else(|e| std::fs::File::open(&lock_path).map_err(|_| e))
         .map_err(fail)?;
     tokio::task::spawn_blocking(move || {
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
@@ -1173,7 +1612,7 @@ impl Store {
         .bind(inject)
         .bind(expect)
         .bind(i64::from(notify))
-        .fetch_one(&self.pool)
+        .fetch_one(self.db()?)
         .await
         .map_err(q("recording a drill"))
     }
@@ -1187,7 +1626,7 @@ impl Store {
         observed: &str,
         matched: bool,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(q("ending a drill"))?;
+        let mut tx = self.db()?.begin().await.map_err(q("ending a drill"))?;
         sqlx::query("UPDATE drills SET ended_ms = ?, observed = ?, matched = ? WHERE id = ?")
             .bind(ended_ms)
             .bind(observed)
@@ -1216,7 +1655,7 @@ impl Store {
         sqlx::query("UPDATE incidents SET drill_id = ? WHERE id = ? AND drill_id IS NULL")
             .bind(drill)
             .bind(incident)
-            .execute(&self.pool)
+            .execute(self.db()?)
             .await
             .map_err(q("marking a drill's incident"))?;
         Ok(())
@@ -1239,7 +1678,7 @@ impl Store {
         .bind(at_ms)
         .bind(DRILL_AFTERMATH_MS)
         .bind(incident)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading drills"))?;
         Ok(row.map(drill_from_row))
@@ -1258,7 +1697,7 @@ impl Store {
         )
         .bind(until_ms)
         .bind(from_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("reading drills"))?;
         Ok(rows.into_iter().map(drill_from_row).collect())
@@ -1274,7 +1713,7 @@ impl Store {
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE opened_ms >= ? ORDER BY id"
         ))
         .bind(since_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("listing incidents"))?;
         let mut out = Vec::with_capacity(rows.len());
@@ -1283,7 +1722,7 @@ impl Store {
             let drill: Option<i64> =
                 sqlx::query_scalar("SELECT drill_id FROM incidents WHERE id = ?")
                     .bind(incident.id)
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.db()?)
                     .await
                     .map_err(q("listing incidents"))?;
             out.push((incident, drill));
@@ -1299,13 +1738,13 @@ impl Store {
         color: Option<Color>,
     ) -> Result<Option<Sample>, StoreError> {
         let row: Option<SampleRow> = sqlx::query_as(&format!(
-            "SELECT {SAMPLE_COLUMNS} FROM samples WHERE at_ms >= ? AND status IN ('failed', 'timeout') \
+            "SELECT {SAMPLE_COLUMNS} FROM samples WHERE at_ms >= ? AND status IN ('failed', 'timeout', 'unreachable') \
              AND (? IS NULL OR color = ? OR color IS NULL) ORDER BY at_ms, id LIMIT 1"
         ))
         .bind(since_ms)
         .bind(color.map(Color::as_str))
         .bind(color.map(Color::as_str))
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db()?)
         .await
         .map_err(q("reading samples"))?;
         Ok(row.map(Sample::from))
@@ -1321,6 +1760,12 @@ fn drill_from_row(r: sqlx::sqlite::SqliteRow) -> Drill {
         expect: r.get("expect"),
         notify: r.get::<i64, _>("notify") != 0,
     }
+}
+
+/// (device, inode) of a file, `None` when it cannot be read.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn verdict_from_row(r: sqlx::sqlite::SqliteRow) -> StoredVerdict {

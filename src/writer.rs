@@ -101,6 +101,23 @@ impl Buffer<'_> {
     }
 }
 
+/// Say loudly when the database file at the path is no longer the one
+/// open (deleted, replaced), and when it is again.
+fn check_file(store: &Store, reported: &mut Option<String>) {
+    let now = store.file_problem();
+    if now == *reported {
+        return;
+    }
+    match &now {
+        Some(problem) => tracing::error!(
+            "{problem}; copy it out of /proc/{}/fd before stopping the daemon",
+            std::process::id()
+        ),
+        None => tracing::info!("the database file at the path is the one open again"),
+    }
+    *reported = now;
+}
+
 impl Writer {
     pub fn stats(&self) -> Arc<WriterStats> {
         self.stats.clone()
@@ -120,6 +137,7 @@ impl Writer {
         let mut closed_at: Option<Instant> = None;
         let mut backoff = self.first_backoff;
         let mut dropped_reported = 0u64;
+        let mut file_problem: Option<String> = None;
         let report = |buffered: usize, dropped_reported: &mut u64| {
             if let Some(m) = &self.metrics {
                 let dropped = stats.dropped.load(Ordering::Relaxed);
@@ -161,6 +179,7 @@ impl Writer {
             if !open && closed_at.is_none() {
                 closed_at = Some(Instant::now());
             }
+            check_file(&store, &mut file_problem);
             let n = buf.pending.len().min(self.batch_max);
             let result = store
                 .insert_samples(&buf.pending.make_contiguous()[..n])
@@ -178,6 +197,13 @@ impl Writer {
                     }
                     backoff = self.first_backoff;
                     buf.unlogged = 0;
+                    // Rollback records the database refused go in now.
+                    if let Err(e) = store.flush_kept().await {
+                        tracing::warn!(
+                            kept = store.kept_len(),
+                            "cannot store the rollback records kept in memory yet: {e}"
+                        );
+                    }
                 }
                 Err(e) => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);

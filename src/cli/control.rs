@@ -38,6 +38,33 @@ pub async fn deploy(config: &Config, a: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records the database refused during the rollback (kept in memory so the
+/// rollback went on): this process is about to exit, so it waits, bounded,
+/// for the database to take them, and says so when it does not.
+async fn store_kept(store: &crate::store::Store) -> anyhow::Result<()> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+    if store.kept_len() == 0 {
+        return Ok(());
+    }
+    eprintln!(
+        "the database refuses writes: waiting up to {} to store this rollback's record",
+        humantime::format_duration(WAIT)
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match store.flush_kept().await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!(
+                    "the rollback ran, but {} of its records could not be stored: {e}",
+                    store.kept_len()
+                )
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+}
+
 pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
     let store = open(config).await?;
     let prober = Prober::new();
@@ -78,6 +105,7 @@ pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
             }
         }
     };
+    store_kept(&store).await?;
     let result = match outcome {
         Outcome::Verified { incident, to } => {
             println!("rolled back to {to}; verified healthy (incident #{incident})");

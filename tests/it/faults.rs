@@ -1402,6 +1402,13 @@ async fn read_only_state(switches: bool) -> Result_ {
         return Err("skipped: no chattr".into());
     }
     let mut w = World::new(Opts::default()).await;
+    // The HTTP listener on, for /healthz.
+    let text = std::fs::read_to_string(&w.env.config).unwrap();
+    std::fs::write(
+        &w.env.config,
+        text.replace("listen = \"off\"", "listen = \"127.0.0.1:0\""),
+    )
+    .unwrap();
     w.start().await;
     let state = w.env.path("state");
     let mut locked = Vec::new();
@@ -1462,11 +1469,72 @@ async fn read_only_state(switches: bool) -> Result_ {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let at = now_ms();
+    if !moved {
+        unlock();
+    }
+    ensure!(moved, "no switch with a read-only state dir:\n{}", w.log());
+    let healthz = || async {
+        let log = w.log();
+        const LINE: &str = "HTTP listener on http://";
+        let Some(i) = log.find(LINE) else {
+            return (0, String::new());
+        };
+        let addr = log[i + LINE.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        match reqwest::Client::new()
+            .get(format!("http://{addr}/healthz"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+        {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    };
+    let (code, body) = healthz().await;
+    let said = code == 503 && body.contains("cannot be written");
+    let logged = w
+        .log()
+        .lines()
+        .any(|l| l.contains("kept in memory") && l.contains("cannot be written"));
     unlock();
-    ensure!(moved, "no switch with a read-only state dir");
+    ensure!(said, "/healthz during the fault: {code} {body}");
+    ensure!(
+        logged,
+        "the log does not name the storage fault:\n{}",
+        w.log()
+    );
+    // The fault ends: /healthz clears and the rollback's record is stored.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while healthz().await.0 != 200 {
+        ensure!(
+            Instant::now() < deadline,
+            "/healthz still failing after the fault: {:?}\n{}",
+            healthz().await,
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The rollback may still be verifying: its record lands as it goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let incidents = w.incidents().await;
+        if incidents.len() == 1 && incidents[0].state == "verified" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the kept incident: {incidents:?}\n{}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(w.daemon.take());
     Ok(Found {
-        outcome: "switched with the state dir immutable".into(),
+        outcome: "switched with the state dir immutable, /healthz said so, record stored after"
+            .into(),
         detection: ms_since(t0, at),
     })
 }
@@ -1653,7 +1721,11 @@ fn scenarios() -> Vec<Scenario> {
             "rule fires, daemon lives",
             read_only_state_decides
         ),
-        scenario!("state dir read-only: switches", "switch, /healthz says", read_only_state_switches, pending "a storage-fault path (not built)"),
+        scenario!(
+            "state dir read-only: switches",
+            "switch, /healthz says",
+            read_only_state_switches
+        ),
         scenario!(
             "true blindness (unshare -n)",
             "one alert, no rollback",

@@ -18,5 +18,6 @@ mod replay;
 mod report;
 mod rollback;
 mod spine;
+mod storage;
 mod systemd;
 mod traffic;
