@@ -78,6 +78,51 @@ pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
     }
 }
 
+/// The daemon that holds `state_dir`'s lock, as another command sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    /// When it took the lock (the lock file's modification time).
+    pub since_ms: i64,
+}
+
+/// Who holds `state_dir`'s lock, read without taking it (so a daemon
+/// starting at the same moment is never turned away by a `status`): the
+/// kernel lists every `flock` in `/proc/locks` by device and inode. `None`
+/// when no daemon runs on `state_dir` (or the file is missing).
+pub fn holder(state_dir: &Path) -> Option<Holder> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(state_dir.join(FILE_NAME)).ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let since_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    locks
+        .lines()
+        .find_map(|line| flock_holder(line, meta.dev(), meta.ino()))
+        .map(|pid| Holder { pid, since_ms })
+}
+
+/// The PID in one `/proc/locks` line when it is a `FLOCK` on the file
+/// (`MAJOR:MINOR:INODE`, the numbers in hex, hex, decimal).
+fn flock_holder(line: &str, dev: u64, ino: u64) -> Option<u32> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a waiter has "->".
+    let at = fields.iter().position(|f| *f == "FLOCK")?;
+    if fields.get(at.checked_sub(1)?) == Some(&"->") {
+        return None;
+    }
+    let pid: u32 = fields.get(at + 3)?.parse().ok()?;
+    let mut id = fields.get(at + 4)?.split(':');
+    let major = u64::from_str_radix(id.next()?, 16).ok()?;
+    let minor = u64::from_str_radix(id.next()?, 16).ok()?;
+    let inode: u64 = id.next()?.parse().ok()?;
+    let (dev_major, dev_minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    (major == dev_major && minor == dev_minor && inode == ino).then_some(pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +148,35 @@ mod tests {
         drop(first);
         let again = acquire(&state).unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn the_holder_is_read_without_taking_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        assert_eq!(holder(&state), None, "no lock file: nobody holds it");
+        let lock = acquire(&state).unwrap();
+        let seen = holder(&state).expect("the lock is held by this process");
+        assert_eq!(seen.pid, std::process::id());
+        assert!(seen.since_ms > 0);
+        // Reading it took nothing: the holder still holds, and after it lets
+        // go nobody does.
+        assert!(matches!(acquire(&state), Err(LockError::Held { .. })));
+        drop(lock);
+        assert_eq!(holder(&state), None);
+    }
+
+    #[test]
+    fn proc_locks_lines_are_matched_by_device_and_inode() {
+        let dev = nix::sys::stat::makedev(0xfd, 0x01);
+        let line = "3: FLOCK  ADVISORY  WRITE 4242 fd:01:123456 0 EOF";
+        assert_eq!(flock_holder(line, dev, 123456), Some(4242));
+        assert_eq!(flock_holder(line, dev, 123457), None);
+        let other_dev = nix::sys::stat::makedev(0x08, 0x01);
+        assert_eq!(flock_holder(line, other_dev, 123456), None);
+        let waiter = "3: -> FLOCK  ADVISORY  WRITE 77 fd:01:123456 0 EOF";
+        assert_eq!(flock_holder(waiter, dev, 123456), None);
+        let posix = "1: POSIX  ADVISORY  WRITE 4242 fd:01:123456 0 EOF";
+        assert_eq!(flock_holder(posix, dev, 123456), None);
     }
 }

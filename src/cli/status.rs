@@ -9,6 +9,9 @@ use crate::model::{Color, duration_ms, format_ms, format_value, now_ms};
 pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let store = open(config).await?;
     let now = now_ms();
+    // Whether a daemon protects this state directory right now: without
+    // one, nothing is armed whatever the database says.
+    let daemon = crate::statelock::holder(&config.daemon.state_dir);
     let active = crate::active::current(config, &store).await.ok().flatten();
     let verdicts = store.latest_verdicts().await?;
     let pause = store.active_pause(now).await?;
@@ -27,6 +30,10 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     if as_json {
         let doc = json!({
             "service": config.service,
+            "daemon": match &daemon {
+                Some(h) => json!({ "running": true, "pid": h.pid, "since": format_ms(h.since_ms) }),
+                None => json!({ "running": false }),
+            },
             "active": active.as_ref().map(|(c, d)| json!({ "color": c, "deployment": d })),
             "standby": standby,
             "verdicts": verdicts,
@@ -38,6 +45,17 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
+    }
+    match &daemon {
+        Some(h) => println!(
+            "daemon: running (pid {}) since {}",
+            h.pid,
+            format_ms(h.since_ms)
+        ),
+        None => println!(
+            "daemon: not running on {} — nothing is probed or rolled back automatically",
+            config.daemon.state_dir.display()
+        ),
     }
     match &active {
         Some((c, d)) => println!(
@@ -53,6 +71,9 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     }
     match &pause {
         Some(p) => println!("paused until {}: {}", format_ms(p.until_ms), p.reason),
+        None if daemon.is_none() => {
+            println!("automatic rollbacks: none (no daemon running)")
+        }
         None if escalation.is_some() || cooldown_until.is_some() => {}
         None => println!(
             "automatic rollbacks: armed{}",

@@ -369,6 +369,16 @@ async fn a_second_run_on_the_same_state_dir_exits_naming_the_first_until_it_is_k
     let dir = tempfile::tempdir().unwrap();
     let env = Env::new(&config(&blue.url, &green.url, dir.path(), &hook, ""));
     env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    // No daemon yet: `status` says nothing is armed (issue 15: it used to
+    // say "armed" with no daemon running).
+    let status = env.cli_ok(&["status"]);
+    assert!(status.contains("daemon: not running"), "{status}");
+    assert!(
+        status.contains("automatic rollbacks: none (no daemon running)"),
+        "{status}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&env.cli_ok(&["status", "--json"])).unwrap();
+    assert_eq!(doc["daemon"]["running"], false, "{doc:#}");
     let first = env.daemon();
     wait_for(
         "the first daemon running",
@@ -376,6 +386,16 @@ async fn a_second_run_on_the_same_state_dir_exits_naming_the_first_until_it_is_k
         || async { read(&first.log).contains("rollbackd running") },
     )
     .await;
+    // With it running, `status` names it, read from the lock it holds.
+    let status = env.cli_ok(&["status"]);
+    assert!(
+        status.contains(&format!("daemon: running (pid {}) since ", first.pid())),
+        "{status}"
+    );
+    assert!(status.contains("automatic rollbacks: armed"), "{status}");
+    let doc: serde_json::Value = serde_json::from_str(&env.cli_ok(&["status", "--json"])).unwrap();
+    assert_eq!(doc["daemon"]["running"], true, "{doc:#}");
+    assert_eq!(doc["daemon"]["pid"], first.pid(), "{doc:#}");
 
     // The second exits at once, non-zero, naming the first's PID.
     let mut second = std::process::Command::new(common::BIN)
