@@ -33,15 +33,22 @@ async fn http_base(log: &Path) -> String {
     format!("http://{}", rest.split_whitespace().next().unwrap())
 }
 
+/// A GET with a generous timeout (a loaded CI machine runs many daemons at
+/// once); a request that fails is status 0 with the error as the body, so
+/// the callers' `wait_for` polls again instead of panicking on one miss.
 async fn get(url: &str) -> (u16, String) {
     let resp = reqwest::Client::new()
         .get(url)
-        .timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
         .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let code = resp.status().as_u16();
-    (code, resp.text().await.unwrap())
+        .await;
+    match resp {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            (code, resp.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, format!("GET {url}: {e}")),
+    }
 }
 
 async fn metric(base: &str, name: &str) -> f64 {
