@@ -403,6 +403,13 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
             .pragma("journal_size_limit", "67108864");
+        // SQLite has no migration lock of its own: two processes opening a
+        // new database at once (the daemon and a CLI command) would both try
+        // to make the file (its WAL mode, `auto_vacuum`) and create the
+        // tables. An exclusive flock beside the file, held from before the
+        // first connection until the migrations ran, serialises them; the
+        // later ones find the file made and the migrations applied.
+        let lock = migration_lock(path).await?;
         // `auto_vacuum` is set when the file is made; setting it again takes
         // the write lock, so a command that only reads (or a connection the
         // pool opens to replace a failed one) could not connect while
@@ -429,11 +436,6 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             })?;
-        // SQLite has no migration lock of its own: two processes opening a
-        // new database at once (the daemon and a CLI command) would both try
-        // to create the tables. An exclusive flock beside the file serialises
-        // them; the loser then finds the migrations applied.
-        let lock = migration_lock(path).await?;
         let migrated = sqlx::migrate!("./migrations").run(&pool).await;
         drop(lock);
         migrated.map_err(|source| StoreError::Migrate {
