@@ -856,11 +856,7 @@ async fn baselines(
         .deployments()
         .await?
         .iter()
-        .map(|d| matrix::Cutover {
-            id: d.id,
-            color: d.color,
-            at_ms: d.at_ms,
-        })
+        .map(matrix::Cutover::from)
         .collect();
     let sources = matrix::baseline_sources(&cutovers, ids);
     let mut samples = Vec::new();

@@ -149,6 +149,17 @@ pub struct Deployment {
     pub quarantined: bool,
 }
 
+impl From<&Deployment> for crate::matrix::Cutover {
+    /// A deployment as baseline selection sees it.
+    fn from(d: &Deployment) -> Self {
+        crate::matrix::Cutover {
+            id: d.id,
+            color: d.color,
+            at_ms: d.at_ms,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoredVerdict {
     pub at_ms: Millis,

@@ -490,15 +490,8 @@ impl Replay<'_> {
     /// The daemon's baselines for the deployments in `ids`, chosen as the
     /// daemon chooses them.
     fn baselines(&self, ids: &HashMap<Color, i64>) -> Baselines {
-        let cutovers: Vec<matrix::Cutover> = self
-            .deployments
-            .iter()
-            .map(|d| matrix::Cutover {
-                id: d.id,
-                color: d.color,
-                at_ms: d.at_ms,
-            })
-            .collect();
+        let cutovers: Vec<matrix::Cutover> =
+            self.deployments.iter().map(matrix::Cutover::from).collect();
         let sources = matrix::baseline_sources(&cutovers, ids);
         matrix::baselines(&sources, self.samples)
     }
