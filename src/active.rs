@@ -29,7 +29,12 @@ pub enum ActiveError {
     Store(#[from] StoreError),
 }
 
-/// Read the `[active] file`.
+/// How many times [`read_settled`] reads again a file that looked
+/// half-written, and how long it waits before each.
+const RACE_RETRIES: u32 = 2;
+const RACE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Read the `[active] file`, once.
 pub fn read_file(path: &Path) -> Result<Color, ActiveError> {
     let text = std::fs::read_to_string(path).map_err(|source| ActiveError::Read {
         path: path.display().to_string(),
@@ -39,6 +44,37 @@ pub fn read_file(path: &Path) -> Result<Color, ActiveError> {
         path: path.display().to_string(),
         found: text.trim().chars().take(40).collect(),
     })
+}
+
+/// Read the `[active] file`, reading again (up to [`RACE_RETRIES`] times,
+/// [`RACE_PAUSE`] apart) when it is missing, empty or garbled: a switch
+/// that writes the file in place (`printf blue > file` truncates, then
+/// writes) or replaces it by delete-and-create shows a reader those states
+/// for a moment. A file still wrong after the retries is an error.
+pub async fn read_settled(path: &Path) -> Result<Color, ActiveError> {
+    let mut attempt = 0;
+    loop {
+        match read_file(path) {
+            Ok(color) => return Ok(color),
+            Err(e) if attempt >= RACE_RETRIES || !e.may_be_a_race() => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(RACE_PAUSE).await;
+            }
+        }
+    }
+}
+
+impl ActiveError {
+    /// What a reader racing a writer sees: no file (between delete and
+    /// create), or content that is not a color yet (empty, partial).
+    fn may_be_a_race(&self) -> bool {
+        match self {
+            ActiveError::Read { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            ActiveError::Garbled { .. } => true,
+            ActiveError::Store(_) => false,
+        }
+    }
 }
 
 /// The active color and the deployment that made it active. With an
@@ -53,7 +89,7 @@ pub async fn current(
     let Some(file) = &config.active_file else {
         return Ok(latest.map(|d| (d.color, d)));
     };
-    let color = read_file(file)?;
+    let color = read_settled(file).await?;
     match latest {
         Some(d) if d.color == color => Ok(Some((color, d))),
         // `rollbackd deploy` recorded a cutover the file does not show yet
@@ -158,4 +194,68 @@ fn watch_file(file: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recom
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_racing_a_writer_is_retried_until_the_color_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("active-color");
+        // The writer truncated the file and has not written yet.
+        std::fs::write(&file, "").unwrap();
+        let writer = {
+            let file = file.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RACE_PAUSE / 2).await;
+                std::fs::write(&file, "green\n").unwrap();
+            })
+        };
+        assert!(matches!(read_file(&file), Err(ActiveError::Garbled { .. })));
+        assert_eq!(read_settled(&file).await.unwrap(), Color::Green);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_write_and_a_missing_file_are_retried_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("active-color");
+        std::fs::write(&file, "gr").unwrap();
+        let writer = {
+            let file = file.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RACE_PAUSE + RACE_PAUSE / 2).await;
+                std::fs::remove_file(&file).unwrap();
+                tokio::time::sleep(RACE_PAUSE).await;
+                std::fs::write(&file, "blue").unwrap();
+            })
+        };
+        // Garbled at 0, missing at 1 x PAUSE... the second retry (at 2 x
+        // PAUSE) still finds no file; the third read is never made.
+        let started = tokio::time::Instant::now();
+        let err = read_settled(&file).await.unwrap_err();
+        assert!(matches!(err, ActiveError::Read { .. }), "{err}");
+        assert_eq!(started.elapsed(), RACE_PAUSE * RACE_RETRIES);
+        writer.await.unwrap();
+        assert_eq!(read_settled(&file).await.unwrap(), Color::Blue);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_that_stays_wrong_is_an_error_after_the_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("active-color");
+        std::fs::write(&file, "purple\n").unwrap();
+        let started = tokio::time::Instant::now();
+        let err = read_settled(&file).await.unwrap_err();
+        assert!(err.to_string().contains("says \"purple\""), "{err}");
+        assert_eq!(started.elapsed(), RACE_PAUSE * RACE_RETRIES);
+        // A permission problem is not a race: no retry.
+        let missing_dir = dir.path().join("no-such-dir").join("file");
+        let started = tokio::time::Instant::now();
+        std::fs::write(dir.path().join("no-such-dir"), "a file, not a folder").unwrap();
+        assert!(read_settled(&missing_dir).await.is_err());
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+    }
 }

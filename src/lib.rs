@@ -28,6 +28,8 @@
 //!   ([`metrics`]) and `/status`, read-only.
 //! - [`bake`] sends a deployment's report once it has baked healthy.
 //! - [`report`] summarises a deployment's lifetime (post-deploy report).
+//! - [`chart`] draws error rate and latency per color as Mermaid charts
+//!   for the Markdown reports.
 //! - [`gate`] judges one color before a cutover with the daemon's own
 //!   scheduler and matrix.
 //! - [`demo`] rehearses a rollback end to end on one terminal; [`drill`]
@@ -36,6 +38,7 @@
 
 pub mod active;
 pub mod bake;
+pub mod chart;
 pub mod cli;
 pub mod config;
 pub mod daemon;

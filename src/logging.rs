@@ -37,6 +37,23 @@ pub fn stderr_is_journal() -> bool {
     dev.parse::<u64>().ok() == Some(meta.dev()) && ino.parse::<u64>().ok() == Some(meta.ino())
 }
 
+/// Install the global subscriber writing plain text (no color codes) to
+/// `file`: `rollbackd demo` keeps the daemon's log out of its narration.
+/// `RUST_LOG` refines the level (default `info`).
+pub fn init_file(file: std::fs::File) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Already initialised (tests calling twice): keep the first.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .with_target(false),
+        )
+        .try_init();
+}
+
 /// Install the global subscriber. `RUST_LOG` refines the level (default
 /// `info`). Returns the format in use.
 pub fn init(format: Format) -> Format {

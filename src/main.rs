@@ -6,11 +6,6 @@ use rollbackd::cli::{self, Cli};
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, cli::Command::Demo) && std::env::var_os("RUST_LOG").is_none() {
-        // The demo narrates; the daemon's own log shows warnings only.
-        // SAFETY: no other thread exists yet (the runtime starts below).
-        unsafe { std::env::set_var("RUST_LOG", "warn") };
-    }
     if !matches!(cli.command, cli::Command::Run) {
         // A command piped into `head` should end quietly when the pipe
         // closes, as other Unix tools do, not panic on a failed print. The
@@ -23,7 +18,10 @@ fn main() {
             )
         };
     }
-    rollbackd::logging::init(cli.log_format);
+    if !matches!(cli.command, cli::Command::Demo) {
+        // The demo narrates on stdout and logs to a file of its own.
+        rollbackd::logging::init(cli.log_format);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
