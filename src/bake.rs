@@ -62,7 +62,7 @@ pub async fn check(config: &Config, store: &Store, hub: &Hub) -> Result<Baked, R
             humantime::format_duration(config.rollback.bake)
         ),
     );
-    notice.detail = r.markdown();
+    notice.detail = r.markdown_for_notice();
     notice.color = Some(d.color);
     notice.version = Some(d.version.clone());
     hub.send(&config.notify, notice);

@@ -187,14 +187,28 @@ impl Timeline {
         let _ = write!(
             out,
             "{}",
-            self.chart("Error rate per color", "error rate (%)", 100.0, &labels, &colors, &rates)
+            self.chart(
+                "Error rate per color",
+                "error rate (%)",
+                100.0,
+                &labels,
+                &colors,
+                &rates
+            )
         );
         let latencies: Vec<Vec<f64>> = colors.iter().map(|c| self.latencies(*c)).collect();
         let top = latencies.iter().flatten().fold(0.0f64, |a, b| a.max(*b));
         let _ = write!(
             out,
             "{}",
-            self.chart("Latency per color", "latency (ms)", nice_top(top), &labels, &colors, &latencies)
+            self.chart(
+                "Latency per color",
+                "latency (ms)",
+                nice_top(top),
+                &labels,
+                &colors,
+                &latencies
+            )
         );
         let _ = writeln!(out, "{}\n", self.legend(&colors));
         out
@@ -454,7 +468,9 @@ fn parse_chart(block: &str) -> Result<ParsedChart, String> {
                 chart.labels.len()
             ));
         }
-        if v.iter().any(|x| !x.is_finite() || *x < 0.0 || *x > chart.top) {
+        if v.iter()
+            .any(|x| !x.is_finite() || *x < 0.0 || *x > chart.top)
+        {
             return Err(format!("a {kind} outside 0..{}", chart.top));
         }
     }
@@ -495,7 +511,12 @@ mod tests {
         for i in 0..30 {
             let at = start + i * 1000;
             // Blue breaks at 10 s and answers slowly; green stays healthy.
-            t.add(&sample(at, Some(Color::Blue), i < 10, if i < 10 { 5.0 } else { 250.0 }));
+            t.add(&sample(
+                at,
+                Some(Color::Blue),
+                i < 10,
+                if i < 10 { 5.0 } else { 250.0 },
+            ));
             t.add(&sample(at + 500, Some(Color::Green), true, 4.0));
             // A shared probe judges no color: not drawn.
             t.add(&sample(at, None, false, 9999.0));
@@ -526,7 +547,10 @@ mod tests {
         assert_eq!(latency.series[1].1[29], 250.0);
         assert_eq!(latency.series[2].1[0], 4.0);
         assert_eq!(latency.top, 500.0);
-        assert!(md.contains("the blue line is blue; the green line is green"), "{md}");
+        assert!(
+            md.contains("the blue line is blue; the green line is green"),
+            "{md}"
+        );
         assert!(md.contains("mark the fault at "), "{md}");
         assert!(!md.contains("9999"), "{md}");
     }

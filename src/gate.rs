@@ -74,6 +74,10 @@ pub struct GateResult {
     /// The shortest `--for` that judges every Critical/High rule (`None`:
     /// some can never be judged by a gate).
     pub judges_all_in: Option<Duration>,
+    /// Both colors' error rate and latency during the gate, with the gated
+    /// color's first failure (fault) and first Critical/High firing
+    /// (decision) marked, for the summary's charts.
+    pub timeline: crate::chart::Timeline,
 }
 
 impl GateResult {
@@ -163,6 +167,10 @@ impl GateResult {
                 "\nSome Critical/High rule can never be judged by a gate: see `rollbackd check`."
             ),
         };
+        let chart = self.timeline.markdown();
+        if !chart.is_empty() {
+            let _ = write!(out, "\n### Error rate and latency\n\n{chart}");
+        }
         if self.passed() {
             let _ = writeln!(
                 out,
@@ -256,6 +264,10 @@ pub async fn run(
         .any(|r| r.condition.signal == Signal::Degradation);
     let started = Instant::now();
     let deadline = started + duration;
+    let started_ms = now_ms();
+    let mut timeline =
+        crate::chart::Timeline::new(started_ms, started_ms + duration.as_millis() as i64);
+    let mut faulted = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -272,6 +284,14 @@ pub async fn run(
                 if wants_baselines && sample.color == Some(color.other()) {
                     simultaneous.note(&sample);
                 }
+                timeline.add(&sample);
+                if sample.color == Some(color)
+                    && !faulted
+                    && sample.counts().is_some_and(|(_, errors)| errors > 0.0)
+                {
+                    faulted = true;
+                    timeline.mark(sample.at_ms, crate::chart::MarkKind::Fault);
+                }
                 engine.observe(&sample);
             }
             _ = tick.tick() => {
@@ -281,6 +301,9 @@ pub async fn run(
                 let verdicts = engine.evaluate(now_ms(), color);
                 for v in verdicts.iter().filter(|v| v.state == State::Fired && v.severity >= Severity::High) {
                     if !fired.iter().any(|f| f.rule == v.rule) {
+                        if fired.is_empty() {
+                            timeline.mark(v.at_ms, crate::chart::MarkKind::Decision);
+                        }
                         fired.push(v.clone());
                     }
                 }
@@ -351,5 +374,6 @@ pub async fn run(
         fired,
         reasons,
         judges_all_in,
+        timeline,
     }
 }

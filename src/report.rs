@@ -1,9 +1,10 @@
 //! The post-deploy report: what a deployment's lifetime looked like, per
 //! color and probe (samples, error rate, latency avg/p95), which rules
 //! fired, and the active color's availability against the 99.9% target.
-//! Built from stored samples and verdicts; rendered as text, Markdown or
-//! JSON. The daemon sends it through the notifiers once a deployment has
-//! baked.
+//! Built from stored samples, verdicts and incidents; rendered as text,
+//! Markdown (with charts of error rate and latency per color) or JSON.
+//! The daemon sends it (without the charts) through the notifiers once a
+//! deployment has baked.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -62,6 +63,11 @@ pub struct Report {
     /// Health samples taken during a `rollbackd drill` (a fault injected on
     /// purpose): left out of availability.
     pub drill_samples: u64,
+    /// Error rate and latency per color over the period, with the faults,
+    /// decisions and switches of the period's incidents marked (Mermaid,
+    /// `chart::Timeline::markdown`); empty without samples. Markdown only.
+    #[serde(skip)]
+    pub chart: String,
 }
 
 impl ProbeRow {
@@ -142,7 +148,18 @@ impl Report {
         out
     }
 
+    /// The Markdown report with its charts (`rollbackd report --markdown`).
     pub fn markdown(&self) -> String {
+        let mut out = self.markdown_for_notice();
+        if !self.chart.is_empty() {
+            let _ = write!(out, "\n### Error rate and latency\n\n{}", self.chart);
+        }
+        out
+    }
+
+    /// The Markdown report without the charts: a chat notifier (Slack,
+    /// Discord) would show a chart's source, not a picture.
+    pub fn markdown_for_notice(&self) -> String {
         let mut out = String::new();
         let d = &self.deployment;
         let _ = writeln!(
@@ -289,6 +306,36 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
             }
         })
         .collect();
+    let mut timeline = crate::chart::Timeline::new(deployment.at_ms, until_ms);
+    for s in &samples {
+        timeline.add(s);
+    }
+    let mut incident_marks = 0;
+    for inc in store.incidents().await? {
+        if inc.opened_ms < deployment.at_ms || inc.opened_ms > until_ms {
+            continue;
+        }
+        for e in store.incident_events(inc.id).await? {
+            let kind = match e.state.as_str() {
+                "detected" => crate::chart::MarkKind::Fault,
+                "requested" => crate::chart::MarkKind::Decision,
+                "switched" => crate::chart::MarkKind::Switch,
+                _ => continue,
+            };
+            timeline.mark(e.at_ms, kind);
+            incident_marks += 1;
+        }
+    }
+    if incident_marks == 0 {
+        // No rollback: the first Critical/High rule that fired is the
+        // decision worth seeing (an alert, a held or refused rollback).
+        if let Some(v) = verdicts
+            .iter()
+            .find(|v| v.state == "fired" && v.severity >= Severity::High)
+        {
+            timeline.mark(v.at_ms, crate::chart::MarkKind::Decision);
+        }
+    }
     let fired = verdicts
         .into_iter()
         .filter(|v| v.state == "fired")
@@ -309,5 +356,6 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
         availability_pct: (seen > 0).then(|| up as f64 / seen as f64 * 100.0),
         target_pct: AVAILABILITY_TARGET,
         drill_samples,
+        chart: timeline.markdown(),
     })
 }

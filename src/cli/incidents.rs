@@ -68,7 +68,11 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         return Ok(());
     }
     if markdown {
-        print!("{}", markdown_report(&config.service, &inc, &events));
+        let chart = incident_chart(&store, &inc, &events).await?;
+        print!(
+            "{}",
+            markdown_report(&config.service, &inc, &events, &chart)
+        );
         return Ok(());
     }
     println!(
@@ -108,9 +112,66 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
     Ok(())
 }
 
-/// The post-mortem starter: summary, severity, timeline, evidence, a
-/// root-cause placeholder and the resolution.
-pub fn markdown_report(service: &str, inc: &Incident, events: &[IncidentEvent]) -> String {
+/// How much of the time around an incident its chart shows: before the
+/// fault (what normal looked like) and after it closed (that it held).
+const CHART_MARGIN_MS: Millis = 30_000;
+
+/// The incident's charts (`chart::Timeline::markdown`): both colors' error
+/// rate and latency from shortly before the fault until shortly after the
+/// end (or now), with the fault (`detected`), the decision (`requested`)
+/// and the switch (`switched`) marked. Starts at the first stored sample
+/// of that time, so a daemon started just before is not a flat line.
+pub async fn incident_chart(
+    store: &crate::store::Store,
+    inc: &Incident,
+    events: &[IncidentEvent],
+) -> Result<String, StoreError> {
+    let first = events
+        .iter()
+        .map(|e| e.at_ms)
+        .min()
+        .unwrap_or(inc.opened_ms)
+        .min(inc.opened_ms);
+    let now = crate::model::now_ms();
+    let last = events
+        .iter()
+        .map(|e| e.at_ms)
+        .max()
+        .unwrap_or(inc.opened_ms)
+        .max(inc.closed_ms.unwrap_or(now));
+    let (from, until) = (first - CHART_MARGIN_MS, (last + CHART_MARGIN_MS).min(now));
+    let samples = store.samples_between(from, until).await?;
+    let start = samples
+        .iter()
+        .map(|s| s.at_ms)
+        .min()
+        .unwrap_or(from)
+        .min(first);
+    let mut timeline = crate::chart::Timeline::new(start, until.max(last));
+    for s in &samples {
+        timeline.add(s);
+    }
+    for (state, kind) in [
+        ("detected", crate::chart::MarkKind::Fault),
+        ("requested", crate::chart::MarkKind::Decision),
+        ("switched", crate::chart::MarkKind::Switch),
+    ] {
+        if let Some(e) = events.iter().find(|e| e.state == state) {
+            timeline.mark(e.at_ms, kind);
+        }
+    }
+    Ok(timeline.markdown())
+}
+
+/// The post-mortem starter: summary, severity, timeline, the charts
+/// (`incident_chart`, empty for none), evidence, a root-cause placeholder
+/// and the resolution.
+pub fn markdown_report(
+    service: &str,
+    inc: &Incident,
+    events: &[IncidentEvent],
+    chart: &str,
+) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let kind = if inc.trigger_kind == "manual" {
@@ -165,6 +226,9 @@ pub fn markdown_report(service: &str, inc: &Incident, events: &[IncidentEvent]) 
             md(&e.message)
         );
     }
+    if !chart.is_empty() {
+        let _ = write!(out, "\n## Error rate and latency\n\n{chart}");
+    }
     let _ = writeln!(out, "\n## Evidence\n");
     let _ = writeln!(out, "{}\n", md(&evidence_line(&inc.evidence)));
     let pretty = serde_json::from_str::<Value>(&inc.evidence)
@@ -191,7 +255,7 @@ pub fn markdown_report(service: &str, inc: &Incident, events: &[IncidentEvent]) 
     out
 }
 
-fn summary_sentence(service: &str, inc: &Incident, events: &[IncidentEvent]) -> String {
+pub(crate) fn summary_sentence(service: &str, inc: &Incident, events: &[IncidentEvent]) -> String {
     let from = format!(
         "{} (`{}`)",
         color(inc.from_color),

@@ -3,6 +3,7 @@
 
 mod assets;
 mod bake;
+mod charts;
 mod common;
 mod decisions;
 mod demo;
