@@ -11,7 +11,7 @@
 //!   ("12s fault"), and the legend line gives their times.
 //!
 //! Bounded: at most [`MAX_POINTS`] points per series, each the average of
-//! the samples in its slice of the period (at least one second wide). A
+//! the samples in its slice of the period (at least 100 ms wide). A
 //! slice with no sample repeats the value before it (0 at the start): a
 //! line that drops to 0 would read as "healthy" or "instant".
 
@@ -22,7 +22,7 @@ use crate::model::{Color, Millis, Sample, format_ms};
 /// The most points a series has.
 pub const MAX_POINTS: usize = 60;
 /// The narrowest slice of time one point stands for.
-const MIN_SLICE_MS: Millis = 1000;
+const MIN_SLICE_MS: Millis = 100;
 
 const MARK_COLOR: &str = "#8c959f";
 const BLUE_COLOR: &str = "#0969da";
@@ -507,44 +507,44 @@ mod tests {
     #[test]
     fn both_colors_and_the_marks_are_drawn_and_named() {
         let start = 1_700_000_000_000;
-        let mut t = Timeline::new(start, start + 30_000);
-        for i in 0..30 {
+        let mut t = Timeline::new(start, start + 60_000);
+        for i in 0..60 {
             let at = start + i * 1000;
-            // Blue breaks at 10 s and answers slowly; green stays healthy.
+            // Blue breaks at 20 s and answers slowly; green stays healthy.
             t.add(&sample(
                 at,
                 Some(Color::Blue),
-                i < 10,
-                if i < 10 { 5.0 } else { 250.0 },
+                i < 20,
+                if i < 20 { 5.0 } else { 250.0 },
             ));
             t.add(&sample(at + 500, Some(Color::Green), true, 4.0));
             // A shared probe judges no color: not drawn.
             t.add(&sample(at, None, false, 9999.0));
         }
-        t.mark(start + 10_000, MarkKind::Fault);
-        t.mark(start + 12_300, MarkKind::Decision);
-        t.mark(start + 12_400, MarkKind::Switch);
+        t.mark(start + 20_000, MarkKind::Fault);
+        t.mark(start + 22_300, MarkKind::Decision);
+        t.mark(start + 22_400, MarkKind::Switch);
         t.mark(start + 99_000, MarkKind::Switch); // outside: left out
         let md = t.markdown();
         let charts = parse_charts(&md).unwrap();
         assert_eq!(charts.len(), 2, "{md}");
         let (errors, latency) = (&charts[0], &charts[1]);
         assert_eq!(errors.title, "Error rate per color");
-        assert_eq!(errors.labels.len(), 30);
-        assert_eq!(errors.labels[10], "10s fault");
-        assert_eq!(errors.labels[12], "12s decision+switch");
+        assert_eq!(errors.labels.len(), 60);
+        assert_eq!(errors.labels[20], "20s fault");
+        assert_eq!(errors.labels[22], "22s decision+switch");
         assert_eq!(errors.palette, [MARK_COLOR, BLUE_COLOR, GREEN_COLOR]);
         let kinds: Vec<&str> = errors.series.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(kinds, ["bar", "line", "line"]);
         let bars = &errors.series[0].1;
-        assert_eq!(bars[10], 100.0);
-        assert_eq!(bars[12], 100.0);
+        assert_eq!(bars[20], 100.0);
+        assert_eq!(bars[22], 100.0);
         assert_eq!(bars.iter().filter(|b| **b > 0.0).count(), 2);
         let (blue, green) = (&errors.series[1].1, &errors.series[2].1);
-        assert_eq!(blue[9], 0.0);
-        assert_eq!(blue[10], 100.0);
+        assert_eq!(blue[19], 0.0);
+        assert_eq!(blue[20], 100.0);
         assert!(green.iter().all(|v| *v == 0.0));
-        assert_eq!(latency.series[1].1[29], 250.0);
+        assert_eq!(latency.series[1].1[59], 250.0);
         assert_eq!(latency.series[2].1[0], 4.0);
         assert_eq!(latency.top, 500.0);
         assert!(
@@ -587,7 +587,7 @@ mod tests {
     #[test]
     fn short_periods_get_one_second_points_and_labels_read_well() {
         let t = Timeline::new(0, 4_200);
-        assert_eq!(t.slices.len(), 5);
+        assert_eq!(t.slices.len(), 42);
         assert_eq!(offset_label(1_500), "1.5s");
         assert_eq!(offset_label(125_000), "2m05s");
         assert_eq!(number(12.345), "12.3");

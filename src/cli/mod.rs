@@ -20,7 +20,8 @@ mod samples;
 mod status;
 
 pub use check::report as check_report;
-pub use incidents::show as print_incident;
+pub(crate) use incidents::summary_sentence as incident_summary;
+pub use incidents::{incident_chart, markdown_report as incident_markdown};
 
 use std::path::PathBuf;
 use std::time::Duration;
