@@ -5,6 +5,7 @@ mod assets;
 mod bake;
 mod charts;
 mod common;
+mod contrib;
 mod decisions;
 mod demo;
 mod drill;
