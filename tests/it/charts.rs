@@ -123,6 +123,6 @@ async fn gate_summary_charts_both_colors_and_marks_the_fault_and_the_decision() 
     assert_charts(&md, &["fault", "decision"]);
     let charts = parse_charts(&md).unwrap();
     // Green (the second line) failed throughout; blue answered.
-    assert!(charts[0].series[2].1.iter().any(|v| *v == 100.0), "{md}");
+    assert!(charts[0].series[2].1.contains(&100.0), "{md}");
     assert!(charts[0].series[1].1.iter().all(|v| *v == 0.0), "{md}");
 }
