@@ -148,11 +148,11 @@ pub async fn run() -> anyhow::Result<()> {
     let (control, control_rx) = tokio::sync::mpsc::channel(4);
     let mut daemon = None;
     let ended = tokio::select! {
-        result = rehearse(&narrator, dir.path(), control_rx, &mut daemon) => Some(result),
-        why = stop => {
+        result = rehearse(&narrator, dir.path(), control_rx, &mut daemon) => Ok(result),
+        (why, code) = stop => {
             println!();
             narrator.say(why);
-            None
+            Err(code)
         }
     };
     // Stop the daemon (bounded) before its folder goes: a database being
@@ -165,18 +165,20 @@ pub async fn run() -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("the daemon did not stop within 10s"),
         }
     }
-    let Some(result) = ended else {
-        let path = dir.path().display().to_string();
-        dir.close()
-            .with_context(|| format!("cannot remove the demo's folder {path}"))?;
-        narrator.say(format!(
-            "stopped the daemon and removed {path}; its log is in {}",
-            kept.log.display()
-        ));
-        // 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
-        // Nothing is left to clean up: the folder is gone, the log file
-        // is written unbuffered.
-        std::process::exit(130);
+    let result = match ended {
+        Ok(result) => result,
+        Err(code) => {
+            let path = dir.path().display().to_string();
+            dir.close()
+                .with_context(|| format!("cannot remove the demo's folder {path}"))?;
+            narrator.say(format!(
+                "stopped the daemon and removed {path}; its log is in {}",
+                kept.log.display()
+            ));
+            // Nothing is left to clean up: the folder is gone, the log
+            // file is written unbuffered.
+            std::process::exit(code);
+        }
     };
     let (config, incident_id) = result?;
 
@@ -312,10 +314,11 @@ async fn rehearse(
     Ok((config, incident_id))
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM, saying which. The handlers are
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, saying which, with the exit
+/// code a shell reports for a command the signal stopped (128 + signal). The handlers are
 /// installed at the call, not at the first poll, so a Ctrl-C that comes
 /// while the demo starts is caught too.
-fn interrupted() -> impl std::future::Future<Output = &'static str> {
+fn interrupted() -> impl std::future::Future<Output = (&'static str, i32)> {
     use tokio::signal::unix::{SignalKind, signal};
     let handlers = (
         signal(SignalKind::interrupt()),
@@ -327,8 +330,8 @@ fn interrupted() -> impl std::future::Future<Output = &'static str> {
             return std::future::pending().await;
         };
         tokio::select! {
-            _ = int.recv() => "interrupted (Ctrl-C): stopping",
-            _ = term.recv() => "terminated: stopping",
+            _ = int.recv() => ("interrupted (Ctrl-C): stopping", 130),
+            _ = term.recv() => ("terminated: stopping", 143),
         }
     }
 }

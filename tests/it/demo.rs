@@ -185,6 +185,20 @@ fn demo_runs_30_times_without_a_spurious_error() {
 /// the log, and exits 130.
 #[test]
 fn demo_cleans_up_on_ctrl_c() {
+    interrupt(
+        nix::sys::signal::Signal::SIGINT,
+        130,
+        "interrupted (Ctrl-C)",
+    );
+}
+
+/// SIGTERM (a closed terminal, a `timeout`) cleans up the same; exit 143.
+#[test]
+fn demo_cleans_up_on_sigterm() {
+    interrupt(nix::sys::signal::Signal::SIGTERM, 143, "terminated");
+}
+
+fn interrupt(signal: nix::sys::signal::Signal, code: i32, says: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(common::BIN)
         .arg("demo")
@@ -224,25 +238,24 @@ fn demo_cleans_up_on_ctrl_c() {
         .unwrap()
         .to_owned();
     assert!(Path::new(&dir).is_dir());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the demo did not stop on SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not stop on {signal}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     reader.join().unwrap();
     seen.extend(rx.try_iter());
     let text = seen.join("\n");
-    assert_eq!(status.code(), Some(130), "{text}");
+    assert_eq!(status.code(), Some(code), "{text}");
     assert!(!Path::new(&dir).exists(), "{dir} was left behind:\n{text}");
-    assert!(text.contains("interrupted (Ctrl-C)"), "{text}");
+    assert!(text.contains(says), "{text}");
     assert!(text.contains(&format!("removed {dir}")), "{text}");
     let log = PathBuf::from(format!("{dir}.log"));
     assert!(log.is_file(), "the log is kept: {text}");
