@@ -36,6 +36,9 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
     }
 }
 
+/// The largest configuration file read (a config is a few KiB).
+pub const CONFIG_CAP: u64 = 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read the configuration: {source}", path.display())]
@@ -890,11 +893,14 @@ fn toml_error(src: &Source, e: toml::de::Error) -> ConfigError {
 
 impl Config {
     /// Read, parse and validate: the one path used by `check`, `run` and reload.
+    /// Only a regular file of at most [`CONFIG_CAP`] bytes is read: a FIFO
+    /// or `/dev/zero` at the path is refused at once, naming what it is.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::hostfile::read_capped(path, CONFIG_CAP).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Config::parse(path, &text)
     }
 
@@ -2202,6 +2208,27 @@ command = ["/bin/true", "{to}"]
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/rollbackd/test.toml"), text)
+    }
+
+    #[test]
+    fn load_refuses_a_fifo_and_dev_zero_at_once_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("rollbackd.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = Config::load(&fifo).unwrap_err().to_string();
+        assert!(e.contains(&fifo.display().to_string()), "{e}");
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        let e = Config::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/zero") && e.contains("a character device"),
+            "{e}"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat(CONFIG_CAP as usize + 1)).unwrap();
+        let e = Config::load(&big).unwrap_err().to_string();
+        assert!(e.contains("big.toml") && e.contains("limit"), "{e}");
     }
 
     fn invalid(text: &str) -> (usize, String, String) {

@@ -235,7 +235,9 @@ impl Drop for RunGuard {
 /// [`kill_marked`] finds and reaps it) instead of to init.
 pub fn become_subreaper() {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::warn!("cannot become a child subreaper ({e}); escaped check children are still killed but reaped by init");
+        tracing::warn!(
+            "cannot become a child subreaper ({e}); escaped check children are still killed but reaped by init"
+        );
     }
 }
 
@@ -251,7 +253,11 @@ fn proc_table() -> Vec<(i32, i32, i32, bool)> {
     };
     let mut procs = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -515,7 +521,10 @@ mod tests {
     async fn a_dropped_run_leaves_no_setsid_child() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pid");
-        let script = format!("setsid sleep 300 & echo $! > {}; sleep 30", pidfile.display());
+        let script = format!(
+            "setsid sleep 300 & echo $! > {}; sleep 30",
+            pidfile.display()
+        );
         let args = argv(&["/bin/sh", "-c", &script]);
         let run_it = run(&args, &[], Duration::from_secs(60));
         // Drop the run mid-way, as a reload or shutdown does.

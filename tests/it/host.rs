@@ -1,0 +1,136 @@
+//! The host's own faults (issue 11): hostile files where a log or the
+//! configuration should be, the listener's descriptors, exec children that
+//! escape. The real binary against real FIFOs, `/dev/zero` and sockets.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rollbackd::model::{Color, now_ms};
+
+use crate::common::{self, Env};
+
+/// Run `rollbackd --config PATH check`, failing (not hanging) if it does
+/// not finish within 20 s.
+fn check_promptly(config: &Path) -> Output {
+    let mut child = Command::new(common::BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("check")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("check on {} did not return", config.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn check_refuses_a_fifo_dev_zero_or_huge_config_promptly_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let zero = dir.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let huge = dir.path().join("huge.toml");
+    std::fs::write(&huge, format!("# {}\n", "x".repeat(2 * 1024 * 1024))).unwrap();
+    for (path, says) in [
+        (&fifo, "is a FIFO, not a regular file"),
+        (&zero, "is a character device, not a regular file"),
+        (&huge, "larger than the 1024 KiB limit"),
+    ] {
+        let out = check_promptly(path);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{}: {err}", path.display());
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(says),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_probe_on_a_fifo_or_dev_zero_fails_its_samples_and_the_daemon_still_rolls_back() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    nix::unistd::mkfifo(&dir.path().join("blue.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("green.log")).unwrap();
+    let extra = format!(
+        r#"
+[[probe]]
+name = "errors"
+kind = "log"
+file = "{}/{{color}}.log"
+pattern = "ERROR"
+interval = "200ms"
+
+[[rule]]
+name = "health"
+severity = "critical"
+when = "health_failures >= 5"
+window = "1m"
+min_samples = 1
+"#,
+        dir.path().display()
+    );
+    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), &extra));
+    let switch_log = dir.path().join("switch.log");
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let daemon = env.daemon();
+    let store = env.store().await;
+    let started = now_ms();
+
+    common::wait_for(
+        "failed log samples naming the file type, and health samples",
+        Duration::from_secs(30),
+        || async {
+            let logs = store.samples(Some("errors"), None, started).await.unwrap();
+            let fifo = logs
+                .iter()
+                .any(|s| s.color == Some(Color::Blue) && !s.ok && s.detail.contains("is a FIFO"));
+            let zero = logs.iter().any(|s| {
+                s.color == Some(Color::Green) && !s.ok && s.detail.contains("a character device")
+            });
+            let health = store
+                .samples(Some("healthz"), Some(Color::Blue), started)
+                .await
+                .unwrap()
+                .len();
+            fifo && zero && health >= 5
+        },
+    )
+    .await;
+
+    blue.set(503);
+    common::wait_for(
+        "the rollback to be verified",
+        Duration::from_secs(30),
+        || async {
+            store
+                .incidents()
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|i| i.state == "verified")
+        },
+    )
+    .await;
+    let lines = common::read(&switch_log);
+    assert!(
+        lines.starts_with("blue green v1"),
+        "{lines}\n{}",
+        common::read(&daemon.log)
+    );
+    let exit = daemon.stop().await;
+    assert!(exit.success(), "SIGTERM is still obeyed, got {exit}");
+}
