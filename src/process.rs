@@ -241,6 +241,22 @@ pub fn become_subreaper() {
     }
 }
 
+/// Raise the soft descriptor limit to the hard one (systemd's default soft
+/// limit is 1024): the probes, webhooks and listener share it. Returns the
+/// soft limit now in force.
+pub fn raise_nofile_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!("cannot raise the descriptor limit from {soft} to {hard}: {e}");
+            return Some(soft);
+        }
+        tracing::debug!("descriptor limit raised from {soft} to {hard}");
+    }
+    Some(hard)
+}
+
 /// When the daemon stops: kill every process any of its runs left behind.
 pub fn kill_all_runs() -> usize {
     kill_marked(&format!("{}-", std::process::id()), None)

@@ -187,6 +187,38 @@ pub fn classify(e: &reqwest::Error) -> SampleStatus {
     }
 }
 
+/// Whether the request failed for want of the watchdog's own resources
+/// (out of descriptors: EMFILE, ENFILE; out of memory), not anything the
+/// service did.
+pub fn own_resource_error(e: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.raw_os_error(),
+                Some(
+                    libc_errno::EMFILE
+                        | libc_errno::ENFILE
+                        | libc_errno::ENOMEM
+                        | libc_errno::ENOBUFS
+                )
+            ) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The errno values of [`own_resource_error`].
+mod libc_errno {
+    pub const EMFILE: i32 = nix::errno::Errno::EMFILE as i32;
+    pub const ENFILE: i32 = nix::errno::Errno::ENFILE as i32;
+    pub const ENOMEM: i32 = nix::errno::Errno::ENOMEM as i32;
+    pub const ENOBUFS: i32 = nix::errno::Errno::ENOBUFS as i32;
+}
+
 /// reqwest's errors nest the useful cause (connection refused, reset) deep
 /// in the source chain; flatten it to one line.
 pub fn describe_error(e: &reqwest::Error) -> String {
@@ -197,6 +229,10 @@ pub fn describe_error(e: &reqwest::Error) -> String {
     } else {
         "request failed".to_owned()
     };
+    if own_resource_error(e) {
+        // Not the service's failure: the watchdog could not ask.
+        text = format!("rollbackd's own resource error, not the service's: {text}");
+    }
     let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(": ");

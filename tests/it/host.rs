@@ -134,3 +134,146 @@ min_samples = 1
     let exit = daemon.stop().await;
     assert!(exit.success(), "SIGTERM is still obeyed, got {exit}");
 }
+
+/// `rollbackd run` under a soft and hard descriptor limit of 1024 (systemd's
+/// default soft limit; `ulimit -n` sets both, so the daemon cannot raise it).
+struct LimitedDaemon {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl LimitedDaemon {
+    fn start(env: &Env) -> LimitedDaemon {
+        let log = env.path("daemon.log");
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
+            .arg(common::BIN)
+            .arg("--config")
+            .arg(&env.config)
+            .args(["--log-format", "text", "run"])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        LimitedDaemon { child, log }
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for LimitedDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleven_hundred_idle_clients_at_a_1024_limit_do_not_blind_the_probes() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rule = r#"
+[[rule]]
+name = "health"
+severity = "critical"
+when = "health_failures >= 5"
+window = "1m"
+min_samples = 1
+"#;
+    let text = common::fast_config(&blue, &green, dir.path(), rule)
+        .replace("listen = \"off\"", "listen = \"127.0.0.1:0\"");
+    let env = Env::new(&text);
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let daemon = LimitedDaemon::start(&env);
+    let marker = "HTTP listener on http://";
+    let log = daemon.log.clone();
+    common::wait_for("the HTTP listener", Duration::from_secs(30), || {
+        let log = log.clone();
+        async move { common::read(&log).contains(marker) }
+    })
+    .await;
+    let text = common::read(&daemon.log);
+    let at = text.find(marker).unwrap() + marker.len();
+    let addr: std::net::SocketAddr = text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+
+    // 1100 idle clients, all at once; each connect bounded in time.
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..1100 {
+        connects.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        });
+    }
+    let mut clients = Vec::new();
+    while let Some(c) = connects.join_next().await {
+        if let Some(c) = c.unwrap() {
+            clients.push(c);
+        }
+    }
+    assert!(
+        clients.len() > 1000,
+        "only {} clients connected",
+        clients.len()
+    );
+    let fds = daemon.open_fds();
+    assert!(fds < 512, "the listener holds {fds} descriptors");
+
+    // The probes still answer while the clients stay connected...
+    let store = env.store().await;
+    let since = now_ms();
+    common::wait_for(
+        "fresh ok health samples on both colors",
+        Duration::from_secs(30),
+        || async {
+            let s = store.samples(Some("healthz"), None, since).await.unwrap();
+            [Color::Blue, Color::Green]
+                .iter()
+                .all(|c| s.iter().filter(|x| x.color == Some(*c) && x.ok).count() >= 5)
+        },
+    )
+    .await;
+    let s = store.samples(Some("healthz"), None, since).await.unwrap();
+    assert!(
+        s.iter().all(|x| !x.detail.contains("Too many open files")),
+        "{s:?}"
+    );
+    // ...and a fault on the active color is rolled back.
+    blue.set(503);
+    common::wait_for(
+        "the rollback to be verified",
+        Duration::from_secs(30),
+        || async {
+            store
+                .incidents()
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|i| i.state == "verified")
+        },
+    )
+    .await;
+    let switched = common::read(&dir.path().join("switch.log"));
+    assert!(
+        switched.starts_with("blue green v1"),
+        "{switched}\n{}",
+        common::read(&daemon.log)
+    );
+    drop(clients);
+}
