@@ -277,3 +277,138 @@ min_samples = 1
     );
     drop(clients);
 }
+
+/// A config whose blue color is `blue_url`, with `probes` appended (no
+/// daemon: the probes are run directly).
+fn probe_config(dir: &Path, blue_url: &str, probes: &str) -> rollbackd::config::Config {
+    let text = format!(
+        r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+watch_config = false
+[service]
+name = "beluga"
+[colors.blue]
+base_url = "{blue_url}"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[actions]
+critical = "alert"
+high = "alert"
+[[rule]]
+severity = "low"
+when = "error_rate > 50%"
+window = "15m"
+min_samples = 1
+{probes}
+"#
+    );
+    let path = dir.join("rollbackd.toml");
+    std::fs::write(&path, &text).unwrap();
+    rollbackd::config::Config::parse(&path, &text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_never_carries_the_configured_headers() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::routing::get;
+    use std::sync::{Arc, Mutex};
+
+    // The other origin records every X-Api-Key it is sent.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let other = serve(
+        axum::Router::new()
+            .route(
+                "/landing",
+                get(
+                    |axum::extract::State(seen): axum::extract::State<Arc<Mutex<Vec<String>>>>,
+                     headers: HeaderMap| async move {
+                        if let Some(k) = headers.get("x-api-key") {
+                            seen.lock()
+                                .unwrap()
+                                .push(k.to_str().unwrap_or("?").to_owned());
+                        }
+                        "ok"
+                    },
+                ),
+            )
+            .with_state(seen.clone()),
+    )
+    .await;
+    let to_other = format!("{other}/landing");
+    let home = serve(
+        axum::Router::new()
+            .route(
+                "/away",
+                get(move || {
+                    let to = to_other.clone();
+                    async move { (StatusCode::FOUND, [(header::LOCATION, to)]) }
+                }),
+            )
+            .route(
+                "/here",
+                get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/checked")]) }),
+            )
+            .route(
+                "/checked",
+                get(|headers: HeaderMap| async move {
+                    if headers.get("x-api-key").is_some() {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::UNAUTHORIZED, "no key")
+                    }
+                }),
+            ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "s3cret-key\n").unwrap();
+    let c = probe_config(
+        dir.path(),
+        &home,
+        &format!(
+            r#"
+[[probe]]
+name = "away"
+kind = "http"
+path = "/away"
+follow_redirects = true
+headers = {{ X-Api-Key = "file:{key}" }}
+
+[[probe]]
+name = "here"
+kind = "http"
+path = "/here"
+follow_redirects = true
+headers = {{ X-Api-Key = "file:{key}" }}
+"#,
+            key = key.display()
+        ),
+    );
+    let prober = rollbackd::probe::Prober::new();
+    let away = prober
+        .run(&c, c.probe("away").unwrap(), Some(Color::Blue))
+        .await;
+    assert!(away.is_ok(), "the redirect is followed: {away:?}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the key reached another origin: {:?}",
+        seen.lock().unwrap()
+    );
+    let here = prober
+        .run(&c, c.probe("here").unwrap(), Some(Color::Blue))
+        .await;
+    assert!(
+        here.is_ok(),
+        "a same-origin redirect keeps the headers: {here:?}"
+    );
+}
