@@ -412,3 +412,59 @@ headers = {{ X-Api-Key = "file:{key}" }}
         "a same-origin redirect keeps the headers: {here:?}"
     );
 }
+
+#[tokio::test]
+async fn metrics_pages_over_the_series_cap_or_with_nan_counters_are_failed_samples() {
+    use axum::routing::get;
+    use rollbackd::model::SampleStatus;
+    use rollbackd::probe::prometheus::SERIES_CAP;
+
+    let many: String = (0..SERIES_CAP + 1)
+        .map(|i| format!("x{{i=\"{i}\"}} 1\n"))
+        .collect::<String>()
+        + "http_requests_total 10\n";
+    let home = serve(
+        axum::Router::new()
+            .route(
+                "/many",
+                get(move || {
+                    let m = many.clone();
+                    async move { m }
+                }),
+            )
+            .route(
+                "/nan",
+                get(|| async {
+                    "http_requests_total{code=\"200\"} 10\nhttp_requests_total{code=\"500\"} NaN\n"
+                }),
+            )
+            .route(
+                "/inf",
+                get(|| async { "http_requests_total{code=\"200\"} +Inf\n" }),
+            ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut probes = String::new();
+    for name in ["many", "nan", "inf"] {
+        probes.push_str(&format!(
+            "[[probe]]\nname = \"{name}\"\nkind = \"prometheus\"\npath = \"/{name}\"\nrequests = \"http_requests_total\"\nerrors = 'http_requests_total{{code=~\"5..\"}}'\n\n"
+        ));
+    }
+    let c = probe_config(dir.path(), &home, &probes);
+    let prober = rollbackd::probe::Prober::new();
+    for (name, says) in [
+        ("many", format!("over the cap of {SERIES_CAP}")),
+        ("nan", "is NaN, not a finite number".to_owned()),
+        ("inf", "is inf, not a finite number".to_owned()),
+    ] {
+        // Twice: the second scrape is the one that would yield a delta.
+        for _ in 0..2 {
+            let o = prober
+                .run(&c, c.probe(name).unwrap(), Some(Color::Blue))
+                .await;
+            assert_eq!(o.status, SampleStatus::Failed, "{name}: {o:?}");
+            assert!(o.detail.contains(&says), "{name}: {o:?}");
+        }
+    }
+}
