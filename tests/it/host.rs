@@ -468,3 +468,88 @@ async fn metrics_pages_over_the_series_cap_or_with_nan_counters_are_failed_sampl
         }
     }
 }
+
+/// Whether `/proc/PID` exists at all (a zombie counts: only its parent's
+/// wait removes it).
+fn exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_checks_setsid_children_are_killed_and_reaped_by_the_daemon_and_gone_when_it_stops() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let inflight = dir.path().join("inflight");
+    let extra = format!(
+        r#"
+[[probe]]
+name = "escaper"
+kind = "exec"
+command = ["/bin/sh", "-c", "setsid sleep 300 & echo $! >> {pids}; exit 0", "{{color}}"]
+interval = "500ms"
+timeout = "500ms"
+
+[[probe]]
+name = "stopped-mid-run"
+kind = "exec"
+command = ["/bin/sh", "-c", "setsid sleep 300 & echo $! >> {inflight}; sleep 60", "{{color}}"]
+interval = "2m"
+timeout = "2m"
+"#,
+        pids = pids.display(),
+        inflight = inflight.display()
+    );
+    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), &extra));
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    let daemon = env.daemon();
+    let store = env.store().await;
+    let since = now_ms();
+    common::wait_for(
+        "ok samples of the escaping check",
+        Duration::from_secs(30),
+        || async {
+            let s = store.samples(Some("escaper"), None, since).await.unwrap();
+            s.iter().filter(|x| x.ok).count() >= 4 && inflight.exists()
+        },
+    )
+    .await;
+    let samples = store.samples(Some("escaper"), None, since).await.unwrap();
+    assert!(
+        samples.iter().all(|s| s.ok),
+        "exit 0 is ok, never a timeout: {samples:?}"
+    );
+    // Every setsid child of a finished check is gone: killed, and reaped
+    // by the daemon (their subreaper), not left a zombie.
+    let started: Vec<i32> = common::read(&pids)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let finished = &started[..started.len() - 1];
+    assert!(finished.len() >= 3, "{started:?}");
+    common::wait_for(
+        "the finished checks' setsid children to be gone",
+        Duration::from_secs(10),
+        || async { finished.iter().all(|p| !exists(*p)) },
+    )
+    .await;
+    // A check in flight when the daemon stops takes its setsid child along.
+    let running: Vec<i32> = common::read(&inflight)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(!running.is_empty());
+    let exit = daemon.stop().await;
+    assert!(exit.success(), "{exit}");
+    common::wait_for(
+        "the in-flight check's setsid child to be gone",
+        Duration::from_secs(10),
+        || async {
+            running
+                .iter()
+                .all(|p| !exists(*p) || !rollbackd::process::group_alive(*p as u32))
+        },
+    )
+    .await;
+}
