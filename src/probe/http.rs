@@ -231,8 +231,8 @@ pub fn classify(e: &reqwest::Error) -> SampleStatus {
 /// Whether the request failed for want of the watchdog's own resources
 /// (out of descriptors: EMFILE, ENFILE; out of memory), not anything the
 /// service did.
-pub fn own_resource_error(e: &reqwest::Error) -> bool {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
+pub fn own_resource_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if matches!(
@@ -281,4 +281,42 @@ pub fn describe_error(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error chain like reqwest's: a connect error caused by an io error.
+    #[derive(Debug)]
+    struct Connect(std::io::Error);
+    impl std::fmt::Display for Connect {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connect failed")
+        }
+    }
+    impl std::error::Error for Connect {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn out_of_descriptors_is_the_watchdogs_own_error_and_a_refusal_is_not() {
+        let emfile = Connect(std::io::Error::from_raw_os_error(
+            nix::errno::Errno::EMFILE as i32,
+        ));
+        assert!(own_resource_error(&emfile));
+        let refused = Connect(std::io::Error::from_raw_os_error(
+            nix::errno::Errno::ECONNREFUSED as i32,
+        ));
+        assert!(!own_resource_error(&refused));
+        assert_eq!(
+            super::super::io_status(&std::io::Error::from_raw_os_error(
+                nix::errno::Errno::EMFILE as i32
+            )),
+            SampleStatus::Unreachable,
+            "nobody was asked: not a failure of the service"
+        );
+    }
 }
