@@ -36,6 +36,13 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
     }
 }
 
+/// The shortest `[daemon] retention` accepted: rules' windows (up to 15m
+/// by default) and reports read samples that recent.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
+/// The largest configuration file read (a config is a few KiB).
+pub const CONFIG_CAP: u64 = 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read the configuration: {source}", path.display())]
@@ -883,6 +890,24 @@ fn toml_error(src: &Source, e: toml::de::Error) -> ConfigError {
     if let (Some(field), ConfigError::Invalid { key, .. }) = (missing, &mut err) {
         if span.start == 0 {
             *key = field.to_owned();
+        } else {
+            // Name the key that is missing, in the table that lacks it. The
+            // span may be one segment of a dotted header (`colors` in
+            // `[colors.blue]` when `[colors.green]` is missing): the table
+            // is the header up to that segment, not the whole header.
+            let at = src.text.get(span.clone()).unwrap_or("");
+            let line_start = src.text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+            let before = &src.text[line_start..span.start];
+            let table = if !at.is_empty()
+                && !at.contains(['[', '\n', '='])
+                && before.trim_start().starts_with('[')
+            {
+                let header = &src.text[line_start..span.end];
+                header.trim().trim_start_matches('[').trim().to_owned()
+            } else {
+                key.clone()
+            };
+            *key = format!("{table}.{field}");
         }
     }
     err
@@ -890,11 +915,14 @@ fn toml_error(src: &Source, e: toml::de::Error) -> ConfigError {
 
 impl Config {
     /// Read, parse and validate: the one path used by `check`, `run` and reload.
+    /// Only a regular file of at most [`CONFIG_CAP`] bytes is read: a FIFO
+    /// or `/dev/zero` at the path is refused at once, naming what it is.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::hostfile::read_capped(path, CONFIG_CAP).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Config::parse(path, &text)
     }
 
@@ -905,6 +933,20 @@ impl Config {
         let relative_to_config = |p: PathBuf| if p.is_relative() { base_dir.join(p) } else { p };
         let mut warnings = Vec::new();
 
+        if let Some(r) = &raw.daemon.retention {
+            if r.0 < MIN_RETENTION {
+                let table = header_span(src.text, "daemon").unwrap_or(0..0);
+                return Err(src.key_error(
+                    &table,
+                    "retention",
+                    format!(
+                        "{} is too short: samples younger than that would be deleted while \
+                         rules still read them; the minimum is 1h",
+                        humantime::format_duration(r.0)
+                    ),
+                ));
+            }
+        }
         let daemon = Daemon {
             state_dir: relative_to_config(
                 raw.daemon
@@ -2204,6 +2246,27 @@ command = ["/bin/true", "{to}"]
         Config::parse(Path::new("/etc/rollbackd/test.toml"), text)
     }
 
+    #[test]
+    fn load_refuses_a_fifo_and_dev_zero_at_once_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("rollbackd.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = Config::load(&fifo).unwrap_err().to_string();
+        assert!(e.contains(&fifo.display().to_string()), "{e}");
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        let e = Config::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/zero") && e.contains("a character device"),
+            "{e}"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat(CONFIG_CAP as usize + 1)).unwrap();
+        let e = Config::load(&big).unwrap_err().to_string();
+        assert!(e.contains("big.toml") && e.contains("limit"), "{e}");
+    }
+
     fn invalid(text: &str) -> (usize, String, String) {
         match parse(text) {
             Err(ConfigError::Invalid {
@@ -2342,8 +2405,38 @@ command = ["/bin/true", "{to}"]
     fn missing_color_is_rejected() {
         let text = GOOD.replace("[colors.green]\nbase_url = \"http://127.0.0.1:8082\"\n", "");
         let (_, key, message) = invalid(&text);
-        assert!(key.starts_with("colors"), "{key}");
+        assert_eq!(
+            key, "colors.green",
+            "the missing key is named, not its sibling"
+        );
         assert!(message.contains("missing field `green`"), "{message}");
+        let text = GOOD.replace("[colors.blue]\nbase_url = \"http://127.0.0.1:8081\"\n", "");
+        let (_, key, _) = invalid(&text);
+        assert_eq!(key, "colors.blue");
+    }
+
+    #[test]
+    fn retention_under_an_hour_is_refused_naming_the_key() {
+        let text = GOOD.replace(
+            "state_dir = \"state\"\n",
+            "state_dir = \"state\"\nretention = \"0s\"\n",
+        );
+        let (line, key, message) = invalid(&text);
+        assert_eq!(key, "daemon.retention");
+        assert_eq!(line, line_of(&text, "retention"));
+        assert!(message.contains("minimum is 1h"), "{message}");
+        let ok = GOOD.replace(
+            "state_dir = \"state\"\n",
+            "state_dir = \"state\"\nretention = \"1h\"\n",
+        );
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_missing_key_in_a_table_is_named_with_its_table() {
+        let text = GOOD.replace("name = \"healthz\"\n", "");
+        let (_, key, message) = invalid(&text);
+        assert_eq!(key, "probe[1].name", "{message}");
     }
 
     #[test]

@@ -9,10 +9,19 @@
 //! ([`Snapshot`] through a `watch` channel) and what the sample writer
 //! reports ([`Health`]); it never touches the database beyond the file's
 //! size, and it never sees a secret.
+//!
+//! The listener cannot starve the probes of descriptors: at most
+//! [`MAX_CONNECTIONS`] are served at once (more are closed as they are
+//! accepted), and a connection that sends nothing for [`IDLE_TIMEOUT`], or
+//! is still sending after [`READ_DEADLINE`] (a slowloris trickling its
+//! headers), is closed. The rest of the descriptor limit is the probes'.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -21,7 +30,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
-use tokio::sync::{oneshot, watch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::matrix::{self, Verdict};
 use crate::metrics::{self, Metrics};
@@ -159,6 +169,7 @@ impl Server {
                             return;
                         }
                     };
+                    let listener = Capped::new(listener, Limits::default());
                     let serve =
                         axum::serve(listener, router(state)).with_graceful_shutdown(async move {
                             let _ = stopped.await;
@@ -318,4 +329,287 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
             "file_problem": state.store.file_problem(),
         },
     }))
+}
+
+// ---------------------------------------------------------------------------
+// The listener's limits.
+
+/// Connections served at once; one more is closed as soon as it is
+/// accepted. Small next to any descriptor limit (1024 at the least): the
+/// rest is reserved for the probes.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection that sends nothing (and is sent nothing) for this long is
+/// closed: an idle keep-alive, or a client that stopped mid-request.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reading from a connection stops this long after it opened: a slowloris
+/// sending a header byte every few seconds is closed; a keep-alive client
+/// (Prometheus) simply reconnects.
+pub const READ_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The listener's limits: [`MAX_CONNECTIONS`], [`IDLE_TIMEOUT`] and
+/// [`READ_DEADLINE`] by default (tests shrink them).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_connections: usize,
+    idle: Duration,
+    read_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            idle: IDLE_TIMEOUT,
+            read_deadline: READ_DEADLINE,
+        }
+    }
+}
+
+/// The TCP listener with a connection cap.
+struct Capped {
+    inner: tokio::net::TcpListener,
+    permits: Arc<Semaphore>,
+    limits: Limits,
+    refused: u64,
+}
+
+impl Capped {
+    fn new(inner: tokio::net::TcpListener, limits: Limits) -> Capped {
+        Capped {
+            inner,
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            refused: 0,
+        }
+    }
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = Guarded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Guarded, SocketAddr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => match self.permits.clone().try_acquire_owned() {
+                    Ok(permit) => return (Guarded::new(stream, permit, self.limits), addr),
+                    Err(_) => {
+                        // Over the cap: closed at once, its descriptor freed.
+                        drop(stream);
+                        self.refused += 1;
+                        if self.refused.is_power_of_two() {
+                            tracing::warn!(
+                                "HTTP listener: {} connections refused over the cap of {}",
+                                self.refused,
+                                self.limits.max_connections
+                            );
+                        }
+                    }
+                },
+                Err(e) => {
+                    use std::io::ErrorKind::*;
+                    if matches!(
+                        e.kind(),
+                        ConnectionRefused | ConnectionAborted | ConnectionReset
+                    ) {
+                        continue;
+                    }
+                    // Out of descriptors (EMFILE) or memory: the connection
+                    // waits in the backlog; try again shortly.
+                    tracing::warn!("HTTP listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// One accepted connection: its place under the cap, and the two timers
+/// that close it.
+struct Guarded {
+    stream: tokio::net::TcpStream,
+    _permit: OwnedSemaphorePermit,
+    idle_for: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Guarded {
+    fn new(stream: tokio::net::TcpStream, permit: OwnedSemaphorePermit, limits: Limits) -> Guarded {
+        Guarded {
+            stream,
+            _permit: permit,
+            idle_for: limits.idle,
+            idle: Box::pin(tokio::time::sleep(limits.idle)),
+            deadline: Box::pin(tokio::time::sleep(limits.read_deadline)),
+        }
+    }
+
+    fn active(&mut self) {
+        let at = tokio::time::Instant::now() + self.idle_for;
+        self.idle.as_mut().reset(at);
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.deadline.is_elapsed() {
+            // End of input: hyper closes the connection.
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let idle = self.idle.as_mut().poll(cx).is_ready();
+                let late = self.deadline.as_mut().poll(cx).is_ready();
+                if idle || late {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.stream).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.active();
+            }
+        } else if r.is_pending() && self.idle.as_mut().poll(cx).is_ready() {
+            // A client that stopped reading its answer.
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A listener with small limits serving `/` -> "ok".
+    async fn serve(limits: Limits) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(Capped::new(listener, limits), app).await });
+        addr
+    }
+
+    /// Whether the server closes `c` (EOF or reset) within `limit`.
+    async fn closed_within(c: &mut TcpStream, limit: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn get_ok(addr: SocketAddr) -> bool {
+        let Ok(mut c) = TcpStream::connect(addr).await else {
+            return false;
+        };
+        let req = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        if c.write_all(req).await.is_err() {
+            return false;
+        }
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_at_once_and_idle_ones_after_the_timeout() {
+        let limits = Limits {
+            max_connections: 4,
+            idle: Duration::from_millis(500),
+            read_deadline: Duration::from_secs(60),
+        };
+        let addr = serve(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // The cap is full: the next one is closed long before any timeout.
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut extra, Duration::from_millis(400)).await);
+        // The idle ones are closed by the server, then a request is served.
+        for c in &mut held {
+            assert!(closed_within(c, Duration::from_secs(10)).await, "idle kept");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !get_ok(addr).await {
+            assert!(
+                Instant::now() < deadline,
+                "no request served after the idle ones closed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slowloris_trickling_its_headers_is_closed_at_the_read_deadline() {
+        let limits = Limits {
+            max_connections: 4,
+            idle: Duration::from_millis(500),
+            read_deadline: Duration::from_secs(2),
+        };
+        let addr = serve(limits).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let header = b"GET / HTTP/1.1\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        // One byte every 100 ms never lets the idle timer fire.
+        for byte in header.iter().cycle().take(200) {
+            if c.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 16];
+            match tokio::time::timeout(Duration::from_millis(100), c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                _ => {}
+            }
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+            "closed after {took:?}"
+        );
+    }
 }

@@ -46,6 +46,7 @@ pub mod demo;
 pub mod drill;
 pub mod entry;
 pub mod gate;
+pub mod hostfile;
 pub mod http;
 pub mod logging;
 pub mod matrix;

@@ -2,17 +2,37 @@
 //! output captured up to a cap, and the whole group killed on timeout so a
 //! child that ignores SIGTERM or forks helpers cannot outlive its budget.
 //! Used by exec probes and by the rollback commands.
+//!
+//! The verdict is the exit status: output is read until the command exits
+//! plus [`OUTPUT_GRACE`], then dropped, so a background child holding the
+//! pipe open (`sleep 300 & exit 0`) cannot turn an exit 0 into a timeout.
+//! When a run ends (or its future is dropped) every descendant goes: the
+//! process group, and every process carrying the run's `ROLLBACKD_RUN`
+//! environment mark (which `setsid` does not shed) with its own
+//! descendants. The daemon is a child subreaper ([`become_subreaper`]), so
+//! such orphans are re-parented to it and reaped here, and
+//! [`kill_all_runs`] takes whatever is left when it stops.
 
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 /// How much of stdout + stderr is kept.
 pub const OUTPUT_CAP: usize = 4096;
+/// How long output is still read after the command exited.
+pub const OUTPUT_GRACE: Duration = Duration::from_millis(100);
+/// The environment variable that marks every process of one run.
+const MARK: &str = "ROLLBACKD_RUN";
+
+static NEXT_RUN: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
@@ -77,9 +97,15 @@ pub async fn run_reporting(
             elapsed: Duration::ZERO,
         };
     };
+    let mark = format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT_RUN.fetch_add(1, Ordering::Relaxed)
+    );
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env(MARK, &mark)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -101,66 +127,250 @@ pub async fn run_reporting(
     }
     // If this future is dropped mid-run (a probe stopped by a reload or
     // shutdown), `kill_on_drop` would kill only the child: the guard takes
-    // the whole group with it.
-    let _group = GroupGuard(pgid);
+    // the whole group and every marked descendant with it.
+    let mut guard = RunGuard {
+        pgid,
+        root: child.id(),
+        mark: Some(mark),
+    };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    let (out_buf, err_buf) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
     let collect = async {
-        let (a, b) = tokio::join!(read_capped(stdout), read_capped(stderr));
-        let mut out = a;
-        if !b.is_empty() {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(&b);
-        }
-        truncate(&mut out, OUTPUT_CAP);
-        out
+        tokio::join!(read_capped(stdout, &out_buf), read_capped(stderr, &err_buf));
     };
     tokio::pin!(collect);
-    let work = async { tokio::join!(child.wait(), &mut collect) };
-    match tokio::time::timeout(timeout, work).await {
-        Ok((status, output)) => {
-            let exit = match status {
-                Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                    (Some(c), _) => Exit::Code(c),
-                    (None, Some(sig)) => Exit::Signal(sig),
-                    (None, None) => Exit::Code(-1),
-                },
-                Err(e) => Exit::SpawnFailed(e.to_string()),
-            };
-            kill_group(pgid);
-            Finished {
-                exit,
-                output,
-                elapsed: started.elapsed(),
+    let mut collected = false;
+    let work = async {
+        let status = loop {
+            tokio::select! {
+                _ = &mut collect, if !collected => collected = true,
+                s = child.wait() => break s,
             }
+        };
+        // Exited: what is still in the pipes gets a short grace, no more
+        // (a background child may hold them open for ever).
+        if !collected {
+            let _ = tokio::time::timeout(OUTPUT_GRACE, &mut collect).await;
         }
+        status
+    };
+    let result = tokio::time::timeout(timeout, work).await;
+    let elapsed = started.elapsed();
+    let exit = match result {
+        Ok(status) => match status {
+            Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(sig)) => Exit::Signal(sig),
+                (None, None) => Exit::Code(-1),
+            },
+            Err(e) => Exit::SpawnFailed(e.to_string()),
+        },
         Err(_) => {
             kill_group(pgid);
-            let elapsed = started.elapsed();
             // Reap it so no zombie is left; SIGKILL cannot be ignored.
             let _ = child.wait().await;
             // With the group dead its pipes close: what it printed before
             // the timeout is kept (bounded, in case something escaped the
             // group and holds a pipe open).
-            let output = tokio::time::timeout(Duration::from_millis(500), &mut collect)
-                .await
-                .unwrap_or_default();
-            Finished {
-                exit: Exit::TimedOut,
-                output,
-                elapsed,
+            let _ = tokio::time::timeout(OUTPUT_GRACE, &mut collect).await;
+            Exit::TimedOut
+        }
+    };
+    guard.finish().await;
+    let mut output = take_buf(&out_buf);
+    let err = take_buf(&err_buf);
+    if !err.is_empty() {
+        if !output.is_empty() {
+            output.push('\n');
+        }
+        output.push_str(&err);
+    }
+    truncate(&mut output, OUTPUT_CAP);
+    Finished {
+        exit,
+        output,
+        elapsed,
+    }
+}
+
+fn take_buf(buf: &Mutex<Vec<u8>>) -> String {
+    let kept = std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
+    String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// Kills a run's group and marked descendants when the run ends or its
+/// future is dropped.
+struct RunGuard {
+    pgid: Option<Pid>,
+    root: Option<u32>,
+    mark: Option<String>,
+}
+
+impl RunGuard {
+    /// The run is over: kill what is left of it, off the async workers
+    /// (it reads /proc).
+    async fn finish(&mut self) {
+        kill_group(self.pgid);
+        if let Some(mark) = self.mark.take() {
+            let root = self.root;
+            let _ = tokio::task::spawn_blocking(move || kill_marked(&mark, root)).await;
+        }
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        kill_group(self.pgid);
+        if let Some(mark) = self.mark.take() {
+            // Dropped mid-run: no await here. Reading /proc never blocks on
+            // another process, so this is short.
+            kill_marked(&mark, self.root);
+        }
+    }
+}
+
+/// Make this process the reaper of its orphaned descendants, so a check's
+/// `setsid` child that outlives its parent is re-parented here (where
+/// [`kill_marked`] finds and reaps it) instead of to init.
+pub fn become_subreaper() {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(
+            "cannot become a child subreaper ({e}); escaped check children are still killed but reaped by init"
+        );
+    }
+}
+
+/// Raise the soft descriptor limit to the hard one (systemd's default soft
+/// limit is 1024): the probes, webhooks and listener share it. Returns the
+/// soft limit now in force.
+pub fn raise_nofile_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!("cannot raise the descriptor limit from {soft} to {hard}: {e}");
+            return Some(soft);
+        }
+        tracing::debug!("descriptor limit raised from {soft} to {hard}");
+    }
+    Some(hard)
+}
+
+/// When the daemon stops: kill every process any of its runs left behind.
+pub fn kill_all_runs() -> usize {
+    kill_marked(&format!("{}-", std::process::id()), None)
+}
+
+/// One line of `/proc/PID/stat`: (pid, ppid, session, zombie).
+fn proc_table() -> Vec<(i32, i32, i32, bool)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut procs = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        let (Ok(ppid), Ok(session)) = (f[1].parse(), f[3].parse()) else {
+            continue;
+        };
+        procs.push((pid, ppid, session, f[0] == "Z"));
+    }
+    procs
+}
+
+/// SIGKILL every process whose environment carries `ROLLBACKD_RUN=<mark>`
+/// (a prefix when `mark` ends in `-`), and their descendants; reap those
+/// re-parented to this process (never `root`, the child tokio waits for).
+/// Returns how many were killed.
+fn kill_marked(mark: &str, root: Option<u32>) -> usize {
+    let me = std::process::id() as i32;
+    let needle = if mark.ends_with('-') {
+        format!("{MARK}={mark}").into_bytes()
+    } else {
+        format!("{MARK}={mark}\0").into_bytes()
+    };
+    let procs = proc_table();
+    let mut doomed: HashSet<i32> = HashSet::new();
+    for &(pid, _, _, zombie) in &procs {
+        if pid == me || zombie {
+            continue;
+        }
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if env.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                doomed.insert(pid);
+            }
+        }
+    }
+    // Their descendants too, even those that cleared their environment.
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for &(pid, ppid, _, _) in &procs {
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut stack: Vec<i32> = doomed.iter().copied().collect();
+    while let Some(pid) = stack.pop() {
+        for &c in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
+            if c != me && doomed.insert(c) {
+                stack.push(c);
+            }
+        }
+    }
+    for &pid in &doomed {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let root = root.map(|r| r as i32);
+    let ours: Vec<i32> = procs
+        .iter()
+        .filter(|(pid, ppid, _, _)| *ppid == me && doomed.contains(pid) && Some(*pid) != root)
+        .map(|p| p.0)
+        .collect();
+    reap(&ours);
+    reap_orphans(&procs);
+    doomed.len()
+}
+
+/// Wait for killed children of ours (bounded: SIGKILL takes milliseconds).
+fn reap(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for &pid in pids {
+        loop {
+            match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => break,
             }
         }
     }
 }
 
-struct GroupGuard(Option<Pid>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        kill_group(self.0);
+/// Orphans re-parented to us that died on their own: zombies whose session
+/// is not ours (they called `setsid`; nothing this process spawns itself
+/// does, so none is a child tokio waits for).
+fn reap_orphans(procs: &[(i32, i32, i32, bool)]) {
+    let me = std::process::id() as i32;
+    let Some(my_session) = procs.iter().find(|p| p.0 == me).map(|p| p.2) else {
+        return;
+    };
+    for &(pid, ppid, session, zombie) in procs {
+        if zombie && ppid == me && session != my_session {
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        }
     }
 }
 
@@ -183,11 +393,10 @@ fn kill_group(pgid: Option<Pid>) {
     }
 }
 
-async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>) -> String {
+async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>, kept: &Mutex<Vec<u8>>) {
     let Some(mut reader) = reader else {
-        return String::new();
+        return;
     };
-    let mut kept = Vec::new();
     let mut buf = [0u8; 4096];
     // Keep reading past the cap (and discard) so the child never blocks on a
     // full pipe.
@@ -195,12 +404,12 @@ async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>) -> String {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
                 let room = OUTPUT_CAP.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
             }
         }
     }
-    String::from_utf8_lossy(&kept).into_owned()
 }
 
 fn truncate(s: &mut String, max: usize) {
@@ -256,6 +465,91 @@ mod tests {
         assert!(f.elapsed < Duration::from_secs(2), "took {:?}", f.elapsed);
         tokio::time::sleep(Duration::from_millis(2500)).await; // proving an absence needs the time to pass
         assert!(!marker.exists(), "grandchild outlived the timeout");
+    }
+
+    /// Alive and not a zombie (an orphan killed under a non-reaping init
+    /// lingers as one).
+    fn running(pid: &str) -> bool {
+        group_alive(pid.trim().parse().unwrap())
+    }
+
+    fn gone_within(pid: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while running(pid) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn exit_0_with_a_background_child_holding_stdout_is_ok_promptly() {
+        let f = run(
+            &argv(&["/bin/sh", "-c", "sleep 300 & echo $!; exit 0"]),
+            &[],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(f.exit, Exit::Code(0), "{f:?}");
+        assert!(f.elapsed < Duration::from_secs(2), "took {:?}", f.elapsed);
+        assert!(
+            gone_within(&f.output, Duration::from_secs(5)),
+            "the background sleep outlived its check"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_setsid_child_is_gone_after_the_check_ends() {
+        let f = run(
+            &argv(&["/bin/sh", "-c", "setsid sleep 300 & echo $!; exit 0"]),
+            &[],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(f.exit, Exit::Code(0), "{f:?}");
+        assert!(f.elapsed < Duration::from_secs(2), "took {:?}", f.elapsed);
+        assert!(
+            gone_within(&f.output, Duration::from_secs(5)),
+            "the setsid child escaped: {}",
+            f.output
+        );
+    }
+
+    #[tokio::test]
+    async fn a_setsid_child_is_gone_after_a_timeout_too() {
+        let f = run(
+            &argv(&["/bin/sh", "-c", "setsid sleep 300 & echo $!; sleep 30"]),
+            &[],
+            Duration::from_millis(500),
+        )
+        .await;
+        assert_eq!(f.exit, Exit::TimedOut, "{f:?}");
+        assert!(
+            gone_within(&f.output, Duration::from_secs(5)),
+            "the setsid child escaped: {}",
+            f.output
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_leaves_no_setsid_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "setsid sleep 300 & echo $! > {}; sleep 30",
+            pidfile.display()
+        );
+        let args = argv(&["/bin/sh", "-c", &script]);
+        let run_it = run(&args, &[], Duration::from_secs(60));
+        // Drop the run mid-way, as a reload or shutdown does.
+        let _ = tokio::time::timeout(Duration::from_millis(800), run_it).await;
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        assert!(
+            gone_within(&pid, Duration::from_secs(5)),
+            "a dropped run left its setsid child"
+        );
     }
 
     #[tokio::test]

@@ -43,6 +43,13 @@ pub mod message_id {
     pub const REFUSED: &str = "5f1d2a6c0b7e4d3f9a8c1e2b3d4f5a64";
 }
 
+/// The closing state of a rollback whose switch command started but whose
+/// outcome nothing can tell (see `Run::unknown`); `status` then calls the
+/// active color uncertain.
+pub const UNKNOWN_STATE: &str = "unknown";
+/// How such an outcome is worded, first in the incident's outcome.
+pub const OUTCOME_UNKNOWN: &str = "outcome unknown — check the proxy";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Trigger {
     /// The matrix fired a rule.
@@ -463,6 +470,35 @@ impl Run<'_, '_> {
             Event::RollbackFailed,
             Severity::Critical,
             format!("rollback {} -> {} failed: {why}", self.from, self.to),
+        );
+        Ok(Outcome::Failed {
+            incident: self.id,
+            why,
+        })
+    }
+
+    /// The switch command started and nothing can tell whether it landed
+    /// (no `[active] file`, no `[entry]`): the incident closes as
+    /// `unknown` ([`OUTCOME_UNKNOWN`]), never as a failure that would make
+    /// `status` name the old color as surely active. Reported as a failed
+    /// outcome (an operator must look) and notified as one.
+    async fn unknown(&self, why: String) -> Result<Outcome, RollbackError> {
+        let why = format!("{OUTCOME_UNKNOWN}: {why}");
+        tracing::error!(
+            rollbackd.incident = self.id,
+            rollbackd.color = self.from.as_str(),
+            rollbackd.severity = Severity::Critical.as_str(),
+            message_id = message_id::FAILED,
+            "rollback {why}"
+        );
+        self.ctx
+            .store
+            .close_incident_or_keep(self.id, now_ms(), UNKNOWN_STATE, &why, None)
+            .await;
+        self.notify(
+            Event::RollbackFailed,
+            Severity::Critical,
+            format!("rollback {} -> {}: {why}", self.from, self.to),
         );
         Ok(Outcome::Failed {
             incident: self.id,
@@ -957,6 +993,13 @@ pub async fn abandon(ctx: &Context<'_>, why: &str) -> Result<Option<Outcome>, Ro
                 "the rollback task stopped ({why}) before the switch command ran; nothing was switched"
             )
         }
+        "switching" if ctx.config.active_file.is_none() && ctx.config.entry.is_none() => {
+            let why = format!(
+                "the rollback task stopped while switching {} -> {} ({why}); the switch command may have run",
+                run.from, run.to
+            );
+            return Ok(Some(run.unknown(why).await?));
+        }
         state => format!(
             "the rollback task stopped in state {state} ({why}); the switch command may have run: check which color serves traffic"
         ),
@@ -1022,6 +1065,10 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
                     "interrupted while switching {} -> {}; the command's outcome is unknown and it was NOT run again: check which color serves traffic",
                     run.from, run.to
                 );
+                if ctx.config.active_file.is_none() && ctx.config.entry.is_none() {
+                    // Nothing can say where traffic went: not a failure.
+                    return Ok(Some(run.unknown(why).await?));
+                }
                 return Ok(Some(run.fail(why).await?));
             }
             let Some(target) = run.target_dep.clone() else {

@@ -54,7 +54,9 @@ impl Secret {
                         .into(),
                 );
             }
-            let value = std::fs::read_to_string(path)
+            // Only a regular file, bounded: a FIFO or device here must not
+            // hang the config loader.
+            let value = crate::hostfile::read_capped(std::path::Path::new(path), 64 * 1024)
                 .map(|v| v.trim_end_matches(['\n', '\r']).to_owned())
                 .map_err(|e| format!("cannot read secret file {path}: {e}"));
             return Ok(Secret {

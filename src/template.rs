@@ -71,7 +71,7 @@ impl NotifyTemplate {
         path: Option<&str>,
         json_body: bool,
     ) -> Result<NotifyTemplate, String> {
-        let body = std::fs::read_to_string(file)
+        let body = crate::hostfile::read_capped(file, crate::config::CONFIG_CAP)
             .map_err(|e| format!("cannot read template {}: {e}", file.display()))?;
         let t = NotifyTemplate {
             file: file.to_path_buf(),

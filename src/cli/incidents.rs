@@ -293,6 +293,9 @@ pub(crate) fn summary_sentence(service: &str, inc: &Incident, events: &[Incident
         ),
         "refused" => format!("The switch to {to} was refused; {from} kept serving."),
         "failed" => "The rollback failed; the timeline shows where it stopped.".to_owned(),
+        crate::rollback::UNKNOWN_STATE => format!(
+            "The switch command to {to} started but was interrupted: its outcome is unknown — check the proxy."
+        ),
         "dry_run" => format!("Dry run: traffic would have moved to {to}."),
         other => format!("The rollback is in progress (state {other})."),
     };

@@ -278,6 +278,11 @@ pub(crate) async fn open(config: &Config) -> anyhow::Result<Store> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     crate::signals::forward(tx).context("cannot install signal handlers")?;
-    crate::daemon::run(config, rx).await?;
+    crate::process::become_subreaper();
+    crate::process::raise_nofile_limit();
+    let result = crate::daemon::run(config, rx).await;
+    // Whatever a check or command left running goes with the daemon.
+    let _ = tokio::task::spawn_blocking(crate::process::kill_all_runs).await;
+    result?;
     Ok(())
 }

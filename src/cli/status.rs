@@ -23,6 +23,7 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         .map(|start| start + duration_ms(config.rollback.cooldown))
         .filter(|until| *until > now);
     let escalation = store.unresolved_escalation().await?;
+    let uncertain = uncertain_active(&active, last_incident.as_ref());
     let standby = match &active {
         Some((c, _)) => Some(standby_health(config, &store, c.other(), now).await?),
         None => None,
@@ -35,6 +36,7 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 None => json!({ "running": false }),
             },
             "active": active.as_ref().map(|(c, d)| json!({ "color": c, "deployment": d })),
+            "active_uncertain": uncertain,
             "standby": standby,
             "verdicts": verdicts,
             "pause": pause,
@@ -58,6 +60,12 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         ),
     }
     match &active {
+        Some((c, d)) if uncertain.is_some() => println!(
+            "active: uncertain — {} (last recorded: {c} version {}, deployment #{})",
+            uncertain.as_deref().unwrap_or_default(),
+            d.version,
+            d.id
+        ),
         Some((c, d)) => println!(
             "active: {c} version {} since {} (deployment #{})",
             d.version,
@@ -207,4 +215,28 @@ async fn standby_health(
         healthy,
         probes,
     })
+}
+
+/// Why the active color is uncertain, if it is: the last rollback's switch
+/// command started and was interrupted with nothing to tell where traffic
+/// went (its incident closed `unknown`), and no deployment was recorded
+/// since. The last recorded deployment is then not known to be serving.
+fn uncertain_active(
+    active: &Option<(Color, crate::store::Deployment)>,
+    last: Option<&crate::store::Incident>,
+) -> Option<String> {
+    let inc = last.filter(|i| i.state == crate::rollback::UNKNOWN_STATE)?;
+    if let Some((_, d)) = active {
+        if d.at_ms > inc.closed_ms.unwrap_or(inc.opened_ms) {
+            return None;
+        }
+    }
+    let color = |c: Option<Color>| c.map(|c| c.as_str()).unwrap_or("?");
+    Some(format!(
+        "rollback #{} ({} -> {}) was interrupted after its switch command started; {}",
+        inc.id,
+        color(inc.from_color),
+        color(inc.to_color),
+        crate::rollback::OUTCOME_UNKNOWN
+    ))
 }

@@ -311,7 +311,7 @@ pub async fn follow<E, EF>(
     };
     let mut ticker = tokio::time::interval(poll.max(Duration::from_millis(100)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut last_problem: Option<String> = None;
+    let mut last_problem: Option<super::log::Problem> = None;
     let mut reported: Vec<String> = Vec::new();
     loop {
         tokio::select! {

@@ -1,6 +1,8 @@
 //! `exec`: run an argv (never a shell) with `{color}` substituted; exit 0 is
-//! ok. Output is captured (capped) into the detail, and the process group is
-//! killed when the timeout strikes.
+//! ok. The verdict is the exit status; output is captured (capped, read until
+//! exit plus a short grace) into the detail, and every descendant (its
+//! process group and `setsid` escapees alike, see `process`) is killed when
+//! the check ends or the timeout strikes.
 
 use std::time::Duration;
 

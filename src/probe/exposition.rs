@@ -25,11 +25,23 @@ pub struct Sample {
 
 /// Every sample line of `text`, in order.
 pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
+    parse_capped(text, usize::MAX)
+}
+
+/// [`parse`], refusing a page of more than `max_series` samples (memory is
+/// bounded by series as well as by bytes: a page of short lines can hold a
+/// hundred thousand).
+pub fn parse_capped(text: &str, max_series: usize) -> Result<Vec<Sample>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_matches([' ', '\t', '\r']);
         if line.is_empty() || line.starts_with('#') {
             continue;
+        }
+        if out.len() >= max_series {
+            return Err(format!(
+                "more than {max_series} series, over the cap of {max_series}"
+            ));
         }
         out.push(parse_line(line).map_err(|e| format!("line {}: {e}", i + 1))?);
     }

@@ -3,7 +3,10 @@
 //! header is present. Latency runs from the request's start to the last body
 //! byte read. The body read stops at [`BODY_CAP`], so a target streaming
 //! gigabytes cannot bloat the daemon, and the probe's timeout bounds one
-//! that dribbles bytes. Redirects are not followed unless asked.
+//! that dribbles bytes. Redirects are not followed unless asked; when they
+//! are, they are followed here, hop by hop (at most [`MAX_REDIRECTS`]), and
+//! the configured `headers` (secrets, often) go only to the probe's own
+//! origin, never to another one a `Location` names.
 
 use std::time::{Duration, Instant};
 
@@ -13,11 +16,15 @@ use crate::model::{Color, SampleStatus};
 
 /// How much of a body is read and kept for matching.
 pub const BODY_CAP: usize = 64 * 1024;
+/// Redirects followed (with `follow_redirects`) before the answer is taken
+/// as it is.
+pub const MAX_REDIRECTS: usize = 5;
 
 #[derive(Clone)]
 pub struct Clients {
+    /// Follows nothing by itself: redirects are followed in [`Clients::run`],
+    /// which decides which hop gets the configured headers.
     no_redirects: reqwest::Client,
-    redirects: reqwest::Client,
 }
 
 fn builder() -> reqwest::ClientBuilder {
@@ -38,7 +45,6 @@ impl Clients {
         };
         Clients {
             no_redirects: build(builder().redirect(reqwest::redirect::Policy::none())),
-            redirects: build(builder().redirect(reqwest::redirect::Policy::limited(5))),
         }
     }
 
@@ -51,25 +57,60 @@ impl Clients {
         let Some(url) = config.endpoint_url(&check.endpoint, color) else {
             return Outcome::unreachable(None, "no URL for this color (missing base_url)");
         };
-        let client = if check.follow_redirects {
-            &self.redirects
-        } else {
-            &self.no_redirects
-        };
-        let mut request = client.request(check.method.clone(), url.clone());
+        let mut headers = Vec::with_capacity(check.headers.len());
         for (name, value) in &check.headers {
             match value.expose() {
-                Ok(v) => request = request.header(name.as_str(), v),
+                Ok(v) => headers.push((name.as_str(), v)),
                 Err(problem) => {
                     return Outcome::unreachable(None, format!("header {name}: {problem}"));
                 }
             }
         }
+        let origin = url.origin();
+        let (mut url, mut method) = (url, check.method.clone());
         let started = Instant::now();
-        let mut response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::failure(classify(&e), Some(started.elapsed()), describe_error(&e));
+        let mut hops = 0;
+        let mut response = loop {
+            let mut request = self.no_redirects.request(method.clone(), url.clone());
+            if url.origin() == origin {
+                for (name, value) in &headers {
+                    request = request.header(*name, *value);
+                }
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    return Outcome::failure(
+                        classify(&e),
+                        Some(started.elapsed()),
+                        describe_error(&e),
+                    );
+                }
+            };
+            let next = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok());
+            let status = response.status();
+            match next {
+                Some(next)
+                    if check.follow_redirects
+                        && status.is_redirection()
+                        && hops < MAX_REDIRECTS
+                        && matches!(next.scheme(), "http" | "https") =>
+                {
+                    // As browsers do: 303, and 301/302 after a POST, become
+                    // a GET.
+                    if status == reqwest::StatusCode::SEE_OTHER
+                        || (method == reqwest::Method::POST && matches!(status.as_u16(), 301 | 302))
+                    {
+                        method = reqwest::Method::GET;
+                    }
+                    hops += 1;
+                    url = next;
+                }
+                _ => break response,
             }
         };
         let status = response.status();
@@ -187,6 +228,38 @@ pub fn classify(e: &reqwest::Error) -> SampleStatus {
     }
 }
 
+/// Whether the request failed for want of the watchdog's own resources
+/// (out of descriptors: EMFILE, ENFILE; out of memory), not anything the
+/// service did.
+pub fn own_resource_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.raw_os_error(),
+                Some(
+                    libc_errno::EMFILE
+                        | libc_errno::ENFILE
+                        | libc_errno::ENOMEM
+                        | libc_errno::ENOBUFS
+                )
+            ) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The errno values of [`own_resource_error`].
+mod libc_errno {
+    pub const EMFILE: i32 = nix::errno::Errno::EMFILE as i32;
+    pub const ENFILE: i32 = nix::errno::Errno::ENFILE as i32;
+    pub const ENOMEM: i32 = nix::errno::Errno::ENOMEM as i32;
+    pub const ENOBUFS: i32 = nix::errno::Errno::ENOBUFS as i32;
+}
+
 /// reqwest's errors nest the useful cause (connection refused, reset) deep
 /// in the source chain; flatten it to one line.
 pub fn describe_error(e: &reqwest::Error) -> String {
@@ -197,6 +270,10 @@ pub fn describe_error(e: &reqwest::Error) -> String {
     } else {
         "request failed".to_owned()
     };
+    if own_resource_error(e) {
+        // Not the service's failure: the watchdog could not ask.
+        text = format!("rollbackd's own resource error, not the service's: {text}");
+    }
     let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(": ");
@@ -204,4 +281,42 @@ pub fn describe_error(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error chain like reqwest's: a connect error caused by an io error.
+    #[derive(Debug)]
+    struct Connect(std::io::Error);
+    impl std::fmt::Display for Connect {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connect failed")
+        }
+    }
+    impl std::error::Error for Connect {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn out_of_descriptors_is_the_watchdogs_own_error_and_a_refusal_is_not() {
+        let emfile = Connect(std::io::Error::from_raw_os_error(
+            nix::errno::Errno::EMFILE as i32,
+        ));
+        assert!(own_resource_error(&emfile));
+        let refused = Connect(std::io::Error::from_raw_os_error(
+            nix::errno::Errno::ECONNREFUSED as i32,
+        ));
+        assert!(!own_resource_error(&refused));
+        assert_eq!(
+            super::super::io_status(&std::io::Error::from_raw_os_error(
+                nix::errno::Errno::EMFILE as i32
+            )),
+            SampleStatus::Unreachable,
+            "nobody was asked: not a failure of the service"
+        );
+    }
 }

@@ -11,6 +11,12 @@
 //! reads whatever the watch has not, so a missed event costs nothing. A
 //! journal is read with `journalctl -u UNIT -o json --after-cursor`.
 //!
+//! Only regular files are followed, opened `O_NONBLOCK` (`hostfile`): a
+//! FIFO, device or socket at the path is a failed sample naming its type,
+//! never a read that blocks (the watch's thread holds the follower's lock
+//! while it reads) or never ends (`/dev/zero`). Each read is bounded by
+//! [`READ_BUDGET`]; what is left waits for the next read.
+//!
 //! It owns the followers ([`Memory`], shared by every clone of the
 //! `Prober`); it does not decide what an error rate means.
 
@@ -34,6 +40,8 @@ use crate::model::{Color, SampleStatus};
 pub const LINE_CAP: usize = 64 * 1024;
 /// Journal entries read per run; the rest waits for the next run.
 pub const JOURNAL_BATCH: usize = 20_000;
+/// Bytes read from one file per poll; the rest is read by the next one.
+pub const READ_BUDGET: u64 = 16 * 1024 * 1024;
 /// How much of the first matching line goes into the detail.
 const EXCERPT: usize = 160;
 
@@ -144,15 +152,17 @@ struct Handle {
 }
 
 impl Handle {
-    /// Read to the end, counting complete lines. Returns the bytes read.
+    /// Read to the end (at most [`READ_BUDGET`]), counting complete lines.
+    /// Returns the bytes read.
     fn drain<S: Sink>(&mut self, sink: &mut S) -> std::io::Result<u64> {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut total = 0u64;
-        loop {
+        while total < READ_BUDGET {
             let n = match self.file.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             };
             total += n as u64;
@@ -186,6 +196,54 @@ impl Handle {
     }
 }
 
+/// Why a followed file cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub detail: String,
+    /// The path holds something that is not a regular file (a FIFO, a
+    /// device): a failed sample, since a log probe pointed at it can
+    /// never see the service's lines.
+    pub not_regular: bool,
+}
+
+impl Problem {
+    fn io(what: &str, path: &std::path::Path, e: &std::io::Error) -> Problem {
+        match crate::hostfile::not_regular(e) {
+            Some(kind) => Problem::not_regular(path, kind),
+            None => Problem {
+                detail: format!("cannot {what} {}: {e}", path.display()),
+                not_regular: false,
+            },
+        }
+    }
+
+    fn not_regular(path: &std::path::Path, kind: &str) -> Problem {
+        Problem {
+            detail: format!(
+                "{} is {kind}, not a regular file: a log is followed only in a regular file",
+                path.display()
+            ),
+            not_regular: true,
+        }
+    }
+
+    /// A sample: failed when the path holds the wrong kind of file, else
+    /// no data (a missing log says nothing about the service).
+    pub fn outcome(self) -> Outcome {
+        if self.not_regular {
+            Outcome::failed(None, self.detail)
+        } else {
+            Outcome::no_data(self.detail)
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
@@ -201,7 +259,7 @@ struct Reader<S> {
     /// held before following started is history, not this interval.
     joined: bool,
     sink: S,
-    problem: Option<String>,
+    problem: Option<Problem>,
 }
 
 impl<S: Sink> Reader<S> {
@@ -218,7 +276,7 @@ impl<S: Sink> Reader<S> {
         }
         if let Some(h) = &mut self.current {
             if let Err(e) = h.drain(&mut self.sink) {
-                self.problem = Some(format!("cannot read {}: {e}", self.path.display()));
+                self.problem = Some(Problem::io("read", &self.path, &e));
             }
         }
         let at_path = match std::fs::metadata(&self.path) {
@@ -226,12 +284,23 @@ impl<S: Sink> Reader<S> {
             Err(e) => {
                 // Rotated away and not yet recreated: keep the handle.
                 if self.current.is_none() {
-                    self.problem = Some(format!("cannot read {}: {e}", self.path.display()));
+                    self.problem = Some(Problem::io("read", &self.path, &e));
                 }
                 self.joined = true;
                 return;
             }
         };
+        if !at_path.is_file() {
+            // A FIFO or device where the log was: never opened (an open or
+            // a read could block or never end). A handle still open on the
+            // previous regular file keeps being read above.
+            self.problem = Some(Problem::not_regular(
+                &self.path,
+                crate::hostfile::kind(&at_path.file_type()),
+            ));
+            self.joined = true;
+            return;
+        }
         let id = (at_path.dev(), at_path.ino());
         match &mut self.current {
             Some(h) if h.id == id => {
@@ -245,8 +314,7 @@ impl<S: Sink> Reader<S> {
                             let _ = h.drain(&mut self.sink);
                         }
                         Err(e) => {
-                            self.problem =
-                                Some(format!("cannot rewind {}: {e}", self.path.display()));
+                            self.problem = Some(Problem::io("rewind", &self.path, &e));
                             self.current = None;
                         }
                     }
@@ -259,14 +327,10 @@ impl<S: Sink> Reader<S> {
     /// Open the file now at the path (the first one, or the next after a
     /// rotation) and read it.
     fn switch(&mut self) {
-        let file = File::open(&self.path).and_then(|f| {
-            let m = f.metadata()?;
-            Ok((f, m))
-        });
-        let (mut file, meta) = match file {
+        let (mut file, meta) = match crate::hostfile::open_regular(&self.path) {
             Ok(opened) => opened,
             Err(e) => {
-                self.problem = Some(format!("cannot open {}: {e}", self.path.display()));
+                self.problem = Some(Problem::io("open", &self.path, &e));
                 self.joined = true;
                 return;
             }
@@ -290,7 +354,7 @@ impl<S: Sink> Reader<S> {
         }
         if let Some(h) = &mut self.current {
             if let Err(e) = h.drain(&mut self.sink) {
-                self.problem = Some(format!("cannot read {}: {e}", self.path.display()));
+                self.problem = Some(Problem::io("read", &self.path, &e));
             }
         }
     }
@@ -303,6 +367,9 @@ pub type OnRead = Arc<dyn Fn() + Send + Sync>;
 /// A followed file: its reader and the watch that feeds it between runs.
 /// Dropping it stops the watch (and its thread).
 pub struct FollowedFile<S: Sink = Matcher> {
+    /// Outside the reader's lock: the async side reads it without waiting
+    /// on a read in progress.
+    path: PathBuf,
     reader: Arc<Mutex<Reader<S>>>,
     watcher: Mutex<Option<RecommendedWatcher>>,
     on_read: Option<OnRead>,
@@ -323,7 +390,7 @@ impl FollowedFile<Matcher> {
     }
 
     /// Read what is new and hand over everything counted since the last take.
-    pub fn take(&self) -> (Tally, Option<String>) {
+    pub fn take(&self) -> (Tally, Option<Problem>) {
         self.take_with(|m| std::mem::take(&mut m.tally))
     }
 
@@ -338,7 +405,7 @@ impl<S: Sink> FollowedFile<S> {
     /// runs after the watch has read new bytes.
     pub fn with_sink(path: PathBuf, sink: S, on_read: Option<OnRead>) -> FollowedFile<S> {
         let reader = Arc::new(Mutex::new(Reader {
-            path,
+            path: path.clone(),
             current: None,
             rotated: None,
             joined: false,
@@ -347,6 +414,7 @@ impl<S: Sink> FollowedFile<S> {
         }));
         lock(&reader).poll();
         let followed = FollowedFile {
+            path,
             reader,
             watcher: Mutex::new(None),
             on_read,
@@ -363,7 +431,7 @@ impl<S: Sink> FollowedFile<S> {
         if slot.is_some() {
             return;
         }
-        let path = lock(&self.reader).path.clone();
+        let path = self.path.clone();
         let Some(folder) = path.parent().filter(|p| p.is_dir()) else {
             return;
         };
@@ -401,7 +469,7 @@ impl<S: Sink> FollowedFile<S> {
 
     /// Read what is new, then hand `take` the sink (under the lock); the
     /// problem is why the file cannot be read, if it cannot.
-    pub fn take_with<T>(&self, take: impl FnOnce(&mut S) -> T) -> (T, Option<String>) {
+    pub fn take_with<T>(&self, take: impl FnOnce(&mut S) -> T) -> (T, Option<Problem>) {
         self.ensure_watch();
         let mut r = lock(&self.reader);
         r.poll();
@@ -414,7 +482,7 @@ impl<S: Sink> FollowedFile<S> {
     }
 
     pub fn path(&self) -> PathBuf {
-        lock(&self.reader).path.clone()
+        self.path.clone()
     }
 }
 
@@ -469,18 +537,22 @@ pub async fn run(
                     // Joining a file reads nothing but its size; still off
                     // the async threads, as every file read here.
                     let (p, pat) = (path.clone(), pattern.clone());
-                    let new = match tokio::task::spawn_blocking(move || FollowedFile::new(p, pat))
-                        .await
-                    {
-                        Ok(f) => Arc::new(f),
+                    let made = tokio::task::spawn_blocking(move || {
+                        let f = FollowedFile::new(p, pat);
+                        let (_, problem) = f.take();
+                        (Arc::new(f), problem)
+                    })
+                    .await;
+                    let (new, problem) = match made {
+                        Ok(made) => made,
                         Err(e) => {
                             return Outcome::unreachable(None, format!("log follower failed: {e}"));
                         }
                     };
-                    lock(memory).files.insert(key, (fingerprint, new.clone()));
-                    return match new.take() {
-                        (_, Some(problem)) => Outcome::no_data(problem),
-                        _ => Outcome::no_data(format!(
+                    lock(memory).files.insert(key, (fingerprint, new));
+                    return match problem {
+                        Some(problem) => problem.outcome(),
+                        None => Outcome::no_data(format!(
                             "started following {} at its end",
                             path.display()
                         )),
@@ -489,7 +561,7 @@ pub async fn run(
             };
             let what = followed.path().display().to_string();
             match tokio::task::spawn_blocking(move || followed.take()).await {
-                Ok((tally, Some(problem))) if tally.lines == 0 => Outcome::no_data(problem),
+                Ok((tally, Some(problem))) if tally.lines == 0 => problem.outcome(),
                 Ok((tally, _)) => tally.outcome(&what, &pattern),
                 Err(e) => Outcome::unreachable(None, format!("log follower failed: {e}")),
             }
@@ -701,7 +773,7 @@ mod tests {
         let f = follow(&path);
         let (t, problem) = f.take();
         assert_eq!(t.lines, 0);
-        assert!(problem.unwrap().contains("later.log"));
+        assert!(problem.unwrap().detail.contains("later.log"));
         append(&path, "ERROR first line\n");
         let (t, problem) = f.take();
         assert_eq!((t.lines, t.matches, problem), (1, 1, None));
@@ -742,6 +814,80 @@ mod tests {
         append(&path, &format!("{}\n", "x".repeat(LINE_CAP * 2 + 10)));
         let (t, _) = f.take();
         assert_eq!(t.lines, 3);
+    }
+
+    /// Run `f` on a thread and fail (not hang) if it does not return in
+    /// time: the bug this guards against is a read that never returns.
+    fn promptly<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("following blocked instead of refusing the file")
+    }
+
+    #[test]
+    fn a_fifo_at_the_path_is_refused_naming_its_type_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (t, problem) = promptly(move || follow(&path).take());
+        let problem = problem.expect("a problem");
+        assert_eq!(t.lines, 0);
+        assert!(problem.not_regular, "{problem:?}");
+        assert!(problem.detail.contains("is a FIFO"), "{problem:?}");
+        assert_eq!(problem.outcome().status, SampleStatus::Failed);
+    }
+
+    #[test]
+    fn a_symlink_to_dev_zero_is_refused_as_a_character_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let (_, problem) = promptly(move || follow(&path).take());
+        let problem = problem.expect("a problem");
+        assert!(problem.detail.contains("a character device"), "{problem:?}");
+        assert!(problem.not_regular);
+    }
+
+    #[test]
+    fn a_regular_log_replaced_by_a_fifo_then_restored_is_followed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        append(&path, "");
+        let f = Arc::new(follow(&path));
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let f2 = f.clone();
+        promptly(move || f2.take());
+        std::fs::remove_file(&path).unwrap();
+        append(&path, "ERROR back\n");
+        let f3 = f.clone();
+        let (t, _) = promptly(move || f3.take());
+        assert_eq!((t.lines, t.matches), (1, 1), "{t:?}");
+    }
+
+    #[tokio::test]
+    async fn the_probe_gives_a_failed_sample_for_a_fifo_every_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let check = LogCheck {
+            source: LogSource::File(path.display().to_string()),
+            pattern: regex::Regex::new("ERROR").unwrap(),
+        };
+        let memory = Mutex::new(Memory::default());
+        for _ in 0..2 {
+            let o = tokio::time::timeout(
+                Duration::from_secs(10),
+                run(&memory, "errors", &check, None),
+            )
+            .await
+            .expect("the probe blocked on a FIFO");
+            assert_eq!(o.status, SampleStatus::Failed, "{o:?}");
+            assert!(o.detail.contains("is a FIFO"), "{o:?}");
+        }
     }
 
     /// A stand-in for journalctl: it records its arguments and prints one

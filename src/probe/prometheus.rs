@@ -33,6 +33,10 @@ use crate::model::{Color, SampleStatus};
 /// How much of a metrics page is read. Larger pages fail the sample rather
 /// than being parsed half.
 pub const SCRAPE_CAP: usize = 8 * 1024 * 1024;
+/// How many series a metrics page may hold. More fails the sample, naming
+/// the cap: a page of short lines within [`SCRAPE_CAP`] could hold a
+/// hundred thousand, each parsed and kept.
+pub const SERIES_CAP: usize = 20_000;
 
 // ---------------------------------------------------------------------------
 // Selectors.
@@ -266,6 +270,28 @@ fn parse_bound(text: &str) -> Option<f64> {
         "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
         t => t.parse().ok(),
     }
+}
+
+/// The first selected series whose value is NaN or infinite, named.
+fn non_finite(s: &Snapshot) -> Option<String> {
+    let name = |key: &str| key.replace('|', " ");
+    for (key, v) in s.requests.iter().chain(&s.errors) {
+        if !v.is_finite() {
+            return Some(format!("counter {} is {v}, not a finite number", name(key)));
+        }
+    }
+    for (key, h) in &s.latency {
+        let values = [h.sum, h.count]
+            .into_iter()
+            .chain(h.buckets.iter().map(|b| b.1));
+        if let Some(v) = values.into_iter().find(|v| !v.is_finite()) {
+            return Some(format!(
+                "histogram {} holds {v}, not a finite number",
+                name(key)
+            ));
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------
@@ -552,9 +578,9 @@ pub async fn run(
         return Outcome::failed(None, format!("scrape failed: HTTP {}", code.as_u16()));
     }
     let text = String::from_utf8_lossy(&body);
-    let scrape = match exposition::parse(&text) {
+    let scrape = match exposition::parse_capped(&text, SERIES_CAP) {
         Ok(s) => s,
-        Err(e) => return Outcome::failed(None, format!("scrape failed: unparsable metrics: {e}")),
+        Err(e) => return Outcome::failed(None, format!("scrape failed: unusable metrics: {e}")),
     };
     let snapshot = Snapshot {
         requests: counters(&scrape, &requests),
@@ -566,6 +592,12 @@ pub async fn run(
     };
     if snapshot.requests.is_empty() && scrape.is_empty() {
         return Outcome::failed(None, "scrape failed: the page holds no metrics");
+    }
+    drop(scrape);
+    if let Some(bad) = non_finite(&snapshot) {
+        // A NaN compares false with everything: it would pass as "no
+        // errors". Not a number is not an answer.
+        return Outcome::failed(None, format!("scrape failed: {bad}"));
     }
     let fingerprint = format!("{}\n{}\n{:?}", check.requests, check.errors, check.latency);
     let now = Instant::now();

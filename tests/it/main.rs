@@ -11,6 +11,7 @@ mod demo;
 mod drill;
 mod faults;
 mod gate;
+mod host;
 mod matrix;
 mod metrics;
 mod notify;

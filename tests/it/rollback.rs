@@ -617,13 +617,34 @@ async fn reconcile_closes_or_resumes_what_a_dead_process_left_and_waits_for_a_li
     assert_eq!((inc.state.as_str(), inc.in_flight), ("failed", false));
     w.notice("rollback_failed", id).await;
 
-    // `switching` with no active file to prove it landed: failed, never rerun.
+    // `switching` with no active file to prove it landed: never rerun, and
+    // its outcome recorded as unknown, not failed (issue 11).
     let id = stranded(&w, dead_holder(), &["target_verified", "switching"]).await;
     let Some(Outcome::Failed { why, .. }) = rollback::reconcile(&w.ctx()).await.unwrap() else {
-        panic!("expected failed");
+        panic!("expected an unknown outcome");
     };
     assert!(why.contains("NOT run again"), "{why}");
-    assert!(!w.store.incident(id).await.unwrap().in_flight);
+    let inc = w.store.incident(id).await.unwrap();
+    assert!(!inc.in_flight);
+    assert_eq!(inc.state, "unknown");
+    assert!(
+        inc.outcome
+            .unwrap_or_default()
+            .starts_with("outcome unknown — check the proxy"),
+        "{why}"
+    );
+    // `status` calls the active color uncertain, not blue (the command may
+    // have moved traffic to green).
+    let status = w.env.cli_ok(&["status"]);
+    assert!(
+        status.contains(&format!(
+            "active: uncertain — rollback #{id} (blue -> green) was interrupted after its switch command started; outcome unknown — check the proxy"
+        )),
+        "{status}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&w.env.cli_ok(&["status", "--json"])).unwrap();
+    assert!(doc["active_uncertain"].is_string(), "{doc}");
 
     // `switched`: the switch landed; verify and close it.
     let id = stranded(
