@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{NotFound, open};
+use super::{NotFound, open_read_only};
 use crate::config::Config;
 use crate::model::{Color, Millis, Signal, format_ms, format_value};
 use crate::store::{Incident, IncidentEvent, StoreError};
 
 pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
-    let list = open(config).await?.incidents().await?;
+    let list = open_read_only(config).await?.incidents().await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
@@ -45,7 +45,7 @@ pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> anyhow::Result<()> {
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let inc = match store.incident(id).await {
         Ok(i) => i,
         Err(StoreError::NoIncident(_)) => {

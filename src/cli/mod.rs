@@ -274,6 +274,12 @@ pub(crate) async fn open(config: &Config) -> anyhow::Result<Store> {
     Ok(Store::open_dir(&config.daemon.state_dir).await?)
 }
 
+/// The store for a command that only reads: never makes the state
+/// directory or the database, never migrates (`Store::open_read_only`).
+pub(crate) async fn open_read_only(config: &Config) -> anyhow::Result<Store> {
+    Ok(Store::open_read_only(&config.daemon.state_dir).await?)
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     crate::signals::forward(tx).context("cannot install signal handlers")?;

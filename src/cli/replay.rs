@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use super::{ReplayArgs, open};
+use super::{ReplayArgs, open_read_only};
 
 use crate::config::Config;
 use crate::matrix::{self, Baselines, Decision, Engine, State, Verdict, noise};
@@ -61,7 +61,7 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
             config.path.display()
         );
     }
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let now = now_ms();
     let start = now - duration_ms(a.since);
     let warmup = rules

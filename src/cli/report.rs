@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-use super::open;
+use super::open_read_only;
 use crate::config::Config;
 use crate::report;
 
@@ -19,7 +19,7 @@ pub struct ReportArgs {
 }
 
 pub async fn run(config: &Config, a: ReportArgs) -> anyhow::Result<()> {
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let r = report::build(config, &store, a.deployment).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

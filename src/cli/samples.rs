@@ -4,7 +4,7 @@
 
 use anyhow::bail;
 
-use super::{NotFound, SamplesArgs, open};
+use super::{NotFound, SamplesArgs, open_read_only};
 use crate::config::Config;
 use crate::model::{Color, Sample, duration_ms, format_ms, now_ms};
 
@@ -17,7 +17,7 @@ pub async fn run(config: &Config, a: SamplesArgs) -> anyhow::Result<()> {
             )));
         }
     }
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let list = store
         .samples(a.probe.as_deref(), a.color, now_ms() - duration_ms(a.since))
         .await?;

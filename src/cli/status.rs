@@ -2,12 +2,12 @@
 
 use serde_json::json;
 
-use super::open;
+use super::open_read_only;
 use crate::config::Config;
 use crate::model::{Color, duration_ms, format_ms, format_value, now_ms};
 
 pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let now = now_ms();
     // Whether a daemon protects this state directory right now: without
     // one, nothing is armed whatever the database says.
@@ -27,6 +27,13 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         Some((c, _)) => Some(standby_health(config, &store, c.other(), now).await?),
         None => None,
     };
+    let protection = Protection::assess(
+        config,
+        daemon.is_some(),
+        pause.as_ref(),
+        escalation.as_ref().map(|i| i.id),
+        cooldown_until,
+    );
     if as_json {
         let doc = json!({
             "service": config.service,
@@ -36,6 +43,7 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
             },
             "active": active.as_ref().map(|(c, d)| json!({ "color": c, "deployment": d })),
             "standby": standby,
+            "protection": protection,
             "verdicts": verdicts,
             "pause": pause,
             "cooldown_until": cooldown_until.map(format_ms),
@@ -69,32 +77,8 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     if let Some(s) = &standby {
         println!("standby: {} {}", s.color, s.summary());
     }
-    match &pause {
-        Some(p) => println!("paused until {}: {}", format_ms(p.until_ms), p.reason),
-        None if daemon.is_none() => {
-            println!("automatic rollbacks: none (no daemon running)")
-        }
-        None if escalation.is_some() || cooldown_until.is_some() => {}
-        None => println!(
-            "automatic rollbacks: armed{}",
-            if config.daemon.dry_run {
-                " (dry run)"
-            } else {
-                ""
-            }
-        ),
-    }
-    if let Some(i) = &escalation {
-        println!(
-            "automatic rollbacks: held by escalated incident #{} until a deployment is recorded",
-            i.id
-        );
-    }
-    if let Some(until) = cooldown_until {
-        println!(
-            "automatic rollbacks: in cooldown until {}",
-            format_ms(until)
-        );
+    for line in &protection.lines {
+        println!("automatic rollbacks: {line}");
     }
     println!("verdicts:");
     if verdicts.is_empty() {
@@ -207,4 +191,82 @@ async fn standby_health(
         healthy,
         probes,
     })
+}
+
+/// What protection is really in force: whether a rollback would happen
+/// now, on what, and every reason it would not. `lines` are the words
+/// `status` prints after "automatic rollbacks: ".
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Protection {
+    /// `armed`, `held` (a pause, a cooldown, an escalation), `none` (no
+    /// daemon, a dry run, or no severity whose action is rollback).
+    pub state: &'static str,
+    /// The severities that would roll back once nothing holds them.
+    pub rolls_back_on: Vec<&'static str>,
+    pub lines: Vec<String>,
+}
+
+impl Protection {
+    pub(crate) fn assess(
+        config: &Config,
+        daemon_running: bool,
+        pause: Option<&crate::store::Pause>,
+        escalation: Option<i64>,
+        cooldown_until: Option<i64>,
+    ) -> Protection {
+        use crate::model::{Action, Severity};
+        let rolls_back_on: Vec<&'static str> = [
+            Severity::Critical,
+            Severity::High,
+            Severity::Medium,
+            Severity::Low,
+        ]
+        .into_iter()
+        .filter(|s| config.actions.for_severity(*s) == Action::Rollback)
+        .map(Severity::as_str)
+        .collect();
+        let mut none = Vec::new();
+        if !daemon_running {
+            none.push("none (no daemon running)".to_owned());
+        }
+        if config.daemon.dry_run {
+            none.push("none (dry run: decides and alerts, never switches)".to_owned());
+        }
+        if rolls_back_on.is_empty() {
+            none.push("none (no severity's action is rollback: alerts only)".to_owned());
+        }
+        let mut held = Vec::new();
+        if let Some(p) = pause {
+            held.push(format!(
+                "paused until {}: {}",
+                format_ms(p.until_ms),
+                p.reason
+            ));
+        }
+        if let Some(id) = escalation {
+            held.push(format!(
+                "held by escalated incident #{id} until a deployment is recorded"
+            ));
+        }
+        if let Some(until) = cooldown_until {
+            held.push(format!("in cooldown until {}", format_ms(until)));
+        }
+        let state = if !none.is_empty() {
+            "none"
+        } else if !held.is_empty() {
+            "held"
+        } else {
+            "armed"
+        };
+        let mut lines = none;
+        lines.extend(held);
+        if lines.is_empty() {
+            lines.push(format!("armed on {}", rolls_back_on.join(", ")));
+        }
+        Protection {
+            state,
+            rolls_back_on,
+            lines,
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 mod assets;
 mod bake;
+mod cli;
 mod common;
 mod decisions;
 mod demo;

@@ -1,0 +1,226 @@
+//! The operator's CLI (issue 15): read-only commands that never create
+//! anything, errors that name the path and the user, what `status` says
+//! is in force.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::{self, Env};
+
+/// A config on a service nobody answers (read-only commands never probe).
+fn offline_config(state_dir: &str, extra: &str) -> String {
+    format!(
+        r#"
+[daemon]
+state_dir = "{state_dir}"
+listen = "off"
+
+[service]
+name = "beluga"
+
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+health = true
+
+[rollback]
+command = ["/bin/true", "{{to}}"]
+{extra}
+"#
+    )
+}
+
+const READ_ONLY: &[&[&str]] = &[
+    &["status"],
+    &["status", "--json"],
+    &["incidents"],
+    &["incident", "show", "1"],
+    &["samples"],
+    &["report"],
+    &["replay", "--since", "1h"],
+];
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn read_only_commands_never_create_the_state_directory_or_a_database() {
+    let env = Env::new(&offline_config("mistyped/state", ""));
+    let dir = env.path("mistyped/state");
+    for args in READ_ONLY {
+        let out = env.cli(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(70), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.contains(&format!(
+                "no database at {}",
+                dir.join("rollbackd.db").display()
+            )) && (err.contains("does not exist") || args[0] == "replay"),
+            "{args:?} names the path: {err}"
+        );
+        assert!(!env.path("mistyped").exists(), "{args:?} made a directory");
+    }
+    // A directory that exists but holds no database stays empty.
+    std::fs::create_dir_all(&dir).unwrap();
+    for args in READ_ONLY {
+        let out = env.cli(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(70), "{args:?}: {err}");
+        assert!(
+            err.contains("holds no rollbackd.db") || args[0] == "replay",
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "{args:?} left a file in {}",
+            dir.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_older_than_the_binary_is_a_clear_error_and_is_not_migrated() {
+    let env = Env::new(&offline_config("state", ""));
+    let store = env.store().await;
+    let db = store.path().to_path_buf();
+    store.close().await;
+    // Forget the newest migration, as a database last opened by an older
+    // rollbackd would. (SQL in a test: the test stands in for that binary.)
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let newest: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ?")
+        .bind(newest)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let out = env.cli(&["incidents"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(
+        err.contains(&format!("database {} has schema version", db.display()))
+            && err.contains(&format!("older than this rollbackd's {newest}")),
+        "{err}"
+    );
+    // Still not migrated: a read-only command changed nothing.
+    let out = env.cli(&["status"]);
+    assert!(
+        stderr(&out).contains("older than this rollbackd"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Run the binary as `nobody` (when root) so that file modes apply.
+fn as_nobody(env: &Env, args: &[&str]) -> Option<Output> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some(env.cli(args));
+    }
+    if !common::have_tool("setpriv", "util-linux") {
+        return None;
+    }
+    Some(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(common::BIN)
+            .arg("--config")
+            .arg(&env.config)
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .unwrap(),
+    )
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_problem_names_the_path_and_the_user() {
+    let env = Env::new(&offline_config("state", ""));
+    let store = env.store().await;
+    let db = store.path().to_path_buf();
+    store.close().await;
+    // The config and its folder readable by anyone; the database not.
+    chmod(env.dir.path(), 0o755);
+    chmod(&env.config, 0o644);
+    chmod(&env.path("state"), 0o755);
+    chmod(&db, 0o600);
+    let Some(out) = as_nobody(&env, &["status"]) else {
+        return;
+    };
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(
+        err.contains(&format!("cannot read {} as user ", db.display()))
+            && err.contains("permission denied"),
+        "{err}"
+    );
+    if nix::unistd::geteuid().is_root() {
+        assert!(err.contains("uid 65534"), "names the user: {err}");
+    }
+    assert!(!err.contains("code: 14"), "{err}");
+
+    // Readable, in a folder this user may not write: read all the same.
+    chmod(&db, 0o644);
+    let Some(out) = as_nobody(&env, &["incidents"]) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_what_protection_is_in_force() {
+    let env = Env::new(&offline_config("state", "[actions]\nhigh = \"alert\"\n"));
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    let text = env.cli_ok(&["status"]);
+    assert!(
+        text.contains("automatic rollbacks: none (no daemon running)"),
+        "{text}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&env.cli_ok(&["status", "--json"])).unwrap();
+    assert_eq!(doc["protection"]["state"], "none", "{doc:#}");
+    assert_eq!(
+        doc["protection"]["rolls_back_on"],
+        serde_json::json!(["critical"]),
+        "high alerts only here: {doc:#}"
+    );
+    env.cli_ok(&["pause", "--for", "1h", "--reason", "maintenance"]);
+    let text = env.cli_ok(&["status"]);
+    assert!(
+        text.contains("automatic rollbacks: paused until ") && text.contains(": maintenance"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_and_alert_only_are_not_armed() {
+    let env = Env::new(&offline_config(
+        "state",
+        "[actions]\ncritical = \"alert\"\nhigh = \"alert\"\n",
+    ));
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    let text = env.cli_ok(&["status"]);
+    assert!(
+        text.contains("automatic rollbacks: none (no severity's action is rollback: alerts only)"),
+        "{text}"
+    );
+    assert!(!text.contains("armed"), "{text}");
+}
