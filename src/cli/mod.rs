@@ -94,10 +94,19 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
-    /// Exit 1 when a Critical/High rule would fire on noise more than once
-    /// a year at [daemon] assumed_noise
+    /// Make warnings fatal (exit 1), e.g. a Critical/High rule that would
+    /// fire on noise more than once a year at [daemon] assumed_noise
     #[arg(long)]
     pub strict: bool,
+    /// Print one JSON document: errors, warnings, probes, rules and their
+    /// detection figures
+    #[arg(long)]
+    pub json: bool,
+    /// Check the configured commands for this user (the daemon's, e.g.
+    /// rollbackd) by their mode bits, when run as root [default: the user
+    /// running check]
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -242,16 +251,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let path = config::resolve_path(cli.config.as_deref());
+    if let Command::Check(a) = &cli.command {
+        return check::run(&path, a);
+    }
     let config = Config::load(&path)?;
     match cli.command {
         Command::Run => run(config).await,
-        Command::Check(a) => {
-            print!("{}", check::report(&config));
-            if a.strict {
-                check::strict(&config)?;
-            }
-            Ok(())
-        }
+        Command::Check(_) => Ok(()),
         Command::Status(f) => status::run(&config, f.json).await,
         Command::Deploy(a) => control::deploy(&config, a).await,
         Command::Gate(a) => gate::run(config, a).await,

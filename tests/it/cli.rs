@@ -224,3 +224,164 @@ async fn dry_run_and_alert_only_are_not_armed() {
     );
     assert!(!text.contains("armed"), "{text}");
 }
+
+/// The 1-based line of the first line of `text` that starts with `start`.
+fn line_of(text: &str, start: &str) -> usize {
+    text.lines().position(|l| l.starts_with(start)).unwrap() + 1
+}
+
+#[test]
+fn check_refuses_a_rollback_command_that_does_not_exist() {
+    let text = offline_config("state", "").replace(
+        "command = [\"/bin/true\", \"{to}\"]",
+        "prepare = [\"true\"]\ncommand = [\"/nonexistent/switch-color\", \"{to}\"]\nretire = [\"no-such-command-rollbackd-test\", \"{from}\"]",
+    );
+    let env = Env::new(&text);
+    let out = env.cli(&["check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    let config = env.config.display().to_string();
+    let command = format!(
+        "{config}:{}:1: rollback.command: /nonexistent/switch-color does not exist",
+        line_of(&text, "command =")
+    );
+    let retire = format!(
+        "{config}:{}:1: rollback.retire: no-such-command-rollbackd-test is not found on PATH",
+        line_of(&text, "retire =")
+    );
+    assert!(err.contains(&command), "{err}");
+    assert!(err.contains(&retire), "{err}");
+    // `true` is found on PATH, as the daemon's execvp finds it.
+    assert!(!err.contains("rollback.prepare"), "{err}");
+    assert!(out.stdout.is_empty(), "no report for a refused file");
+
+    // The same as JSON: a stable document with each error's place.
+    let out = env.cli(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(78));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false, "{doc:#}");
+    let keys: Vec<&str> = doc["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["rollback.command", "rollback.retire"], "{doc:#}");
+    assert_eq!(doc["errors"][0]["line"], line_of(&text, "command ="));
+    assert_eq!(doc["errors"][0]["file"], config);
+}
+
+#[test]
+fn check_refuses_an_exec_probe_its_user_may_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("check-gateway");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let extra = format!(
+        "\n[[probe]]\nname = \"gateway\"\nkind = \"exec\"\ncommand = [\"{}\", \"--color\", \"{{color}}\"]\n",
+        script.display()
+    );
+    let env = Env::new(&format!("{}{extra}", offline_config("state", "")));
+    let out = env.cli(&["check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(&format!(
+            "probe[2].command: {} is not executable for user ",
+            script.display()
+        )),
+        "{err}"
+    );
+    // Executable by its owner only: fine for root, refused for another
+    // user when root checks for it by the mode bits.
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        env.cli(&["check"]).status.code(),
+        Some(0),
+        "{}",
+        stderr(&env.cli(&["check"]))
+    );
+    if nix::unistd::geteuid().is_root() {
+        let out = env.cli(&["check", "--user", "nobody"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert!(
+            err.contains("is not executable for user nobody (mode 0700, owner uid 0"),
+            "{err}"
+        );
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            env.cli(&["check", "--user", "nobody"]).status.code(),
+            Some(0)
+        );
+        // A folder on the way it may not enter.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let err = stderr(&env.cli(&["check", "--user", "nobody"]));
+        assert!(
+            err.contains(&format!(
+                "user nobody cannot enter {}",
+                dir.path().display()
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn check_in_a_dry_run_warns_of_a_missing_switch_and_strict_makes_it_fatal() {
+    let text = offline_config("state", "")
+        .replace("listen = \"off\"", "listen = \"off\"\ndry_run = true")
+        .replace("\"/bin/true\"", "\"/nonexistent/switch-color\"");
+    let env = Env::new(&text);
+    let out = env.cli(&["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        report.contains(
+            "rollback.command: /nonexistent/switch-color does not exist (a dry run never runs it"
+        ),
+        "{report}"
+    );
+    let out = env.cli(&["check", "--strict"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--strict: a warning: "),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.cli(&["check", "--json", "--strict"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false, "{doc:#}");
+    assert_eq!(doc["errors"], serde_json::json!([]), "{doc:#}");
+    assert_eq!(doc["warnings"].as_array().unwrap().len(), 1, "{doc:#}");
+    // The detection figures: the default matrix's critical streak rule.
+    let critical = doc["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["when"] == "health_failures >= 5")
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    assert!(
+        critical["detects_within_ms"].as_u64().unwrap() > 0,
+        "{doc:#}"
+    );
+    assert!(
+        critical["noise_firings_per_year"].as_f64().unwrap() < 1.0,
+        "{doc:#}"
+    );
+    assert_eq!(doc["probes"][0]["name"], "healthz");
+}
+
+#[test]
+fn check_json_reports_a_config_error_with_its_place() {
+    let env = Env::new(&offline_config("state", "").replace("[service]", "[service]\nnope = 1"));
+    let out = env.cli(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(78));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["errors"][0]["key"], "service.nope", "{doc:#}");
+    assert!(doc["errors"][0]["line"].as_u64().unwrap() > 1, "{doc:#}");
+}
