@@ -72,7 +72,7 @@ pub enum Command {
     /// Hold automatic rollbacks for a while (a hold always expires)
     Pause(PauseArgs),
     /// End a hold
-    Resume,
+    Resume(JsonFlag),
     /// List incidents
     Incidents(JsonFlag),
     /// One incident with its timeline and evidence
@@ -118,7 +118,8 @@ pub struct JsonFlag {
 
 #[derive(Args, Debug)]
 pub struct DeployArgs {
-    #[arg(long)]
+    /// The color that is active now (traffic was switched to it)
+    #[arg(long, value_enum)]
     pub color: Color,
     /// Version being deployed (commit SHA)
     #[arg(long)]
@@ -126,12 +127,19 @@ pub struct DeployArgs {
     /// Who or what made the cutover
     #[arg(long, default_value = "cli")]
     pub source: String,
+    /// Print the recorded deployment as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
+    /// Why (recorded in the incident and sent with its notifications)
     #[arg(long)]
     pub reason: String,
+    /// Print the outcome as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -139,8 +147,12 @@ pub struct PauseArgs {
     /// How long, e.g. 1h
     #[arg(long = "for", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Why (shown by `status` while the hold lasts)
     #[arg(long)]
     pub reason: String,
+    /// Print the hold as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -153,9 +165,12 @@ pub struct IncidentArgs {
 pub enum IncidentAction {
     /// Show one incident
     Show {
+        /// The incident's number (see `rollbackd incidents`)
         id: i64,
+        /// Machine-readable output
         #[arg(long)]
         json: bool,
+        /// Markdown, for an issue or a postmortem
         #[arg(long, conflicts_with = "json")]
         markdown: bool,
     },
@@ -163,13 +178,16 @@ pub enum IncidentAction {
 
 #[derive(Args, Debug)]
 pub struct SamplesArgs {
+    /// Only this probe's samples [default: every probe]
     #[arg(long)]
     pub probe: Option<String>,
-    #[arg(long)]
+    /// Only this color's samples (shared probes have none) [default: both and shared]
+    #[arg(long, value_enum)]
     pub color: Option<Color>,
     /// How far back, e.g. 10m
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub since: Duration,
+    /// Machine-readable output
     #[arg(long)]
     pub json: bool,
 }
@@ -206,6 +224,9 @@ pub struct ReplayArgs {
     /// With --synthetic-noise: the random seed (default: a random one, printed)
     #[arg(long, requires = "synthetic_noise")]
     pub seed: Option<u64>,
+    /// Print what would have fired as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -263,7 +284,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Gate(a) => gate::run(config, a).await,
         Command::Rollback(a) => control::rollback(&config, a).await,
         Command::Pause(a) => control::pause(&config, a).await,
-        Command::Resume => control::resume(&config).await,
+        Command::Resume(f) => control::resume(&config, f.json).await,
         Command::Incidents(f) => incidents::list(&config, f.json).await,
         Command::Incident(IncidentArgs {
             action: IncidentAction::Show { id, json, markdown },
@@ -291,4 +312,95 @@ async fn run(config: Config) -> anyhow::Result<()> {
     crate::signals::forward(tx).context("cannot install signal handlers")?;
     crate::daemon::run(config, rx).await?;
     Ok(())
+}
+
+/// `--color blue|green`: listed in `--help`, completed by the shells.
+impl clap::ValueEnum for Color {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Color::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command, with the path to it.
+    fn all_args(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in cmd.get_arguments() {
+            out.push((format!("{path} {}", arg.get_id()), arg.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            all_args(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help_text() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut args = Vec::new();
+        all_args(&cmd, "rollbackd", &mut args);
+        let missing: Vec<&str> = args
+            .iter()
+            .filter(|(_, a)| a.get_help().is_none() && a.get_long_help().is_none())
+            .map(|(path, _)| path.as_str())
+            .collect();
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        assert!(
+            args.len() > 30,
+            "the walk found the arguments: {}",
+            args.len()
+        );
+        fn abouts(cmd: &clap::Command, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(sub.get_name().to_owned());
+                }
+                abouts(sub, missing);
+            }
+        }
+        let mut no_about = Vec::new();
+        abouts(&cmd, &mut no_about);
+        assert!(
+            no_about.is_empty(),
+            "commands without a summary: {no_about:?}"
+        );
+    }
+
+    #[test]
+    fn every_color_argument_lists_blue_and_green() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut args = Vec::new();
+        all_args(&cmd, "rollbackd", &mut args);
+        let colors: Vec<&(String, clap::Arg)> =
+            args.iter().filter(|(_, a)| a.get_id() == "color").collect();
+        assert!(colors.len() >= 3, "deploy, gate, samples: {}", colors.len());
+        for (path, arg) in colors {
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            assert_eq!(values, ["blue", "green"], "{path}");
+        }
+    }
+
+    #[test]
+    fn only_the_top_level_hides_commands() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            assert!(
+                sub.get_subcommands().all(|s| !s.is_hide_set()),
+                "{} hides a subcommand: assets::visible would keep it",
+                sub.get_name()
+            );
+        }
+    }
 }

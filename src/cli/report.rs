@@ -12,8 +12,10 @@ pub struct ReportArgs {
     /// Which deployment [default: the latest]
     #[arg(long)]
     pub deployment: Option<i64>,
+    /// Markdown, for a step summary or an issue
     #[arg(long)]
     pub markdown: bool,
+    /// Machine-readable output
     #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
 }

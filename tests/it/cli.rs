@@ -385,3 +385,50 @@ fn check_json_reports_a_config_error_with_its_place() {
     assert_eq!(doc["errors"][0]["key"], "service.nope", "{doc:#}");
     assert!(doc["errors"][0]["line"].as_u64().unwrap() > 1, "{doc:#}");
 }
+
+#[test]
+fn commands_that_change_state_print_json_on_request() {
+    let env = Env::new(&offline_config("state", ""));
+    let doc: serde_json::Value = serde_json::from_str(&env.cli_ok(&[
+        "deploy",
+        "--color",
+        "blue",
+        "--version",
+        "v1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(doc["deployment"], 1, "{doc:#}");
+    assert_eq!(doc["color"], "blue", "{doc:#}");
+    assert!(is_rfc3339_millis(doc["at"].as_str().unwrap()), "{doc:#}");
+    let doc: serde_json::Value = serde_json::from_str(&env.cli_ok(&[
+        "pause",
+        "--for",
+        "1h",
+        "--reason",
+        "maintenance",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(doc["reason"], "maintenance", "{doc:#}");
+    assert!(is_rfc3339_millis(doc["until"].as_str().unwrap()), "{doc:#}");
+    let doc: serde_json::Value = serde_json::from_str(&env.cli_ok(&["resume", "--json"])).unwrap();
+    assert_eq!(doc["resumed"], true, "{doc:#}");
+    // Nobody answers on green: the rollback is refused, exit 1, as JSON.
+    let out = env.cli(&["rollback", "--reason", "test", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["outcome"], "refused", "{doc:#}");
+    assert!(doc["incident"].as_i64().is_some(), "{doc:#}");
+}
+
+/// `2026-11-25T21:30:06.123Z`: RFC 3339, milliseconds, UTC.
+pub fn is_rfc3339_millis(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 24
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'.'
+        && b[23] == b'Z'
+        && humantime::parse_rfc3339(text).is_ok()
+}
