@@ -432,3 +432,50 @@ pub fn is_rfc3339_millis(text: &str) -> bool {
         && b[23] == b'Z'
         && humantime::parse_rfc3339(text).is_ok()
 }
+
+/// Run `rollbackd ARGS` on a pseudo-terminal (`script`), with or without
+/// NO_COLOR; what the terminal got.
+fn on_a_terminal(env: &Env, args: &str, no_color: bool) -> Option<String> {
+    if !common::have_tool("script", "bsdutils") {
+        return None;
+    }
+    let command = format!("{} --config {} {args}", common::BIN, env.config.display());
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"])
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("NO_COLOR");
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    }
+    let out = cmd.output().unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn no_color_is_honoured_on_a_terminal_and_logs_show_milliseconds() {
+    let env = Env::new(&offline_config("state", ""));
+    // `pause` logs a warning (to stderr, the terminal here).
+    let Some(coloured) = on_a_terminal(&env, "pause --for 1h --reason colour", false) else {
+        return;
+    };
+    assert!(
+        coloured.contains('\u{1b}'),
+        "a terminal gets colour: {coloured:?}"
+    );
+    let plain = on_a_terminal(&env, "pause --for 1h --reason plain", true).unwrap();
+    assert!(plain.contains("automatic rollbacks held"), "{plain:?}");
+    assert!(!plain.contains('\u{1b}'), "NO_COLOR: {plain:?}");
+    // The log line's time: RFC 3339 with milliseconds, as everywhere.
+    let stamp = plain
+        .split_whitespace()
+        .find(|w| w.ends_with('Z') && w.contains('T'))
+        .unwrap_or_else(|| panic!("{plain:?}"));
+    assert!(is_rfc3339_millis(stamp), "{stamp}");
+    // clap's help honours it too.
+    let help = on_a_terminal(&env, "--help", true).unwrap();
+    assert!(!help.contains('\u{1b}'), "{help:?}");
+    // Not a terminal: never colour.
+    let out = env.cli(&["pause", "--for", "1h", "--reason", "pipe"]);
+    assert!(!stderr(&out).contains('\u{1b}'), "{}", stderr(&out));
+}
