@@ -22,25 +22,43 @@ pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
         println!("no incidents");
         return Ok(());
     }
-    println!(
-        "{:<5} {:<20}  {:<8} {:<9} {:<14}  {:<10} {:<9} reason",
-        "id", "opened (UTC)", "severity", "trigger", "switch", "outcome", "downtime"
+    use super::table::{Align, render};
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                format!("#{}", i.id),
+                format_ms(i.opened_ms),
+                i.severity.as_str().to_owned(),
+                i.trigger_kind.clone(),
+                format!("{} -> {}", color(i.from_color), color(i.to_color)),
+                i.state.clone(),
+                i.downtime_ms
+                    .map(short_duration)
+                    .unwrap_or_else(|| "-".into()),
+                i.reason.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render(
+            &[
+                "ID", "OPENED", "SEVERITY", "TRIGGER", "SWITCH", "OUTCOME", "DOWNTIME", "REASON"
+            ],
+            &[
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Right,
+                Align::Left
+            ],
+            &rows,
+        )
     );
-    for i in &list {
-        println!(
-            "#{:<4} {:<20}  {:<8} {:<9} {:<14}  {:<10} {:<9} {}",
-            i.id,
-            format_ms(i.opened_ms),
-            i.severity.as_str(),
-            i.trigger_kind,
-            format!("{} -> {}", color(i.from_color), color(i.to_color)),
-            i.state,
-            i.downtime_ms
-                .map(short_duration)
-                .unwrap_or_else(|| "-".into()),
-            i.reason
-        );
-    }
     Ok(())
 }
 

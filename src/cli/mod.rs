@@ -18,6 +18,7 @@ mod replay;
 mod report;
 mod samples;
 mod status;
+mod table;
 
 pub use check::report as check_report;
 pub use incidents::show as print_incident;

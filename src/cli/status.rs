@@ -84,6 +84,7 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     if verdicts.is_empty() {
         println!("  none yet");
     }
+    let mut rows = Vec::new();
     for v in &verdicts {
         let rule = config.rules.iter().find(|r| r.name == v.rule);
         let show = |x: f64| match rule {
@@ -93,20 +94,48 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         let value = v.value.map(show).unwrap_or_else(|| "-".into());
         let window =
             humantime::format_duration(std::time::Duration::from_millis(v.window_ms.max(0) as u64));
-        println!(
-            "  {:<6} {:<13} {:<46} value={value} threshold={} n={} window={window} since {}{}",
-            v.color.as_str(),
-            v.state,
-            v.rule,
+        rows.push(vec![
+            v.color.as_str().to_owned(),
+            v.state.clone(),
+            v.rule.clone(),
+            value,
             show(v.threshold),
-            v.n,
+            v.n.to_string(),
+            window.to_string(),
             format_ms(v.at_ms),
-            if v.detail.is_empty() {
-                String::new()
-            } else {
-                format!(" — {}", v.detail)
-            }
+            v.detail.clone(),
+        ]);
+    }
+    if !rows.is_empty() {
+        use super::table::{Align, render};
+        let table = render(
+            &[
+                "COLOR",
+                "STATE",
+                "RULE",
+                "VALUE",
+                "THRESHOLD",
+                "N",
+                "WINDOW",
+                "SINCE",
+                "DETAIL",
+            ],
+            &[
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+            ],
+            &rows,
         );
+        for line in table.lines() {
+            println!("  {}", line.trim_end());
+        }
     }
     match &last_incident {
         Some(i) => println!(

@@ -479,3 +479,85 @@ fn no_color_is_honoured_on_a_terminal_and_logs_show_milliseconds() {
     let out = env.cli(&["pause", "--for", "1h", "--reason", "pipe"]);
     assert!(!stderr(&out).contains('\u{1b}'), "{}", stderr(&out));
 }
+
+/// The column each header word starts at, and each row's cells too:
+/// every row's cell in a left-aligned column starts where its header does.
+fn assert_aligned(text: &str, left_columns: &[&str]) {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header = lines.next().unwrap();
+    let starts: Vec<usize> = left_columns
+        .iter()
+        .map(|c| header.find(c).unwrap_or_else(|| panic!("{c} in {header}")))
+        .collect();
+    let rows: Vec<&str> = lines.collect();
+    assert!(rows.len() >= 2, "{text}");
+    for row in rows {
+        for (c, start) in left_columns.iter().zip(&starts) {
+            let chars: Vec<char> = row.chars().collect();
+            assert!(
+                *start == 0
+                    || (chars.get(start - 1) == Some(&' ') && chars.get(*start) != Some(&' ')),
+                "column {c} is not aligned in:\n{text}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_and_incidents_tables_align() {
+    use rollbackd::model::{Color, Sample, SampleStatus, now_ms};
+    let env = Env::new(&offline_config("state", ""));
+    let store = env.store().await;
+    let now = now_ms();
+    let sample = |probe: &str, color: Option<Color>, latency: f64| Sample {
+        at_ms: now - 1000,
+        probe: probe.into(),
+        color,
+        deployment: None,
+        ok: true,
+        latency_ms: Some(latency),
+        status: SampleStatus::Ok,
+        detail: "HTTP 200".into(),
+        requests: None,
+        errors: None,
+    };
+    store
+        .insert_samples(&[
+            sample("healthz", Some(Color::Blue), 1.0),
+            sample("a-much-longer-probe-name-than-sixteen", None, 12345.6),
+            sample("p", Some(Color::Green), 3.25),
+        ])
+        .await
+        .unwrap();
+    for reason in ["short", "a longer reason than the others"] {
+        store
+            .open_incident(
+                &rollbackd::store::NewIncident {
+                    at_ms: now,
+                    trigger_kind: "manual",
+                    severity: rollbackd::model::Severity::Critical,
+                    rule: None,
+                    reason: reason.into(),
+                    evidence: "{}".into(),
+                    from_color: Some(Color::Blue),
+                    to_color: Some(Color::Green),
+                    from_version: None,
+                    to_version: None,
+                    in_flight: false,
+                    holder: None,
+                },
+                "refused",
+                "test",
+            )
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    let samples = env.cli_ok(&["samples"]);
+    assert_aligned(&samples, &["TIME", "PROBE", "COLOR", "STATUS", "DETAIL"]);
+    let incidents = env.cli_ok(&["incidents"]);
+    assert_aligned(
+        &incidents,
+        &["ID", "OPENED", "SEVERITY", "SWITCH", "REASON"],
+    );
+}
