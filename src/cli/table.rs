@@ -74,9 +74,9 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "ID   PROBE              LATENCY  DETAIL",
-                "#1   a-long-probe-name    1.0ms  x",
-                "#10  p                 1234.5ms  détail",
+                "ID   PROBE               LATENCY  DETAIL",
+                "#1   a-long-probe-name     1.0ms  x",
+                "#10  p                  1234.5ms  détail",
             ]
         );
     }
