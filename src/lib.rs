@@ -58,6 +58,7 @@ pub mod rollback;
 pub mod secret;
 pub mod signals;
 pub mod statelock;
+pub mod status;
 pub mod store;
 pub mod systemd;
 pub mod template;

@@ -220,6 +220,8 @@ pub struct Incident {
     pub severity: Severity,
     pub rule: Option<String>,
     pub reason: String,
+    /// JSON text; serialized as the JSON it holds (an object), not a string.
+    #[serde(serialize_with = "evidence_as_json")]
     pub evidence: String,
     pub from_color: Option<Color>,
     pub to_color: Option<Color>,
@@ -230,6 +232,15 @@ pub struct Incident {
     pub downtime_ms: Option<Millis>,
     pub in_flight: bool,
     pub holder: Option<String>,
+}
+
+/// Stored evidence is JSON text: out of the store it is that JSON (text
+/// that does not parse stays a string).
+fn evidence_as_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => v.serialize(s),
+        Err(_) => s.serialize_str(text),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -35,22 +35,34 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         cooldown_until,
     );
     if as_json {
-        let doc = json!({
-            "service": config.service,
-            "daemon": match &daemon {
-                Some(h) => json!({ "running": true, "pid": h.pid, "since": format_ms(h.since_ms) }),
-                None => json!({ "running": false }),
+        use crate::status::{ActiveDoc, DaemonDoc, DatabaseDoc, StatusDocument, VerdictDoc};
+        let doc = StatusDocument {
+            service: config.service.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            daemon: match &daemon {
+                Some(h) => DaemonDoc::running(h.pid, h.since_ms, now),
+                None => DaemonDoc::default(),
             },
-            "active": active.as_ref().map(|(c, d)| json!({ "color": c, "deployment": d })),
-            "standby": standby,
-            "protection": protection,
-            "verdicts": verdicts,
-            "pause": pause,
-            "cooldown_until": cooldown_until.map(format_ms),
-            "escalation_hold": escalation.as_ref().map(|i| i.id),
-            "last_incident": last_incident,
-            "database_bytes": store.size_bytes(),
-        });
+            protection: serde_json::to_value(&protection).ok(),
+            active: active.as_ref().map(|(color, d)| ActiveDoc {
+                color: *color,
+                deployment: Some(d.into()),
+            }),
+            standby: standby.as_ref().and_then(|s| serde_json::to_value(s).ok()),
+            verdicts: verdicts.iter().map(VerdictDoc::from).collect(),
+            pause: pause.as_ref().map(Into::into),
+            cooldown_until: cooldown_until.map(format_ms),
+            escalation_hold: escalation.as_ref().map(|i| i.id),
+            last_incident,
+            database: DatabaseDoc {
+                path: store.path().display().to_string(),
+                size_bytes: store.size_bytes(),
+                ..DatabaseDoc::default()
+            },
+            config: config.path.display().to_string(),
+            dry_run: config.daemon.dry_run,
+            ..StatusDocument::default()
+        };
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }

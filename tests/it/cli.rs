@@ -561,3 +561,99 @@ async fn samples_and_incidents_tables_align() {
         &["ID", "OPENED", "SEVERITY", "SWITCH", "REASON"],
     );
 }
+
+/// Issue 15: `status --json` and the daemon's `/status` are one document
+/// (the same keys at the top level and in `daemon`, `database`), the
+/// evidence of an incident is JSON, and every time is RFC 3339 with
+/// milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_and_the_daemons_status_are_one_document() {
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::fast_config(&blue, &green, dir.path(), "")
+        .replace("listen = \"off\"", "listen = \"127.0.0.1:0\"");
+    let env = Env::new(&text);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    // An incident with evidence, through the real manual path.
+    assert_eq!(
+        env.cli(&["rollback", "--reason", "evidence test"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let daemon = env.daemon();
+    const LINE: &str = "HTTP listener on http://";
+    common::wait_for(
+        "the HTTP listener",
+        std::time::Duration::from_secs(30),
+        || async { common::read(&daemon.log).contains(LINE) },
+    )
+    .await;
+    let log = common::read(&daemon.log);
+    let addr = log[log.find(LINE).unwrap() + LINE.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let url = format!("http://{addr}/status");
+    let served = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    common::wait_for(
+        "/status with verdicts",
+        std::time::Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            let served = served.clone();
+            async move {
+                let Ok(resp) = reqwest::get(&url).await else {
+                    return false;
+                };
+                let Ok(doc) = resp.json::<serde_json::Value>().await else {
+                    return false;
+                };
+                let ready = doc["verdicts"].as_array().is_some_and(|v| !v.is_empty());
+                *served.lock().unwrap() = doc;
+                ready
+            }
+        },
+    )
+    .await;
+    let served = served.lock().unwrap().clone();
+    let printed: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["status", "--json"])).unwrap();
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&served),
+        keys(&printed),
+        "top level:\n{served:#}\n{printed:#}"
+    );
+    for part in ["daemon", "database"] {
+        assert_eq!(keys(&served[part]), keys(&printed[part]), "{part}");
+    }
+    assert_eq!(keys(&served["verdicts"][0]), keys(&printed["verdicts"][0]));
+    assert_eq!(served["daemon"]["pid"], printed["daemon"]["pid"]);
+    assert_eq!(served["active"]["color"], printed["active"]["color"]);
+    // Times: RFC 3339 with milliseconds.
+    for t in [
+        &served["daemon"]["since"],
+        &printed["daemon"]["since"],
+        &served["verdicts"][0]["at"],
+        &printed["verdicts"][0]["at"],
+        &printed["active"]["deployment"]["at"],
+    ] {
+        assert!(is_rfc3339_millis(t.as_str().unwrap_or("")), "{t}");
+    }
+    // Evidence is a JSON object, in status and in the incident list.
+    assert!(
+        printed["last_incident"]["evidence"].is_object(),
+        "{printed:#}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["incidents", "--json"])).unwrap();
+    assert_eq!(list[0]["evidence"]["reason"], "evidence test", "{list:#}");
+    assert!(daemon.stop().await.success());
+}
