@@ -15,7 +15,8 @@ use crate::store::{Incident, IncidentEvent, StoreError};
 pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let list = open_read_only(config).await?.incidents().await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let doc = super::with_rfc3339_times(serde_json::to_value(&list)?);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     if list.is_empty() {
@@ -76,12 +77,12 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         let evidence: Value = serde_json::from_str(&inc.evidence).unwrap_or(json!(inc.evidence));
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({
+            serde_json::to_string_pretty(&super::with_rfc3339_times(json!({
                 "incident": inc,
                 "evidence": evidence,
                 "timeline": events,
                 "milestones": milestones(&events),
-            }))?
+            })))?
         );
         return Ok(());
     }

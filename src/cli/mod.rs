@@ -236,6 +236,45 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     })
 }
 
+/// The keys of points in time, stored as Unix milliseconds.
+const TIME_KEYS: &[&str] = &[
+    "at_ms",
+    "opened_ms",
+    "closed_ms",
+    "started_ms",
+    "ended_ms",
+    "until_ms",
+    "deadline_ms",
+];
+
+/// A document for `--json` with every point in time as RFC 3339 with
+/// milliseconds (`at_ms: 1764...` becomes `at: "2026-...Z"`), the one time
+/// format anything prints. Durations (`after_ms`, `window_ms`) stay numbers.
+pub(crate) fn with_rfc3339_times(mut value: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for key in TIME_KEYS {
+                    if let Some(ms) = map.get(*key).map(|t| t.as_i64()) {
+                        map.remove(*key);
+                        let name = key.trim_end_matches("_ms").to_owned();
+                        map.insert(
+                            name,
+                            ms.map(crate::model::format_ms)
+                                .map_or(serde_json::Value::Null, serde_json::Value::String),
+                        );
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut value);
+    value
+}
+
 /// A failure that is an answer, not an error: exit 1.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -391,6 +430,25 @@ mod tests {
                 .collect();
             assert_eq!(values, ["blue", "green"], "{path}");
         }
+    }
+
+    #[test]
+    fn json_times_become_rfc3339_with_milliseconds() {
+        let doc = with_rfc3339_times(serde_json::json!({
+            "opened_ms": 1_764_106_206_123_i64,
+            "closed_ms": null,
+            "window_ms": 60_000,
+            "timeline": [{ "at_ms": 0 }],
+        }));
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "opened": "2025-11-25T21:30:06.123Z",
+                "closed": null,
+                "window_ms": 60_000,
+                "timeline": [{ "at": "1970-01-01T00:00:00.000Z" }],
+            })
+        );
     }
 
     #[test]

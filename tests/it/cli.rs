@@ -655,5 +655,15 @@ async fn status_json_and_the_daemons_status_are_one_document() {
     let list: serde_json::Value =
         serde_json::from_str(&env.cli_ok(&["incidents", "--json"])).unwrap();
     assert_eq!(list[0]["evidence"]["reason"], "evidence test", "{list:#}");
+    assert!(
+        is_rfc3339_millis(list[0]["opened"].as_str().unwrap_or("")),
+        "{list:#}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["incident", "show", "1", "--json"])).unwrap();
+    assert!(
+        is_rfc3339_millis(shown["timeline"][0]["at"].as_str().unwrap_or("")),
+        "{shown:#}"
+    );
     assert!(daemon.stop().await.success());
 }
