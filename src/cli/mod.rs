@@ -62,7 +62,7 @@ pub enum Command {
     Run,
     /// Validate the configuration; print probes, the matrix and detection times
     Check(CheckArgs),
-    /// Active color, deployment, latest verdicts, pause state, last incident
+    /// Whether the daemon runs, what protection is in force, active color, verdicts, last incident
     Status(JsonFlag),
     /// Record a cutover made by a pipeline
     Deploy(DeployArgs),
