@@ -111,7 +111,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             notify: Some(&hub),
         };
         if let Some(outcome) = rollback::reconcile(&ctx).await? {
-            tracing::warn!("reconciled interrupted rollback: {outcome:?}");
+            tracing::warn!("reconciled interrupted rollback: {outcome}");
         }
     }
 
@@ -325,7 +325,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 rollback_task = None;
                 match result {
                     Ok(Ok(outcome)) => {
-                        tracing::info!("rollback finished: {outcome:?}");
+                        tracing::info!("rollback finished: {outcome}");
                         metrics.rollback(outcome_label(&outcome));
                         if let (Outcome::Skipped { why }, Some(v)) = (&outcome, rollback_verdict.take()) {
                             if let Some(notice) = recoveries.held(&config.service, &v, why) {
@@ -487,7 +487,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             humantime::format_duration(bound)
         );
         match tokio::time::timeout(bound, &mut task).await {
-            Ok(Ok(Ok(outcome))) => tracing::info!("rollback finished: {outcome:?}"),
+            Ok(Ok(Ok(outcome))) => tracing::info!("rollback finished: {outcome}"),
             Ok(Ok(Err(e))) => tracing::error!("rollback stopped on an error: {e}"),
             Ok(Err(e)) => tracing::error!("rollback task panicked: {e}"),
             Err(_) => {
@@ -564,7 +564,7 @@ async fn after_broken_rollback(
     refusals: &mut u32,
 ) -> Duration {
     match rollback::abandon(ctx, why).await {
-        Ok(Some(outcome)) => tracing::warn!("closed the broken rollback: {outcome:?}"),
+        Ok(Some(outcome)) => tracing::warn!("closed the broken rollback: {outcome}"),
         Ok(None) => {}
         // The database refuses: the slot stays held by this live process
         // (`reconcile` never takes over a live holder) until a restart.
@@ -830,8 +830,8 @@ async fn refresh_active(
     if color != previous && previous.is_some() {
         tracing::info!(
             rollbackd.color = color.map(Color::as_str).unwrap_or(""),
-            "active color is now {:?}",
-            color
+            "active color is now {}",
+            color.map(Color::as_str).unwrap_or("unknown")
         );
     }
     Ok(color)

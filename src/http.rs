@@ -290,45 +290,60 @@ fn db_size(path: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// The same document as `status --json` (`status.rs`), from the loop's
+/// snapshot: no query is made here.
 async fn status(State(state): State<AppState>) -> impl IntoResponse {
+    use crate::status::{ActiveDoc, DaemonDoc, DatabaseDoc, StatusDocument, VerdictDoc};
     let problems = problems(&state);
     let snap = state.snapshot.borrow().clone();
     let db = state.health.db();
-    let worst = matrix::worst(&snap.verdicts).map(
-        |v| json!({ "rule": v.rule, "severity": v.severity.as_str(), "color": v.color.as_str() }),
-    );
-    axum::Json(json!({
-        "service": snap.service,
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "started_ms": snap.started_ms,
-        "uptime_seconds": ((now_ms() - snap.started_ms).max(0)) / 1000,
-        "config": snap.config_path.display().to_string(),
-        "dry_run": snap.dry_run,
-        "healthy": problems.is_empty(),
-        "problems": problems,
-        "active": snap.active.map(Color::as_str),
-        "status": snap.status_line,
-        "worst": worst,
-        "rollback_in_flight": snap.rollback_in_flight,
-        "stopping": snap.stopping,
-        "verdicts": snap.verdicts,
-        "probes": snap.probes,
-        "last_reload": snap.last_reload,
-        "work_loop": {
+    let now = now_ms();
+    let doc = StatusDocument {
+        service: snap.service.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        daemon: DaemonDoc::running(std::process::id(), snap.started_ms, now),
+        active: snap.active.map(|color| ActiveDoc {
+            color,
+            deployment: None,
+        }),
+        verdicts: snap.verdicts.iter().map(VerdictDoc::from).collect(),
+        database: DatabaseDoc {
+            path: state.db_path.display().to_string(),
+            size_bytes: db_size(&state.db_path),
+            writable: Some(db.failing_since.is_none()),
+            error: db.error,
+            ok: Some(storage_problems(&state).is_empty()),
+            kept_records: Some(state.store.kept_len()),
+            failed_writes: Some(state.store.failed_writes()),
+            file_problem: state.store.file_problem(),
+        },
+        config: snap.config_path.display().to_string(),
+        dry_run: snap.dry_run,
+        healthy: Some(problems.is_empty()),
+        problems: Some(problems),
+        status: Some(snap.status_line.clone()),
+        rollback_in_flight: Some(snap.rollback_in_flight),
+        stopping: Some(snap.stopping),
+        probes: serde_json::to_value(&snap.probes).ok(),
+        last_reload: snap.last_reload.as_ref().map(|r| {
+            // Its time as every time printed: RFC 3339, milliseconds.
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                if let Some(ms) = o.remove("at_ms").and_then(|x| x.as_i64()) {
+                    o.insert("at".into(), json!(crate::model::format_ms(ms)));
+                }
+            }
+            v
+        }),
+        work_loop: Some(json!({
             "last_evaluation_ms_ago": snap.at.elapsed().as_millis() as u64,
-        },
-        "database": {
-            "path": state.db_path.display().to_string(),
-            "size_bytes": db_size(&state.db_path),
-            "writable": db.failing_since.is_none(),
-            "error": db.error,
-            "ok": storage_problems(&state).is_empty(),
-            "kept_records": state.store.kept_len(),
-            "failed_writes": state.store.failed_writes(),
-            "file_problem": state.store.file_problem(),
-        },
-    }))
+            "worst": matrix::worst(&snap.verdicts).map(
+                |v| json!({ "rule": v.rule, "severity": v.severity.as_str(), "color": v.color.as_str() }),
+            ),
+        })),
+        ..StatusDocument::default()
+    };
+    axum::Json(doc)
 }
 
 // ---------------------------------------------------------------------------

@@ -62,6 +62,7 @@ pub mod rollback;
 pub mod secret;
 pub mod signals;
 pub mod statelock;
+pub mod status;
 pub mod store;
 pub mod systemd;
 pub mod template;

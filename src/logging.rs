@@ -48,10 +48,35 @@ pub fn init_file(file: std::fs::File) {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::sync::Mutex::new(file))
+                .with_timer(RfcMillis)
                 .with_ansi(false)
                 .with_target(false),
         )
         .try_init();
+}
+
+/// Whether output to a stream may carry colour: only a terminal, and only
+/// when `NO_COLOR` is unset or empty (https://no-color.org).
+pub fn color_allowed(stream_is_terminal: bool) -> bool {
+    color_allowed_with(stream_is_terminal, std::env::var_os("NO_COLOR"))
+}
+
+fn color_allowed_with(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Log times as every other time rollbackd prints: RFC 3339, milliseconds,
+/// UTC (`2026-11-25T21:30:06.123Z`).
+struct RfcMillis;
+
+impl tracing_subscriber::fmt::time::FormatTime for RfcMillis {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        write!(
+            w,
+            "{}",
+            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+        )
+    }
 }
 
 /// Install the global subscriber. `RUST_LOG` refines the level (default
@@ -92,6 +117,7 @@ pub fn init(format: Format) -> Format {
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    .with_timer(RfcMillis)
                     .with_writer(std::io::stderr),
             )
             .try_init(),
@@ -100,9 +126,13 @@ pub fn init(format: Format) -> Format {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
-                    // Colors only for a person at a terminal: a file or the
-                    // journal would keep the escape codes.
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    // Colors only for a person at a terminal who did not
+                    // set NO_COLOR: a file or the journal would keep the
+                    // escape codes.
+                    .with_ansi(color_allowed(std::io::IsTerminal::is_terminal(
+                        &std::io::stderr(),
+                    )))
+                    .with_timer(RfcMillis)
                     .with_target(false),
             )
             .try_init(),
@@ -110,4 +140,18 @@ pub fn init(format: Format) -> Format {
     // Already initialised (tests calling twice): keep the first.
     let _ = result;
     format
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_color_set_to_anything_turns_colour_off_and_a_pipe_never_has_it() {
+        assert!(color_allowed_with(true, None));
+        assert!(color_allowed_with(true, Some("".into())), "empty = unset");
+        assert!(!color_allowed_with(true, Some("1".into())));
+        assert!(!color_allowed_with(true, Some("0".into())), "any value");
+        assert!(!color_allowed_with(false, None));
+    }
 }

@@ -677,9 +677,9 @@ async fn deliver(
             }
             tracing::debug!(
                 rollbackd.severity = notice.severity.as_str(),
-                "notification sent to {} ({:?}) after {attempts} attempt(s)",
+                "notification sent to {} ({}) after {attempts} attempt(s)",
                 target.url,
-                target.format
+                format_name(target.format)
             );
         }
         Ok(Delivered::Nothing) => {
@@ -694,9 +694,9 @@ async fn deliver(
             tracing::error!(
                 rollbackd.severity = notice.severity.as_str(),
                 rollbackd.incident = notice.incident,
-                "notification to {} ({:?}) failed: {why}; {} not notified",
+                "notification to {} ({}) failed: {why}; {} not notified",
                 target.url,
-                target.format,
+                format_name(target.format),
                 notice.event.as_str()
             );
         }
@@ -829,7 +829,8 @@ async fn attempt_all(
         }
         if attempt < policy.attempts {
             tracing::debug!(
-                "notification attempt {attempt} failed ({last}); retrying in {pause:?}"
+                "notification attempt {attempt} failed ({last}); retrying in {}",
+                humantime::format_duration(pause)
             );
             tokio::time::sleep(pause).await;
             wait *= 2;

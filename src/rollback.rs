@@ -88,6 +88,31 @@ pub enum Outcome {
     Skipped { why: String },
 }
 
+/// In words, for logs: "verified: back on blue (incident #3)".
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Verified { incident, to } => {
+                write!(f, "verified: back on {to} (incident #{incident})")
+            }
+            Outcome::DryRun { incident, to } => {
+                write!(
+                    f,
+                    "dry run: would have switched to {to} (incident #{incident})"
+                )
+            }
+            Outcome::Escalated { incident, why } => {
+                write!(f, "escalated (incident #{incident}): {why}")
+            }
+            Outcome::Refused { incident, why } => {
+                write!(f, "refused (incident #{incident}): {why}")
+            }
+            Outcome::Failed { incident, why } => write!(f, "failed (incident #{incident}): {why}"),
+            Outcome::Skipped { why } => write!(f, "not started: {why}"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
     #[error(transparent)]
@@ -176,7 +201,7 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
     // A rollback left in flight by a process that died is closed (or
     // finished) first, so its slot never blocks this one for good.
     if let Some(outcome) = reconcile(ctx).await? {
-        tracing::warn!("reconciled an interrupted rollback first: {outcome:?}");
+        tracing::warn!("reconciled an interrupted rollback first: {outcome}");
     }
     let now = now_ms();
     if req.trigger == Trigger::Automatic {
@@ -1238,5 +1263,39 @@ mod tests {
         child.wait().unwrap();
         assert!(!holder_alive(&format!("{child_pid}/0")));
         assert!(!holder_alive("garbage"));
+    }
+}
+
+#[cfg(test)]
+mod outcome_words {
+    use super::Outcome;
+    use crate::model::Color;
+
+    /// Issue 15: logs said `Verified { incident: 1, to: Blue }`.
+    #[test]
+    fn an_outcome_reads_as_words_not_a_rust_debug_form() {
+        let verified = Outcome::Verified {
+            incident: 1,
+            to: Color::Blue,
+        };
+        assert_eq!(verified.to_string(), "verified: back on blue (incident #1)");
+        let refused = Outcome::Refused {
+            incident: 2,
+            why: "green is not healthy".into(),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "refused (incident #2): green is not healthy"
+        );
+        for o in [
+            verified,
+            refused,
+            Outcome::Skipped {
+                why: "paused".into(),
+            },
+        ] {
+            let text = o.to_string();
+            assert!(!text.contains('{') && !text.contains("Some("), "{text}");
+        }
     }
 }

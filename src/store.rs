@@ -47,6 +47,23 @@ pub enum StoreError {
     /// (see `Store::fence`).
     #[error("{0}")]
     Unwritable(String),
+    /// A read-only command found no database to read (it never makes one).
+    #[error("no database at {}: {why}", path.display())]
+    Missing { path: PathBuf, why: String },
+    /// The database (or its directory) is there but this user may not read it.
+    #[error("cannot read {} as user {user}: {why}", path.display())]
+    Permission {
+        path: PathBuf,
+        user: String,
+        why: String,
+    },
+    /// A read-only command met a database the daemon has not migrated to
+    /// this binary's schema yet (it never migrates).
+    #[error(
+        "database {} has schema version {have}, older than this rollbackd's {want}: start (or restart) the daemon once to upgrade it, then retry",
+        path.display()
+    )]
+    OldSchema { path: PathBuf, have: i64, want: i64 },
 }
 
 impl StoreError {
@@ -203,6 +220,8 @@ pub struct Incident {
     pub severity: Severity,
     pub rule: Option<String>,
     pub reason: String,
+    /// JSON text; serialized as the JSON it holds (an object), not a string.
+    #[serde(serialize_with = "evidence_as_json")]
     pub evidence: String,
     pub from_color: Option<Color>,
     pub to_color: Option<Color>,
@@ -213,6 +232,15 @@ pub struct Incident {
     pub downtime_ms: Option<Millis>,
     pub in_flight: bool,
     pub holder: Option<String>,
+}
+
+/// Stored evidence is JSON text: out of the store it is that JSON (text
+/// that does not parse stays a string).
+fn evidence_as_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => v.serialize(s),
+        Err(_) => s.serialize_str(text),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -401,6 +429,144 @@ impl Store {
             source,
         })?;
         Store::open(&state_dir.join("rollbackd.db")).await
+    }
+
+    /// Open `state_dir/rollbackd.db` for a command that only reads
+    /// (`status`, `incidents`, `samples`, `report`, `replay`): SQLite
+    /// `mode=ro`, never creating the directory or the file, never
+    /// migrating. A missing database, a permission problem or a schema
+    /// older than this binary is one error naming the path (and the user).
+    pub async fn open_read_only(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join("rollbackd.db");
+        let user = current_user();
+        let denied = |on: &Path, e: &std::io::Error| StoreError::Permission {
+            path: path.clone(),
+            user: user.clone(),
+            why: format!("{}: {}", on.display(), io_words(e)),
+        };
+        match std::fs::metadata(state_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing {
+                    path,
+                    why: format!(
+                        "the state directory {} does not exist (is state_dir right? the daemon makes it when it first runs)",
+                        state_dir.display()
+                    ),
+                });
+            }
+            Err(e) => return Err(denied(state_dir, &e)),
+            Ok(m) if !m.is_dir() => {
+                return Err(StoreError::Missing {
+                    path,
+                    why: format!("{} is not a directory", state_dir.display()),
+                });
+            }
+            Ok(_) => {}
+        }
+        // Opened (and closed) before SQLite sees it: the one way to tell a
+        // missing file from a forbidden one, which SQLite reports alike.
+        // No SQLite connection of this process is open on it yet, so the
+        // close drops no lock.
+        match std::fs::File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing {
+                    path,
+                    why: format!(
+                        "{} holds no rollbackd.db (the daemon makes it when it first runs)",
+                        state_dir.display()
+                    ),
+                });
+            }
+            Err(e) => return Err(denied(&path, &e)),
+            Ok(_) => {}
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(BUSY_TIMEOUT);
+        // Connect and read the schema's version: the first query is when
+        // SQLite opens the WAL's `-shm`, so a problem there shows here.
+        async fn connect(
+            options: SqliteConnectOptions,
+        ) -> Result<(SqlitePool, Result<Option<i64>, sqlx::Error>), sqlx::Error> {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(2)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            let version = sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT max(version) FROM _sqlx_migrations WHERE success",
+            )
+            .fetch_one(&pool)
+            .await;
+            match version {
+                Err(sqlx::Error::Database(e)) if cannot_map(e.as_ref()) => {
+                    pool.close().await;
+                    Err(sqlx::Error::Database(e))
+                }
+                version => Ok((pool, version)),
+            }
+        }
+        let wal = path.with_extension("db-wal");
+        let (pool, version) = match connect(options.clone()).await {
+            Ok(opened) => opened,
+            // SQLITE_CANTOPEN on a readable file: a WAL database needs its
+            // `-shm`, which this user cannot make in a directory it may not
+            // write. With no `-wal` beside it, every commit is in the file
+            // itself and no daemon is writing: read it as immutable.
+            Err(sqlx::Error::Database(e)) if cannot_map(e.as_ref()) && !wal.exists() => {
+                connect(options.immutable(true))
+                    .await
+                    .map_err(|source| StoreError::Open {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
+            Err(sqlx::Error::Database(e)) if cannot_map(e.as_ref()) => {
+                return Err(StoreError::Permission {
+                    path: path.clone(),
+                    user,
+                    why: format!(
+                        "its shared-memory file {}-shm cannot be opened or made (the directory {} must be writable, or the file readable, by this user)",
+                        path.display(),
+                        state_dir.display()
+                    ),
+                });
+            }
+            Err(source) => return Err(StoreError::Open { path, source }),
+        };
+        // SQLite made the `-wal`/`-shm` if they were missing: when root
+        // runs the command, they must stay the daemon's to write.
+        give_files_to_dir_owner(&path);
+        let want = sqlx::migrate!("./migrations")
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        let have = match version {
+            Ok(v) => v,
+            // No migrations table: a file no rollbackd ever migrated.
+            Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => None,
+            Err(source) => return Err(StoreError::Open { path, source }),
+        };
+        let have = have.unwrap_or(0);
+        if have < want {
+            return Err(StoreError::OldSchema { path, have, want });
+        }
+        Ok(Store {
+            pool,
+            identity: file_identity(&path),
+            path,
+            kept: Default::default(),
+            last: Default::default(),
+            // Reads only: `fence` guards writes into the mapping, and a
+            // reader's shared memory is SQLite's read-only kind when the
+            // file is not writable.
+            mapped_writable: false,
+        })
     }
 
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
@@ -1524,6 +1690,37 @@ impl Store {
 /// root's, and the daemon could no longer write its own database. Give them
 /// to the directory's owner. (SQLite already does this for -wal and -shm
 /// files when the database file has the right owner.)
+/// SQLITE_CANTOPEN, or a SQLITE_READONLY kind (`_DIRECTORY`, ...): a read
+/// connection could not open or make the WAL's files.
+fn cannot_map(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 14 || c & 0xff == 8)
+}
+
+/// The user this process runs as, by name when it has one: for errors.
+fn current_user() -> String {
+    let uid = nix::unistd::geteuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// An I/O error in words, without Rust's "(os error 13)".
+fn io_words(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_lowercase(),
+                None => text,
+            }
+        }
+    }
+}
+
 fn give_files_to_dir_owner(db: &Path) {
     use std::os::unix::fs::MetadataExt;
     if !nix::unistd::geteuid().is_root() {

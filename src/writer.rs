@@ -222,7 +222,8 @@ impl Writer {
                     }
                     tracing::warn!(
                         buffered = buf.pending.len(),
-                        "cannot store samples yet ({e}); retrying in {backoff:?}"
+                        "cannot store samples yet ({e}); retrying in {}",
+                        humantime::format_duration(backoff)
                     );
                     // Wait out the backoff, still taking samples in.
                     let until = Instant::now() + backoff;

@@ -22,10 +22,23 @@ pub async fn deploy(config: &Config, a: DeployArgs) -> anyhow::Result<()> {
         a.color,
         a.version
     );
-    println!(
-        "deployment #{}: {} is active with version {}",
-        d.id, d.color, d.version
-    );
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "deployment": d.id,
+                "color": d.color,
+                "version": d.version,
+                "source": d.source,
+                "at": format_ms(d.at_ms),
+            }))?
+        );
+    } else {
+        println!(
+            "deployment #{}: {} is active with version {}",
+            d.id, d.color, d.version
+        );
+    }
     if let Some(file) = &config.active_file {
         if crate::active::read_file(file).ok() != Some(a.color) {
             eprintln!(
@@ -106,7 +119,14 @@ pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
         }
     };
     store_kept(&store).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&outcome_json(&outcome))?);
+    }
+    let quiet = a.json;
     let result = match outcome {
+        _ if quiet && matches!(outcome, Outcome::Verified { .. } | Outcome::DryRun { .. }) => {
+            Ok(())
+        }
         Outcome::Verified { incident, to } => {
             println!("rolled back to {to}; verified healthy (incident #{incident})");
             Ok(())
@@ -163,18 +183,37 @@ pub async fn pause(config: &Config, a: PauseArgs) -> anyhow::Result<()> {
         format_ms(until),
         a.reason
     );
-    println!(
-        "automatic rollbacks paused until {}: {}",
-        format_ms(until),
-        a.reason
-    );
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "pause": id,
+                "since": format_ms(now),
+                "until": format_ms(until),
+                "reason": a.reason,
+            }))?
+        );
+    } else {
+        println!(
+            "automatic rollbacks paused until {}: {}",
+            format_ms(until),
+            a.reason
+        );
+    }
     Ok(())
 }
 
-pub async fn resume(config: &Config) -> anyhow::Result<()> {
+pub async fn resume(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let n = open(config).await?.resume(now_ms()).await?;
     if n > 0 {
         tracing::warn!("hold on automatic rollbacks ended by resume");
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "resumed": n > 0, "holds_ended": n }))?
+        );
+        return Ok(());
     }
     println!(
         "{}",
@@ -185,4 +224,17 @@ pub async fn resume(config: &Config) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// `rollback --json`: the outcome as one document (`outcome` is one word).
+fn outcome_json(outcome: &Outcome) -> serde_json::Value {
+    let (word, incident, to, why) = match outcome {
+        Outcome::Verified { incident, to } => ("verified", Some(*incident), Some(*to), None),
+        Outcome::DryRun { incident, to } => ("dry_run", Some(*incident), Some(*to), None),
+        Outcome::Refused { incident, why } => ("refused", Some(*incident), None, Some(why)),
+        Outcome::Failed { incident, why } => ("failed", Some(*incident), None, Some(why)),
+        Outcome::Escalated { incident, why } => ("escalated", Some(*incident), None, Some(why)),
+        Outcome::Skipped { why } => ("skipped", None, None, Some(why)),
+    };
+    json!({ "outcome": word, "incident": incident, "to": to, "why": why })
 }

@@ -32,6 +32,9 @@ pub struct DrillArgs {
     /// Let the daemon's notifications about the drill go out (marked as a drill)
     #[arg(long)]
     pub notify: bool,
+    /// Print the report as JSON
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
 }
 
 /// A command line split into words (see `drill::split_argv`).
@@ -81,7 +84,11 @@ pub async fn run(config: &Config, a: DrillArgs) -> anyhow::Result<()> {
         interrupted,
     )
     .await?;
-    if a.markdown {
+    if a.json {
+        let mut doc = super::with_rfc3339_times(serde_json::to_value(&report)?);
+        doc["passed"] = serde_json::Value::Bool(report.passed());
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else if a.markdown {
         print!("{}", report.markdown());
     } else {
         print!("{}", report.text());

@@ -18,7 +18,7 @@ use crate::model::Color;
 #[derive(Args, Debug)]
 pub struct GateArgs {
     /// The color to judge (normally the standby, before the cutover)
-    #[arg(long)]
+    #[arg(long, value_enum)]
     pub color: Color,
     /// How long to probe, e.g. 2m
     #[arg(long = "for", value_parser = humantime::parse_duration, default_value = "2m")]
@@ -30,6 +30,10 @@ pub struct GateArgs {
     /// Write the Markdown summary here [default: $GITHUB_STEP_SUMMARY when set]
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
+    /// Print the result as JSON instead of Markdown (the summary file, when
+    /// written, stays Markdown)
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn run(config: Config, a: GateArgs) -> anyhow::Result<()> {
@@ -103,7 +107,11 @@ pub async fn run(config: Config, a: GateArgs) -> anyhow::Result<()> {
         f.write_all(markdown.as_bytes())
             .with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
-    print!("{markdown}");
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&result_json(&result))?);
+    } else {
+        print!("{markdown}");
+    }
     if result.passed() {
         Ok(())
     } else {
@@ -114,4 +122,39 @@ pub async fn run(config: Config, a: GateArgs) -> anyhow::Result<()> {
         ))
         .into())
     }
+}
+
+/// `gate --json`: the result as one document; times RFC 3339, durations
+/// in milliseconds.
+fn result_json(r: &gate::GateResult) -> serde_json::Value {
+    let verdict = |v: &crate::matrix::Verdict| {
+        serde_json::json!({
+            "at": crate::model::format_ms(v.at_ms),
+            "rule": v.rule,
+            "severity": v.severity,
+            "color": v.color,
+            "state": v.state,
+            "n": v.n,
+            "value": v.value,
+            "threshold": v.threshold,
+            "window_ms": v.window_ms,
+            "detail": v.detail,
+        })
+    };
+    serde_json::json!({
+        "service": r.service,
+        "color": r.color,
+        "passed": r.passed(),
+        "reasons": r.reasons,
+        "duration_ms": r.duration.as_millis() as u64,
+        "probes": r.probes.iter().map(|(name, p)| serde_json::json!({
+            "probe": name,
+            "samples": p.samples,
+            "failures": p.failures,
+            "latency_avg_ms": p.avg_ms(),
+        })).collect::<Vec<_>>(),
+        "verdicts": r.verdicts.iter().map(verdict).collect::<Vec<_>>(),
+        "fired": r.fired.iter().map(verdict).collect::<Vec<_>>(),
+        "judges_all_in_ms": r.judges_all_in.map(|d| d.as_millis() as u64),
+    })
 }

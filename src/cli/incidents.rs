@@ -7,45 +7,64 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{NotFound, open};
+use super::{NotFound, open_read_only};
 use crate::config::Config;
 use crate::model::{Color, Millis, Signal, format_ms, format_value};
 use crate::store::{Incident, IncidentEvent, StoreError};
 
 pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
-    let list = open(config).await?.incidents().await?;
+    let list = open_read_only(config).await?.incidents().await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let doc = super::with_rfc3339_times(serde_json::to_value(&list)?);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     if list.is_empty() {
         println!("no incidents");
         return Ok(());
     }
-    println!(
-        "{:<5} {:<20}  {:<8} {:<9} {:<14}  {:<10} {:<9} reason",
-        "id", "opened (UTC)", "severity", "trigger", "switch", "outcome", "downtime"
+    use super::table::{Align, render};
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                format!("#{}", i.id),
+                format_ms(i.opened_ms),
+                i.severity.as_str().to_owned(),
+                i.trigger_kind.clone(),
+                format!("{} -> {}", color(i.from_color), color(i.to_color)),
+                i.state.clone(),
+                i.downtime_ms
+                    .map(short_duration)
+                    .unwrap_or_else(|| "-".into()),
+                i.reason.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render(
+            &[
+                "ID", "OPENED", "SEVERITY", "TRIGGER", "SWITCH", "OUTCOME", "DOWNTIME", "REASON"
+            ],
+            &[
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Right,
+                Align::Left
+            ],
+            &rows,
+        )
     );
-    for i in &list {
-        println!(
-            "#{:<4} {:<20}  {:<8} {:<9} {:<14}  {:<10} {:<9} {}",
-            i.id,
-            format_ms(i.opened_ms),
-            i.severity.as_str(),
-            i.trigger_kind,
-            format!("{} -> {}", color(i.from_color), color(i.to_color)),
-            i.state,
-            i.downtime_ms
-                .map(short_duration)
-                .unwrap_or_else(|| "-".into()),
-            i.reason
-        );
-    }
     Ok(())
 }
 
 pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> anyhow::Result<()> {
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let inc = match store.incident(id).await {
         Ok(i) => i,
         Err(StoreError::NoIncident(_)) => {
@@ -58,12 +77,12 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         let evidence: Value = serde_json::from_str(&inc.evidence).unwrap_or(json!(inc.evidence));
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({
+            serde_json::to_string_pretty(&super::with_rfc3339_times(json!({
                 "incident": inc,
                 "evidence": evidence,
                 "timeline": events,
                 "milestones": milestones(&events),
-            }))?
+            })))?
         );
         return Ok(());
     }

@@ -18,6 +18,7 @@ mod replay;
 mod report;
 mod samples;
 mod status;
+mod table;
 
 pub use check::report as check_report;
 pub(crate) use incidents::summary_sentence as incident_summary;
@@ -62,7 +63,7 @@ pub enum Command {
     Run,
     /// Validate the configuration; print probes, the matrix and detection times
     Check(CheckArgs),
-    /// Active color, deployment, latest verdicts, pause state, last incident
+    /// Whether the daemon runs, what protection is in force, active color, verdicts, last incident
     Status(JsonFlag),
     /// Record a cutover made by a pipeline
     Deploy(DeployArgs),
@@ -73,7 +74,7 @@ pub enum Command {
     /// Hold automatic rollbacks for a while (a hold always expires)
     Pause(PauseArgs),
     /// End a hold
-    Resume,
+    Resume(JsonFlag),
     /// List incidents
     Incidents(JsonFlag),
     /// One incident with its timeline and evidence
@@ -95,10 +96,19 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
-    /// Exit 1 when a Critical/High rule would fire on noise more than once
-    /// a year at [daemon] assumed_noise
+    /// Make warnings fatal (exit 1), e.g. a Critical/High rule that would
+    /// fire on noise more than once a year at [daemon] assumed_noise
     #[arg(long)]
     pub strict: bool,
+    /// Print one JSON document: errors, warnings, probes, rules and their
+    /// detection figures
+    #[arg(long)]
+    pub json: bool,
+    /// Check the configured commands for this user (the daemon's, e.g.
+    /// rollbackd) by their mode bits, when run as root [default: the user
+    /// running check]
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -110,7 +120,8 @@ pub struct JsonFlag {
 
 #[derive(Args, Debug)]
 pub struct DeployArgs {
-    #[arg(long)]
+    /// The color that is active now (traffic was switched to it)
+    #[arg(long, value_enum)]
     pub color: Color,
     /// Version being deployed (commit SHA)
     #[arg(long)]
@@ -118,12 +129,19 @@ pub struct DeployArgs {
     /// Who or what made the cutover
     #[arg(long, default_value = "cli")]
     pub source: String,
+    /// Print the recorded deployment as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
+    /// Why (recorded in the incident and sent with its notifications)
     #[arg(long)]
     pub reason: String,
+    /// Print the outcome as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -131,8 +149,12 @@ pub struct PauseArgs {
     /// How long, e.g. 1h
     #[arg(long = "for", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Why (shown by `status` while the hold lasts)
     #[arg(long)]
     pub reason: String,
+    /// Print the hold as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -145,9 +167,12 @@ pub struct IncidentArgs {
 pub enum IncidentAction {
     /// Show one incident
     Show {
+        /// The incident's number (see `rollbackd incidents`)
         id: i64,
+        /// Machine-readable output
         #[arg(long)]
         json: bool,
+        /// Markdown, for an issue or a postmortem
         #[arg(long, conflicts_with = "json")]
         markdown: bool,
     },
@@ -155,13 +180,16 @@ pub enum IncidentAction {
 
 #[derive(Args, Debug)]
 pub struct SamplesArgs {
+    /// Only this probe's samples [default: every probe]
     #[arg(long)]
     pub probe: Option<String>,
-    #[arg(long)]
+    /// Only this color's samples (shared probes have none) [default: both and shared]
+    #[arg(long, value_enum)]
     pub color: Option<Color>,
     /// How far back, e.g. 10m
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub since: Duration,
+    /// Machine-readable output
     #[arg(long)]
     pub json: bool,
 }
@@ -198,12 +226,54 @@ pub struct ReplayArgs {
     /// With --synthetic-noise: the random seed (default: a random one, printed)
     #[arg(long, requires = "synthetic_noise")]
     pub seed: Option<u64>,
+    /// Print what would have fired as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
     config::parse_percent(text).ok_or_else(|| {
         format!("expected a percentage above 0 and below 100, like 2%, not {text:?}")
     })
+}
+
+/// The keys of points in time, stored as Unix milliseconds.
+const TIME_KEYS: &[&str] = &[
+    "at_ms",
+    "opened_ms",
+    "closed_ms",
+    "started_ms",
+    "ended_ms",
+    "until_ms",
+    "deadline_ms",
+];
+
+/// A document for `--json` with every point in time as RFC 3339 with
+/// milliseconds (`at_ms: 1764...` becomes `at: "2026-...Z"`), the one time
+/// format anything prints. Durations (`after_ms`, `window_ms`) stay numbers.
+pub(crate) fn with_rfc3339_times(mut value: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for key in TIME_KEYS {
+                    if let Some(ms) = map.get(*key).map(|t| t.as_i64()) {
+                        map.remove(*key);
+                        let name = key.trim_end_matches("_ms").to_owned();
+                        map.insert(
+                            name,
+                            ms.map(crate::model::format_ms)
+                                .map_or(serde_json::Value::Null, serde_json::Value::String),
+                        );
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut value);
+    value
 }
 
 /// A failure that is an answer, not an error: exit 1.
@@ -243,22 +313,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let path = config::resolve_path(cli.config.as_deref());
+    if let Command::Check(a) = &cli.command {
+        return check::run(&path, a);
+    }
     let config = Config::load(&path)?;
     match cli.command {
         Command::Run => run(config).await,
-        Command::Check(a) => {
-            print!("{}", check::report(&config));
-            if a.strict {
-                check::strict(&config)?;
-            }
-            Ok(())
-        }
+        Command::Check(_) => Ok(()),
         Command::Status(f) => status::run(&config, f.json).await,
         Command::Deploy(a) => control::deploy(&config, a).await,
         Command::Gate(a) => gate::run(config, a).await,
         Command::Rollback(a) => control::rollback(&config, a).await,
         Command::Pause(a) => control::pause(&config, a).await,
-        Command::Resume => control::resume(&config).await,
+        Command::Resume(f) => control::resume(&config, f.json).await,
         Command::Incidents(f) => incidents::list(&config, f.json).await,
         Command::Incident(IncidentArgs {
             action: IncidentAction::Show { id, json, markdown },
@@ -275,6 +342,12 @@ pub(crate) async fn open(config: &Config) -> anyhow::Result<Store> {
     Ok(Store::open_dir(&config.daemon.state_dir).await?)
 }
 
+/// The store for a command that only reads: never makes the state
+/// directory or the database, never migrates (`Store::open_read_only`).
+pub(crate) async fn open_read_only(config: &Config) -> anyhow::Result<Store> {
+    Ok(Store::open_read_only(&config.daemon.state_dir).await?)
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     crate::signals::forward(tx).context("cannot install signal handlers")?;
@@ -285,4 +358,114 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(crate::process::kill_all_runs).await;
     result?;
     Ok(())
+}
+
+/// `--color blue|green`: listed in `--help`, completed by the shells.
+impl clap::ValueEnum for Color {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Color::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command, with the path to it.
+    fn all_args(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in cmd.get_arguments() {
+            out.push((format!("{path} {}", arg.get_id()), arg.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            all_args(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help_text() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut args = Vec::new();
+        all_args(&cmd, "rollbackd", &mut args);
+        let missing: Vec<&str> = args
+            .iter()
+            .filter(|(_, a)| a.get_help().is_none() && a.get_long_help().is_none())
+            .map(|(path, _)| path.as_str())
+            .collect();
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        assert!(
+            args.len() > 30,
+            "the walk found the arguments: {}",
+            args.len()
+        );
+        fn abouts(cmd: &clap::Command, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(sub.get_name().to_owned());
+                }
+                abouts(sub, missing);
+            }
+        }
+        let mut no_about = Vec::new();
+        abouts(&cmd, &mut no_about);
+        assert!(
+            no_about.is_empty(),
+            "commands without a summary: {no_about:?}"
+        );
+    }
+
+    #[test]
+    fn every_color_argument_lists_blue_and_green() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut args = Vec::new();
+        all_args(&cmd, "rollbackd", &mut args);
+        let colors: Vec<&(String, clap::Arg)> =
+            args.iter().filter(|(_, a)| a.get_id() == "color").collect();
+        assert!(colors.len() >= 3, "deploy, gate, samples: {}", colors.len());
+        for (path, arg) in colors {
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            assert_eq!(values, ["blue", "green"], "{path}");
+        }
+    }
+
+    #[test]
+    fn json_times_become_rfc3339_with_milliseconds() {
+        let doc = with_rfc3339_times(serde_json::json!({
+            "opened_ms": 1_764_106_206_123_i64,
+            "closed_ms": null,
+            "window_ms": 60_000,
+            "timeline": [{ "at_ms": 0 }],
+        }));
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "opened": "2025-11-25T21:30:06.123Z",
+                "closed": null,
+                "window_ms": 60_000,
+                "timeline": [{ "at": "1970-01-01T00:00:00.000Z" }],
+            })
+        );
+    }
+
+    #[test]
+    fn only_the_top_level_hides_commands() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            assert!(
+                sub.get_subcommands().all(|s| !s.is_hide_set()),
+                "{} hides a subcommand: assets::visible would keep it",
+                sub.get_name()
+            );
+        }
+    }
 }

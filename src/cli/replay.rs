@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use super::{ReplayArgs, open};
+use super::{ReplayArgs, open_read_only};
 
 use crate::config::Config;
 use crate::matrix::{self, Baselines, Decision, Engine, State, Verdict, noise};
@@ -61,7 +61,7 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
             config.path.display()
         );
     }
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let now = now_ms();
     let start = now - duration_ms(a.since);
     let warmup = rules
@@ -91,8 +91,7 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         step,
         warmup,
     };
-    print!("{}", replay.run(&a));
-    Ok(())
+    print_replay(replay.run(&a), a.json)
 }
 
 /// The most samples `--synthetic-noise` makes (a few GB of memory).
@@ -163,7 +162,15 @@ fn synthetic(config: &Config, rules: &Config, a: &ReplayArgs, rate: f64) -> anyh
         step: duration_ms(a.step).max(1),
         warmup,
     };
-    print!("{}", replay.run(a));
+    print_replay(replay.run(a), a.json)
+}
+
+fn print_replay((text, doc): (String, serde_json::Value), as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{text}");
+    }
     Ok(())
 }
 
@@ -193,9 +200,11 @@ struct Tally {
 }
 
 impl Replay<'_> {
-    fn run(&self, a: &ReplayArgs) -> String {
+    /// The text report, and the same as one JSON document (`--json`).
+    fn run(&self, a: &ReplayArgs) -> (String, serde_json::Value) {
         let rules = self.rules;
         let mut out = String::new();
+        let mut events: Vec<serde_json::Value> = Vec::new();
         let in_range = self
             .samples
             .iter()
@@ -275,6 +284,10 @@ impl Replay<'_> {
             let active = self.active_at(t);
             let verdicts = engine.judge(t);
             if let Some(blind) = engine.take_blind_change() {
+                events.push(serde_json::json!({
+                    "at": format_ms(t),
+                    "event": if blind { "blind" } else { "sees" },
+                }));
                 if blind {
                     blind_spells += 1;
                     let _ = writeln!(
@@ -380,6 +393,12 @@ impl Replay<'_> {
                             .get(&(v.rule.clone(), v.color))
                             .map(String::as_str)
                             .unwrap_or_default();
+                        events.push(event_json(
+                            t,
+                            v,
+                            "fired",
+                            &format!("{}; n={} {what}", v.detail, v.n),
+                        ));
                         let _ = writeln!(
                             out,
                             "{}",
@@ -397,16 +416,9 @@ impl Replay<'_> {
                         } else {
                             "inconclusive"
                         };
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            line(
-                                t,
-                                v,
-                                event,
-                                &format!("after {}; {}", seconds(t - since), v.detail)
-                            )
-                        );
+                        let evidence = format!("after {}; {}", seconds(t - since), v.detail);
+                        events.push(event_json(t, v, event, &evidence));
+                        let _ = writeln!(out, "{}", line(t, v, event, &evidence));
                     }
                     _ => {}
                 }
@@ -445,9 +457,19 @@ impl Replay<'_> {
             "{:<40} {:<6} {:>5}  {:<20}  {:>12}  {:>10}  THRESHOLD",
             "RULE", "COLOR", "FIRED", "FIRST FIRED", "TIME FIRED", "PEAK"
         );
+        let mut rule_docs = Vec::new();
         for (i, rule) in rules.rules.iter().enumerate() {
             for color in Color::ALL {
                 let tally = tallies.remove(&(i, color)).unwrap_or_default();
+                rule_docs.push(serde_json::json!({
+                    "rule": rule.name,
+                    "color": color,
+                    "fired": tally.fired,
+                    "first_fired": tally.first_fired.map(format_ms),
+                    "fired_ms": tally.fired_ms,
+                    "peak": tally.peak,
+                    "threshold": format!("{} {}", rule.condition.op.as_str(), rule.condition.threshold_text()),
+                }));
                 let _ = writeln!(
                     out,
                     "{:<40} {:<6} {:>5}  {:<20}  {:>12}  {:>10}  {} {}",
@@ -473,7 +495,20 @@ impl Replay<'_> {
             out,
             "would have requested a rollback {rollbacks} time(s) and raised {alerts} alert(s); the watchdog was blind {blind_spells} time(s)"
         );
-        out
+        let doc = serde_json::json!({
+            "from": format_ms(self.start),
+            "to": format_ms(self.end),
+            "origin": self.origin,
+            "rules_from": rules.path.display().to_string(),
+            "step_ms": self.step,
+            "samples": in_range,
+            "events": events,
+            "rules": rule_docs,
+            "rollbacks": rollbacks,
+            "alerts": alerts,
+            "blind_spells": blind_spells,
+        });
+        (out, doc)
     }
 
     /// The active color at `t`: the latest deployment's, else the
@@ -503,6 +538,17 @@ fn seconds(ms: Millis) -> String {
         (ms.max(0) + 500) as u64 / 1000,
     ))
     .to_string()
+}
+
+fn event_json(t: Millis, v: &Verdict, event: &str, evidence: &str) -> serde_json::Value {
+    serde_json::json!({
+        "at": format_ms(t),
+        "color": v.color,
+        "event": event,
+        "severity": v.severity.as_str(),
+        "rule": v.rule,
+        "evidence": evidence,
+    })
 }
 
 fn line(t: Millis, v: &Verdict, event: &str, evidence: &str) -> String {

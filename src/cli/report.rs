@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-use super::open;
+use super::open_read_only;
 use crate::config::Config;
 use crate::report;
 
@@ -12,14 +12,16 @@ pub struct ReportArgs {
     /// Which deployment [default: the latest]
     #[arg(long)]
     pub deployment: Option<i64>,
+    /// Markdown, for a step summary or an issue
     #[arg(long)]
     pub markdown: bool,
+    /// Machine-readable output
     #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
 }
 
 pub async fn run(config: &Config, a: ReportArgs) -> anyhow::Result<()> {
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let r = report::build(config, &store, a.deployment).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

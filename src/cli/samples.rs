@@ -4,7 +4,7 @@
 
 use anyhow::bail;
 
-use super::{NotFound, SamplesArgs, open};
+use super::{NotFound, SamplesArgs, open_read_only};
 use crate::config::Config;
 use crate::model::{Color, Sample, duration_ms, format_ms, now_ms};
 
@@ -17,7 +17,7 @@ pub async fn run(config: &Config, a: SamplesArgs) -> anyhow::Result<()> {
             )));
         }
     }
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let list = store
         .samples(a.probe.as_deref(), a.color, now_ms() - duration_ms(a.since))
         .await?;
@@ -25,19 +25,32 @@ pub async fn run(config: &Config, a: SamplesArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    println!(
-        "{:<20} {:<16} {:<6} {:<8} {:>10} {:>12}  DETAIL",
-        "TIME", "PROBE", "COLOR", "STATUS", "LATENCY", "ERRORS"
+    use super::table::{Align, render};
+    let rows: Vec<Vec<String>> = list.iter().map(row).collect();
+    print!(
+        "{}",
+        render(
+            &[
+                "TIME", "PROBE", "COLOR", "STATUS", "LATENCY", "ERRORS", "DETAIL"
+            ],
+            &[
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Right,
+                Align::Right,
+                Align::Left
+            ],
+            &rows,
+        )
     );
-    for s in &list {
-        println!("{}", row(s));
-    }
     Ok(())
 }
 
 /// One table line. ERRORS is `errors/requests` for probes that count real
 /// traffic (prometheus, log); the detail is kept on one line.
-fn row(s: &Sample) -> String {
+fn row(s: &Sample) -> Vec<String> {
     let errors = match (s.errors, s.requests) {
         (Some(e), Some(r)) => format!("{e:.0}/{r:.0}"),
         _ => "-".into(),
@@ -49,16 +62,15 @@ fn row(s: &Sample) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" | ");
-    format!(
-        "{:<20} {:<16} {:<6} {:<8} {:>10} {:>12}  {}",
+    vec![
         format_ms(s.at_ms),
-        s.probe,
-        s.color.map(Color::as_str).unwrap_or("shared"),
-        s.status.as_str(),
+        s.probe.clone(),
+        s.color.map(Color::as_str).unwrap_or("shared").to_owned(),
+        s.status.as_str().to_owned(),
         s.latency_ms
             .map(|l| format!("{l:.1}ms"))
             .unwrap_or_else(|| "-".into()),
         errors,
-        detail
-    )
+        detail,
+    ]
 }

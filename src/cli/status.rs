@@ -2,12 +2,12 @@
 
 use serde_json::json;
 
-use super::open;
+use super::open_read_only;
 use crate::config::Config;
 use crate::model::{Color, duration_ms, format_ms, format_value, now_ms};
 
 pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
-    let store = open(config).await?;
+    let store = open_read_only(config).await?;
     let now = now_ms();
     // Whether a daemon protects this state directory right now: without
     // one, nothing is armed whatever the database says.
@@ -28,23 +28,43 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         Some((c, _)) => Some(standby_health(config, &store, c.other(), now).await?),
         None => None,
     };
+    let protection = Protection::assess(
+        config,
+        daemon.is_some(),
+        pause.as_ref(),
+        escalation.as_ref().map(|i| i.id),
+        cooldown_until,
+    );
     if as_json {
-        let doc = json!({
-            "service": config.service,
-            "daemon": match &daemon {
-                Some(h) => json!({ "running": true, "pid": h.pid, "since": format_ms(h.since_ms) }),
-                None => json!({ "running": false }),
+        use crate::status::{ActiveDoc, DaemonDoc, DatabaseDoc, StatusDocument, VerdictDoc};
+        let doc = StatusDocument {
+            service: config.service.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            daemon: match &daemon {
+                Some(h) => DaemonDoc::running(h.pid, h.since_ms, now),
+                None => DaemonDoc::default(),
             },
-            "active": active.as_ref().map(|(c, d)| json!({ "color": c, "deployment": d })),
-            "active_uncertain": uncertain,
-            "standby": standby,
-            "verdicts": verdicts,
-            "pause": pause,
-            "cooldown_until": cooldown_until.map(format_ms),
-            "escalation_hold": escalation.as_ref().map(|i| i.id),
-            "last_incident": last_incident,
-            "database_bytes": store.size_bytes(),
-        });
+            protection: serde_json::to_value(&protection).ok(),
+            active: active.as_ref().map(|(color, d)| ActiveDoc {
+                color: *color,
+                deployment: Some(d.into()),
+            }),
+            standby: standby.as_ref().and_then(|s| serde_json::to_value(s).ok()),
+            verdicts: verdicts.iter().map(VerdictDoc::from).collect(),
+            pause: pause.as_ref().map(Into::into),
+            cooldown_until: cooldown_until.map(format_ms),
+            escalation_hold: escalation.as_ref().map(|i| i.id),
+            last_incident,
+            database: DatabaseDoc {
+                path: store.path().display().to_string(),
+                size_bytes: store.size_bytes(),
+                ..DatabaseDoc::default()
+            },
+            config: config.path.display().to_string(),
+            dry_run: config.daemon.dry_run,
+            active_uncertain: uncertain.clone(),
+            ..StatusDocument::default()
+        };
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -77,37 +97,14 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     if let Some(s) = &standby {
         println!("standby: {} {}", s.color, s.summary());
     }
-    match &pause {
-        Some(p) => println!("paused until {}: {}", format_ms(p.until_ms), p.reason),
-        None if daemon.is_none() => {
-            println!("automatic rollbacks: none (no daemon running)")
-        }
-        None if escalation.is_some() || cooldown_until.is_some() => {}
-        None => println!(
-            "automatic rollbacks: armed{}",
-            if config.daemon.dry_run {
-                " (dry run)"
-            } else {
-                ""
-            }
-        ),
-    }
-    if let Some(i) = &escalation {
-        println!(
-            "automatic rollbacks: held by escalated incident #{} until a deployment is recorded",
-            i.id
-        );
-    }
-    if let Some(until) = cooldown_until {
-        println!(
-            "automatic rollbacks: in cooldown until {}",
-            format_ms(until)
-        );
+    for line in &protection.lines {
+        println!("automatic rollbacks: {line}");
     }
     println!("verdicts:");
     if verdicts.is_empty() {
         println!("  none yet");
     }
+    let mut rows = Vec::new();
     for v in &verdicts {
         let rule = config.rules.iter().find(|r| r.name == v.rule);
         let show = |x: f64| match rule {
@@ -117,20 +114,48 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         let value = v.value.map(show).unwrap_or_else(|| "-".into());
         let window =
             humantime::format_duration(std::time::Duration::from_millis(v.window_ms.max(0) as u64));
-        println!(
-            "  {:<6} {:<13} {:<46} value={value} threshold={} n={} window={window} since {}{}",
-            v.color.as_str(),
-            v.state,
-            v.rule,
+        rows.push(vec![
+            v.color.as_str().to_owned(),
+            v.state.clone(),
+            v.rule.clone(),
+            value,
             show(v.threshold),
-            v.n,
+            v.n.to_string(),
+            window.to_string(),
             format_ms(v.at_ms),
-            if v.detail.is_empty() {
-                String::new()
-            } else {
-                format!(" — {}", v.detail)
-            }
+            v.detail.clone(),
+        ]);
+    }
+    if !rows.is_empty() {
+        use super::table::{Align, render};
+        let table = render(
+            &[
+                "COLOR",
+                "STATE",
+                "RULE",
+                "VALUE",
+                "THRESHOLD",
+                "N",
+                "WINDOW",
+                "SINCE",
+                "DETAIL",
+            ],
+            &[
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+            ],
+            &rows,
         );
+        for line in table.lines() {
+            println!("  {}", line.trim_end());
+        }
     }
     match &last_incident {
         Some(i) => println!(
@@ -239,4 +264,82 @@ fn uncertain_active(
         color(inc.to_color),
         crate::rollback::OUTCOME_UNKNOWN
     ))
+}
+
+/// What protection is really in force: whether a rollback would happen
+/// now, on what, and every reason it would not. `lines` are the words
+/// `status` prints after "automatic rollbacks: ".
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Protection {
+    /// `armed`, `held` (a pause, a cooldown, an escalation), `none` (no
+    /// daemon, a dry run, or no severity whose action is rollback).
+    pub state: &'static str,
+    /// The severities that would roll back once nothing holds them.
+    pub rolls_back_on: Vec<&'static str>,
+    pub lines: Vec<String>,
+}
+
+impl Protection {
+    pub(crate) fn assess(
+        config: &Config,
+        daemon_running: bool,
+        pause: Option<&crate::store::Pause>,
+        escalation: Option<i64>,
+        cooldown_until: Option<i64>,
+    ) -> Protection {
+        use crate::model::{Action, Severity};
+        let rolls_back_on: Vec<&'static str> = [
+            Severity::Critical,
+            Severity::High,
+            Severity::Medium,
+            Severity::Low,
+        ]
+        .into_iter()
+        .filter(|s| config.actions.for_severity(*s) == Action::Rollback)
+        .map(Severity::as_str)
+        .collect();
+        let mut none = Vec::new();
+        if !daemon_running {
+            none.push("none (no daemon running)".to_owned());
+        }
+        if config.daemon.dry_run {
+            none.push("none (dry run: decides and alerts, never switches)".to_owned());
+        }
+        if rolls_back_on.is_empty() {
+            none.push("none (no severity's action is rollback: alerts only)".to_owned());
+        }
+        let mut held = Vec::new();
+        if let Some(p) = pause {
+            held.push(format!(
+                "paused until {}: {}",
+                format_ms(p.until_ms),
+                p.reason
+            ));
+        }
+        if let Some(id) = escalation {
+            held.push(format!(
+                "held by escalated incident #{id} until a deployment is recorded"
+            ));
+        }
+        if let Some(until) = cooldown_until {
+            held.push(format!("in cooldown until {}", format_ms(until)));
+        }
+        let state = if !none.is_empty() {
+            "none"
+        } else if !held.is_empty() {
+            "held"
+        } else {
+            "armed"
+        };
+        let mut lines = none;
+        lines.extend(held);
+        if lines.is_empty() {
+            lines.push(format!("armed on {}", rolls_back_on.join(", ")));
+        }
+        Protection {
+            state,
+            rolls_back_on,
+            lines,
+        }
+    }
 }

@@ -4,6 +4,7 @@
 mod assets;
 mod bake;
 mod charts;
+mod cli;
 mod common;
 mod contrib;
 mod decisions;

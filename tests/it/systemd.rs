@@ -230,16 +230,19 @@ async fn metric(base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// A `/status` time (RFC 3339, milliseconds) as Unix milliseconds.
+fn at_ms(at: &serde_json::Value) -> i64 {
+    let t = humantime::parse_rfc3339(at.as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
 /// `/status` once its verdicts were evaluated after `after_ms`.
 async fn fresh_status(base: &str, after_ms: i64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let status = status_json(base).await;
         let verdicts = status["verdicts"].as_array().unwrap();
-        let fresh = !verdicts.is_empty()
-            && verdicts
-                .iter()
-                .all(|v| v["at_ms"].as_i64().unwrap() > after_ms);
+        let fresh = !verdicts.is_empty() && verdicts.iter().all(|v| at_ms(&v["at"]) > after_ms);
         if fresh {
             return status;
         }
@@ -1147,7 +1150,7 @@ async fn http_listener_serves_healthz_metrics_status_read_only() {
 
     // /status: JSON with the active color, verdicts and the loop's health.
     let status = status_json(&base).await;
-    assert_eq!(status["active"], "blue");
+    assert_eq!(status["active"]["color"], "blue");
     assert_eq!(status["service"], "beluga");
     assert_eq!(status["healthy"], true);
     assert_eq!(status["status"], "active blue; no rule fired");
