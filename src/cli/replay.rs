@@ -70,29 +70,143 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         .map(|r| duration_ms(r.window + r.hold_for))
         .max()
         .unwrap_or(0);
-    let samples = store
-        .samples(None, None, start - warmup - BASELINE_SPAN_MS)
-        .await?;
     let deployments = store.deployments().await?;
-    store.close().await;
     let fallback_active = match &config.active_file {
         Some(file) => crate::active::read_file(file).ok(),
         None => None,
     };
     let step = duration_ms(a.step).max(1);
-    let replay = Replay {
-        origin: format!("database {}", config.db_path().display()),
-        rules: &rules,
-        samples: &samples,
-        deployments: &deployments,
-        fallback_active,
-        start,
-        end: now,
-        step,
-        warmup,
+    let origin = format!("database {}", config.db_path().display());
+    // The samples stream from the database into the replay, which runs
+    // beside on a blocking thread: memory stays bounded (a few chunks in
+    // flight) whatever the period.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Sample>>(STREAM_CHUNKS);
+    let replaying = tokio::task::spawn_blocking(move || {
+        let replay = Replay {
+            origin,
+            rules: &rules,
+            samples: std::cell::RefCell::new(Samples::streamed(rx)),
+            deployments: &deployments,
+            fallback_active,
+            start,
+            end: now,
+            step,
+            warmup,
+        };
+        replay.run(&a)
+    });
+    let streamed = async {
+        let mut rows = store
+            .sample_stream(start - warmup - BASELINE_SPAN_MS)
+            .await?;
+        let mut chunk = Vec::with_capacity(STREAM_CHUNK);
+        while let Some(sample) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            chunk.push(sample?);
+            if chunk.len() == STREAM_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(STREAM_CHUNK));
+                if tx.send(full).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(chunk).await;
+        }
+        anyhow::Ok(())
     };
-    print!("{}", replay.run(&a));
+    let streamed = streamed.await;
+    drop(tx);
+    let out = replaying.await?;
+    store.close().await;
+    streamed?;
+    print!("{out}");
     Ok(())
+}
+
+/// Samples per chunk streamed into the replay, and chunks in flight.
+const STREAM_CHUNK: usize = 4096;
+const STREAM_CHUNKS: usize = 4;
+
+/// The replay's samples in time order, pulled as it goes: a slice in
+/// memory (`--synthetic-noise`), or chunks streamed from the database.
+/// With degradation rules, the samples of the last [`BASELINE_SPAN_MS`]
+/// are kept for the baselines of a deployment landing next.
+enum Source<'a> {
+    Slice(std::slice::Iter<'a, Sample>),
+    Streamed {
+        rx: tokio::sync::mpsc::Receiver<Vec<Sample>>,
+        chunk: std::vec::IntoIter<Sample>,
+    },
+}
+
+struct Samples<'a> {
+    source: Source<'a>,
+    head: Option<Sample>,
+    started: bool,
+    recent: std::collections::VecDeque<Sample>,
+    keep_recent: bool,
+}
+
+impl<'a> Samples<'a> {
+    fn slice(samples: &'a [Sample]) -> Self {
+        Samples::new(Source::Slice(samples.iter()))
+    }
+
+    fn streamed(rx: tokio::sync::mpsc::Receiver<Vec<Sample>>) -> Self {
+        Samples::new(Source::Streamed {
+            rx,
+            chunk: Vec::new().into_iter(),
+        })
+    }
+
+    fn new(source: Source<'a>) -> Self {
+        Samples {
+            source,
+            head: None,
+            started: false,
+            recent: Default::default(),
+            keep_recent: false,
+        }
+    }
+
+    fn pull(&mut self) -> Option<Sample> {
+        match &mut self.source {
+            Source::Slice(it) => it.next().cloned(),
+            Source::Streamed { rx, chunk } => loop {
+                if let Some(s) = chunk.next() {
+                    return Some(s);
+                }
+                *chunk = rx.blocking_recv()?.into_iter();
+            },
+        }
+    }
+
+    /// The next sample's time, without taking it.
+    fn peek_at(&mut self) -> Option<Millis> {
+        if !self.started {
+            self.started = true;
+            self.head = self.pull();
+        }
+        self.head.as_ref().map(|s| s.at_ms)
+    }
+
+    /// Take the next sample (after [`Samples::peek_at`] said there is one).
+    fn take(&mut self) -> Option<Sample> {
+        self.peek_at()?;
+        let next = self.pull();
+        let sample = std::mem::replace(&mut self.head, next)?;
+        if self.keep_recent {
+            while self
+                .recent
+                .front()
+                .is_some_and(|r| r.at_ms < sample.at_ms - BASELINE_SPAN_MS)
+            {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(sample.clone());
+        }
+        Some(sample)
+    }
 }
 
 /// The most samples `--synthetic-noise` makes (a few GB of memory).
@@ -155,7 +269,7 @@ fn synthetic(config: &Config, rules: &Config, a: &ReplayArgs, rate: f64) -> anyh
             crate::config::format_rate(rate)
         ),
         rules,
-        samples: &samples,
+        samples: std::cell::RefCell::new(Samples::slice(&samples)),
         deployments: &[],
         fallback_active: Some(active),
         start,
@@ -171,7 +285,7 @@ struct Replay<'a> {
     /// Where the samples come from, for the header.
     origin: String,
     rules: &'a Config,
-    samples: &'a [Sample],
+    samples: std::cell::RefCell<Samples<'a>>,
     deployments: &'a [Deployment],
     fallback_active: Option<Color>,
     start: Millis,
@@ -195,31 +309,10 @@ struct Tally {
 impl Replay<'_> {
     fn run(&self, a: &ReplayArgs) -> String {
         let rules = self.rules;
+        // The header names the samples in range: counted as they stream
+        // by, written in front at the end.
         let mut out = String::new();
-        let in_range = self
-            .samples
-            .iter()
-            .filter(|s| s.at_ms >= self.start)
-            .count();
-        let _ = writeln!(
-            out,
-            "replay of {} ({in_range} samples) from {} to {}: {}, {} rules from {}, evaluated every {}",
-            humantime::format_duration(std::time::Duration::from_millis(
-                (self.end - self.start).max(0) as u64
-            )),
-            format_ms(self.start),
-            format_ms(self.end),
-            self.origin,
-            rules.rules.len(),
-            rules.path.display(),
-            humantime::format_duration(a.step),
-        );
-        if in_range == 0 {
-            let _ = writeln!(
-                out,
-                "no samples in this period: every verdict below is inconclusive"
-            );
-        }
+        let mut in_range = 0usize;
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -233,13 +326,14 @@ impl Replay<'_> {
         let mut alerts = 0u32;
         let mut blind_spells = 0u32;
         let mut ids: HashMap<Color, i64> = HashMap::new();
-        let mut next_sample = 0usize;
         let mut next_deploy = 0usize;
         let mut last_sample_at: Option<Millis> = None;
         let wants_baselines = rules
             .rules
             .iter()
             .any(|r| r.condition.signal == Signal::Degradation);
+        self.samples.borrow_mut().keep_recent = wants_baselines;
+        let mut baselines = Baselines::default();
 
         // Warm-up: feed what precedes the first evaluation.
         let mut t = self.start;
@@ -248,7 +342,7 @@ impl Replay<'_> {
             // (a deployment first on a tie).
             loop {
                 let d_at = self.deployments.get(next_deploy).map(|d| d.at_ms);
-                let s_at = self.samples.get(next_sample).map(|s| s.at_ms);
+                let s_at = self.samples.borrow_mut().peek_at();
                 match (d_at, s_at) {
                     (Some(d), s) if d <= t && s.is_none_or(|s| d <= s) => {
                         let d = &self.deployments[next_deploy];
@@ -259,13 +353,18 @@ impl Replay<'_> {
                         ids.insert(d.color, d.id);
                         engine.set_deployments(Color::ALL.map(|c| ids.get(&c).copied()));
                         if wants_baselines {
-                            engine.set_baselines(self.baselines(&ids));
+                            baselines = self.baselines(&ids, d.color, baselines);
+                            engine.set_baselines(baselines.clone());
                         }
                     }
                     (_, Some(s)) if s <= t => {
-                        let sample = &self.samples[next_sample];
-                        next_sample += 1;
-                        engine.observe(sample);
+                        let Some(sample) = self.samples.borrow_mut().take() else {
+                            break;
+                        };
+                        if sample.at_ms >= self.start {
+                            in_range += 1;
+                        }
+                        engine.observe(&sample);
                         last_sample_at = Some(sample.at_ms);
                     }
                     _ => break,
@@ -416,7 +515,7 @@ impl Replay<'_> {
             // on, whichever comes first (the daemon's schedule). Across a
             // silence, once the windows are empty, nothing changes until
             // the next sample or deployment: jump there.
-            let next_sample_at = self.samples.get(next_sample).map(|s| s.at_ms);
+            let next_sample_at = self.samples.borrow_mut().peek_at();
             let next_event = [
                 next_sample_at,
                 self.deployments.get(next_deploy).map(|d| d.at_ms),
@@ -473,7 +572,27 @@ impl Replay<'_> {
             out,
             "would have requested a rollback {rollbacks} time(s) and raised {alerts} alert(s); the watchdog was blind {blind_spells} time(s)"
         );
-        out
+        let mut head = String::new();
+        let _ = writeln!(
+            head,
+            "replay of {} ({in_range} samples) from {} to {}: {}, {} rules from {}, evaluated every {}",
+            humantime::format_duration(std::time::Duration::from_millis(
+                (self.end - self.start).max(0) as u64
+            )),
+            format_ms(self.start),
+            format_ms(self.end),
+            self.origin,
+            rules.rules.len(),
+            rules.path.display(),
+            humantime::format_duration(a.step),
+        );
+        if in_range == 0 {
+            let _ = writeln!(
+                head,
+                "no samples in this period: every verdict below is inconclusive"
+            );
+        }
+        head + &out
     }
 
     /// The active color at `t`: the latest deployment's, else the
@@ -488,12 +607,19 @@ impl Replay<'_> {
     }
 
     /// The daemon's baselines for the deployments in `ids`, chosen as the
-    /// daemon chooses them.
-    fn baselines(&self, ids: &HashMap<Color, i64>) -> Baselines {
+    /// daemon chooses them, when a deployment of `color` lands: that
+    /// color's from the samples of the span just before it (kept by
+    /// [`Samples`]), the other color's as they were (its source did not
+    /// change, and its samples may have streamed by long ago).
+    fn baselines(&self, ids: &HashMap<Color, i64>, color: Color, before: Baselines) -> Baselines {
         let cutovers: Vec<matrix::Cutover> =
             self.deployments.iter().map(matrix::Cutover::from).collect();
         let sources = matrix::baseline_sources(&cutovers, ids);
-        matrix::baselines(&sources, self.samples)
+        let samples = self.samples.borrow();
+        let mut now = matrix::baselines(&sources, &samples.recent);
+        now.retain(|(_, c), _| *c == color);
+        now.extend(before.into_iter().filter(|((_, c), _)| *c != color));
+        now
     }
 }
 
