@@ -641,3 +641,64 @@ fn line(t: Millis, v: &Verdict, event: &str, evidence: &str) -> String {
         v.rule,
     )
 }
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::model::SampleStatus;
+
+    fn sample(at_ms: Millis) -> Sample {
+        Sample {
+            at_ms,
+            probe: "healthz".into(),
+            color: Some(Color::Blue),
+            deployment: Some(1),
+            ok: true,
+            latency_ms: Some(1.0),
+            status: SampleStatus::Ok,
+            detail: String::new(),
+            requests: None,
+            errors: None,
+        }
+    }
+
+    #[test]
+    fn streamed_samples_come_in_order_across_chunks_and_keep_only_the_baseline_span() {
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
+        let minute = 60_000;
+        let all: Vec<Millis> = (0..120).map(|i| i * minute).collect();
+        let producer = std::thread::spawn({
+            let all = all.clone();
+            move || {
+                for chunk in all.chunks(7) {
+                    let chunk = chunk.iter().map(|at| sample(*at)).collect();
+                    if tx.blocking_send(chunk).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut samples = Samples::streamed(rx);
+        samples.keep_recent = true;
+        let mut seen = Vec::new();
+        while let Some(at) = samples.peek_at() {
+            let s = samples.take().unwrap();
+            assert_eq!(s.at_ms, at);
+            seen.push(at);
+            assert!(
+                samples
+                    .recent
+                    .front()
+                    .is_some_and(|r| r.at_ms >= at - BASELINE_SPAN_MS),
+                "kept more than the baseline span"
+            );
+        }
+        producer.join().unwrap();
+        assert_eq!(seen, all);
+        assert_eq!(
+            samples.recent.len() as Millis,
+            BASELINE_SPAN_MS / minute + 1,
+            "the last half hour, both ends included"
+        );
+    }
+}
