@@ -19,7 +19,7 @@ use crate::model::{Color, Millis, Severity};
 mod kept;
 mod samples;
 pub use kept::KEPT_BUSY;
-pub use samples::SampleStream;
+pub use samples::{PAGE, SamplePages};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

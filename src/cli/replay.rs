@@ -96,21 +96,13 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         replay.run(&a)
     });
     let streamed = async {
-        let mut rows = store
-            .sample_stream(start - warmup - BASELINE_SPAN_MS)
+        let mut pages = store
+            .sample_pages(start - warmup - BASELINE_SPAN_MS)
             .await?;
-        let mut chunk = Vec::with_capacity(STREAM_CHUNK);
-        while let Some(sample) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
-            chunk.push(sample?);
-            if chunk.len() == STREAM_CHUNK {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(STREAM_CHUNK));
-                if tx.send(full).await.is_err() {
-                    return Ok(());
-                }
+        while let Some(page) = pages.next_page().await? {
+            if tx.send(page).await.is_err() {
+                break;
             }
-        }
-        if !chunk.is_empty() {
-            let _ = tx.send(chunk).await;
         }
         anyhow::Ok(())
     };
@@ -123,8 +115,7 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Samples per chunk streamed into the replay, and chunks in flight.
-const STREAM_CHUNK: usize = 4096;
+/// Pages of samples (`store::PAGE` each) in flight into the replay.
 const STREAM_CHUNKS: usize = 4;
 
 /// The replay's samples in time order, pulled as it goes: a slice in
