@@ -136,6 +136,10 @@ struct Samples<'a> {
     started: bool,
     recent: std::collections::VecDeque<Sample>,
     keep_recent: bool,
+    /// The latest deployment so far: the next deployment's baseline is
+    /// taken from its samples only (`matrix::baseline_sources`: the
+    /// deployment before it), so only they are kept.
+    latest_deployment: Option<i64>,
 }
 
 impl<'a> Samples<'a> {
@@ -157,6 +161,7 @@ impl<'a> Samples<'a> {
             started: false,
             recent: Default::default(),
             keep_recent: false,
+            latest_deployment: None,
         }
     }
 
@@ -186,7 +191,7 @@ impl<'a> Samples<'a> {
         self.peek_at()?;
         let next = self.pull();
         let sample = std::mem::replace(&mut self.head, next)?;
-        if self.keep_recent {
+        if self.keep_recent && sample.deployment == self.latest_deployment {
             while self
                 .recent
                 .front()
@@ -346,6 +351,9 @@ impl Replay<'_> {
                         if wants_baselines {
                             baselines = self.baselines(&ids, d.color, baselines);
                             engine.set_baselines(baselines.clone());
+                            let mut samples = self.samples.borrow_mut();
+                            samples.recent.clear();
+                            samples.latest_deployment = Some(d.id);
                         }
                     }
                     (_, Some(s)) if s <= t => {
@@ -671,6 +679,7 @@ mod stream_tests {
         });
         let mut samples = Samples::streamed(rx);
         samples.keep_recent = true;
+        samples.latest_deployment = Some(1);
         let mut seen = Vec::new();
         while let Some(at) = samples.peek_at() {
             let s = samples.take().unwrap();
