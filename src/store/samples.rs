@@ -234,12 +234,10 @@ impl Store {
         let rows: Vec<usize> = (0..samples.len()).collect();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             // A sample whose (at_ms, series, n) a stored one already holds
-            // (one millisecond split across batches) makes the chunk go in
-            // again row by row, each with the next free `n`.
-            sqlx::query("SAVEPOINT sample_chunk")
-                .execute(&mut *tx)
-                .await
-                .map_err(q("inserting samples"))?;
+            // (one millisecond split across batches) fails the statement,
+            // which SQLite undoes whole (the transaction stays open); the
+            // chunk then goes in row by row, each with the next free `n`.
+            // No savepoint: the usual batch is three statements in all.
             let sql = insert_sql(chunk.len());
             let mut query = sqlx::query(&sql);
             for &i in chunk {
@@ -254,16 +252,13 @@ impl Store {
                     .bind(s.requests)
                     .bind(s.errors);
             }
-            let inserted = query
-                .execute(&mut *tx)
-                .await
-                .map_err(q("inserting samples"))?
-                .rows_affected();
-            if inserted as usize != chunk.len() {
-                sqlx::query("ROLLBACK TO sample_chunk")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q("inserting samples"))?;
+            match query.execute(&mut *tx).await {
+                Ok(_) => continue,
+                Err(sqlx::Error::Database(e))
+                    if e.kind() == sqlx::error::ErrorKind::UniqueViolation => {}
+                Err(e) => return Err(q("inserting samples")(e)),
+            }
+            {
                 for &i in chunk {
                     let s = &samples[i];
                     sqlx::query(&format!(
@@ -283,10 +278,6 @@ impl Store {
                     .map_err(q("inserting samples"))?;
                 }
             }
-            sqlx::query("RELEASE sample_chunk")
-                .execute(&mut *tx)
-                .await
-                .map_err(q("inserting samples"))?;
         }
         tx.commit().await.map_err(q("committing samples"))?;
         w.done().await;
@@ -532,7 +523,7 @@ impl Store {
     }
 }
 
-/// `INSERT ... VALUES (...), ... ON CONFLICT DO NOTHING` for `rows` rows.
+/// `INSERT ... VALUES (...), ...` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
     let mut sql = format!("INSERT INTO samples ({COLUMNS}) VALUES ");
     for i in 0..rows {
@@ -541,7 +532,6 @@ fn insert_sql(rows: usize) -> String {
         }
         sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
     }
-    sql.push_str(" ON CONFLICT DO NOTHING");
     sql
 }
 
