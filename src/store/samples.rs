@@ -34,12 +34,14 @@ const SELECT: &str = "SELECT s.at_ms, s.series, s.status, s.latency_us, d.text, 
 const DETAILS_KEPT: i64 = 1_000;
 
 type SeriesKey = (String, Option<Color>, Option<i64>);
+/// What a series id stands for: probe, color, deployment.
+type SeriesOf = HashMap<i64, (Arc<str>, Option<Color>, Option<i64>)>;
 
 /// The `sample_series` rows this store has seen, both ways.
 #[derive(Debug, Default)]
 pub(super) struct Series {
     by_key: HashMap<SeriesKey, i64>,
-    by_id: HashMap<i64, (Arc<str>, Option<Color>, Option<i64>)>,
+    by_id: SeriesOf,
     max_id: i64,
 }
 
@@ -91,7 +93,7 @@ type RawRow = (
     Option<f64>,
 );
 
-fn decode(r: RawRow, series: &HashMap<i64, (Arc<str>, Option<Color>, Option<i64>)>) -> Sample {
+fn decode(r: RawRow, series: &SeriesOf) -> Sample {
     let (at_ms, id, code, lat, detail, requests, errors) = r;
     let (probe, color, deployment) = match series.get(&id) {
         Some((p, c, d)) => (p.to_string(), *c, *d),
@@ -654,7 +656,10 @@ mod tests {
         let c = sample(1_000, "healthz", None, SampleStatus::Timeout);
         store.insert_samples(&[a.clone(), b.clone()]).await.unwrap();
         store.insert_samples(&[b.clone(), c.clone()]).await.unwrap();
-        store.insert_samples(&[a.clone()]).await.unwrap();
+        store
+            .insert_samples(std::slice::from_ref(&a))
+            .await
+            .unwrap();
         assert_eq!(store.sample_count().await.unwrap(), 5);
         let blue = store
             .samples(Some("healthz"), Some(Color::Blue), 0)
