@@ -22,10 +22,16 @@ fn main() {
         // The demo narrates on stdout and logs to a file of its own.
         rollbackd::logging::init(cli.log_format);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The daemon runs on one thread: its work is waiting (probes, timers,
+    // the database's own threads), and hand-offs between worker threads
+    // were most of its idle cost (docs/benchmarks.md). Its HTTP listener
+    // has a thread of its own. Commands keep the multi-thread runtime.
+    let mut builder = if matches!(cli.command, cli::Command::Run) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rollbackd: cannot start the async runtime: {e}");

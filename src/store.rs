@@ -6,7 +6,6 @@
 //! [`Millis`]. Callers never see a row type or a query string.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,10 +14,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, FromRow, Row, SqlitePool};
 
-use crate::model::{Color, Millis, Sample, SampleStatus, Severity};
+use crate::model::{Color, Millis, Severity};
 
 mod kept;
+mod samples;
 pub use kept::KEPT_BUSY;
+pub use samples::{PAGE, SamplePages};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -107,6 +108,8 @@ pub struct Store {
     /// it could not, SQLite mapped it read-only: reads are safe then (a
     /// `status` during the fault), only writes are fenced.
     mapped_writable: bool,
+    /// The `sample_series` ids seen so far (`samples.rs`).
+    series: std::sync::Arc<std::sync::Mutex<samples::Series>>,
 }
 
 #[derive(Debug, Default)]
@@ -259,37 +262,6 @@ pub struct Pause {
 }
 
 #[derive(FromRow)]
-struct SampleRow {
-    at_ms: i64,
-    probe: String,
-    color: Option<String>,
-    deployment_id: Option<i64>,
-    ok: bool,
-    latency_ms: Option<f64>,
-    status: String,
-    detail: String,
-    requests: Option<f64>,
-    errors: Option<f64>,
-}
-
-impl From<SampleRow> for Sample {
-    fn from(r: SampleRow) -> Sample {
-        Sample {
-            at_ms: r.at_ms,
-            probe: r.probe,
-            color: r.color.and_then(|c| c.parse().ok()),
-            deployment: r.deployment_id,
-            ok: r.ok,
-            latency_ms: r.latency_ms,
-            status: SampleStatus::from_str(&r.status).unwrap_or(SampleStatus::Failed),
-            detail: r.detail,
-            requests: r.requests,
-            errors: r.errors,
-        }
-    }
-}
-
-#[derive(FromRow)]
 struct DeploymentRow {
     id: i64,
     color: String,
@@ -416,8 +388,6 @@ impl MinuteStats {
     }
 }
 
-const SAMPLE_COLUMNS: &str =
-    "at_ms, probe, color, deployment_id, ok, latency_ms, status, detail, requests, errors";
 const INCIDENT_COLUMNS: &str = "id, opened_ms, closed_ms, trigger_kind, severity, rule, reason, evidence, \
      from_color, to_color, from_version, to_version, state, outcome, downtime_ms, in_flight, holder";
 
@@ -566,6 +536,7 @@ impl Store {
             // reader's shared memory is SQLite's read-only kind when the
             // file is not writable.
             mapped_writable: false,
+            series: Default::default(),
         })
     }
 
@@ -628,6 +599,7 @@ impl Store {
             kept: Default::default(),
             last: Default::default(),
             mapped_writable: true,
+            series: Default::default(),
         };
         let store = Store {
             mapped_writable: store.fence("opening the database").is_ok(),
@@ -778,188 +750,13 @@ impl Store {
         Ok(&self.pool)
     }
 
-    // --- samples ---------------------------------------------------------
-
-    /// Insert a batch in one transaction: all or nothing.
-    pub async fn insert_samples(&self, samples: &[Sample]) -> Result<(), StoreError> {
-        if samples.is_empty() {
-            return Ok(());
-        }
-        let mut w = self
-            .writing("starting a sample batch", BUSY_TIMEOUT)
-            .await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q("starting a sample batch"))?;
-        for s in samples {
-            sqlx::query(&format!(
-                "INSERT INTO samples ({SAMPLE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .bind(s.at_ms)
-            .bind(&s.probe)
-            .bind(s.color.map(Color::as_str))
-            .bind(s.deployment)
-            .bind(s.ok)
-            .bind(s.latency_ms)
-            .bind(s.status.as_str())
-            .bind(&s.detail)
-            .bind(s.requests)
-            .bind(s.errors)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("inserting samples"))?;
-        }
-        tx.commit().await.map_err(q("committing samples"))?;
-        w.done().await;
-        Ok(())
-    }
-
-    /// Samples since a time, oldest first, optionally for one probe and color.
-    pub async fn samples(
-        &self,
-        probe: Option<&str>,
-        color: Option<Color>,
-        since_ms: Millis,
-    ) -> Result<Vec<Sample>, StoreError> {
-        let rows: Vec<SampleRow> = sqlx::query_as(&format!(
-            "SELECT {SAMPLE_COLUMNS} FROM samples \
-             WHERE at_ms >= ? AND (? IS NULL OR probe = ?) AND (? IS NULL OR color = ?) \
-             ORDER BY at_ms, id"
-        ))
-        .bind(since_ms)
-        .bind(probe)
-        .bind(probe)
-        .bind(color.map(Color::as_str))
-        .bind(color.map(Color::as_str))
-        .fetch_all(self.db()?)
-        .await
-        .map_err(q("reading samples"))?;
-        Ok(rows.into_iter().map(Sample::from).collect())
-    }
-
-    /// Samples in `[from, until)`, oldest first: a deployment's lifetime.
-    pub async fn samples_between(
-        &self,
-        from_ms: Millis,
-        until_ms: Millis,
-    ) -> Result<Vec<Sample>, StoreError> {
-        let rows: Vec<SampleRow> = sqlx::query_as(&format!(
-            "SELECT {SAMPLE_COLUMNS} FROM samples WHERE at_ms >= ? AND at_ms < ? ORDER BY at_ms, id"
-        ))
-        .bind(from_ms)
-        .bind(until_ms)
-        .fetch_all(self.db()?)
-        .await
-        .map_err(q("reading samples"))?;
-        Ok(rows.into_iter().map(Sample::from).collect())
-    }
-
-    pub async fn sample_count(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM samples")
-            .fetch_one(self.db()?)
-            .await
-            .map_err(q("counting samples"))
-    }
+    // --- samples: `store/samples.rs` --------------------------------------
 
     // --- retention: rollups, deletion, a bounded file ----------------------
     //
     // Raw samples older than the retention are rolled up per probe, color
     // and minute, then deleted; old rollups are deleted; freed pages go back
     // to the file system (incremental vacuum) and the WAL is truncated.
-
-    /// Roll up and delete every raw sample older than `before_ms` (rounded
-    /// down to a whole minute, so a minute is never split), an hour of
-    /// samples per transaction so a long backlog never holds the write lock
-    /// for long. No-data samples are deleted without being counted.
-    pub async fn roll_up_samples(&self, before_ms: Millis) -> Result<RetentionReport, StoreError> {
-        const CHUNK_MS: Millis = 60 * 60 * 1000;
-        let before_ms = before_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
-        let mut report = RetentionReport::default();
-        loop {
-            let oldest: Option<Millis> =
-                sqlx::query_scalar("SELECT MIN(at_ms) FROM samples WHERE at_ms < ?")
-                    .bind(before_ms)
-                    .fetch_one(self.db()?)
-                    .await
-                    .map_err(q("finding old samples"))?;
-            let Some(oldest) = oldest else { break };
-            let end = (oldest.div_euclid(MINUTE_MS) * MINUTE_MS + CHUNK_MS).min(before_ms);
-            let mut w = self.writing("rolling up samples", BUSY_TIMEOUT).await?;
-            let mut tx = (*w.conn)
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(q("rolling up samples"))?;
-            let rows = sqlx::query(
-                "SELECT probe, COALESCE(color, '') AS color, at_ms, ok, status, latency_ms \
-                 FROM samples WHERE at_ms < ? ORDER BY probe, color, at_ms",
-            )
-            .bind(end)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(q("reading samples to roll up"))?;
-            let mut minutes: std::collections::BTreeMap<(String, String, Millis), MinuteStats> =
-                Default::default();
-            for r in &rows {
-                let status: String = r.get("status");
-                if status == SampleStatus::NoData.as_str() {
-                    continue;
-                }
-                let at: Millis = r.get("at_ms");
-                let m = minutes
-                    .entry((
-                        r.get("probe"),
-                        r.get("color"),
-                        at.div_euclid(MINUTE_MS) * MINUTE_MS,
-                    ))
-                    .or_default();
-                m.count += 1;
-                if !r.get::<bool, _>("ok") {
-                    m.failures += 1;
-                }
-                if let Some(l) = r.get::<Option<f64>, _>("latency_ms") {
-                    m.latencies.push(l);
-                }
-            }
-            for ((probe, color, minute), m) in &minutes {
-                let (avg, p95, max) = m.latency();
-                sqlx::query(
-                    "INSERT INTO rollups (probe, color, minute_ms, count, failures, latency_avg, latency_p95, latency_max) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-                     ON CONFLICT (probe, color, minute_ms) DO UPDATE SET \
-                       latency_avg = CASE WHEN latency_avg IS NULL THEN excluded.latency_avg \
-                         WHEN excluded.latency_avg IS NULL THEN latency_avg \
-                         ELSE (latency_avg * count + excluded.latency_avg * excluded.count) / (count + excluded.count) END, \
-                       latency_p95 = MAX(COALESCE(latency_p95, excluded.latency_p95), COALESCE(excluded.latency_p95, latency_p95)), \
-                       latency_max = MAX(COALESCE(latency_max, excluded.latency_max), COALESCE(excluded.latency_max, latency_max)), \
-                       count = count + excluded.count, \
-                       failures = failures + excluded.failures",
-                )
-                .bind(probe)
-                .bind(color)
-                .bind(minute)
-                .bind(m.count)
-                .bind(m.failures)
-                .bind(avg)
-                .bind(p95)
-                .bind(max)
-                .execute(&mut *tx)
-                .await
-                .map_err(q("writing rollups"))?;
-            }
-            let deleted = sqlx::query("DELETE FROM samples WHERE at_ms < ?")
-                .bind(end)
-                .execute(&mut *tx)
-                .await
-                .map_err(q("deleting rolled-up samples"))?
-                .rows_affected();
-            tx.commit().await.map_err(q("rolling up samples"))?;
-            w.done().await;
-            report.deleted_samples += deleted;
-            report.minutes += minutes.len() as u64;
-        }
-        Ok(report)
-    }
 
     /// Delete rollups of minutes before `before_ms`.
     pub async fn delete_rollups(&self, before_ms: Millis) -> Result<u64, StoreError> {
@@ -1939,26 +1736,6 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// The first failed sample at or after `since_ms`, if there is one yet:
-    /// of `color` or a shared probe, or of any color when `color` is `None`.
-    pub async fn first_failure_since(
-        &self,
-        since_ms: Millis,
-        color: Option<Color>,
-    ) -> Result<Option<Sample>, StoreError> {
-        let row: Option<SampleRow> = sqlx::query_as(&format!(
-            "SELECT {SAMPLE_COLUMNS} FROM samples WHERE at_ms >= ? AND status IN ('failed', 'timeout', 'unreachable') \
-             AND (? IS NULL OR color = ? OR color IS NULL) ORDER BY at_ms, id LIMIT 1"
-        ))
-        .bind(since_ms)
-        .bind(color.map(Color::as_str))
-        .bind(color.map(Color::as_str))
-        .fetch_optional(self.db()?)
-        .await
-        .map_err(q("reading samples"))?;
-        Ok(row.map(Sample::from))
-    }
 }
 
 fn drill_from_row(r: sqlx::sqlite::SqliteRow) -> Drill {
@@ -2020,6 +1797,7 @@ async fn insert_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Sample, SampleStatus};
 
     fn sample(at_ms: Millis, probe: &str, color: Color, ok: bool) -> Sample {
         Sample {

@@ -70,28 +70,139 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         .map(|r| duration_ms(r.window + r.hold_for))
         .max()
         .unwrap_or(0);
-    let samples = store
-        .samples(None, None, start - warmup - BASELINE_SPAN_MS)
-        .await?;
     let deployments = store.deployments().await?;
-    store.close().await;
     let fallback_active = match &config.active_file {
         Some(file) => crate::active::read_file(file).ok(),
         None => None,
     };
     let step = duration_ms(a.step).max(1);
-    let replay = Replay {
-        origin: format!("database {}", config.db_path().display()),
-        rules: &rules,
-        samples: &samples,
-        deployments: &deployments,
-        fallback_active,
-        start,
-        end: now,
-        step,
-        warmup,
+    let origin = format!("database {}", config.db_path().display());
+    // The samples stream from the database into the replay, which runs
+    // beside on a blocking thread: memory stays bounded (a few chunks in
+    // flight) whatever the period.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Sample>>(STREAM_CHUNKS);
+    let as_json = a.json;
+    let replaying = tokio::task::spawn_blocking(move || {
+        let replay = Replay {
+            origin,
+            rules: &rules,
+            samples: std::cell::RefCell::new(Samples::streamed(rx)),
+            deployments: &deployments,
+            fallback_active,
+            start,
+            end: now,
+            step,
+            warmup,
+        };
+        replay.run(&a)
+    });
+    let streamed = async {
+        let mut pages = store
+            .sample_pages(start - warmup - BASELINE_SPAN_MS)
+            .await?;
+        while let Some(page) = pages.next_page().await? {
+            if tx.send(page).await.is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(())
     };
-    print_replay(replay.run(&a), a.json)
+    let streamed = streamed.await;
+    drop(tx);
+    let out = replaying.await?;
+    store.close().await;
+    streamed?;
+    print_replay(out, as_json)
+}
+
+/// Pages of samples (`store::PAGE` each) in flight into the replay.
+const STREAM_CHUNKS: usize = 4;
+
+/// The replay's samples in time order, pulled as it goes: a slice in
+/// memory (`--synthetic-noise`), or chunks streamed from the database.
+/// With degradation rules, the samples of the last [`BASELINE_SPAN_MS`]
+/// are kept for the baselines of a deployment landing next.
+enum Source<'a> {
+    Slice(std::slice::Iter<'a, Sample>),
+    Streamed {
+        rx: tokio::sync::mpsc::Receiver<Vec<Sample>>,
+        chunk: std::vec::IntoIter<Sample>,
+    },
+}
+
+struct Samples<'a> {
+    source: Source<'a>,
+    head: Option<Sample>,
+    started: bool,
+    recent: std::collections::VecDeque<Sample>,
+    keep_recent: bool,
+    /// The latest deployment so far: the next deployment's baseline is
+    /// taken from its samples only (`matrix::baseline_sources`: the
+    /// deployment before it), so only they are kept.
+    latest_deployment: Option<i64>,
+}
+
+impl<'a> Samples<'a> {
+    fn slice(samples: &'a [Sample]) -> Self {
+        Samples::new(Source::Slice(samples.iter()))
+    }
+
+    fn streamed(rx: tokio::sync::mpsc::Receiver<Vec<Sample>>) -> Self {
+        Samples::new(Source::Streamed {
+            rx,
+            chunk: Vec::new().into_iter(),
+        })
+    }
+
+    fn new(source: Source<'a>) -> Self {
+        Samples {
+            source,
+            head: None,
+            started: false,
+            recent: Default::default(),
+            keep_recent: false,
+            latest_deployment: None,
+        }
+    }
+
+    fn pull(&mut self) -> Option<Sample> {
+        match &mut self.source {
+            Source::Slice(it) => it.next().cloned(),
+            Source::Streamed { rx, chunk } => loop {
+                if let Some(s) = chunk.next() {
+                    return Some(s);
+                }
+                *chunk = rx.blocking_recv()?.into_iter();
+            },
+        }
+    }
+
+    /// The next sample's time, without taking it.
+    fn peek_at(&mut self) -> Option<Millis> {
+        if !self.started {
+            self.started = true;
+            self.head = self.pull();
+        }
+        self.head.as_ref().map(|s| s.at_ms)
+    }
+
+    /// Take the next sample (after [`Samples::peek_at`] said there is one).
+    fn take(&mut self) -> Option<Sample> {
+        self.peek_at()?;
+        let next = self.pull();
+        let sample = std::mem::replace(&mut self.head, next)?;
+        if self.keep_recent && sample.deployment == self.latest_deployment {
+            while self
+                .recent
+                .front()
+                .is_some_and(|r| r.at_ms < sample.at_ms - BASELINE_SPAN_MS)
+            {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(sample.clone());
+        }
+        Some(sample)
+    }
 }
 
 /// The most samples `--synthetic-noise` makes (a few GB of memory).
@@ -154,7 +265,7 @@ fn synthetic(config: &Config, rules: &Config, a: &ReplayArgs, rate: f64) -> anyh
             crate::config::format_rate(rate)
         ),
         rules,
-        samples: &samples,
+        samples: std::cell::RefCell::new(Samples::slice(&samples)),
         deployments: &[],
         fallback_active: Some(active),
         start,
@@ -178,7 +289,7 @@ struct Replay<'a> {
     /// Where the samples come from, for the header.
     origin: String,
     rules: &'a Config,
-    samples: &'a [Sample],
+    samples: std::cell::RefCell<Samples<'a>>,
     deployments: &'a [Deployment],
     fallback_active: Option<Color>,
     start: Millis,
@@ -203,32 +314,11 @@ impl Replay<'_> {
     /// The text report, and the same as one JSON document (`--json`).
     fn run(&self, a: &ReplayArgs) -> (String, serde_json::Value) {
         let rules = self.rules;
+        // The header names the samples in range: counted as they stream
+        // by, written in front at the end.
         let mut out = String::new();
         let mut events: Vec<serde_json::Value> = Vec::new();
-        let in_range = self
-            .samples
-            .iter()
-            .filter(|s| s.at_ms >= self.start)
-            .count();
-        let _ = writeln!(
-            out,
-            "replay of {} ({in_range} samples) from {} to {}: {}, {} rules from {}, evaluated every {}",
-            humantime::format_duration(std::time::Duration::from_millis(
-                (self.end - self.start).max(0) as u64
-            )),
-            format_ms(self.start),
-            format_ms(self.end),
-            self.origin,
-            rules.rules.len(),
-            rules.path.display(),
-            humantime::format_duration(a.step),
-        );
-        if in_range == 0 {
-            let _ = writeln!(
-                out,
-                "no samples in this period: every verdict below is inconclusive"
-            );
-        }
+        let mut in_range = 0usize;
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -242,13 +332,14 @@ impl Replay<'_> {
         let mut alerts = 0u32;
         let mut blind_spells = 0u32;
         let mut ids: HashMap<Color, i64> = HashMap::new();
-        let mut next_sample = 0usize;
         let mut next_deploy = 0usize;
         let mut last_sample_at: Option<Millis> = None;
         let wants_baselines = rules
             .rules
             .iter()
             .any(|r| r.condition.signal == Signal::Degradation);
+        self.samples.borrow_mut().keep_recent = wants_baselines;
+        let mut baselines = Baselines::default();
 
         // Warm-up: feed what precedes the first evaluation.
         let mut t = self.start;
@@ -257,7 +348,7 @@ impl Replay<'_> {
             // (a deployment first on a tie).
             loop {
                 let d_at = self.deployments.get(next_deploy).map(|d| d.at_ms);
-                let s_at = self.samples.get(next_sample).map(|s| s.at_ms);
+                let s_at = self.samples.borrow_mut().peek_at();
                 match (d_at, s_at) {
                     (Some(d), s) if d <= t && s.is_none_or(|s| d <= s) => {
                         let d = &self.deployments[next_deploy];
@@ -268,13 +359,21 @@ impl Replay<'_> {
                         ids.insert(d.color, d.id);
                         engine.set_deployments(Color::ALL.map(|c| ids.get(&c).copied()));
                         if wants_baselines {
-                            engine.set_baselines(self.baselines(&ids));
+                            baselines = self.baselines(&ids, d.color, baselines);
+                            engine.set_baselines(baselines.clone());
+                            let mut samples = self.samples.borrow_mut();
+                            samples.recent.clear();
+                            samples.latest_deployment = Some(d.id);
                         }
                     }
                     (_, Some(s)) if s <= t => {
-                        let sample = &self.samples[next_sample];
-                        next_sample += 1;
-                        engine.observe(sample);
+                        let Some(sample) = self.samples.borrow_mut().take() else {
+                            break;
+                        };
+                        if sample.at_ms >= self.start {
+                            in_range += 1;
+                        }
+                        engine.observe(&sample);
                         last_sample_at = Some(sample.at_ms);
                     }
                     _ => break,
@@ -428,7 +527,7 @@ impl Replay<'_> {
             // on, whichever comes first (the daemon's schedule). Across a
             // silence, once the windows are empty, nothing changes until
             // the next sample or deployment: jump there.
-            let next_sample_at = self.samples.get(next_sample).map(|s| s.at_ms);
+            let next_sample_at = self.samples.borrow_mut().peek_at();
             let next_event = [
                 next_sample_at,
                 self.deployments.get(next_deploy).map(|d| d.at_ms),
@@ -495,6 +594,26 @@ impl Replay<'_> {
             out,
             "would have requested a rollback {rollbacks} time(s) and raised {alerts} alert(s); the watchdog was blind {blind_spells} time(s)"
         );
+        let mut head = String::new();
+        let _ = writeln!(
+            head,
+            "replay of {} ({in_range} samples) from {} to {}: {}, {} rules from {}, evaluated every {}",
+            humantime::format_duration(std::time::Duration::from_millis(
+                (self.end - self.start).max(0) as u64
+            )),
+            format_ms(self.start),
+            format_ms(self.end),
+            self.origin,
+            rules.rules.len(),
+            rules.path.display(),
+            humantime::format_duration(a.step),
+        );
+        if in_range == 0 {
+            let _ = writeln!(
+                head,
+                "no samples in this period: every verdict below is inconclusive"
+            );
+        }
         let doc = serde_json::json!({
             "from": format_ms(self.start),
             "to": format_ms(self.end),
@@ -508,7 +627,7 @@ impl Replay<'_> {
             "alerts": alerts,
             "blind_spells": blind_spells,
         });
-        (out, doc)
+        (head + &out, doc)
     }
 
     /// The active color at `t`: the latest deployment's, else the
@@ -523,12 +642,19 @@ impl Replay<'_> {
     }
 
     /// The daemon's baselines for the deployments in `ids`, chosen as the
-    /// daemon chooses them.
-    fn baselines(&self, ids: &HashMap<Color, i64>) -> Baselines {
+    /// daemon chooses them, when a deployment of `color` lands: that
+    /// color's from the samples of the span just before it (kept by
+    /// [`Samples`]), the other color's as they were (its source did not
+    /// change, and its samples may have streamed by long ago).
+    fn baselines(&self, ids: &HashMap<Color, i64>, color: Color, before: Baselines) -> Baselines {
         let cutovers: Vec<matrix::Cutover> =
             self.deployments.iter().map(matrix::Cutover::from).collect();
         let sources = matrix::baseline_sources(&cutovers, ids);
-        matrix::baselines(&sources, self.samples)
+        let samples = self.samples.borrow();
+        let mut now = matrix::baselines(&sources, &samples.recent);
+        now.retain(|(_, c), _| *c == color);
+        now.extend(before.into_iter().filter(|((_, c), _)| *c != color));
+        now
     }
 }
 
@@ -560,4 +686,66 @@ fn line(t: Millis, v: &Verdict, event: &str, evidence: &str) -> String {
         v.severity.as_str(),
         v.rule,
     )
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::model::SampleStatus;
+
+    fn sample(at_ms: Millis) -> Sample {
+        Sample {
+            at_ms,
+            probe: "healthz".into(),
+            color: Some(Color::Blue),
+            deployment: Some(1),
+            ok: true,
+            latency_ms: Some(1.0),
+            status: SampleStatus::Ok,
+            detail: String::new(),
+            requests: None,
+            errors: None,
+        }
+    }
+
+    #[test]
+    fn streamed_samples_come_in_order_across_chunks_and_keep_only_the_baseline_span() {
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
+        let minute = 60_000;
+        let all: Vec<Millis> = (0..120).map(|i| i * minute).collect();
+        let producer = std::thread::spawn({
+            let all = all.clone();
+            move || {
+                for chunk in all.chunks(7) {
+                    let chunk = chunk.iter().map(|at| sample(*at)).collect();
+                    if tx.blocking_send(chunk).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut samples = Samples::streamed(rx);
+        samples.keep_recent = true;
+        samples.latest_deployment = Some(1);
+        let mut seen = Vec::new();
+        while let Some(at) = samples.peek_at() {
+            let s = samples.take().unwrap();
+            assert_eq!(s.at_ms, at);
+            seen.push(at);
+            assert!(
+                samples
+                    .recent
+                    .front()
+                    .is_some_and(|r| r.at_ms >= at - BASELINE_SPAN_MS),
+                "kept more than the baseline span"
+            );
+        }
+        producer.join().unwrap();
+        assert_eq!(seen, all);
+        assert_eq!(
+            samples.recent.len() as Millis,
+            BASELINE_SPAN_MS / minute + 1,
+            "the last half hour, both ends included"
+        );
+    }
 }

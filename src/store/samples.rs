@@ -1,0 +1,873 @@
+//! Samples on disk: the compact table of migration
+//! `20261125450000_compact-samples.sql`, its lookup tables, and the verbs
+//! the rest of the daemon uses (`insert_samples`, `samples`, ...), whose
+//! signatures did not change with the layout.
+//!
+//! A row is (at_ms, series, n, status, latency_us, detail, requests,
+//! errors), WITHOUT ROWID, clustered on (at_ms, series, n). `series` is an
+//! id for (probe, color, deployment) in `sample_series`; ids are never
+//! reused or deleted, so [`Series`] caches them for the life of the store.
+//! `detail` points into `sample_details` (one row per distinct text).
+//!
+//! Writing: one `BEGIN IMMEDIATE` transaction per batch (all or nothing, as
+//! the writer and the storage-fault tests expect), multi-row INSERTs of
+//! [`ROWS_PER_INSERT`] prepared once and reused. Reading: one range scan
+//! over the primary key; [`Store::sample_pages`] pages through it in bounded
+//! memory (`replay`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::Connection;
+
+use super::{BUSY_TIMEOUT, MINUTE_MS, MinuteStats, RetentionReport, Store, StoreError, q};
+use crate::model::{Color, Millis, Sample, SampleStatus};
+
+/// Rows per multi-row INSERT (8 values each, well under SQLite's limit).
+const ROWS_PER_INSERT: usize = 128;
+/// Columns of the compact `samples` table, in insert order.
+const COLUMNS: &str = "at_ms, series, n, status, latency_us, detail, requests, errors";
+/// What a read selects: the sample's columns and its detail text.
+const SELECT: &str = "SELECT s.at_ms, s.series, s.status, s.latency_us, d.text, s.requests, s.errors \
+     FROM samples s LEFT JOIN sample_details d ON d.id = s.detail";
+/// Unused detail texts are deleted once there are more than this many.
+const DETAILS_KEPT: i64 = 1_000;
+
+type SeriesKey = (String, Option<Color>, Option<i64>);
+/// What a series id stands for: probe, color, deployment.
+type SeriesOf = HashMap<i64, (Arc<str>, Option<Color>, Option<i64>)>;
+
+/// The `sample_series` rows this store has seen, both ways.
+#[derive(Debug, Default)]
+pub(super) struct Series {
+    by_key: HashMap<SeriesKey, i64>,
+    by_id: SeriesOf,
+    max_id: i64,
+}
+
+impl Series {
+    fn add(&mut self, id: i64, key: SeriesKey) {
+        self.max_id = self.max_id.max(id);
+        self.by_id
+            .insert(id, (Arc::from(key.0.as_str()), key.1, key.2));
+        self.by_key.insert(key, id);
+    }
+}
+
+fn status_code(s: &Sample) -> i64 {
+    let code = match s.status {
+        SampleStatus::Ok => 0,
+        SampleStatus::Failed => 1,
+        SampleStatus::Timeout => 2,
+        SampleStatus::Unreachable => 3,
+        SampleStatus::NoData => 4,
+    };
+    code * 2 + i64::from(s.ok)
+}
+
+fn status_from_code(code: i64) -> (SampleStatus, bool) {
+    let status = match code >> 1 {
+        0 => SampleStatus::Ok,
+        2 => SampleStatus::Timeout,
+        3 => SampleStatus::Unreachable,
+        4 => SampleStatus::NoData,
+        _ => SampleStatus::Failed,
+    };
+    (status, code & 1 == 1)
+}
+
+/// `status` values of a failure (failed, timeout, unreachable; either ok bit).
+const FAILURE_CODES: &str = "status BETWEEN 2 AND 7";
+
+fn latency_us(ms: Option<f64>) -> Option<i64> {
+    ms.map(|l| (l * 1000.0).round() as i64)
+}
+
+type RawRow = (
+    Millis,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<f64>,
+    Option<f64>,
+);
+
+fn decode(r: RawRow, series: &SeriesOf) -> Sample {
+    let (at_ms, id, code, lat, detail, requests, errors) = r;
+    let (probe, color, deployment) = match series.get(&id) {
+        Some((p, c, d)) => (p.to_string(), *c, *d),
+        // Not possible while ids are never deleted; shown, not hidden.
+        None => (format!("series#{id}"), None, None),
+    };
+    let (status, ok) = status_from_code(code);
+    Sample {
+        at_ms,
+        probe,
+        color,
+        deployment,
+        ok,
+        latency_ms: lat.map(|us| us as f64 / 1000.0),
+        status,
+        detail: detail.unwrap_or_default(),
+        requests,
+        errors,
+    }
+}
+
+impl Store {
+    fn series(&self) -> std::sync::MutexGuard<'_, Series> {
+        // Entries are only ever added whole: a poisoned lock is consistent.
+        self.series.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Learn the series rows added since the last look (by any process).
+    async fn refresh_series<'c, E>(&self, db: E) -> Result<(), StoreError>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+    {
+        let after = self.series().max_id;
+        let rows: Vec<(i64, String, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT id, probe, color, deployment_id FROM sample_series WHERE id > ? ORDER BY id",
+        )
+        .bind(after)
+        .fetch_all(db)
+        .await
+        .map_err(q("reading sample series"))?;
+        let mut series = self.series();
+        for (id, probe, color, dep) in rows {
+            series.add(id, (probe, color.and_then(|c| c.parse().ok()), dep));
+        }
+        Ok(())
+    }
+
+    /// Insert a batch in one transaction: all or nothing.
+    pub async fn insert_samples(&self, samples: &[Sample]) -> Result<(), StoreError> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let mut w = self
+            .writing("starting a sample batch", BUSY_TIMEOUT)
+            .await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q("starting a sample batch"))?;
+
+        // Series ids: from the cache; a miss looks again (another process
+        // may have added it), then adds the row. Rows added here join the
+        // cache only after the commit: a rolled-back id may be reused.
+        let key = |s: &Sample| (s.probe.clone(), s.color, s.deployment);
+        let mut ids: Vec<i64> = Vec::with_capacity(samples.len());
+        let mut added: Vec<(i64, SeriesKey)> = Vec::new();
+        let mut refreshed = false;
+        for s in samples {
+            let k = key(s);
+            let found = self
+                .series()
+                .by_key
+                .get(&k)
+                .copied()
+                .or_else(|| added.iter().find(|(_, a)| *a == k).map(|(id, _)| *id));
+            let id = match found {
+                Some(id) => id,
+                None => {
+                    if !refreshed {
+                        refreshed = true;
+                        self.refresh_series(&mut *tx).await?;
+                    }
+                    let cached = self.series().by_key.get(&k).copied();
+                    match cached {
+                        Some(id) => id,
+                        None => {
+                            let id: i64 = sqlx::query_scalar(
+                                "INSERT INTO sample_series (probe, color, deployment_id) \
+                                 VALUES (?, ?, ?) RETURNING id",
+                            )
+                            .bind(&s.probe)
+                            .bind(s.color.map(Color::as_str))
+                            .bind(s.deployment)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(q("recording a sample series"))?;
+                            added.push((id, k));
+                            id
+                        }
+                    }
+                }
+            };
+            ids.push(id);
+        }
+
+        // Detail texts: one row each, shared by every sample that says it.
+        let mut details: HashMap<&str, i64> = HashMap::new();
+        for s in samples.iter().filter(|s| !s.detail.is_empty()) {
+            if details.contains_key(s.detail.as_str()) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO sample_details (text) VALUES (?) ON CONFLICT (text) DO NOTHING",
+            )
+            .bind(&s.detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("recording a sample detail"))?;
+            let id: i64 = sqlx::query_scalar("SELECT id FROM sample_details WHERE text = ?")
+                .bind(&s.detail)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(q("recording a sample detail"))?;
+            details.insert(&s.detail, id);
+        }
+
+        // `n` tells apart samples of one series in one millisecond: 0 for
+        // the first of the batch, counted up within it.
+        let mut seen: HashMap<(Millis, i64), i64> = HashMap::new();
+        let ns: Vec<i64> = samples
+            .iter()
+            .zip(&ids)
+            .map(|(s, id)| {
+                let n = seen.entry((s.at_ms, *id)).or_insert(-1);
+                *n += 1;
+                *n
+            })
+            .collect();
+
+        let rows: Vec<usize> = (0..samples.len()).collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            // A sample whose (at_ms, series, n) a stored one already holds
+            // (one millisecond split across batches) fails the statement,
+            // which SQLite undoes whole (the transaction stays open); the
+            // chunk then goes in row by row, each with the next free `n`.
+            // No savepoint: the usual batch is three statements in all.
+            let sql = insert_sql(chunk.len());
+            let mut query = sqlx::query(&sql);
+            for &i in chunk {
+                let s = &samples[i];
+                query = query
+                    .bind(s.at_ms)
+                    .bind(ids[i])
+                    .bind(ns[i])
+                    .bind(status_code(s))
+                    .bind(latency_us(s.latency_ms))
+                    .bind(details.get(s.detail.as_str()).copied())
+                    .bind(s.requests)
+                    .bind(s.errors);
+            }
+            match query.execute(&mut *tx).await {
+                Ok(_) => continue,
+                Err(sqlx::Error::Database(e))
+                    if e.kind() == sqlx::error::ErrorKind::UniqueViolation => {}
+                Err(e) => return Err(q("inserting samples")(e)),
+            }
+            {
+                for &i in chunk {
+                    let s = &samples[i];
+                    sqlx::query(&format!(
+                        "INSERT INTO samples ({COLUMNS}) VALUES (?1, ?2, \
+                         (SELECT IFNULL(MAX(n) + 1, 0) FROM samples WHERE at_ms = ?1 AND series = ?2), \
+                         ?3, ?4, ?5, ?6, ?7)"
+                    ))
+                    .bind(s.at_ms)
+                    .bind(ids[i])
+                    .bind(status_code(s))
+                    .bind(latency_us(s.latency_ms))
+                    .bind(details.get(s.detail.as_str()).copied())
+                    .bind(s.requests)
+                    .bind(s.errors)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("inserting samples"))?;
+                }
+            }
+        }
+        tx.commit().await.map_err(q("committing samples"))?;
+        w.done().await;
+        if !added.is_empty() {
+            let mut series = self.series();
+            for (id, k) in added {
+                series.add(id, k);
+            }
+        }
+        Ok(())
+    }
+
+    /// The series ids of a probe and/or color, for a filter; `None` for no
+    /// filter.
+    async fn series_filter(
+        &self,
+        probe: Option<&str>,
+        color: Option<Color>,
+    ) -> Result<Option<String>, StoreError> {
+        if probe.is_none() && color.is_none() {
+            return Ok(None);
+        }
+        self.refresh_series(self.db()?).await?;
+        let series = self.series();
+        let ids: Vec<String> = series
+            .by_id
+            .iter()
+            .filter(|(_, (p, c, _))| {
+                probe.is_none_or(|probe| &**p == probe)
+                    && color.is_none_or(|color| *c == Some(color))
+            })
+            .map(|(id, _)| id.to_string())
+            .collect();
+        Ok(Some(if ids.is_empty() {
+            "AND 0".to_owned()
+        } else {
+            format!("AND s.series IN ({})", ids.join(", "))
+        }))
+    }
+
+    async fn read_samples(&self, sql: &str, binds: &[Millis]) -> Result<Vec<Sample>, StoreError> {
+        self.refresh_series(self.db()?).await?;
+        let mut query = sqlx::query_as::<_, RawRow>(sql);
+        for b in binds {
+            query = query.bind(*b);
+        }
+        let rows = query
+            .fetch_all(self.db()?)
+            .await
+            .map_err(q("reading samples"))?;
+        let series = self.series();
+        Ok(rows.into_iter().map(|r| decode(r, &series.by_id)).collect())
+    }
+
+    /// Samples since a time, oldest first, optionally for one probe and color.
+    pub async fn samples(
+        &self,
+        probe: Option<&str>,
+        color: Option<Color>,
+        since_ms: Millis,
+    ) -> Result<Vec<Sample>, StoreError> {
+        let filter = self.series_filter(probe, color).await?.unwrap_or_default();
+        self.read_samples(
+            &format!("{SELECT} WHERE s.at_ms >= ? {filter} ORDER BY s.at_ms, s.series, s.n"),
+            &[since_ms],
+        )
+        .await
+    }
+
+    /// Every sample since a time, oldest first, in pages: memory stays
+    /// bounded however long the period (`replay`). See [`SamplePages`].
+    pub async fn sample_pages(&self, since_ms: Millis) -> Result<SamplePages<'_>, StoreError> {
+        Ok(SamplePages {
+            store: self,
+            after: (since_ms, -1, -1),
+            details: HashMap::new(),
+            done: false,
+        })
+    }
+
+    /// Samples in `[from, until)`, oldest first: a deployment's lifetime.
+    pub async fn samples_between(
+        &self,
+        from_ms: Millis,
+        until_ms: Millis,
+    ) -> Result<Vec<Sample>, StoreError> {
+        self.read_samples(
+            &format!("{SELECT} WHERE s.at_ms >= ? AND s.at_ms < ? ORDER BY s.at_ms, s.series, s.n"),
+            &[from_ms, until_ms],
+        )
+        .await
+    }
+
+    pub async fn sample_count(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM samples")
+            .fetch_one(self.db()?)
+            .await
+            .map_err(q("counting samples"))
+    }
+
+    /// The first failed sample at or after `since_ms`, if there is one yet:
+    /// of `color` or a shared probe, or of any color when `color` is `None`.
+    pub async fn first_failure_since(
+        &self,
+        since_ms: Millis,
+        color: Option<Color>,
+    ) -> Result<Option<Sample>, StoreError> {
+        self.refresh_series(self.db()?).await?;
+        let filter = match color {
+            None => String::new(),
+            Some(color) => {
+                let series = self.series();
+                let ids: Vec<String> = series
+                    .by_id
+                    .iter()
+                    .filter(|(_, (_, c, _))| c.is_none() || *c == Some(color))
+                    .map(|(id, _)| id.to_string())
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(None);
+                }
+                format!("AND s.series IN ({})", ids.join(", "))
+            }
+        };
+        let rows = self
+            .read_samples(
+                &format!(
+                    "{SELECT} WHERE s.at_ms >= ? AND s.{FAILURE_CODES} {filter} \
+                     ORDER BY s.at_ms, s.series, s.n LIMIT 1"
+                ),
+                &[since_ms],
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Roll up and delete every raw sample older than `before_ms` (rounded
+    /// down to a whole minute, so a minute is never split), an hour of
+    /// samples per transaction so a long backlog never holds the write lock
+    /// for long. No-data samples are deleted without being counted.
+    pub async fn roll_up_samples(&self, before_ms: Millis) -> Result<RetentionReport, StoreError> {
+        const CHUNK_MS: Millis = 60 * 60 * 1000;
+        let before_ms = before_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        let mut report = RetentionReport::default();
+        loop {
+            let oldest: Option<Millis> =
+                sqlx::query_scalar("SELECT MIN(at_ms) FROM samples WHERE at_ms < ?")
+                    .bind(before_ms)
+                    .fetch_one(self.db()?)
+                    .await
+                    .map_err(q("finding old samples"))?;
+            let Some(oldest) = oldest else { break };
+            let end = (oldest.div_euclid(MINUTE_MS) * MINUTE_MS + CHUNK_MS).min(before_ms);
+            self.refresh_series(self.db()?).await?;
+            let mut w = self.writing("rolling up samples", BUSY_TIMEOUT).await?;
+            let mut tx = (*w.conn)
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(q("rolling up samples"))?;
+            let rows: Vec<(i64, Millis, i64, Option<i64>)> = sqlx::query_as(
+                "SELECT series, at_ms, status, latency_us FROM samples WHERE at_ms < ?",
+            )
+            .bind(end)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q("reading samples to roll up"))?;
+            let mut minutes: std::collections::BTreeMap<(Arc<str>, &str, Millis), MinuteStats> =
+                Default::default();
+            let series = self.series().by_id.clone();
+            for (id, at, code, lat) in rows {
+                let (status, ok) = status_from_code(code);
+                if status == SampleStatus::NoData {
+                    continue;
+                }
+                let (probe, color) = match series.get(&id) {
+                    Some((p, c, _)) => (p.clone(), c.map(Color::as_str).unwrap_or("")),
+                    None => (Arc::from(format!("series#{id}").as_str()), ""),
+                };
+                let m = minutes
+                    .entry((probe, color, at.div_euclid(MINUTE_MS) * MINUTE_MS))
+                    .or_default();
+                m.count += 1;
+                if !ok {
+                    m.failures += 1;
+                }
+                if let Some(us) = lat {
+                    m.latencies.push(us as f64 / 1000.0);
+                }
+            }
+            for ((probe, color, minute), m) in &minutes {
+                let (avg, p95, max) = m.latency();
+                sqlx::query(
+                    "INSERT INTO rollups (probe, color, minute_ms, count, failures, latency_avg, latency_p95, latency_max) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (probe, color, minute_ms) DO UPDATE SET \
+                       latency_avg = CASE WHEN latency_avg IS NULL THEN excluded.latency_avg \
+                         WHEN excluded.latency_avg IS NULL THEN latency_avg \
+                         ELSE (latency_avg * count + excluded.latency_avg * excluded.count) / (count + excluded.count) END, \
+                       latency_p95 = MAX(COALESCE(latency_p95, excluded.latency_p95), COALESCE(excluded.latency_p95, latency_p95)), \
+                       latency_max = MAX(COALESCE(latency_max, excluded.latency_max), COALESCE(excluded.latency_max, latency_max)), \
+                       count = count + excluded.count, \
+                       failures = failures + excluded.failures",
+                )
+                .bind(&**probe)
+                .bind(*color)
+                .bind(minute)
+                .bind(m.count)
+                .bind(m.failures)
+                .bind(avg)
+                .bind(p95)
+                .bind(max)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("writing rollups"))?;
+            }
+            let deleted = sqlx::query("DELETE FROM samples WHERE at_ms < ?")
+                .bind(end)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("deleting rolled-up samples"))?
+                .rows_affected();
+            // Detail texts no sample points at any more, once there are
+            // enough of them to be worth a scan.
+            let details: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sample_details")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(q("counting sample details"))?;
+            if details > DETAILS_KEPT {
+                sqlx::query(
+                    "DELETE FROM sample_details WHERE id NOT IN \
+                     (SELECT detail FROM samples WHERE detail IS NOT NULL)",
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err(q("deleting unused sample details"))?;
+            }
+            tx.commit().await.map_err(q("rolling up samples"))?;
+            w.done().await;
+            report.deleted_samples += deleted;
+            report.minutes += minutes.len() as u64;
+        }
+        Ok(report)
+    }
+}
+
+/// `INSERT ... VALUES (...), ...` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO samples ({COLUMNS}) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
+    }
+    sql
+}
+
+/// Pages of [`PAGE`] samples, oldest first, each one query. A row each
+/// through sqlx costs more than SQLite's reading it (a channel message and
+/// a boxed row per sample: about 300,000 samples/s), so each page comes
+/// back as one text that SQLite packs (`group_concat`) and Rust splits:
+/// several times faster, in the same bounded memory. Pages resume after
+/// the last key read, so samples stored meanwhile are read too.
+pub struct SamplePages<'a> {
+    store: &'a Store,
+    after: (Millis, i64, i64),
+    details: HashMap<i64, String>,
+    done: bool,
+}
+
+/// Samples per page of [`SamplePages`].
+pub const PAGE: usize = 8192;
+
+impl SamplePages<'_> {
+    /// The next page, or `None` after the last.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Sample>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let store = self.store;
+        let packed: Option<String> = sqlx::query_scalar(
+            "SELECT group_concat(r, ';' ORDER BY at_ms, series, n) FROM ( \
+               SELECT at_ms, series, n, \
+                 at_ms || ',' || series || ',' || n || ',' || status || ',' || IFNULL(latency_us, '') \
+                 || ',' || IFNULL(detail, '') \
+                 || ',' || IIF(requests IS NULL, '', printf('%!.17g', requests)) \
+                 || ',' || IIF(errors IS NULL, '', printf('%!.17g', errors)) AS r \
+               FROM samples WHERE (at_ms, series, n) > (?, ?, ?) \
+               ORDER BY at_ms, series, n LIMIT ?)",
+        )
+        .bind(self.after.0)
+        .bind(self.after.1)
+        .bind(self.after.2)
+        .bind(PAGE as i64)
+        .fetch_one(store.db()?)
+        .await
+        .map_err(q("reading samples"))?;
+        let Some(packed) = packed else {
+            self.done = true;
+            return Ok(None);
+        };
+        let mut page = Vec::with_capacity(PAGE);
+        let mut series = store.series().by_id.clone();
+        for row in packed.split(';') {
+            let mut f = row.split(',');
+            let mut int = || f.next().and_then(|v| v.parse::<i64>().ok());
+            let (Some(at_ms), Some(id), Some(n), Some(code)) = (int(), int(), int(), int()) else {
+                continue;
+            };
+            let lat = int();
+            let detail = int();
+            let mut real = || f.next().and_then(|v| v.parse::<f64>().ok());
+            let (requests, errors) = (real(), real());
+            if !series.contains_key(&id) {
+                store.refresh_series(store.db()?).await?;
+                series = store.series().by_id.clone();
+            }
+            let detail = match detail {
+                None => None,
+                Some(d) => {
+                    if !self.details.contains_key(&d) {
+                        let all: Vec<(i64, String)> =
+                            sqlx::query_as("SELECT id, text FROM sample_details")
+                                .fetch_all(store.db()?)
+                                .await
+                                .map_err(q("reading sample details"))?;
+                        self.details = all.into_iter().collect();
+                    }
+                    self.details.get(&d).cloned()
+                }
+            };
+            self.after = (at_ms, id, n);
+            page.push(decode(
+                (at_ms, id, code, lat, detail, requests, errors),
+                &series,
+            ));
+        }
+        if page.len() < PAGE {
+            self.done = true;
+        }
+        Ok(Some(page))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at_ms: Millis, probe: &str, color: Option<Color>, status: SampleStatus) -> Sample {
+        Sample {
+            at_ms,
+            probe: probe.into(),
+            color,
+            deployment: Some(3),
+            ok: status == SampleStatus::Ok,
+            latency_ms: Some(1.25 + (at_ms % 7) as f64),
+            status,
+            detail: if status == SampleStatus::Ok {
+                String::new()
+            } else {
+                "HTTP 503".into()
+            },
+            requests: None,
+            errors: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn samples_in_one_millisecond_are_all_kept_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        let a = sample(1_000, "healthz", Some(Color::Blue), SampleStatus::Ok);
+        let b = sample(1_000, "healthz", Some(Color::Blue), SampleStatus::Failed);
+        let c = sample(1_000, "healthz", None, SampleStatus::Timeout);
+        store.insert_samples(&[a.clone(), b.clone()]).await.unwrap();
+        store.insert_samples(&[b.clone(), c.clone()]).await.unwrap();
+        store
+            .insert_samples(std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        assert_eq!(store.sample_count().await.unwrap(), 5);
+        let blue = store
+            .samples(Some("healthz"), Some(Color::Blue), 0)
+            .await
+            .unwrap();
+        assert_eq!(blue, vec![a.clone(), b.clone(), b.clone(), a]);
+        assert_eq!(
+            store
+                .first_failure_since(0, Some(Color::Green))
+                .await
+                .unwrap(),
+            Some(c)
+        );
+    }
+
+    #[tokio::test]
+    async fn pages_read_what_samples_reads_in_the_same_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        let statuses = [
+            SampleStatus::Ok,
+            SampleStatus::Failed,
+            SampleStatus::Timeout,
+            SampleStatus::Unreachable,
+            SampleStatus::NoData,
+        ];
+        let all: Vec<Sample> = (0..(PAGE as i64 * 2 + 17))
+            .map(|i| {
+                let color = [Some(Color::Blue), Some(Color::Green), None][(i % 3) as usize];
+                let mut s = sample(10_000 + i / 4, "p", color, statuses[(i % 5) as usize]);
+                s.detail = format!("detail, {}; and more", i % 11);
+                s.requests = (i % 2 == 0).then_some(i as f64 / 3.0);
+                s.errors = (i % 4 == 0).then_some(0.001);
+                s.latency_ms = (i % 6 != 0).then_some(i as f64 * 0.001);
+                s
+            })
+            .collect();
+        for batch in all.chunks(1000) {
+            store.insert_samples(batch).await.unwrap();
+        }
+        let read = store.samples(None, None, 0).await.unwrap();
+        assert_eq!(read.len(), all.len());
+        let mut pages = store.sample_pages(10_000 + 3).await.unwrap();
+        let mut paged = Vec::new();
+        while let Some(page) = pages.next_page().await.unwrap() {
+            assert!(page.len() <= PAGE);
+            paged.extend(page);
+        }
+        let since: Vec<Sample> = read.into_iter().filter(|s| s.at_ms >= 10_003).collect();
+        assert_eq!(paged.len(), since.len());
+        if let Some(i) = (0..since.len()).find(|i| paged[*i] != since[*i]) {
+            panic!("sample {i}: paged {:?}, read {:?}", paged[i], since[i]);
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_of_the_old_layout_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.db");
+        {
+            let pool = sqlx::SqlitePool::connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+            let mut old = sqlx::migrate!("./migrations");
+            old.migrations = old
+                .migrations
+                .iter()
+                .filter(|m| m.version < 20261125450000)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into();
+            old.run(&pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO samples (at_ms, probe, color, deployment_id, ok, latency_ms, status, detail, requests, errors) VALUES \
+                 (1000, 'healthz', 'blue', 1, 1, 2.5, 'ok', '', NULL, NULL), \
+                 (1000, 'healthz', 'blue', 1, 0, NULL, 'timeout', 'timed out', NULL, NULL), \
+                 (2000, 'users', NULL, NULL, 0, 3.0, 'failed', '5 of 10 failed', 10, 5), \
+                 (3000, 'healthz', 'green', 2, 1, NULL, 'no_data', '', NULL, NULL)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        let got = store.samples(None, None, 0).await.unwrap();
+        let want = |at_ms,
+                    probe: &str,
+                    color,
+                    dep,
+                    ok,
+                    lat,
+                    status,
+                    detail: &str,
+                    re: Option<(f64, f64)>| Sample {
+            at_ms,
+            probe: probe.into(),
+            color,
+            deployment: dep,
+            ok,
+            latency_ms: lat,
+            status,
+            detail: detail.into(),
+            requests: re.map(|(r, _)| r),
+            errors: re.map(|(_, e)| e),
+        };
+        assert_eq!(
+            got,
+            vec![
+                want(
+                    1000,
+                    "healthz",
+                    Some(Color::Blue),
+                    Some(1),
+                    true,
+                    Some(2.5),
+                    SampleStatus::Ok,
+                    "",
+                    None
+                ),
+                want(
+                    1000,
+                    "healthz",
+                    Some(Color::Blue),
+                    Some(1),
+                    false,
+                    None,
+                    SampleStatus::Timeout,
+                    "timed out",
+                    None
+                ),
+                want(
+                    2000,
+                    "users",
+                    None,
+                    None,
+                    false,
+                    Some(3.0),
+                    SampleStatus::Failed,
+                    "5 of 10 failed",
+                    Some((10.0, 5.0))
+                ),
+                want(
+                    3000,
+                    "healthz",
+                    Some(Color::Green),
+                    Some(2),
+                    true,
+                    None,
+                    SampleStatus::NoData,
+                    "",
+                    None
+                ),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_raw_sample_takes_at_most_40_bytes_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        let pages = |store: &Store| {
+            let pool = store.pool.clone();
+            async move {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                let n: i64 = sqlx::query_scalar("PRAGMA page_count")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                n * size
+            }
+        };
+        let before = pages(&store).await;
+        // A day's worth at 1 s on both colors would be 172,800: a tenth,
+        // one probe on two colors, a failure in fifty, in daemon batches.
+        let total = 17_280;
+        let samples: Vec<Sample> = (0..total)
+            .map(|i| {
+                let color = if i % 2 == 0 {
+                    Color::Blue
+                } else {
+                    Color::Green
+                };
+                let status = if i % 50 == 0 {
+                    SampleStatus::Failed
+                } else {
+                    SampleStatus::Ok
+                };
+                let mut s = sample(1_790_000_000_000 + i * 500, "healthz", Some(color), status);
+                s.latency_ms = Some(0.8 + (i % 13) as f64 * 0.37);
+                s
+            })
+            .collect();
+        for batch in samples.chunks(500) {
+            store.insert_samples(batch).await.unwrap();
+        }
+        let per_sample = (pages(&store).await - before) as f64 / total as f64;
+        assert!(per_sample <= 40.0, "{per_sample:.1} bytes per sample");
+    }
+}
