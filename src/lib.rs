@@ -37,6 +37,7 @@
 pub mod active;
 pub mod bake;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
