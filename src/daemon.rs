@@ -80,6 +80,8 @@ pub enum DaemonError {
 pub(crate) type DeploymentIds = HashMap<Color, i64>;
 
 pub(crate) struct ProbeTask {
+    /// The probe it runs.
+    probe: String,
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
 }
@@ -833,12 +835,24 @@ impl Live<'_> {
         }
         let new = Arc::new(new);
         *self.config = new.clone();
-        // Probe tasks restart even for an unchanged probe: they pick up
-        // secrets re-read from `env:`/`file:` and new color addresses. Their
-        // windows live in the engine and are kept.
-        stop_probes(std::mem::take(self.probes)).await;
+        // Only the probes that changed restart (`reload::probes_to_restart`):
+        // the others keep their task, its schedule and its run in flight,
+        // so a storm of reloads changes no cadence. Windows live in the
+        // engine and are kept either way.
+        let restart = reload::probes_to_restart(self.config, &new, &changes);
+        let (stopping, kept): (Vec<ProbeTask>, Vec<ProbeTask>) = std::mem::take(self.probes)
+            .into_iter()
+            .partition(|t| restart.contains(&t.probe));
+        stop_probes(stopping).await;
         prober.forget_removed(&new);
-        *self.probes = spawn_probes(&new, prober, sample_tx, deploy_rx);
+        *self.probes = kept;
+        self.probes.extend(spawn_probes_where(
+            &new,
+            prober,
+            sample_tx,
+            deploy_rx,
+            |name| restart.contains(name),
+        ));
         self.retention.send_replace(new.daemon.retention);
         *self.active_watch = active::Watch::new(&new);
         if let Some(server) = new_http {
@@ -1097,10 +1111,24 @@ pub(crate) fn spawn_probes(
     tx: &mpsc::Sender<Sample>,
     deployments: &watch::Receiver<DeploymentIds>,
 ) -> Vec<ProbeTask> {
+    spawn_probes_where(config, prober, tx, deployments, |_| true)
+}
+
+/// Spawn the tasks of the probes `wanted` names.
+fn spawn_probes_where(
+    config: &Arc<Config>,
+    prober: &Prober,
+    tx: &mpsc::Sender<Sample>,
+    deployments: &watch::Receiver<DeploymentIds>,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<ProbeTask> {
     // After a failure, confirm up to the streak the health rules need.
     let confirms = config.confirms();
     let mut tasks = Vec::new();
     for (index, probe) in config.probes.iter().enumerate() {
+        if !wanted(&probe.name) {
+            continue;
+        }
         let colors: Vec<Option<Color>> = match (&probe.check, probe.scope) {
             // One log for both colors (each line names its upstream) is
             // followed once.
@@ -1120,6 +1148,7 @@ pub(crate) fn spawn_probes(
                 confirms,
             };
             tasks.push(ProbeTask {
+                probe: probe.name.clone(),
                 stop,
                 handle: tokio::spawn(job.run(stop_rx)),
             });
