@@ -183,11 +183,11 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     );
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_PERIOD);
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    // When the loop last judged and will judge next: as a sample lands
-    // (`EVAL_GAP` after the previous judgement at the soonest), when the
-    // matrix's next time-based change falls due, else not at all.
-    let mut last_eval = Instant::now();
-    let mut next_eval: Option<Instant> = Some(last_eval);
+    // When the loop will judge next: as a sample lands, when the matrix's
+    // next time-based change falls due, else not at all; at the pace
+    // `matrix::Pace` allows (as `replay`).
+    let mut pace = matrix::Pace::default();
+    let mut next_eval: Option<Instant> = Some(Instant::now());
     // The watchdog is pinged from this loop and only from it: while the loop
     // is stuck (an await that never returns, a blocked thread), the pings
     // stop and systemd restarts the daemon.
@@ -228,9 +228,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 }
                 engine.observe_at(&sample, clock.sample_ms(sample.at_ms, now_ms(), arrived));
                 // Judged as it lands (SPEC: decisions are taken as the
-                // evidence lands), as `replay` does: now, or `EVAL_GAP`
-                // after the previous judgement.
-                let want = arrived.max(last_eval + matrix::EVAL_GAP);
+                // evidence lands), as `replay` does: now, unless a flood of
+                // samples already used the pace's burst.
+                let want = clock.instant_of(pace.earliest(clock.ms(arrived)), arrived);
                 if next_eval.is_none_or(|t| want < t) {
                     next_eval = Some(want);
                 }
@@ -273,7 +273,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 let now = Instant::now();
                 // After a gap, rules are inconclusive until fresh samples land.
                 noticed_gap(&mut clock, &mut engine, now, &mut next_eval);
-                last_eval = now;
+                pace.judged(clock.ms(now));
                 let mut verdicts = engine.judge(clock.ms(now));
                 // Stored and shown on the wall clock.
                 let wall = now_ms();
@@ -282,7 +282,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 }
                 next_eval = engine
                     .next_due()
-                    .map(|due| clock.instant_of(due, now).max(now + matrix::EVAL_GAP));
+                    .map(|due| clock.instant_of(pace.earliest(due), now));
                 match engine.take_blind_change() {
                     Some(true) => {
                         let tried = blind_tried(&config, &engine);

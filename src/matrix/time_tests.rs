@@ -33,7 +33,7 @@ min_samples = 1
 name = "rate"
 severity = "high"
 when = "error_rate > 50%"
-window = "10s"
+window = "1m"
 min_samples = 5
 [rollback]
 command = ["/bin/true"]
@@ -155,24 +155,46 @@ fn a_wall_clock_jump_either_way_changes_no_verdict() {
 fn next_due_names_the_hold_ending_and_the_window_sliding() {
     let mut e = engine();
     assert_eq!(e.next_due(), None, "nothing observed, nothing due");
-    e.observe_at(&sample(0, true), 0);
-    e.judge(0);
-    // The point leaves the 10 s window at 10 s (the 1 m one later).
-    assert_eq!(e.next_due(), Some(10_000));
+    e.observe_at(&sample(500, true), 500);
+    e.judge(500);
+    // The point leaves the 1 m windows at 60.5 s, judged on their 1 s grid.
+    assert_eq!(slide_slack(60_000), 1000);
+    assert_eq!(e.next_due(), Some(61_000));
     e.observe_at(&sample(1_000, false), 1_000);
     e.observe_at(&sample(2_000, false), 2_000);
     e.judge(2_000);
-    // health_failures >= 2 holds from 2 s: due to fire at 22 s; the
-    // window first.
-    assert_eq!(e.next_due(), Some(10_000));
-    e.judge(10_000);
-    e.judge(11_000);
-    e.judge(12_000);
-    // Every point gone from the 10 s window: the hold's end remains (the
-    // 1 m window slides after it).
+    // health_failures >= 2 holds from 2 s: due to fire at 22 s, before
+    // any point leaves a window.
     assert_eq!(e.next_due(), Some(22_000));
     let vs = e.judge(22_000);
     assert_eq!(state(&vs, "held"), State::Fired);
     // Fired: its clearing is judged at the loop's pace.
     assert_eq!(e.next_due(), Some(22_000 + duration_ms(EVAL_PERIOD)));
+    // A short window slides to within EVAL_GAP.
+    assert_eq!(slide_slack(400), duration_ms(EVAL_GAP));
+}
+
+#[test]
+fn samples_are_judged_at_once_and_a_flood_at_one_per_gap() {
+    let gap = duration_ms(EVAL_GAP);
+    let mut pace = Pace::default();
+    // A health probe's samples, far apart: each at once.
+    for t in [0, 200, 400, 1000] {
+        assert_eq!(pace.earliest(t), t);
+        pace.judged(t);
+    }
+    // A flood (a sample per millisecond): a burst at once, then one per gap.
+    let mut at = Vec::new();
+    let mut t = 5_000;
+    while at.len() < 8 {
+        let when = pace.earliest(t);
+        pace.judged(when);
+        at.push(when - 5_000);
+        t = when + 1;
+    }
+    let burst = EVAL_BURST as usize;
+    assert_eq!(at[..burst], (0..burst as i64).collect::<Vec<_>>()[..]);
+    for pair in at[burst..].windows(2) {
+        assert_eq!(pair[1] - pair[0], gap, "{at:?}");
+    }
 }
