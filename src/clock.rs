@@ -88,6 +88,13 @@ impl Clock {
         at - age
     }
 
+    /// The loop starts waiting at `now`: what it spent on its own work
+    /// since the last turn (a slow database read, a full queue) is not a
+    /// gap in its running. Time suspended meanwhile still counts.
+    pub fn settle(&mut self, now: Instant, boot: Option<Duration>) {
+        let _ = self.wake(now, boot);
+    }
+
     /// A turn of the loop at `now` (`boot`: CLOCK_BOOTTIME now). Returns
     /// how long the daemon was not running when this turn comes after a
     /// gap, else `None`.
@@ -128,6 +135,16 @@ mod tests {
             Some(Duration::from_secs(30))
         );
         assert_eq!(clock.ms(Instant::now()), 1_000_000 + 5_000 + 1_250 + 30_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loops_own_slow_work_is_no_gap() {
+        let mut clock = Clock::new(0, Instant::now(), None, PERIOD);
+        // A turn whose database read took 5 s, then the loop waits again.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        clock.settle(Instant::now(), None);
+        tokio::time::advance(PERIOD).await;
+        assert_eq!(clock.wake(Instant::now(), None), None);
     }
 
     #[tokio::test(start_paused = true)]

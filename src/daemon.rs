@@ -214,6 +214,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     );
 
     loop {
+        // Only time spent waiting here can be a gap in the daemon's
+        // running; its own work in the previous turn is not.
+        clock.settle(Instant::now(), clock::boottime());
         tokio::select! {
             Some(sample) = sample_rx.recv() => {
                 let arrived = Instant::now();
