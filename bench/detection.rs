@@ -38,12 +38,24 @@ use rand::Rng;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollbackd");
 
-/// One color: `/healthz` answers 200 "ok", or 503 once `down`; `hits`
-/// counts requests (to know the daemon is probing).
+/// One color: `/healthz` answers 200 "ok", or 503 once `down` (or never,
+/// once `hung`); `hits` counts requests (to know the daemon is probing);
+/// `failed_at` records when each 503 was answered (wall clock, to find the
+/// sample that decided).
 #[derive(Default)]
 struct Health {
     down: AtomicBool,
+    hung: AtomicBool,
     hits: AtomicU64,
+    failed_at: std::sync::Mutex<Vec<f64>>,
+}
+
+/// The wall clock in seconds (the switch command writes `date +%s.%N`).
+fn wall_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }
 
 async fn serve(health: Arc<Health>) -> String {
@@ -52,7 +64,13 @@ async fn serve(health: Arc<Health>) -> String {
             "/healthz",
             get(|State(h): State<Arc<Health>>| async move {
                 h.hits.fetch_add(1, Ordering::SeqCst);
+                if h.hung.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
                 if h.down.load(Ordering::SeqCst) {
+                    if let Ok(mut at) = h.failed_at.lock() {
+                        at.push(wall_s());
+                    }
                     (StatusCode::SERVICE_UNAVAILABLE, "down")
                 } else {
                     (StatusCode::OK, "ok")
@@ -92,7 +110,7 @@ health = true
 {probe_extra}
 {rules}
 [rollback]
-command = ["/bin/sh", "-c", "echo \"$1\" >> {switched}", "switch", "{{to}}"]
+command = ["/bin/sh", "-c", "date +%s.%N >> {switched}", "switch", "{{to}}"]
 verify_after = "5s"
 "#,
         state = dir.join("state").display(),
@@ -112,9 +130,19 @@ async fn until(limit: Duration, cond: impl Fn() -> bool) -> Option<Instant> {
     None
 }
 
-/// One trial: a fresh daemon with blue active; the fault at a random
-/// phase; the seconds until the rollback command ran.
-async fn trial(probe_extra: &str, rules: &str) -> Option<f64> {
+/// What one trial measured.
+struct Trial {
+    /// Fault -> switch command started, seconds.
+    detected: f64,
+    /// The sample that decided (the `streak`-th 503 answered) -> switch
+    /// command started, seconds (503 faults only).
+    decided: Option<f64>,
+}
+
+/// One trial: a fresh daemon with blue active; the fault (503, or a hang
+/// when `hang`) at a random phase; the seconds until the rollback command
+/// ran. `streak`: the failures the rule needs (which 503 decides).
+async fn trial(probe_extra: &str, rules: &str, hang: bool, streak: usize) -> Option<Trial> {
     let blue = Arc::new(Health::default());
     let green = Arc::new(Health::default());
     let (blue_url, green_url) = (serve(blue.clone()).await, serve(green.clone()).await);
@@ -144,7 +172,13 @@ async fn trial(probe_extra: &str, rules: &str) -> Option<f64> {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("JOURNAL_STREAM")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // DAEMON_LOG=path keeps the last trial's daemon log there.
+        .stderr(
+            std::env::var("DAEMON_LOG")
+                .ok()
+                .and_then(|p| std::fs::File::create(p).ok())
+                .map_or_else(Stdio::null, Stdio::from),
+        )
         .spawn()
         .ok()?;
     // Blue seen healthy three times, then the fault at a random phase.
@@ -157,11 +191,37 @@ async fn trial(probe_extra: &str, rules: &str) -> Option<f64> {
         let phase = rand::thread_rng().gen_range(0..1000);
         tokio::time::sleep(Duration::from_millis(phase)).await;
         let switched = dir.path().join("switched");
-        blue.down.store(true, Ordering::SeqCst);
         let fault = Instant::now();
-        detected = until(Duration::from_secs(30), || switched.exists())
-            .await
-            .map(|at| (at - fault).as_secs_f64());
+        let fault_wall = wall_s();
+        if hang {
+            blue.hung.store(true, Ordering::SeqCst);
+        } else {
+            blue.down.store(true, Ordering::SeqCst);
+        }
+        // The command writes its start time; read it once it is there.
+        let started = until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&switched)
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse::<f64>().ok())
+                .is_some()
+        })
+        .await;
+        if started.is_some() {
+            let at: f64 = std::fs::read_to_string(&switched)
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse().ok())?;
+            let decided = if hang {
+                None
+            } else {
+                let failed = blue.failed_at.lock().ok()?.clone();
+                failed.get(streak - 1).map(|d| at - d)
+            };
+            detected = Some(Trial {
+                detected: at - fault_wall,
+                decided,
+            });
+        }
+        let _ = fault;
     }
     let _ = daemon.kill();
     let _ = daemon.wait();
@@ -210,25 +270,65 @@ async fn main() {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(20);
+    const THREE: &str = "[[rule]]\nseverity = \"critical\"\nwhen = \"health_failures >= 3\"\nwindow = \"10m\"\nmin_samples = 3\n";
     let configurations = [
         ("defaults (confirm 200ms, health_failures >= 5)", "", ""),
         (
             "previous defaults (no confirm, health_failures >= 3)",
             "confirm_interval = \"off\"",
-            "[[rule]]\nseverity = \"critical\"\nwhen = \"health_failures >= 3\"\nwindow = \"10m\"\nmin_samples = 3\n",
+            THREE,
         ),
     ];
-    println!("one health probe at 1s, hard down (HTTP 503), {trials} trials at a random phase");
-    for (name, probe_extra, rules) in configurations {
+    // (name, probe settings, rules, hang, failures the rule needs)
+    let mut runs: Vec<(&str, &str, &str, bool, usize)> = vec![
+        (
+            "503, defaults (confirm 200ms, health_failures >= 5)",
+            "",
+            "",
+            false,
+            5,
+        ),
+        (
+            "503, no confirm, health_failures >= 3",
+            "confirm_interval = \"off\"",
+            THREE,
+            false,
+            3,
+        ),
+        (
+            "503, timeout 1s, confirm 200ms, health_failures >= 3",
+            "timeout = \"1s\"",
+            THREE,
+            false,
+            3,
+        ),
+        (
+            "hang, timeout 1s, confirm 200ms, health_failures >= 3",
+            "timeout = \"1s\"",
+            THREE,
+            true,
+            3,
+        ),
+    ];
+    if let Ok(only) = std::env::var("ONLY") {
+        runs.retain(|r| r.0.contains(only.as_str()));
+    }
+    println!("one health probe at 1s, {trials} trials at a random phase");
+    for (name, probe_extra, rules, hang, streak) in runs {
         let mut seen = Vec::new();
+        let mut decided = Vec::new();
         let mut missed = 0;
         for _ in 0..trials {
-            match trial(probe_extra, rules).await {
-                Some(s) => seen.push(s),
+            match trial(probe_extra, rules, hang, streak).await {
+                Some(t) => {
+                    seen.push(t.detected);
+                    decided.extend(t.decided);
+                }
                 None => missed += 1,
             }
         }
         seen.sort_by(f64::total_cmp);
+        decided.sort_by(f64::total_cmp);
         if seen.is_empty() {
             println!("  {name}: no rollback in any trial");
             continue;
@@ -245,6 +345,14 @@ async fn main() {
                 String::new()
             }
         );
+        if !decided.is_empty() {
+            println!(
+                "    deciding sample -> switch command started: median {:.1} ms, min {:.1} ms, max {:.1} ms",
+                median(&decided) * 1000.0,
+                decided[0] * 1000.0,
+                decided[decided.len() - 1] * 1000.0
+            );
+        }
     }
     let seeds: u64 = std::env::var("SEEDS")
         .ok()

@@ -1498,13 +1498,24 @@ impl Config {
         if rule.condition.signal == Signal::HealthFailures {
             // The first failing run starts up to one interval after the
             // fault and may take its whole timeout (a hung service). With
-            // fast confirm each further run follows the last one's end by
-            // confirm_interval; without, runs start on the interval.
+            // fast confirm, confirm runs start every confirm_interval
+            // without waiting for the earlier ones (`probe::schedule`),
+            // once a run failed or has gone unanswered that long, and each
+            // ends at its own timeout; without, runs start on the interval.
             let needed = consecutive_needed(&rule.condition).max(1);
             let worst = feeding
                 .iter()
                 .map(|p| match p.confirm_interval {
-                    Some(c) => p.interval + p.timeout + (c + p.timeout) * (needed - 1),
+                    Some(c) => {
+                        let first = p.interval + p.timeout + c * (needed - 1);
+                        // A confirm interval no shorter than the timeout
+                        // starts after the first failure, not before.
+                        if c >= p.timeout && needed > 1 {
+                            first + p.timeout
+                        } else {
+                            first
+                        }
+                    }
                     None => p.interval * needed + p.timeout,
                 })
                 .max()
@@ -2308,8 +2319,8 @@ command = ["/bin/true", "{to}"]
         assert_eq!(c.daemon.assumed_noise, 0.02);
         assert_eq!(
             c.detection_time(crit),
-            Detection::Within(Duration::from_millis(15_800)),
-            "5s interval + 2s timeout, then four confirms of 0.2s + 2s"
+            Detection::Within(Duration::from_millis(7_800)),
+            "5s interval + 2s timeout, the four confirms started 0.2s apart without waiting"
         );
         assert_eq!(
             c.median_detection(crit),
@@ -2677,10 +2688,10 @@ command = ["/bin/true", "{to}"]
             "health = true\nconfirm_interval = \"500ms\"",
         );
         let c = parse(&text).unwrap();
-        // 5s + 2s timeout, then four confirms of 0.5s + 2s each.
+        // 5s + 2s timeout, the four confirms started 0.5s apart.
         assert_eq!(
             c.detection_time(&c.rules[0]),
-            Detection::Within(Duration::from_secs(17))
+            Detection::Within(Duration::from_secs(9))
         );
         let off =
             parse(&GOOD.replace("health = true", "health = true\nconfirm_interval = \"off\""))

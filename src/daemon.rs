@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::active;
+use crate::clock::{self, Clock};
 use crate::config::{Check, Config, ConfigError, Scope};
 use crate::entry;
 use crate::http::{AppState, Health, ProbeInfo, ReloadInfo, Server, Snapshot};
@@ -36,9 +37,11 @@ use crate::systemd;
 
 /// How often the latest deployment's bake is checked.
 const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
-/// How often verdicts are evaluated when no sample lands (each sample is
-/// judged as it lands): shared with `replay`.
-const EVAL_PERIOD: Duration = matrix::EVAL_PERIOD;
+/// How often the loop reads the active color, pauses and holds from the
+/// database, looks at the bake and checks its own clock for a gap (verdicts
+/// do not wait for it: a sample is judged as it lands, a time-based change
+/// when the matrix says it falls due).
+const HOUSEKEEPING_PERIOD: Duration = matrix::EVAL_PERIOD;
 /// While a rollback-worthy rule stays fired but the rollback was skipped or
 /// refused, how long before trying again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -77,6 +80,8 @@ pub enum DaemonError {
 pub(crate) type DeploymentIds = HashMap<Color, i64>;
 
 pub(crate) struct ProbeTask {
+    /// The probe it runs.
+    probe: String,
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
 }
@@ -168,11 +173,21 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let entry_watch = tokio::spawn(watch_entry(entry_cfg_rx, seen_tx));
     let mut drift = entry::Drift::default();
 
-    let mut eval = tokio::time::interval(EVAL_PERIOD);
-    eval.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    // When the loop last judged and will judge next (`eval` does not say).
-    let mut last_eval = Instant::now();
-    let mut next_eval = last_eval;
+    // Durations on the monotonic clock: the matrix is handed this clock's
+    // times, never the wall clock's.
+    let mut clock = Clock::new(
+        now_ms(),
+        Instant::now(),
+        clock::boottime(),
+        HOUSEKEEPING_PERIOD,
+    );
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_PERIOD);
+    housekeeping.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // When the loop will judge next: as a sample lands, when the matrix's
+    // next time-based change falls due, else not at all; at the pace
+    // `matrix::Pace` allows (as `replay`).
+    let mut pace = matrix::Pace::default();
+    let mut next_eval: Option<Instant> = Some(Instant::now());
     // The watchdog is pinged from this loop and only from it: while the loop
     // is stuck (an await that never returns, a blocked thread), the pings
     // stop and systemd restarts the daemon.
@@ -199,8 +214,13 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     );
 
     loop {
+        // Only time spent waiting here can be a gap in the daemon's
+        // running; its own work in the previous turn is not.
+        clock.settle(Instant::now(), clock::boottime());
         tokio::select! {
             Some(sample) = sample_rx.recv() => {
+                let arrived = Instant::now();
+                noticed_gap(&mut clock, &mut engine, arrived, &mut next_eval);
                 // One request is not news: an access log's failing requests
                 // speak through the rules, not a log line per change.
                 let per_request = config
@@ -209,41 +229,63 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 if !per_request {
                     transitions.note(&sample);
                 }
-                engine.observe(&sample);
+                engine.observe_at(&sample, clock.sample_ms(sample.at_ms, now_ms(), arrived));
                 // Judged as it lands (SPEC: decisions are taken as the
-                // evidence lands), as `replay` does: the next tick is now,
-                // or `EVAL_GAP` after the previous judgement.
-                let want = Instant::now().max(last_eval + matrix::EVAL_GAP);
-                if want < next_eval {
-                    eval.reset_at(want);
-                    next_eval = want;
+                // evidence lands), as `replay` does: now, unless a flood of
+                // samples already used the pace's burst.
+                let want = clock.instant_of(pace.earliest(clock.ms(arrived)), arrived);
+                if next_eval.is_none_or(|t| want < t) {
+                    next_eval = Some(want);
                 }
                 metrics.observe_sample(&sample);
                 if writer_tx.send(sample).await.is_err() {
                     tracing::error!("the sample writer stopped; samples are no longer stored");
                 }
             }
-            _ = eval.tick() => {
-                last_eval = Instant::now();
-                next_eval = last_eval + EVAL_PERIOD;
+            _ = housekeeping.tick() => {
+                let now = Instant::now();
+                noticed_gap(&mut clock, &mut engine, now, &mut next_eval);
+                // The loop is alive even when nothing needs judging.
+                snapshot_tx.send_modify(|s| s.at = std::time::Instant::now());
                 // The database is read at most once per period, however
                 // many samples land.
-                let refreshed = last_refresh.elapsed() >= EVAL_PERIOD;
-                if refreshed {
-                    last_refresh = Instant::now();
+                if last_refresh.elapsed() >= HOUSEKEEPING_PERIOD {
+                    last_refresh = now;
+                    let before = active;
                     active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
                         tracing::error!("cannot read the active color: {e}");
                         active
                     });
+                    if holds.check(&store).await {
+                        // A hold just ended: a rollback it held back goes now.
+                        next_attempt = Some(now);
+                    }
+                    // A new active color or a retry due is judged now.
+                    if active != before || next_attempt.is_some_and(|t| now >= t) {
+                        next_eval = Some(next_eval.map_or(now, |t| t.min(now)));
+                    }
                 }
-                let now = now_ms();
                 if last_bake_check.elapsed() >= BAKE_CHECK_PERIOD {
-                    last_bake_check = Instant::now();
+                    last_bake_check = now;
                     if let Err(e) = crate::bake::check(&config, &store, &hub).await {
                         tracing::error!("cannot check the bake of the latest deployment: {e}");
                     }
                 }
-                let verdicts = engine.judge(now);
+            }
+            _ = sleep_until(next_eval), if next_eval.is_some() => {
+                let now = Instant::now();
+                // After a gap, rules are inconclusive until fresh samples land.
+                noticed_gap(&mut clock, &mut engine, now, &mut next_eval);
+                pace.judged(clock.ms(now));
+                let mut verdicts = engine.judge(clock.ms(now));
+                // Stored and shown on the wall clock.
+                let wall = now_ms();
+                for v in &mut verdicts {
+                    v.at_ms = wall;
+                }
+                next_eval = engine
+                    .next_due()
+                    .map(|due| clock.instant_of(pace.earliest(due), now));
                 match engine.take_blind_change() {
                     Some(true) => {
                         let tried = blind_tried(&config, &engine);
@@ -265,10 +307,6 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 metrics.set_active(active);
                 for notice in recoveries.cleared(&config.service, &verdicts) {
                     hub.send(&config.notify, notice);
-                }
-                if refreshed && holds.check(&store).await {
-                    // A hold just ended: a rollback it held back goes now.
-                    next_attempt = Some(Instant::now());
                 }
                 let status = status_line(active, &verdicts, &last_reload);
                 if status != last_status {
@@ -357,6 +395,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     }
                 }
                 active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or(active);
+                next_eval = Some(Instant::now());
             }
             Some(seen) = seen_rx.recv() => {
                 if let (entry::Seen::Color(served), Some(active)) = (seen, active) {
@@ -397,6 +436,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     tracing::error!("cannot read the active color: {e}");
                     active
                 });
+                next_eval = Some(Instant::now());
             }
             _ = watchdog.tick(), if watchdog_period.is_some() => systemd::watchdog(),
             _ = async {
@@ -453,6 +493,8 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             });
             last_reload = Some(info);
             publish_reload(&snapshot_tx, &config, &last_reload);
+            // New rules are judged at once.
+            next_eval = Some(Instant::now());
         }
     }
 
@@ -534,6 +576,36 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sleep until `at` (never, for `None`: the branch is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Check the loop's own clock at a turn: after a gap in the daemon's
+/// running (frozen, suspended, starved), every `for` hold restarts and the
+/// rules wait for fresh samples (`Engine::gap`), and the loop judges at
+/// once so verdicts show it. Returns whether there was a gap.
+fn noticed_gap(
+    clock: &mut Clock,
+    engine: &mut Engine,
+    now: Instant,
+    next_eval: &mut Option<Instant>,
+) -> bool {
+    let Some(gap) = clock.wake(now, clock::boottime()) else {
+        return false;
+    };
+    tracing::warn!(
+        "the watchdog was not running for {} (frozen, suspended or starved): every `for` hold restarts and rules wait for fresh samples",
+        humantime::format_duration(Duration::from_millis(gap.as_millis() as u64))
+    );
+    engine.gap(clock.ms(now), gap.as_millis() as i64);
+    *next_eval = Some(now);
+    true
 }
 
 /// What the blind watchdog tried, for its alert: each probe and color that
@@ -766,12 +838,24 @@ impl Live<'_> {
         }
         let new = Arc::new(new);
         *self.config = new.clone();
-        // Probe tasks restart even for an unchanged probe: they pick up
-        // secrets re-read from `env:`/`file:` and new color addresses. Their
-        // windows live in the engine and are kept.
-        stop_probes(std::mem::take(self.probes)).await;
+        // Only the probes that changed restart (`reload::probes_to_restart`):
+        // the others keep their task, its schedule and its run in flight,
+        // so a storm of reloads changes no cadence. Windows live in the
+        // engine and are kept either way.
+        let restart = reload::probes_to_restart(self.config, &new, &changes);
+        let (stopping, kept): (Vec<ProbeTask>, Vec<ProbeTask>) = std::mem::take(self.probes)
+            .into_iter()
+            .partition(|t| restart.contains(&t.probe));
+        stop_probes(stopping).await;
         prober.forget_removed(&new);
-        *self.probes = spawn_probes(&new, prober, sample_tx, deploy_rx);
+        *self.probes = kept;
+        self.probes.extend(spawn_probes_where(
+            &new,
+            prober,
+            sample_tx,
+            deploy_rx,
+            |name| restart.contains(name),
+        ));
         self.retention.send_replace(new.daemon.retention);
         *self.active_watch = active::Watch::new(&new);
         if let Some(server) = new_http {
@@ -1030,10 +1114,24 @@ pub(crate) fn spawn_probes(
     tx: &mpsc::Sender<Sample>,
     deployments: &watch::Receiver<DeploymentIds>,
 ) -> Vec<ProbeTask> {
+    spawn_probes_where(config, prober, tx, deployments, |_| true)
+}
+
+/// Spawn the tasks of the probes `wanted` names.
+fn spawn_probes_where(
+    config: &Arc<Config>,
+    prober: &Prober,
+    tx: &mpsc::Sender<Sample>,
+    deployments: &watch::Receiver<DeploymentIds>,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<ProbeTask> {
     // After a failure, confirm up to the streak the health rules need.
     let confirms = config.confirms();
     let mut tasks = Vec::new();
     for (index, probe) in config.probes.iter().enumerate() {
+        if !wanted(&probe.name) {
+            continue;
+        }
         let colors: Vec<Option<Color>> = match (&probe.check, probe.scope) {
             // One log for both colors (each line names its upstream) is
             // followed once.
@@ -1053,6 +1151,7 @@ pub(crate) fn spawn_probes(
                 confirms,
             };
             tasks.push(ProbeTask {
+                probe: probe.name.clone(),
                 stop,
                 handle: tokio::spawn(job.run(stop_rx)),
             });

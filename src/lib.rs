@@ -40,6 +40,7 @@ pub mod active;
 pub mod bake;
 pub mod chart;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -15,7 +15,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Check, Config, Probe};
+use crate::secret::Secret;
 
 /// A burst of file events (an editor's write, rename, chmod) settles into
 /// one reload this long after the last event.
@@ -64,6 +65,48 @@ impl Changes {
             parts.push(format!("changed: {}", self.sections.join(", ")));
         }
         parts.join("; ")
+    }
+}
+
+/// The probes whose tasks a reload restarts (by name): those added,
+/// removed or changed, and those whose secrets (header values read from
+/// `env:`/`file:`) now read differently. Every probe when what all of them
+/// use changed: the colors' addresses, or the confirming runs a failure
+/// triggers (from the health rules). Every other probe keeps its task, so
+/// its schedule and its run in flight survive the reload: a storm of
+/// reloads changes no cadence.
+pub fn probes_to_restart(old: &Config, new: &Config, changes: &Changes) -> BTreeSet<String> {
+    if changes.sections.contains(&"colors") || old.confirms() != new.confirms() {
+        return old
+            .probes
+            .iter()
+            .chain(&new.probes)
+            .map(|p| p.name.clone())
+            .collect();
+    }
+    let mut out: BTreeSet<String> = changes
+        .probes_added
+        .iter()
+        .chain(&changes.probes_removed)
+        .chain(&changes.probes_changed)
+        .cloned()
+        .collect();
+    for p in &new.probes {
+        if let Some(before) = old.probe(&p.name) {
+            if secrets(before) != secrets(p) {
+                out.insert(p.name.clone());
+            }
+        }
+    }
+    out
+}
+
+/// A probe's secrets, values included.
+fn secrets(p: &Probe) -> Vec<&(String, Secret)> {
+    match &p.check {
+        Check::Http(h) => h.headers.iter().collect(),
+        Check::Prometheus(m) => m.headers.iter().collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -321,6 +364,60 @@ low = "alert"
 
         let back = diff(&parse(&new), &parse(BASE));
         assert_eq!(back.probes_removed, ["extra"]);
+    }
+
+    #[test]
+    fn only_changed_probes_restart_unless_what_all_use_changed() {
+        let restart = |old: &str, new: &str| {
+            let (old, new) = (parse(old), parse(new));
+            probes_to_restart(&old, &new, &diff(&old, &new))
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            restart(BASE, BASE).is_empty(),
+            "an unchanged file restarts nothing"
+        );
+        let home = BASE.replace("path = \"/\"", "path = \"/index\"");
+        assert_eq!(restart(BASE, &home), ["home"]);
+        let extra = format!("{BASE}\n[[probe]]\nname = \"extra\"\nkind = \"tcp\"\n");
+        assert_eq!(restart(BASE, &extra), ["extra"]);
+        assert_eq!(restart(&extra, BASE), ["extra"]);
+        // A rule change that is not a health streak restarts no probe...
+        let slower = BASE.replace("latency_avg > 1000ms", "latency_avg > 900ms");
+        assert!(restart(BASE, &slower).is_empty());
+        // ...one that changes how many confirms a failure triggers does.
+        let streak = format!(
+            "{BASE}\n[[rule]]\nname = \"down\"\nseverity = \"critical\"\nwhen = \"health_failures >= 4\"\nwindow = \"1m\"\n"
+        );
+        assert_eq!(restart(BASE, &streak), ["healthz", "home"]);
+        let moved = BASE.replace("127.0.0.1:2", "127.0.0.1:3");
+        assert_eq!(restart(BASE, &moved), ["healthz", "home"]);
+    }
+
+    #[test]
+    fn a_probe_whose_secret_reads_differently_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "one").unwrap();
+        let text = BASE.replace(
+            "path = \"/\"",
+            &format!(
+                "path = \"/\"\nheaders = {{ X-Api-Key = \"file:{}\" }}",
+                token.display()
+            ),
+        );
+        let old = parse(&text);
+        std::fs::write(&token, "two").unwrap();
+        let new = parse(&text);
+        let changes = diff(&old, &new);
+        assert!(changes.is_empty(), "the file did not change: {changes:?}");
+        assert_eq!(
+            probes_to_restart(&old, &new, &changes)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["home"]
+        );
     }
 
     #[test]

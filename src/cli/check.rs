@@ -139,9 +139,12 @@ pub fn report(config: &Config) -> String {
                 Detection::Within(d) => humantime::format_duration(d).to_string(),
                 Detection::Never(_) | Detection::Unfed(_) => "never".into(),
             };
+            let hang = hang_median(config, r)
+                .map(|d| format!(" and a hang in {}", humantime::format_duration(d)))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {:<46} detects in {} median, {worst} at worst; on noise fires {} ({per_year:.2} a year)",
+                "  {:<46} detects a 503 in {}{hang} (medians), {worst} at worst; on noise fires {} ({per_year:.2} a year)",
                 r.name,
                 humantime::format_duration(median),
                 how_often(per_year),
@@ -166,6 +169,34 @@ pub fn report(config: &Config) -> String {
         }
     }
     out
+}
+
+/// Median detection of a hung color (no answer until the timeout) by a
+/// `health_failures >= N` rule: half an interval (the fault's phase), the
+/// first run's timeout, then `N-1` confirm runs started every
+/// `confirm_interval` without waiting for the earlier ones (each ends at
+/// its own timeout; a confirm interval no shorter than the timeout starts
+/// them after the first failure), or `N-1` intervals without fast confirm;
+/// the slowest probe of the rule, plus `for`. `bench/detection.rs`
+/// measures it.
+fn hang_median(config: &Config, rule: &crate::config::Rule) -> Option<std::time::Duration> {
+    if rule.condition.signal != crate::model::Signal::HealthFailures {
+        return None;
+    }
+    let needed = crate::config::consecutive_needed(&rule.condition).max(1);
+    rule.probes
+        .iter()
+        .filter_map(|n| config.probe(n))
+        .map(|p| {
+            let phase = p.interval / 2 + p.timeout;
+            match p.confirm_interval {
+                Some(c) if c >= p.timeout && needed > 1 => phase + c * (needed - 1) + p.timeout,
+                Some(c) => phase + c * (needed - 1),
+                None => phase + p.interval * (needed - 1),
+            }
+        })
+        .max()
+        .map(|d| d + rule.hold_for)
 }
 
 /// Rules fed by real traffic: their detection and false firings depend on

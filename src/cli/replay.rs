@@ -13,10 +13,14 @@
 //! copy of it: `Engine::judge` on both colors, `matrix::decide` on the
 //! verdicts, baselines from `matrix::baseline_sources`. And it judges at
 //! the daemon's moments: as each sample lands (at its time, after every
-//! sample and deployment up to it; samples landing within `EVAL_GAP` of
-//! the previous judgement are judged together, that long after it), and
-//! `--step` (default 250 ms, the daemon's `EVAL_PERIOD`) after the last
-//! judgement while none lands.
+//! sample and deployment up to it; a flood of samples is judged at the pace
+//! `matrix::Pace` allows, as in the daemon), when
+//! the matrix's next time-based change falls due (`Engine::next_due`: a
+//! `for` elapsing, a window sliding, a fired rule's next clean evaluation),
+//! and at most `--step` (default 250 ms) after the last judgement. The
+//! daemon sleeps between those moments; replay's extra judgements at
+//! `--step` find nothing new (what changes a verdict is a sample or a due
+//! change), so both decide the same.
 //! Judging at the sample puts a firing before the deployment record of the
 //! rollback it caused, as in the daemon. Samples from the longest window
 //! before the start warm the windows up. A new deployment of a color
@@ -334,6 +338,7 @@ impl Replay<'_> {
         let mut ids: HashMap<Color, i64> = HashMap::new();
         let mut next_deploy = 0usize;
         let mut last_sample_at: Option<Millis> = None;
+        let mut pace = matrix::Pace::default();
         let wants_baselines = rules
             .rules
             .iter()
@@ -382,6 +387,7 @@ impl Replay<'_> {
 
             let active = self.active_at(t);
             let verdicts = engine.judge(t);
+            pace.judged(t);
             if let Some(blind) = engine.take_blind_change() {
                 events.push(serde_json::json!({
                     "at": format_ms(t),
@@ -527,18 +533,25 @@ impl Replay<'_> {
             // on, whichever comes first (the daemon's schedule). Across a
             // silence, once the windows are empty, nothing changes until
             // the next sample or deployment: jump there.
+            // The matrix's next time-based change (a `for` elapsing, a
+            // window sliding, a fired rule's next clean evaluation) is
+            // judged when it falls due, as the daemon judges it.
             let next_sample_at = self.samples.borrow_mut().peek_at();
+            let due = engine.next_due();
             let next_event = [
                 next_sample_at,
                 self.deployments.get(next_deploy).map(|d| d.at_ms),
+                due,
             ]
             .into_iter()
             .flatten()
             .min();
             let quiet = last_sample_at.is_none_or(|l| t - l > self.warmup + self.step);
-            let gap = duration_ms(matrix::EVAL_GAP).min(self.step);
-            let mut next =
-                next_sample_at.map_or(t + self.step, |s| s.max(t + gap).min(t + self.step));
+            let mut next = [next_sample_at, due]
+                .into_iter()
+                .flatten()
+                .min()
+                .map_or(t + self.step, |s| pace.earliest(s).min(t + self.step));
             if quiet {
                 next = next.max(next_event.unwrap_or(self.end + self.step));
             }

@@ -83,6 +83,47 @@ pub const EVAL_PERIOD: Duration = Duration::from_millis(250);
 /// at most this long after the previous judgement.
 pub const EVAL_GAP: Duration = Duration::from_millis(25);
 
+/// Judgements allowed back to back before [`EVAL_GAP`] spaces them.
+pub const EVAL_BURST: u32 = 4;
+
+/// The pace of judgements, shared by the daemon and `replay` so both judge
+/// at the same moments: a judgement wanted at `now` (a sample landed, a
+/// change fell due) runs at once while fewer than [`EVAL_BURST`] ran in the
+/// last `EVAL_BURST x EVAL_GAP`, else as soon as that allows (a "leaky
+/// bucket": one judgement per [`EVAL_GAP`] sustained). A health probe's
+/// sample is judged the moment it lands; an access log landing a sample
+/// per request cannot make the loop judge per request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pace {
+    /// When the bucket is empty again (GCRA's theoretical arrival time).
+    tat: Option<Millis>,
+}
+
+impl Pace {
+    /// The soonest a judgement wanted at `now` may run (never before `now`).
+    pub fn earliest(&self, now: Millis) -> Millis {
+        let gap = duration_ms(EVAL_GAP);
+        let tolerance = gap * Millis::from(EVAL_BURST - 1);
+        self.tat.map_or(now, |tat| now.max(tat - tolerance))
+    }
+
+    /// A judgement ran at `at`.
+    pub fn judged(&mut self, at: Millis) {
+        let gap = duration_ms(EVAL_GAP);
+        self.tat = Some(self.tat.map_or(at, |tat| tat.max(at)) + gap);
+    }
+}
+
+/// How late a window's slide may be judged: a sixtieth of the window,
+/// between [`EVAL_GAP`] and a second. Slides are judged on a grid of this
+/// step ([`Engine::next_due`]), so the points of several probes, colors and
+/// windows leaving within one step are judged together, once: the default
+/// windows (1 to 15 minutes) slide once a second at most, while a 400 ms
+/// window slides to within 25 ms.
+pub fn slide_slack(window_ms: Millis) -> Millis {
+    (window_ms / 60).clamp(duration_ms(EVAL_GAP), 1000)
+}
+
 /// What the daemon says when the watchdog goes blind.
 pub const BLIND_REASON: &str = "the watchdog may be blind: no probe on either color and no \
      shared probe got an answer (each timed out or could not reach its target), which points at \
@@ -279,6 +320,9 @@ struct Series {
     /// The latest sample's detail when it got no answer: what was tried,
     /// for the blindness alert.
     last_unanswered: Option<String>,
+    /// Nothing observed since the watchdog's own running had a gap
+    /// ([`Engine::gap`]): what this series says may be out of date.
+    stale: bool,
 }
 
 impl Series {
@@ -351,6 +395,11 @@ pub struct Engine {
     /// ([`Engine::set_deployments`]): samples of another deployment are not
     /// observed. `None` until then (replay, gate: every sample counts).
     deployments: Option<[Option<i64>; 2]>,
+    /// The latest gap in the watchdog's own running: when it was seen and
+    /// how long it lasted ([`Engine::gap`]).
+    gap: Option<(Millis, Millis)>,
+    /// When the rules were last judged.
+    last_judged: Option<Millis>,
 }
 
 impl Engine {
@@ -368,6 +417,8 @@ impl Engine {
             unanswered: [0; 3],
             blind_reported: false,
             deployments: None,
+            gap: None,
+            last_judged: None,
         };
         engine.reconfigure(config);
         engine
@@ -529,7 +580,17 @@ impl Engine {
         }
     }
 
+    /// Observe a sample at its own time (`sample.at_ms`): replay, gate and
+    /// the tests, whose samples' times are their clock.
     pub fn observe(&mut self, sample: &Sample) {
+        self.observe_at(sample, sample.at_ms);
+    }
+
+    /// Observe a sample at `at_ms` on the caller's clock: the daemon passes
+    /// its monotonic time (the sample's wall-clock stamp is what is stored
+    /// and shown, and what a failure streak reports as its start), so a
+    /// wall-clock jump moves no window and no hold.
+    pub fn observe_at(&mut self, sample: &Sample, at_ms: Millis) {
         if !self.current_deployment(sample) {
             return;
         }
@@ -539,10 +600,17 @@ impl Engine {
             return;
         };
         let s = slot(sample.color);
-        let p = point(sample);
+        let p = Point {
+            at_ms,
+            ..point(sample)
+        };
+        let fresh = self.gap.is_none_or(|(seen, _)| at_ms >= seen);
         let probe = &mut self.probes[index];
         let series = &mut probe.series[s];
         series.observed += 1;
+        if fresh {
+            series.stale = false;
+        }
         if p.counts.is_some() {
             match series.last_answered {
                 Some(true) => self.answering -= 1,
@@ -576,7 +644,7 @@ impl Engine {
         }
         // Trim what no window can need; a window still counting the point
         // lets go of it first.
-        let horizon = sample.at_ms - self.keep_ms;
+        let horizon = at_ms - self.keep_ms;
         while let Some(front) = series.points.front().copied() {
             if front.at_ms >= horizon {
                 break;
@@ -593,6 +661,66 @@ impl Engine {
             series.points.pop_front();
             series.first_seq += 1;
         }
+    }
+
+    /// The watchdog's own running had a gap of `length_ms` (frozen,
+    /// suspended, starved), noticed at `now_ms`: every `for` hold restarts,
+    /// and every rule is inconclusive until each probe it reads has a
+    /// sample taken after now. What was measured before the gap may no
+    /// longer be true, and a hold did not watch the time it claims.
+    pub fn gap(&mut self, now_ms: Millis, length_ms: Millis) {
+        self.gap = Some((now_ms, length_ms));
+        for p in &mut self.probes {
+            for series in &mut p.series {
+                series.stale = true;
+            }
+        }
+        for st in self.states.iter_mut().flatten() {
+            st.holding_since = None;
+        }
+    }
+
+    /// When the verdicts next change with no new sample (a `for` hold
+    /// elapsing, a point leaving its window, a fired rule's next clean
+    /// evaluation toward `clear_after`), on the clock `judge` is given:
+    /// the caller judges then, or when the next sample lands, and sleeps
+    /// in between. `None`: nothing changes until a sample lands.
+    pub fn next_due(&self) -> Option<Millis> {
+        let mut due: Option<Millis> = None;
+        let mut at = |t: Millis| due = Some(due.map_or(t, |d| d.min(t)));
+        for (i, rule) in self.rules.iter().enumerate() {
+            for st in &self.states[i] {
+                if let Some(since) = st.holding_since.filter(|_| !st.fired) {
+                    at(since + duration_ms(rule.hold_for));
+                }
+                if st.fired {
+                    // `clear_after` counts evaluations at the daemon's pace.
+                    if let Some(last) = self.last_judged {
+                        at(last + duration_ms(EVAL_PERIOD));
+                    }
+                }
+            }
+        }
+        for w in &self.windows {
+            let slack = slide_slack(w.key.window_ms);
+            for (s, agg) in w.aggs.iter().enumerate() {
+                let Some(agg) = agg else { continue };
+                for (pos, &p) in w.probes.iter().enumerate() {
+                    if let Some(oldest) = self.probes[p].series[s].get(agg.oldest[pos]) {
+                        // Out of the window once `at_ms <= now - window`;
+                        // judged on the window's grid (see `slide_slack`).
+                        let expiry = oldest.at_ms + w.key.window_ms;
+                        at(expiry.div_euclid(slack) * slack
+                            + if expiry.rem_euclid(slack) == 0 {
+                                0
+                            } else {
+                                slack
+                            });
+                    }
+                }
+            }
+        }
+        due
     }
 
     /// When the color's current trouble began: the earliest start of a
@@ -702,6 +830,7 @@ impl Engine {
     /// green's: what the daemon runs as each sample lands (and every
     /// `EVAL_PERIOD` without one), and what `replay` runs at the same moments.
     pub fn judge(&mut self, now_ms: Millis) -> Vec<Verdict> {
+        self.last_judged = Some(now_ms);
         let mut verdicts = self.evaluate(now_ms, Color::Blue);
         verdicts.extend(self.evaluate(now_ms, Color::Green));
         verdicts
@@ -720,9 +849,12 @@ impl Engine {
                 why,
                 extra,
             } = self.read(i, rule, color);
+            let stale = self.stale(i, s);
             let st = &mut self.states[i][s];
-            let conclusive =
-                !blind && reading.value.is_some() && reading.n >= u64::from(rule.min_samples);
+            let conclusive = !blind
+                && stale.is_none()
+                && reading.value.is_some()
+                && reading.n >= u64::from(rule.min_samples);
             let state = if !conclusive {
                 State::Inconclusive
             } else {
@@ -748,6 +880,8 @@ impl Engine {
             };
             let detail = if blind {
                 BLIND_REASON.to_owned()
+            } else if let Some(why) = stale {
+                why
             } else if let Some(why) = why {
                 why
             } else if reading.n < u64::from(rule.min_samples) {
@@ -802,6 +936,24 @@ impl Engine {
             });
         }
         out
+    }
+
+    /// Why rule `i` cannot be judged on series slot `s` after a gap: a
+    /// probe it reads has no sample since ([`Engine::gap`]).
+    fn stale(&self, i: usize, s: usize) -> Option<String> {
+        let (_, length_ms) = self.gap?;
+        let window = &self.windows[self.rule_window[i]];
+        let probe = window.probes.iter().find(|&&p| {
+            let p = &self.probes[p];
+            // A shared probe's series is its own slot.
+            let s = if p.scope == Scope::Shared { 2 } else { s };
+            p.series[s].stale
+        })?;
+        Some(format!(
+            "the watchdog was not running for {} (frozen, suspended or starved): waiting for a fresh sample from {}",
+            humantime::format_duration(Duration::from_millis(length_ms.max(0) as u64)),
+            self.probes[*probe].name
+        ))
     }
 
     /// Rule `i`'s signal for a color, from its window (already advanced):
@@ -1293,3 +1445,6 @@ command = ["/bin/true"]
 
 #[cfg(test)]
 mod stream_tests;
+
+#[cfg(test)]
+mod time_tests;

@@ -58,8 +58,34 @@ fn is_failure(o: &Outcome) -> bool {
     )
 }
 
+/// The most runs of one probe on one color in flight at once (confirm runs
+/// against a hung service overlap; each ends at its own timeout).
+pub const MAX_IN_FLIGHT: usize = 8;
+
+/// One run in flight, and its outcome once it has one.
+struct Run<F> {
+    started: Instant,
+    /// A confirm run, or a run a suspicion already covered: its running
+    /// long no longer starts one.
+    confirm: bool,
+    run: std::pin::Pin<Box<F>>,
+    outcome: Option<Outcome>,
+}
+
 /// Run a probe on its cadence until `stop` changes (or its sender is gone)
 /// or `emit` returns false (nobody takes results any more).
+///
+/// Confirm runs do not queue: once a run failed, or a run has been in
+/// flight longer than `confirm_interval` without an answer (a hang shows
+/// itself that way long before its timeout), a new run starts every
+/// `confirm_interval` without waiting for the earlier ones, up to
+/// `confirms` of them and [`MAX_IN_FLIGHT`] at once. Each run still fails
+/// only at its own timeout, so a service that answers within it never
+/// fails by this. The suspicion ends with an answer that is not a failure
+/// (late or not), or once `confirms` more failures confirmed it; then the
+/// interval resumes, counted from there. Outcomes are handed on in the
+/// order their runs started (a later run's answer waits for the earlier
+/// run's end), so the matrix sees the freshest run last.
 pub async fn drive<P, PF, E, EF>(
     cadence: Cadence,
     mut probe_once: P,
@@ -74,41 +100,125 @@ pub async fn drive<P, PF, E, EF>(
     let period = cadence.interval.max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval_at(Instant::now() + cadence.offset, period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut runs: std::collections::VecDeque<Run<PF>> = std::collections::VecDeque::new();
+    // While a failure is suspected: failures seen, confirm runs started,
+    // and when the next one starts.
+    let mut suspected = false;
+    let mut failures = 0u32;
+    let mut started = 0u32;
+    let mut next_confirm: Option<Instant> = None;
     loop {
-        let due = tokio::select! {
-            at = ticker.tick() => at,
-            _ = stop.changed() => return,
+        // A run on the interval in flight longer than the confirm interval
+        // is suspect.
+        let overdue = match (cadence.confirm_interval, suspected) {
+            (Some(pace), false) => runs
+                .iter()
+                .find(|r| r.outcome.is_none() && !r.confirm)
+                .map(|r| r.started + pace),
+            _ => None,
         };
-        // A tick that fell due while the previous run went on is skipped:
-        // the next run starts on the next whole tick, not right away.
-        if due.elapsed() > period / 2 {
-            continue;
-        }
-        let mut confirming = 0;
-        loop {
-            let outcome = tokio::select! {
-                o = probe_once() => o,
-                _ = stop.changed() => return,
-            };
-            let failed = is_failure(&outcome);
-            if !emit(outcome).await {
-                return;
+        let wake = match (next_confirm, overdue) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let (idle, busy) = (runs.is_empty(), !runs.is_empty());
+        tokio::select! {
+            at = ticker.tick(), if idle && !suspected => {
+                // A tick that fell due while the previous run went on is
+                // skipped: the next run starts on the next whole tick.
+                if at.elapsed() > period / 2 {
+                    continue;
+                }
+                runs.push_back(Run { started: Instant::now(), confirm: false, run: Box::pin(probe_once()), outcome: None });
             }
-            match cadence.confirm_interval {
-                Some(pace) if failed && confirming < cadence.confirms => {
-                    confirming += 1;
-                    tokio::select! {
-                        _ = tokio::time::sleep(pace) => {}
-                        _ = stop.changed() => return,
+            _ = any_done(&mut runs), if busy => {
+                // An answer that is not a failure, late or not, clears the
+                // suspicion at once (even before earlier runs end).
+                let answered = runs
+                    .iter()
+                    .any(|r| r.outcome.as_ref().is_some_and(|o| !is_failure(o)));
+                if suspected && answered {
+                    suspected = false;
+                    next_confirm = None;
+                    ticker.reset();
+                }
+                while runs.front().is_some_and(|r| r.outcome.is_some()) {
+                    let Some(outcome) = runs.pop_front().and_then(|r| r.outcome) else { break };
+                    let failed = is_failure(&outcome);
+                    if !emit(outcome).await {
+                        return;
+                    }
+                    // A failure suspects the service, unless a later run
+                    // already answered.
+                    let later_answered = runs
+                        .iter()
+                        .any(|r| r.outcome.as_ref().is_some_and(|o| !is_failure(o)));
+                    let Some(pace) = cadence.confirm_interval else { continue };
+                    if !failed || later_answered {
+                        continue;
+                    }
+                    if !suspected {
+                        suspected = true;
+                        failures = 0;
+                        started = 0;
+                    }
+                    failures += 1;
+                    if failures > cadence.confirms {
+                        // Confirmed: back to the interval.
+                        suspected = false;
+                        next_confirm = None;
+                        ticker.reset();
+                    } else if next_confirm.is_none() && started < cadence.confirms {
+                        next_confirm = Some(Instant::now() + pace);
                     }
                 }
-                _ => break,
+            }
+            _ = sleep_until(wake), if wake.is_some() => {
+                let Some(pace) = cadence.confirm_interval else { continue };
+                if !suspected {
+                    // A run has gone unanswered for a confirm interval.
+                    suspected = true;
+                    failures = 0;
+                    started = 0;
+                    for r in runs.iter_mut() {
+                        r.confirm = true;
+                    }
+                }
+                if started < cadence.confirms && runs.len() < MAX_IN_FLIGHT {
+                    runs.push_back(Run { started: Instant::now(), confirm: true, run: Box::pin(probe_once()), outcome: None });
+                    started += 1;
+                }
+                next_confirm = (started < cadence.confirms).then(|| Instant::now() + pace);
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Polls every run in flight; resolves once one more has its outcome.
+async fn any_done<F: Future<Output = Outcome>>(runs: &mut std::collections::VecDeque<Run<F>>) {
+    std::future::poll_fn(|cx| {
+        let mut done = false;
+        for r in runs.iter_mut().filter(|r| r.outcome.is_none()) {
+            if let std::task::Poll::Ready(o) = r.run.as_mut().poll(cx) {
+                r.outcome = Some(o);
+                done = true;
             }
         }
-        if confirming > 0 {
-            // Back to the interval, counted from the end of the streak.
-            ticker.reset();
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
         }
+    })
+    .await
+}
+
+/// Sleep until `at` (never, for `None`).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -287,6 +397,117 @@ mod tests {
         )
         .await;
         assert!(runs.is_empty(), "the run in flight was abandoned: {runs:?}");
+    }
+
+    /// Runs following `script` (status, how long the run takes; the last
+    /// repeats) for `for_`: each run's start, and each outcome handed on
+    /// with when, relative to the start.
+    async fn run_script(
+        cadence: Cadence,
+        script: Vec<(SampleStatus, u64)>,
+        for_: Duration,
+    ) -> (Vec<u128>, Vec<(u128, SampleStatus)>) {
+        let starts: Arc<Mutex<Vec<u128>>> = Arc::default();
+        let emitted: Arc<Mutex<Vec<(u128, SampleStatus)>>> = Arc::default();
+        let (stop_tx, stop) = watch::channel(false);
+        let t0 = Instant::now();
+        let mut n = 0;
+        let probe = {
+            let starts = starts.clone();
+            move || {
+                let (status, takes) = script[n.min(script.len() - 1)];
+                n += 1;
+                starts.lock().unwrap().push(t0.elapsed().as_millis());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(takes)).await;
+                    Outcome {
+                        status,
+                        latency_ms: None,
+                        detail: String::new(),
+                        requests: None,
+                        errors: None,
+                    }
+                }
+            }
+        };
+        let emit = {
+            let emitted = emitted.clone();
+            move |o: Outcome| {
+                emitted
+                    .lock()
+                    .unwrap()
+                    .push((t0.elapsed().as_millis(), o.status));
+                async { true }
+            }
+        };
+        let task = tokio::spawn(drive(cadence, probe, emit, stop));
+        tokio::time::sleep(for_).await;
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        let starts = starts.lock().unwrap().clone();
+        let emitted = emitted.lock().unwrap().clone();
+        (starts, emitted)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn against_a_hang_confirm_runs_start_without_waiting_and_each_fails_at_its_timeout() {
+        use SampleStatus::*;
+        // Interval 10 s, confirm 200 ms, a 1 s timeout: the service hangs.
+        let (starts, emitted) = run_script(
+            cadence(10_000, Some(200)),
+            vec![(Timeout, 1000)],
+            Duration::from_millis(11_500),
+        )
+        .await;
+        // Suspect after 200 ms unanswered: confirm runs at 200 and 400,
+        // then, confirmed, the interval from the third failure (1.4 s).
+        assert_eq!(starts, vec![0, 200, 400, 11_400]);
+        assert_eq!(
+            emitted,
+            vec![(1000, Timeout), (1200, Timeout), (1400, Timeout)],
+            "the third failure lands at timeout + 2 x confirm"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_service_that_answers_within_its_timeout_never_fails_by_this() {
+        use SampleStatus::*;
+        let (starts, emitted) = run_script(
+            cadence(10_000, Some(200)),
+            vec![(Ok, 500)],
+            Duration::from_millis(10_600),
+        )
+        .await;
+        // Suspected at 200 ms, cleared by the late answer at 500 ms.
+        assert_eq!(starts, vec![0, 200, 400, 10_500]);
+        assert_eq!(emitted, vec![(500, Ok), (700, Ok), (900, Ok)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_are_handed_on_in_the_order_their_runs_started() {
+        use SampleStatus::*;
+        // The first run hangs to its timeout; the confirm run started
+        // after it answers at once and clears the suspicion (no more
+        // confirm runs), but its answer waits for the first run's end, so
+        // the freshest run is seen last.
+        let (starts, emitted) = run_script(
+            cadence(10_000, Some(200)),
+            vec![(Timeout, 1000), (Ok, 0)],
+            Duration::from_millis(1_500),
+        )
+        .await;
+        assert_eq!(starts, vec![0, 200]);
+        assert_eq!(emitted, vec![(1000, Timeout), (1000, Ok)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_in_flight_are_bounded() {
+        use SampleStatus::*;
+        let mut c = cadence(60_000, Some(200));
+        c.confirms = 30;
+        let (starts, _) =
+            run_script(c, vec![(Timeout, 30_000)], Duration::from_millis(5_000)).await;
+        assert_eq!(starts.len(), MAX_IN_FLIGHT, "{starts:?}");
     }
 
     #[test]

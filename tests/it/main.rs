@@ -24,4 +24,5 @@ mod rollback;
 mod spine;
 mod storage;
 mod systemd;
+mod timing;
 mod traffic;

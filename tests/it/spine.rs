@@ -248,7 +248,7 @@ fn issue17_check_prices_streak_rules_and_strict_fails_a_noisy_one() {
     // One health probe at 1 s, confirmed every 200 ms, 5 in a row.
     assert!(
         text.contains(
-            "detects in 1s 300ms median, 6s 800ms at worst; on noise fires about once every 10 years (0.10 a year)"
+            "detects a 503 in 1s 300ms and a hang in 2s 300ms (medians), 2s 800ms at worst; on noise fires about once every 10 years (0.10 a year)"
         ),
         "{text}"
     );
