@@ -42,13 +42,7 @@ use crate::matrix::{State, Verdict};
 use crate::model::{Color, Millis, Severity, format_ms, now_ms};
 use crate::store::Store;
 
-static SENT: AtomicU64 = AtomicU64::new(0);
 static FAILED: AtomicU64 = AtomicU64::new(0);
-
-/// Notifications delivered since the process started.
-pub fn sent_total() -> u64 {
-    SENT.load(Ordering::Relaxed)
-}
 
 /// Notifications given up on (after every retry, or dropped because the
 /// queue was full) since the process started.
@@ -410,7 +404,7 @@ struct Job {
 }
 
 /// Deliveries made and given up on by one [`Hub`] (the process-wide
-/// totals are [`sent_total`] and [`failed_total`]).
+/// total of failures is [`failed_total`]).
 #[derive(Default, Debug)]
 pub struct Stats {
     sent: AtomicU64,
@@ -428,7 +422,6 @@ impl Stats {
 
     fn add_sent(&self, target: &Notifier) {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        SENT.fetch_add(1, Ordering::Relaxed);
         count_target(target, 1, 0);
     }
 

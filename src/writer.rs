@@ -68,12 +68,6 @@ impl Default for Writer {
     }
 }
 
-/// The daemon's writer with default limits. Returns how many samples were
-/// dropped.
-pub async fn write_samples(store: Store, rx: mpsc::Receiver<Sample>) -> u64 {
-    Writer::default().run(store, rx).await
-}
-
 struct Buffer<'a> {
     pending: VecDeque<Sample>,
     cap: usize,

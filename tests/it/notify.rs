@@ -228,21 +228,73 @@ async fn send_never_waits_for_a_receiver_that_hangs() {
         .unwrap();
 }
 
+/// Everything logged on this thread while it lives (the tests here run on
+/// tokio's current-thread runtime, so the hub's worker logs on it too).
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 #[tokio::test]
 async fn an_unreadable_secret_url_fails_without_leaking_anything() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // One reference that cannot be read at all, one whose value is no URL
+    // but carries a token: neither the token nor the file's content may
+    // reach the log, only the references.
+    let garbled = dir.path().join("hook-url");
+    std::fs::write(&garbled, "htp:://hooks.example/T0KEN-s3cr3t\n").unwrap();
     let (hub, worker) = Hub::start(fast());
-    let target = Notifier::webhook(
+    let unset = Notifier::webhook(
         Secret::resolve("env:ROLLBACKD_TEST_UNSET_HOOK_4711").unwrap(),
         NotifyFormat::Slack,
         Severity::Low,
     );
-    hub.send(&[target], notice(Event::Alert, Severity::High));
-    wait_for("the failure", Duration::from_secs(5), || async {
-        hub.stats().failed() == 1
+    let bad = Notifier::webhook(
+        Secret::resolve(&format!("file:{}", garbled.display())).unwrap(),
+        NotifyFormat::Slack,
+        Severity::Low,
+    );
+    hub.send(&[unset, bad], notice(Event::Alert, Severity::High));
+    wait_for("both failures", Duration::from_secs(5), || async {
+        hub.stats().failed() == 2
     })
     .await;
     drop(hub);
     worker.await.unwrap();
+    let text = log.text();
+    assert!(
+        text.contains("env:ROLLBACKD_TEST_UNSET_HOOK_4711"),
+        "the failure names the reference:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("file:{}", garbled.display())),
+        "the failure names the reference:\n{text}"
+    );
+    for secret in ["T0KEN-s3cr3t", "hooks.example", "htp:"] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
