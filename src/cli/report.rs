@@ -15,7 +15,7 @@ pub struct ReportArgs {
     /// Markdown, for a step summary or an issue
     #[arg(long)]
     pub markdown: bool,
-    /// Machine-readable output
+    /// Print the report as one JSON document
     #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
 }
