@@ -42,6 +42,46 @@ pub fn format_ms(ms: Millis) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// The keys of points in time, stored as Unix milliseconds.
+const TIME_KEYS: &[&str] = &[
+    "at_ms",
+    "opened_ms",
+    "closed_ms",
+    "started_ms",
+    "ended_ms",
+    "until_ms",
+    "deadline_ms",
+];
+
+/// A document for printing (`--json`, `/status`) with every point in time
+/// as RFC 3339 with milliseconds (`at_ms: 1764...` becomes `at:
+/// "2026-...Z"`), the one time format anything prints. Durations
+/// (`after_ms`, `window_ms`, `downtime_ms`) stay numbers.
+pub fn with_rfc3339_times(mut value: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for key in TIME_KEYS {
+                    if let Some(ms) = map.get(*key).map(|t| t.as_i64()) {
+                        map.remove(*key);
+                        let name = key.trim_end_matches("_ms").to_owned();
+                        map.insert(
+                            name,
+                            ms.map(format_ms)
+                                .map_or(serde_json::Value::Null, serde_json::Value::String),
+                        );
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut value);
+    value
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Color {

@@ -33,6 +33,8 @@ pub struct StatusDocument {
     pub cooldown_until: Option<String>,
     /// The escalated incident holding automatic rollbacks.
     pub escalation_hold: Option<i64>,
+    /// Its times (`opened`, `closed`, evidence's `at`) as every time here.
+    #[serde(serialize_with = "incident_with_rfc3339_times")]
     pub last_incident: Option<crate::store::Incident>,
     pub database: DatabaseDoc,
     pub config: String,
@@ -47,6 +49,15 @@ pub struct StatusDocument {
     pub probes: Option<serde_json::Value>,
     pub last_reload: Option<serde_json::Value>,
     pub work_loop: Option<serde_json::Value>,
+}
+
+/// An incident as the store serializes it, its points in time in RFC 3339.
+fn incident_with_rfc3339_times<S: serde::Serializer>(
+    incident: &Option<crate::store::Incident>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let value = serde_json::to_value(incident).map_err(serde::ser::Error::custom)?;
+    crate::model::with_rfc3339_times(value).serialize(s)
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -58,6 +58,9 @@ pub(crate) fn visible(cmd: clap::Command) -> clap::Command {
     if let Some(about) = cmd.get_about() {
         out = out.about(about.clone());
     }
+    if let Some(about) = cmd.get_long_about() {
+        out = out.long_about(about.clone());
+    }
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         out = out.subcommand(sub.clone());
     }

@@ -322,16 +322,21 @@ pub(crate) fn summary_sentence(service: &str, inc: &Incident, events: &[Incident
 }
 
 /// The timeline's milestones for JSON readers: detected, rollback
-/// initiated, completed (traffic moved), validated.
+/// initiated, completed (traffic moved), validated; each a point in time
+/// (RFC 3339 with milliseconds) or `null` when the timeline never got
+/// there.
 fn milestones(events: &[IncidentEvent]) -> Value {
-    let first = |state: &str| -> Option<Millis> {
-        events.iter().find(|e| e.state == state).map(|e| e.at_ms)
+    let first = |state: &str| -> Option<String> {
+        events
+            .iter()
+            .find(|e| e.state == state)
+            .map(|e| format_ms(e.at_ms))
     };
     json!({
-        "detected_ms": first("detected"),
-        "initiated_ms": first("requested"),
-        "completed_ms": first("switched"),
-        "validated_ms": first("verified"),
+        "detected": first("detected"),
+        "initiated": first("requested"),
+        "completed": first("switched"),
+        "validated": first("verified"),
     })
 }
 

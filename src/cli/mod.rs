@@ -44,7 +44,12 @@ pub const EXIT_RUNTIME: i32 = 70;
 #[command(
     name = "rollbackd",
     version,
-    about = "Watchdog for blue/green services: probe, decide, roll back safely"
+    about = "Watchdog for blue/green services: probe, decide, roll back safely",
+    long_about = "Watchdog for blue/green services: probe, decide, roll back safely.\n\n\
+        Every command that prints a result (all but run and demo) takes --json: one \
+        JSON document on stdout instead of text. Points in time are RFC 3339 with \
+        milliseconds in UTC (2026-11-25T17:20:00.123Z), in JSON and text alike; \
+        durations are numbers with their unit in the key (window_ms, uptime_seconds)."
 )]
 pub struct Cli {
     /// Configuration file [default: $ROLLBACKD_CONFIG, else /etc/rollbackd/rollbackd.toml]
@@ -113,7 +118,7 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug)]
 pub struct JsonFlag {
-    /// Machine-readable output
+    /// Print one JSON document instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -169,7 +174,8 @@ pub enum IncidentAction {
     Show {
         /// The incident's number (see `rollbackd incidents`)
         id: i64,
-        /// Machine-readable output
+        /// Print the incident, its timeline, evidence and milestones as one
+        /// JSON document
         #[arg(long)]
         json: bool,
         /// Markdown, for an issue or a postmortem
@@ -189,7 +195,7 @@ pub struct SamplesArgs {
     /// How far back, e.g. 10m
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub since: Duration,
-    /// Machine-readable output
+    /// Print the samples as one JSON document (a list, every field)
     #[arg(long)]
     pub json: bool,
 }
@@ -237,44 +243,9 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     })
 }
 
-/// The keys of points in time, stored as Unix milliseconds.
-const TIME_KEYS: &[&str] = &[
-    "at_ms",
-    "opened_ms",
-    "closed_ms",
-    "started_ms",
-    "ended_ms",
-    "until_ms",
-    "deadline_ms",
-];
-
-/// A document for `--json` with every point in time as RFC 3339 with
-/// milliseconds (`at_ms: 1764...` becomes `at: "2026-...Z"`), the one time
-/// format anything prints. Durations (`after_ms`, `window_ms`) stay numbers.
-pub(crate) fn with_rfc3339_times(mut value: serde_json::Value) -> serde_json::Value {
-    fn walk(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for key in TIME_KEYS {
-                    if let Some(ms) = map.get(*key).map(|t| t.as_i64()) {
-                        map.remove(*key);
-                        let name = key.trim_end_matches("_ms").to_owned();
-                        map.insert(
-                            name,
-                            ms.map(crate::model::format_ms)
-                                .map_or(serde_json::Value::Null, serde_json::Value::String),
-                        );
-                    }
-                }
-                map.values_mut().for_each(walk);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
-    walk(&mut value);
-    value
-}
+/// Every point in time in a `--json` document as RFC 3339 with
+/// milliseconds (see [`crate::model::with_rfc3339_times`]).
+pub(crate) use crate::model::with_rfc3339_times;
 
 /// A failure that is an answer, not an error: exit 1.
 #[derive(Debug, thiserror::Error)]
@@ -417,6 +388,57 @@ mod tests {
             no_about.is_empty(),
             "commands without a summary: {no_about:?}"
         );
+    }
+
+    #[test]
+    fn every_command_that_prints_takes_json_and_says_so_alike() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        // `run` logs, `demo` narrates, `help` is clap's, and the hidden one
+        // writes files: every other command (leaf) prints a result.
+        let mut leaves = Vec::new();
+        fn walk<'a>(
+            cmd: &'a clap::Command,
+            path: String,
+            out: &mut Vec<(String, &'a clap::Command)>,
+        ) {
+            if cmd.has_subcommands() {
+                for sub in cmd.get_subcommands() {
+                    walk(sub, format!("{path} {}", sub.get_name()), out);
+                }
+            } else {
+                out.push((path, cmd));
+            }
+        }
+        walk(&cmd, "rollbackd".into(), &mut leaves);
+        let skip = ["run", "demo", "help", "generate-assets"];
+        let mut checked = 0;
+        for (path, sub) in leaves {
+            if path.split(' ').any(|word| skip.contains(&word)) {
+                continue;
+            }
+            let json = sub
+                .get_arguments()
+                .find(|a| a.get_long() == Some("json"))
+                .unwrap_or_else(|| panic!("{path} has no --json"));
+            let help = json.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                help.starts_with("Print") && help.contains("JSON"),
+                "{path} --json: {help:?}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 12, "the walk found the commands: {checked}");
+        // The one place that says what every document shares: long help and
+        // the man page's DESCRIPTION.
+        let long = cmd.render_long_help().to_string();
+        assert!(
+            long.contains("--json") && long.contains("RFC 3339 with milliseconds"),
+            "{long}"
+        );
+        let page = String::from_utf8(assets::man_page().unwrap()).unwrap();
+        let description = &page[page.find(".SH DESCRIPTION").expect("a DESCRIPTION")..];
+        assert!(description.contains("RFC 3339 with milliseconds"), "{page}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub struct ReportArgs {
     /// Markdown, for a step summary or an issue
     #[arg(long)]
     pub markdown: bool,
-    /// Machine-readable output
+    /// Print the report as one JSON document
     #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
 }
@@ -24,7 +24,8 @@ pub async fn run(config: &Config, a: ReportArgs) -> anyhow::Result<()> {
     let store = open_read_only(config).await?;
     let r = report::build(config, &store, a.deployment).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        let doc = super::with_rfc3339_times(serde_json::to_value(&r)?);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else if a.markdown {
         print!("{}", r.markdown());
     } else {

@@ -22,7 +22,8 @@ pub async fn run(config: &Config, a: SamplesArgs) -> anyhow::Result<()> {
         .samples(a.probe.as_deref(), a.color, now_ms() - duration_ms(a.since))
         .await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let doc = super::with_rfc3339_times(serde_json::to_value(&list)?);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     use super::table::{Align, render};

@@ -652,6 +652,12 @@ async fn status_json_and_the_daemons_status_are_one_document() {
         printed["last_incident"]["evidence"].is_object(),
         "{printed:#}"
     );
+    // The last incident's times too: `opened`, not Unix `opened_ms`.
+    assert!(
+        is_rfc3339_millis(printed["last_incident"]["opened"].as_str().unwrap_or("")),
+        "{printed:#}"
+    );
+    assert!(!printed.to_string().contains("opened_ms"), "{printed:#}");
     let list: serde_json::Value =
         serde_json::from_str(&env.cli_ok(&["incidents", "--json"])).unwrap();
     assert_eq!(list[0]["evidence"]["reason"], "evidence test", "{list:#}");

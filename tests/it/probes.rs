@@ -956,13 +956,33 @@ async fn samples_command_prints_a_table_and_json() {
     );
 
     let json = env.cli_ok(&["samples", "--since", "10m", "--json"]);
-    let parsed: Vec<Sample> = serde_json::from_str(&json).unwrap();
+    let parsed = samples_from_json(&json);
     assert_eq!(parsed.len(), 2, "{json}");
     assert_eq!(parsed[0], traffic);
 
     let out = env.cli(&["samples", "--probe", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no probe is named"));
+}
+
+/// `samples --json` read back into [`Sample`]s: every sample's time is
+/// printed as `at`, RFC 3339 with milliseconds ending in `Z` (the one time
+/// format), never as Unix milliseconds.
+fn samples_from_json(json: &str) -> Vec<Sample> {
+    let list: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+    list.into_iter()
+        .map(|mut v| {
+            let map = v.as_object_mut().unwrap();
+            assert!(!map.contains_key("at_ms"), "{json}");
+            let at = map.remove("at").unwrap();
+            let at = at.as_str().unwrap();
+            assert!(crate::cli::is_rfc3339_millis(at), "{at}");
+            let t = humantime::parse_rfc3339(at).unwrap();
+            let ms = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+            map.insert("at_ms".into(), ms.into());
+            serde_json::from_value(v).unwrap()
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -103,6 +103,22 @@ async fn report_counts_availability_error_rate_latency_and_fired_rules() {
     );
     assert_eq!(lava["failures"], 5);
     assert_eq!(json["fired"][0]["rule"], "medium: error_rate > 10% over 5m");
+    // Points in time are RFC 3339 with milliseconds, never Unix milliseconds.
+    for t in [
+        &json["deployment"]["at"],
+        &json["until"],
+        &json["fired"][0]["at"],
+    ] {
+        assert!(
+            crate::cli::is_rfc3339_millis(t.as_str().unwrap_or("")),
+            "{t} in {json:#}"
+        );
+    }
+    let text = json.to_string();
+    assert!(
+        !text.contains("\"at_ms\"") && !text.contains("\"until_ms\""),
+        "{json:#}"
+    );
 
     let md = env.cli_ok(&["report", "--markdown"]);
     assert!(

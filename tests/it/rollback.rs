@@ -1028,7 +1028,25 @@ async fn manual_rollback_with_the_daemon_stopped_and_its_report() {
         serde_json::from_str(&env.cli_ok(&["incident", "show", "1", "--json"])).unwrap();
     assert_eq!(shown["incident"]["trigger_kind"], "manual");
     assert_eq!(shown["evidence"]["reason"], "v2 | corrupts queues");
-    assert!(shown["milestones"]["validated_ms"].is_i64());
+    // Milestones are points in time: RFC 3339 with milliseconds, in order.
+    let milestone = |k: &str| shown["milestones"][k].as_str().unwrap_or("").to_owned();
+    for k in ["initiated", "completed", "validated"] {
+        assert!(
+            crate::cli::is_rfc3339_millis(&milestone(k)),
+            "{k}: {shown:#}"
+        );
+    }
+    // A manual rollback of a service with no failing samples detected
+    // nothing: the milestone is there, and null.
+    assert!(shown["milestones"]["detected"].is_null(), "{shown:#}");
+    assert!(
+        milestone("initiated") <= milestone("validated"),
+        "{shown:#}"
+    );
+    assert!(
+        shown["milestones"].get("validated_ms").is_none(),
+        "{shown:#}"
+    );
     let missing = env.cli(&["incident", "show", "9"]);
     assert_eq!(
         missing.status.code(),
