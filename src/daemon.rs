@@ -1246,6 +1246,47 @@ mod retry_tests {
 }
 
 #[cfg(test)]
+mod loop_tests {
+    /// The invariant "the work loop never awaits the database", held by its
+    /// text: every await on the loop's path is one of these (a channel, a
+    /// task, a file watch, the reload), and the loop calls no store method.
+    /// A new await here must not reach the database: give the read to
+    /// `state_watch` (or a task of its own) and add it to the list.
+    #[test]
+    fn the_work_loop_awaits_no_database() {
+        let src = include_str!("daemon.rs");
+        let start = src.find("\n    loop {\n").expect("the work loop");
+        let end = start
+            + src[start..]
+                .find("\n    systemd::stopping();")
+                .expect("the loop's end");
+        let body = &src[start..end];
+        let allowed = [
+            "if writer_tx.send(sample).await.is_err() {",
+            "Some(task) => task.await,",
+            "None => std::future::pending().await,",
+            "Some(w) => w.changed().await,",
+            // `Live::reload`: parses the file, restarts probes, no SQL.
+            ".await;",
+        ];
+        let awaits: Vec<&str> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains(".await"))
+            .collect();
+        assert_eq!(awaits.len(), 6, "{awaits:#?}");
+        for line in awaits {
+            assert!(allowed.contains(&line), "the work loop awaits: {line}");
+        }
+        assert!(!body.contains("store."), "the work loop calls the store");
+        assert!(
+            !body.contains("refresh_active") && !body.contains("bake::check"),
+            "the work loop reads the database"
+        );
+    }
+}
+
+#[cfg(test)]
 mod broken_rollback_tests {
     use super::*;
     use crate::model::Severity;

@@ -186,3 +186,88 @@ pub async fn read(
         baselines,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::now_ms;
+
+    const CONFIG: &str = r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "t"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+health = true
+[rollback]
+command = ["/bin/true"]
+"#;
+
+    async fn next(handle: &mut Handle) -> Seen {
+        tokio::time::timeout(Duration::from_secs(10), handle.seen.recv())
+            .await
+            .expect("a change within the period")
+            .expect("the watcher runs")
+    }
+
+    /// A deploy, pause and resume written by another process reach the loop
+    /// as messages within a period or two; nothing is sent while nothing
+    /// changes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_written_elsewhere_arrive_as_messages_and_idle_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        let (hub, _worker) = Hub::start(crate::notifier::Policy::default());
+        let first = read(&config, &store, &Seen::default(), true).await.unwrap();
+        assert_eq!(first.active, None);
+        let mut handle = start(&config, &store, &hub, first);
+
+        // Idle: three periods, no message.
+        let idle = tokio::time::timeout(PERIOD * 3, handle.seen.recv()).await;
+        assert!(idle.is_err(), "sent while nothing changed: {idle:?}");
+
+        // Another process (a second connection) records a deployment.
+        let other = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        let at = now_ms();
+        let d = other
+            .record_deployment(Color::Blue, "v1", "cli", at)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let seen = next(&mut handle).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(seen.active, Some(Color::Blue));
+        assert_eq!(seen.deployments.get(&Color::Blue), Some(&d.id));
+        assert!(seen.baselines.is_some(), "new deployments, new baselines");
+
+        let id = other.pause(at, at + 600_000, "deploying").await.unwrap();
+        let seen = next(&mut handle).await;
+        assert_eq!(
+            seen.pause.map(|p| (p.id, p.until_ms)),
+            Some((id, at + 600_000))
+        );
+        assert!(
+            seen.baselines.is_none(),
+            "same deployments, no new baselines"
+        );
+
+        other.resume(now_ms()).await.unwrap();
+        let seen = next(&mut handle).await;
+        assert_eq!(seen.pause, None);
+
+        handle.stop().await;
+    }
+}
