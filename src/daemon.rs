@@ -1,8 +1,9 @@
 //! The daemon: schedule -> probe -> store -> decide -> act.
 //!
 //! [`run`] owns every task it starts and awaits them all before it returns:
-//! one task per (probe, color) sends [`Sample`]s to the work loop; the work
-//! loop feeds the matrix, forwards samples to the batching writer, evaluates
+//! one task per (probe, color) sends [`Sample`]s to the work loop; the state
+//! watcher (`state_watch`) sends it what the database says; the work loop,
+//! which never awaits the database, feeds the matrix, forwards samples to the batching writer, evaluates
 //! verdicts, starts at most one rollback task, pings the systemd watchdog
 //! (so a stuck loop stops pinging) and handles [`Control`] messages. The
 //! caller passes the control channel: `main` connects signals to it, tests a
