@@ -1,8 +1,9 @@
 //! The daemon: schedule -> probe -> store -> decide -> act.
 //!
 //! [`run`] owns every task it starts and awaits them all before it returns:
-//! one task per (probe, color) sends [`Sample`]s to the work loop; the work
-//! loop feeds the matrix, forwards samples to the batching writer, evaluates
+//! one task per (probe, color) sends [`Sample`]s to the work loop; the state
+//! watcher (`state_watch`) sends it what the database says; the work loop,
+//! which never awaits the database, feeds the matrix, forwards samples to the batching writer, evaluates
 //! verdicts, starts at most one rollback task, pings the systemd watchdog
 //! (so a stuck loop stops pinging) and handles [`Control`] messages. The
 //! caller passes the control channel: `main` connects signals to it, tests a
@@ -30,17 +31,16 @@ use crate::probe::schedule::{self, Cadence};
 use crate::probe::{Prober, access_log};
 use crate::reload::{self, ConfigWatcher};
 use crate::retention;
-use crate::rollback::{self, Outcome, Request, RollbackError, Trigger};
+use crate::rollback::{self, Guards, Outcome, Request, RollbackError, Trigger};
 use crate::signals::Control;
+use crate::state_watch::{self, Seen};
 use crate::store::{Store, StoreError, StoredVerdict};
 use crate::systemd;
 
-/// How often the latest deployment's bake is checked.
-const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
-/// How often the loop reads the active color, pauses and holds from the
-/// database, looks at the bake and checks its own clock for a gap (verdicts
-/// do not wait for it: a sample is judged as it lands, a time-based change
-/// when the matrix says it falls due).
+/// How often the loop checks its own clock for a gap, a pause that ran out
+/// and a retry that fell due (verdicts do not wait for it: a sample is
+/// judged as it lands, a time-based change when the matrix says it falls
+/// due). It reads no database: `state_watch` does, beside it.
 const HOUSEKEEPING_PERIOD: Duration = matrix::EVAL_PERIOD;
 /// While a rollback-worthy rule stays fired but the rollback was skipped or
 /// refused, how long before trying again.
@@ -98,8 +98,8 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let notify_policy = notifier::Policy::default();
     let (hub, notify_worker) = notifier::Hub::start_with_drills(notify_policy, store.clone());
     let mut recoveries = notifier::Recoveries::default();
-    let mut holds = rollback::HoldLog::default();
-    let mut active_watch = active::Watch::new(&config);
+    // Pause and cooldown, on the monotonic clock.
+    let mut guards = Guards::default();
     let mut rollback_verdict: Option<Verdict> = None;
     let metrics = Arc::new(Metrics::new());
     metrics.configure(&config);
@@ -125,7 +125,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     // back before a restart) never judges the current one.
     let mut engine = Engine::new(&config);
     let (deploy_tx, deploy_rx) = watch::channel(DeploymentIds::new());
-    let mut active = refresh_active(&config, &store, &deploy_tx, &mut engine, None).await?;
+    let first = state_watch::read(&config, &store, &Seen::default(), true).await?;
+    let mut active = apply_seen(first.clone(), &mut engine, &deploy_tx, &mut guards, None);
+    guards.take_ended(Instant::now());
     rebuild_windows(&mut engine, &config, &store).await?;
 
     // The read-only listener comes up before READY=1, so a bad `listen` is
@@ -148,6 +150,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         store: store.clone(),
     };
     let mut http = start_http(config.daemon.listen, &app)?;
+    // The database's state, read beside the loop: the loop never awaits
+    // the database.
+    let mut state = state_watch::start(&config, &store, &hub, first);
     let mut watcher = start_watcher(&config);
 
     let (writer_tx, writer_rx) = mpsc::channel::<Sample>(8192);
@@ -201,8 +206,8 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut reload_now = false;
     let mut transitions = crate::probe::Transitions::default();
     let mut last_status = status_line(active, &[], &last_reload);
-    let mut last_bake_check = Instant::now();
-    let mut last_refresh = Instant::now();
+    // Closing the incident of a broken rollback task, beside the loop.
+    let mut closing: Option<JoinHandle<()>> = None;
 
     metrics.set_active(active);
     systemd::ready(&last_status);
@@ -247,29 +252,25 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 noticed_gap(&mut clock, &mut engine, now, &mut next_eval);
                 // The loop is alive even when nothing needs judging.
                 snapshot_tx.send_modify(|s| s.at = std::time::Instant::now());
-                // The database is read at most once per period, however
-                // many samples land.
-                if last_refresh.elapsed() >= HOUSEKEEPING_PERIOD {
-                    last_refresh = now;
-                    let before = active;
-                    active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
-                        tracing::error!("cannot read the active color: {e}");
-                        active
-                    });
-                    if holds.check(&store).await {
-                        // A hold just ended: a rollback it held back goes now.
-                        next_attempt = Some(now);
-                    }
-                    // A new active color or a retry due is judged now.
-                    if active != before || next_attempt.is_some_and(|t| now >= t) {
-                        next_eval = Some(next_eval.map_or(now, |t| t.min(now)));
-                    }
+                if guards.take_ended(now) {
+                    // A hold just ended: a rollback it held back goes now.
+                    next_attempt = Some(now);
                 }
-                if last_bake_check.elapsed() >= BAKE_CHECK_PERIOD {
-                    last_bake_check = now;
-                    if let Err(e) = crate::bake::check(&config, &store, &hub).await {
-                        tracing::error!("cannot check the bake of the latest deployment: {e}");
-                    }
+                // A retry due is judged now.
+                if next_attempt.is_some_and(|t| now >= t) {
+                    next_eval = Some(next_eval.map_or(now, |t| t.min(now)));
+                }
+            }
+            Some(seen) = state.seen.recv() => {
+                let now = Instant::now();
+                let before = active;
+                active = apply_seen(seen, &mut engine, &deploy_tx, &mut guards, active);
+                if guards.take_ended(now) {
+                    next_attempt = Some(now);
+                }
+                // A new active color or a hold that ended is judged now.
+                if active != before || next_attempt.is_some_and(|t| now >= t) {
+                    next_eval = Some(next_eval.map_or(now, |t| t.min(now)));
                 }
             }
             _ = sleep_until(next_eval), if next_eval.is_some() => {
@@ -331,7 +332,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                                 let since = engine.failing_since(active_color);
                                 recoveries.notified(&v);
                                 rollback_verdict = Some(v.clone());
-                                rollback_task = Some(start_rollback(&config, &store, &prober, &hub, &v, since));
+                                rollback_task = Some(start_rollback(&config, &store, &prober, &hub, &v, since, guards.clone()));
                                 next_attempt = None;
                             }
                         }
@@ -382,19 +383,20 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     Ok(Err(e)) => {
                         tracing::error!("rollback stopped on an error: {e}");
                         metrics.rollback("error");
-                        let ctx = rollback::Context { config: &config, store: &store, prober: &prober, notify: Some(&hub) };
-                        let delay = after_broken_rollback(&ctx, &e.to_string(), &mut refusals).await;
+                        let (delay, task) = after_broken_rollback(&config, &store, &prober, Some(&hub), e.to_string(), &mut refusals);
+                        closing = Some(task);
                         next_attempt = Some(Instant::now() + delay);
                     }
                     Err(e) => {
                         tracing::error!("rollback task panicked: {e}");
                         metrics.rollback("error");
-                        let ctx = rollback::Context { config: &config, store: &store, prober: &prober, notify: Some(&hub) };
-                        let delay = after_broken_rollback(&ctx, &e.to_string(), &mut refusals).await;
+                        let (delay, task) = after_broken_rollback(&config, &store, &prober, Some(&hub), e.to_string(), &mut refusals);
+                        closing = Some(task);
                         next_attempt = Some(Instant::now() + delay);
                     }
                 }
-                active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or(active);
+                // The active color may have changed: the watcher reads it now.
+                state.look_now();
                 next_eval = Some(Instant::now());
             }
             Some(seen) = seen_rx.recv() => {
@@ -431,13 +433,6 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                     }
                 }
             }
-            _ = active_watch.changed() => {
-                active = refresh_active(&config, &store, &deploy_tx, &mut engine, active).await.unwrap_or_else(|e| {
-                    tracing::error!("cannot read the active color: {e}");
-                    active
-                });
-                next_eval = Some(Instant::now());
-            }
             _ = watchdog.tick(), if watchdog_period.is_some() => systemd::watchdog(),
             _ = async {
                 match watcher.as_mut() {
@@ -473,9 +468,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 probes: &mut probes,
                 http: &mut http,
                 watcher: &mut watcher,
-                active_watch: &mut active_watch,
                 retention: &retention_tx,
-                store: &store,
             };
             let info = live
                 .reload(&prober, &sample_tx, &deploy_rx, &app, &last_status)
@@ -483,6 +476,8 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
             metrics.reload(info.ok);
             if info.ok {
                 metrics.configure(&config);
+                // Its `[active] file`, and baselines for its rules.
+                state.reconfigure(&config);
             }
             entry_cfg_tx.send_if_modified(|e| {
                 let new = config.entry.clone();
@@ -505,6 +500,12 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     });
     tracing::info!("stopping: probes first, then samples are flushed");
     drop(watcher);
+    state.stop().await;
+    if let Some(task) = closing {
+        if let Err(e) = task.await {
+            tracing::error!("closing a broken rollback panicked: {e}");
+        }
+    }
     stop_probes(probes).await;
     drop(sample_tx);
     while let Some(sample) = sample_rx.recv().await {
@@ -628,25 +629,39 @@ fn blind_tried(config: &Config, engine: &Engine) -> String {
 
 /// The rollback task ended without an outcome (it panicked, or stopped on
 /// an error): close its incident as failed and free the in-flight slot
-/// (`rollback::abandon`), then count it as a refusal, so the retry backs
-/// off like any refusal's. Returns when to try again.
-async fn after_broken_rollback(
-    ctx: &rollback::Context<'_>,
-    why: &str,
+/// (`rollback::abandon`) in a task of its own (the loop does not await the
+/// database), then count it as a refusal, so the retry backs off like any
+/// refusal's. Returns when to try again, and the closing task.
+fn after_broken_rollback(
+    config: &Arc<Config>,
+    store: &Store,
+    prober: &Prober,
+    hub: Option<&notifier::Hub>,
+    why: String,
     refusals: &mut u32,
-) -> Duration {
-    match rollback::abandon(ctx, why).await {
-        Ok(Some(outcome)) => tracing::warn!("closed the broken rollback: {outcome}"),
-        Ok(None) => {}
-        // The database refuses: the slot stays held by this live process
-        // (`reconcile` never takes over a live holder) until a restart.
-        // Say so.
-        Err(e) => tracing::error!(
-            "cannot close the broken rollback's incident ({e}); automatic rollbacks stay blocked until the daemon restarts"
-        ),
-    }
+) -> (Duration, JoinHandle<()>) {
+    let (config, store, prober, hub) =
+        (config.clone(), store.clone(), prober.clone(), hub.cloned());
+    let task = tokio::spawn(async move {
+        let ctx = rollback::Context {
+            config: &config,
+            store: &store,
+            prober: &prober,
+            notify: hub.as_ref(),
+        };
+        match rollback::abandon(&ctx, &why).await {
+            Ok(Some(outcome)) => tracing::warn!("closed the broken rollback: {outcome}"),
+            Ok(None) => {}
+            // The database refuses: the slot stays held by this live process
+            // (`reconcile` never takes over a live holder) until a restart.
+            // Say so.
+            Err(e) => tracing::error!(
+                "cannot close the broken rollback's incident ({e}); automatic rollbacks stay blocked until the daemon restarts"
+            ),
+        }
+    });
     *refusals += 1;
-    retry_delay(*refusals)
+    (retry_delay(*refusals), task)
 }
 
 /// The longest a rollback can take: prepare, switch and retire each within
@@ -753,9 +768,7 @@ struct Live<'a> {
     probes: &'a mut Vec<ProbeTask>,
     http: &'a mut Option<Server>,
     watcher: &'a mut Option<ConfigWatcher>,
-    active_watch: &'a mut active::Watch,
     retention: &'a watch::Sender<Duration>,
-    store: &'a Store,
 }
 
 impl Live<'_> {
@@ -825,14 +838,9 @@ impl Live<'_> {
         for rule in &changes.rules_changed {
             self.engine.forget_rule(rule);
         }
+        // A degradation rule new in this file gets its baselines from the
+        // state watcher, which reads them as it learns the new file.
         self.engine.reconfigure(&new);
-        // A degradation rule new in this file needs its baselines now, not
-        // at the next deployment.
-        let ids = deploy_rx.borrow().clone();
-        match baselines(&new, self.store, &ids).await {
-            Ok(b) => self.engine.set_baselines(b),
-            Err(e) => tracing::warn!("cannot load degradation baselines after the reload: {e}"),
-        }
         if !changes.rules_removed.is_empty() || !changes.rules_changed.is_empty() {
             app.metrics.forget_verdicts();
         }
@@ -857,7 +865,6 @@ impl Live<'_> {
             |name| restart.contains(name),
         ));
         self.retention.send_replace(new.daemon.retention);
-        *self.active_watch = active::Watch::new(&new);
         if let Some(server) = new_http {
             if let Some(old) = std::mem::replace(self.http, server) {
                 old.stop().await;
@@ -889,28 +896,32 @@ fn status_line(
     line
 }
 
-/// Re-read the active color; on a new deployment of a color, forget that
-/// color's windows (a new release starts clean) and load baselines.
-async fn refresh_active(
-    config: &Config,
-    store: &Store,
-    deploy_tx: &watch::Sender<DeploymentIds>,
+/// Apply what the state watcher read: each color's deployment (a new one
+/// starts clean, and its samples are stamped with it), baselines, pause and
+/// cooldown (turned into monotonic deadlines as they are learned). Returns
+/// the active color. No IO.
+fn apply_seen(
+    seen: Seen,
     engine: &mut Engine,
+    deploy_tx: &watch::Sender<DeploymentIds>,
+    guards: &mut Guards,
     previous: Option<Color>,
-) -> Result<Option<Color>, DaemonError> {
-    let current = active::current(config, store).await?;
-    let mut ids = DeploymentIds::new();
-    for d in store.deployments().await? {
-        ids.insert(d.color, d.id);
-    }
+) -> Option<Color> {
+    let ids = seen.deployments;
     // Resets a color whose deployment changed (a new release starts clean).
     engine.set_deployments(Color::ALL.map(|c| ids.get(&c).copied()));
-    let old = deploy_tx.borrow().clone();
-    if ids != old {
-        engine.set_baselines(baselines(config, store, &ids).await?);
-        deploy_tx.send_replace(ids);
+    if let Some(b) = seen.baselines {
+        engine.set_baselines((*b).clone());
     }
-    let color = current.map(|(c, _)| c);
+    deploy_tx.send_if_modified(|old| {
+        let changed = *old != ids;
+        *old = ids;
+        changed
+    });
+    let (wall, now) = (now_ms(), Instant::now());
+    guards.learn_pause(seen.pause, wall, now);
+    guards.learn_cooldown(seen.cooldown_start_ms, wall, now);
+    let color = seen.active;
     if color != previous && previous.is_some() {
         tracing::info!(
             rollbackd.color = color.map(Color::as_str).unwrap_or(""),
@@ -918,13 +929,13 @@ async fn refresh_active(
             color.map(Color::as_str).unwrap_or("unknown")
         );
     }
-    Ok(color)
+    color
 }
 
 /// For `degradation`: each probe's latency and error rate under the
 /// previous deployment, over its last 30 minutes before the current one took
 /// over: chosen by `matrix::baseline_sources`, as `replay` chooses them.
-async fn baselines(
+pub(crate) async fn baselines(
     config: &Config,
     store: &Store,
     ids: &DeploymentIds,
@@ -1087,6 +1098,7 @@ fn start_rollback(
     hub: &notifier::Hub,
     verdict: &Verdict,
     since_ms: Option<i64>,
+    guards: Guards,
 ) -> JoinHandle<Result<Outcome, RollbackError>> {
     let (config, store, prober, hub) = (config.clone(), store.clone(), prober.clone(), hub.clone());
     let request = Request {
@@ -1104,7 +1116,7 @@ fn start_rollback(
             prober: &prober,
             notify: Some(&hub),
         };
-        rollback::execute(&ctx, request).await
+        rollback::execute_guarded(&ctx, request, guards).await
     })
 }
 
@@ -1235,6 +1247,47 @@ mod retry_tests {
 }
 
 #[cfg(test)]
+mod loop_tests {
+    /// The invariant "the work loop never awaits the database", held by its
+    /// text: every await on the loop's path is one of these (a channel, a
+    /// task, a file watch, the reload), and the loop calls no store method.
+    /// A new await here must not reach the database: give the read to
+    /// `state_watch` (or a task of its own) and add it to the list.
+    #[test]
+    fn the_work_loop_awaits_no_database() {
+        let src = include_str!("daemon.rs");
+        let start = src.find("\n    loop {\n").expect("the work loop");
+        let end = start
+            + src[start..]
+                .find("\n    systemd::stopping();")
+                .expect("the loop's end");
+        let body = &src[start..end];
+        let allowed = [
+            "if writer_tx.send(sample).await.is_err() {",
+            "Some(task) => task.await,",
+            "None => std::future::pending().await,",
+            "Some(w) => w.changed().await,",
+            // `Live::reload`: parses the file, restarts probes, no SQL.
+            ".await;",
+        ];
+        let awaits: Vec<&str> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains(".await"))
+            .collect();
+        assert_eq!(awaits.len(), 6, "{awaits:#?}");
+        for line in awaits {
+            assert!(allowed.contains(&line), "the work loop awaits: {line}");
+        }
+        assert!(!body.contains("store."), "the work loop calls the store");
+        assert!(
+            !body.contains("refresh_active") && !body.contains("bake::check"),
+            "the work loop reads the database"
+        );
+    }
+}
+
+#[cfg(test)]
 mod broken_rollback_tests {
     use super::*;
     use crate::model::Severity;
@@ -1309,14 +1362,16 @@ verify_after = "1s"
         let open = store.in_flight_incident().await.unwrap().unwrap();
         assert_eq!(open.state, "requested");
 
-        let ctx = rollback::Context {
-            config: &config,
-            store: &store,
-            prober: &prober,
-            notify: None,
-        };
         let mut refusals = 0;
-        let delay = after_broken_rollback(&ctx, &panicked.to_string(), &mut refusals).await;
+        let (delay, closing) = after_broken_rollback(
+            &config,
+            &store,
+            &prober,
+            None,
+            panicked.to_string(),
+            &mut refusals,
+        );
+        closing.await.unwrap();
         // Retried like a refusal: after a minute, then backing off.
         assert_eq!((delay, refusals), (RETRY_AFTER, 1));
         assert_eq!(store.in_flight_incident().await.unwrap(), None);
@@ -1330,6 +1385,12 @@ verify_after = "1s"
         );
         // The slot is free: the next attempt runs its switch (green, on a
         // closed port, then fails its verification: escalated).
+        let ctx = rollback::Context {
+            config: &config,
+            store: &store,
+            prober: &prober,
+            notify: None,
+        };
         let next = rollback::execute(&ctx, request("blue fails again"))
             .await
             .unwrap();

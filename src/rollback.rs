@@ -28,7 +28,8 @@ use serde_json::json;
 
 use crate::active;
 use crate::config::{Config, Scope};
-use crate::model::{Color, Millis, Severity, duration_ms, format_ms, now_ms};
+pub use crate::guards::Guards;
+use crate::model::{Color, Millis, Severity, format_ms, now_ms};
 use crate::notifier::{Event, Hub, Notice};
 use crate::probe::Prober;
 use crate::process;
@@ -197,6 +198,17 @@ fn proc_stat(pid: u32) -> Option<(char, u64)> {
 
 /// Run one guarded rollback from the active color to the other.
 pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, RollbackError> {
+    execute_guarded(ctx, req, Guards::default()).await
+}
+
+/// [`execute`], with the daemon's time guards: a pause or cooldown it
+/// already knows keeps the monotonic deadline it got when first learned
+/// (`guards`); one it does not know yet is learned now.
+pub async fn execute_guarded(
+    ctx: &Context<'_>,
+    req: Request,
+    guards: Guards,
+) -> Result<Outcome, RollbackError> {
     let Context { config, store, .. } = *ctx;
     // A rollback left in flight by a process that died is closed (or
     // finished) first, so its slot never blocks this one for good.
@@ -205,7 +217,7 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
     }
     let now = now_ms();
     if req.trigger == Trigger::Automatic {
-        if let Some(why) = automatic_hold(ctx, now).await? {
+        if let Some(why) = automatic_hold(ctx, now, guards).await? {
             return Ok(Outcome::Skipped { why });
         }
     }
@@ -318,10 +330,19 @@ pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, Rollbac
     run.proceed().await
 }
 
-/// Why an automatic rollback may not start now, if it may not.
-async fn automatic_hold(ctx: &Context<'_>, now: Millis) -> Result<Option<String>, StoreError> {
+/// Why an automatic rollback may not start now, if it may not. The pause
+/// and cooldown are judged on the monotonic clock (`guards`); the store
+/// says which pause and which last rollback there are.
+async fn automatic_hold(
+    ctx: &Context<'_>,
+    now: Millis,
+    mut guards: Guards,
+) -> Result<Option<String>, StoreError> {
     let Context { config, store, .. } = *ctx;
-    if let Some(p) = store.active_pause(now).await? {
+    let at = tokio::time::Instant::now();
+    // Every pause not resumed, whatever the wall clock says of its end.
+    guards.learn_pause(store.active_pause(Millis::MIN).await?, now, at);
+    if let Some(p) = guards.paused(at) {
         return Ok(Some(format!(
             "automatic rollbacks are paused until {}: {}",
             format_ms(p.until_ms),
@@ -334,17 +355,12 @@ async fn automatic_hold(ctx: &Context<'_>, now: Millis) -> Result<Option<String>
             inc.id
         )));
     }
-    if let Some(last) = store.cooldown_start_ms(config.daemon.dry_run).await? {
-        let cooldown = duration_ms(config.rollback.cooldown);
-        if now - last < cooldown {
-            return Ok(Some(format!(
-                "in cooldown: the last automatic rollback was at {}, cooldown is {}",
-                format_ms(last),
-                humantime::format_duration(config.rollback.cooldown)
-            )));
-        }
-    }
-    Ok(None)
+    guards.learn_cooldown(
+        store.cooldown_start_ms(config.daemon.dry_run).await?,
+        now,
+        at,
+    );
+    Ok(guards.hold(at, config.rollback.cooldown))
 }
 
 /// When the current failure streak of `color`'s health probes began,
@@ -1190,52 +1206,6 @@ async fn resumed_run<'c, 'a>(
         },
         since_ms,
     })
-}
-
-/// Logs when a hold on automatic rollbacks starts and ends, as seen by the
-/// daemon (the hold is written by `rollbackd pause`, another process).
-#[derive(Default, Debug)]
-pub struct HoldLog {
-    current: Option<(i64, Millis)>,
-}
-
-impl HoldLog {
-    /// Log a change of hold; true when a hold has just ended (expired or
-    /// resumed), so a rollback it held back can be tried at once.
-    pub async fn check(&mut self, store: &Store) -> bool {
-        let now = now_ms();
-        let pause = match store.active_pause(now).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("cannot read pauses: {e}");
-                return false;
-            }
-        };
-        let seen = pause.as_ref().map(|p| (p.id, p.until_ms));
-        if seen == self.current {
-            return false;
-        }
-        match &pause {
-            Some(p) => tracing::warn!(
-                "automatic rollbacks are held until {} (pause #{}): {}",
-                format_ms(p.until_ms),
-                p.id,
-                p.reason
-            ),
-            None => tracing::warn!(
-                "the hold on automatic rollbacks ended (pause #{} {}); automatic rollbacks are armed",
-                self.current.map(|c| c.0).unwrap_or(0),
-                if self.current.is_some_and(|c| c.1 <= now) {
-                    "expired"
-                } else {
-                    "was resumed"
-                }
-            ),
-        }
-        let ended = self.current.is_some() && seen.is_none();
-        self.current = seen;
-        ended
-    }
 }
 
 #[cfg(test)]

@@ -117,6 +117,11 @@ impl Env {
 
     /// Start `rollbackd run`; its log goes to `daemon.log` in the temp dir.
     pub fn daemon(&self) -> Daemon {
+        self.daemon_with_env(&[])
+    }
+
+    /// [`Env::daemon`], with these environment variables set.
+    pub fn daemon_with_env(&self, vars: &[(&str, &str)]) -> Daemon {
         let log = std::fs::File::create(self.path("daemon.log")).unwrap();
         let child = Command::new(BIN)
             .arg("--config")
@@ -124,6 +129,7 @@ impl Env {
             .args(["--log-format", "text", "run"])
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

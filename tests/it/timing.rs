@@ -198,3 +198,109 @@ async fn a_storm_of_reloads_changes_no_cadence() {
     }
     assert!(daemon.stop().await.success());
 }
+
+/// libfaketime's library (Debian package `faketime`): it moves the daemon's
+/// wall clock, not its monotonic clock.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Fires on the second failing health sample, no `for`.
+const FAST_RULE: &str = r#"
+[[rule]]
+name = "critical: health_failures >= 2"
+severity = "critical"
+when = "health_failures >= 2"
+window = "1m"
+min_samples = 1
+"#;
+
+/// Issue 11, point 2: a wall-clock step either way, while the daemon runs,
+/// ends no pause early and stretches none. The daemon runs under
+/// libfaketime (its wall clock only); `rollbackd pause` runs on the real
+/// clock, as another process would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_step_either_way_ends_no_pause_early_and_stretches_none() {
+    if !common::have_tool(FAKETIME_LIB, "faketime") {
+        return;
+    }
+    for step in ["+1h", "-1h"] {
+        paused_through_a_step(step).await;
+    }
+}
+
+async fn paused_through_a_step(step: &str) {
+    const PAUSE: Duration = Duration::from_secs(12);
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(&fast_config(&blue, &green, dir.path(), FAST_RULE));
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let offset = env.path("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let offset_path = offset.display().to_string();
+    let daemon = env.daemon_with_env(&[
+        ("LD_PRELOAD", FAKETIME_LIB),
+        ("FAKETIME_TIMESTAMP_FILE", offset_path.as_str()),
+        // Read the offset file at most once a second.
+        ("FAKETIME_CACHE_DURATION", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    wait_for("the daemon running", Duration::from_secs(20), || async {
+        read(&daemon.log).contains("rollbackd running")
+    })
+    .await;
+    let paused = std::time::Instant::now();
+    env.cli_ok(&["pause", "--for", "12s", "--reason", "clock test"]);
+    wait_for("the hold in the log", Duration::from_secs(10), || async {
+        read(&daemon.log).contains("automatic rollbacks are held until")
+    })
+    .await;
+    // The daemon's wall clock steps; then the active color fails.
+    std::fs::write(&offset, format!("{step}\n")).unwrap();
+    blue.set(503);
+    let switch_log = dir.path().join("switch.log");
+    // Held to the pause's end on the real clock (a second's slack for the
+    // daemon learning of it)...
+    while paused.elapsed() < PAUSE - Duration::from_secs(1) {
+        assert!(
+            read(&switch_log).is_empty(),
+            "step {step}: switched {:?} into a {PAUSE:?} pause\n{}",
+            paused.elapsed(),
+            read(&daemon.log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and not a moment (an hour) longer.
+    while read(&switch_log).is_empty() {
+        assert!(
+            paused.elapsed() < PAUSE + Duration::from_secs(10),
+            "step {step}: no rollback {:?} after a {PAUSE:?} pause\n{}",
+            paused.elapsed(),
+            read(&daemon.log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        paused.elapsed() < PAUSE + Duration::from_secs(10),
+        "step {step}: switched {:?} after a {PAUSE:?} pause",
+        paused.elapsed()
+    );
+    // The step reached the daemon: its log line says so in its time stamp.
+    let log = read(&daemon.log);
+    let ended = log
+        .lines()
+        .find(|l| l.contains("hold on automatic rollbacks ended"))
+        .unwrap_or_else(|| panic!("step {step}: no end of hold logged\n{log}"));
+    let stamped = humantime::parse_rfc3339(ended.split_whitespace().next().unwrap()).unwrap();
+    let now = std::time::SystemTime::now();
+    let off_by = match step {
+        "+1h" => stamped.duration_since(now),
+        _ => now.duration_since(stamped),
+    };
+    assert!(
+        off_by.is_ok_and(|d| d > Duration::from_secs(50 * 60)),
+        "step {step} not applied: {ended}"
+    );
+    let exit = daemon.stop().await;
+    assert!(exit.success(), "step {step}: {exit}");
+}

@@ -1,0 +1,273 @@
+//! The state watcher: the daemon's periodic database reads, off the work
+//! loop.
+//!
+//! Beside the work loop, this task reads what other processes may change
+//! (the active color, each color's deployment, pauses, the last automatic
+//! rollback) every [`PERIOD`], at once when the `[active] file` changes or
+//! the loop asks ([`Handle::look_now`], after a rollback), and sends the
+//! loop a [`Seen`] only when something changed. It also checks the latest
+//! deployment's bake (which reads and writes the store) every
+//! [`BAKE_CHECK_PERIOD`]. The loop applies a `Seen` without awaiting SQL:
+//! a slow or locked database delays these reads, never a verdict.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::active;
+use crate::config::Config;
+use crate::daemon::{DaemonError, DeploymentIds};
+use crate::matrix::Baselines;
+use crate::model::{Color, Millis};
+use crate::notifier::Hub;
+use crate::store::{Pause, Store};
+
+/// How often the database is read. A `pause`, `resume` or `deploy` by the
+/// CLI is seen within this (plus the read).
+pub const PERIOD: Duration = Duration::from_millis(500);
+/// How often the latest deployment's bake is checked.
+pub const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// What the database says, as last read.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub active: Option<Color>,
+    pub deployments: DeploymentIds,
+    /// The latest pause not resumed, whatever its end (the loop judges the
+    /// end on the monotonic clock: `guards`).
+    pub pause: Option<Pause>,
+    /// The last automatic rollback's start, for the cooldown.
+    pub cooldown_start_ms: Option<Millis>,
+    /// New degradation baselines: when the deployments or the
+    /// configuration changed.
+    pub baselines: Option<Arc<Baselines>>,
+}
+
+/// The loop's end of the watcher.
+pub struct Handle {
+    pub seen: mpsc::Receiver<Seen>,
+    look: Arc<Notify>,
+    config: watch::Sender<Arc<Config>>,
+    task: JoinHandle<()>,
+}
+
+impl Handle {
+    /// Read again now (after a rollback, which changes the active color).
+    pub fn look_now(&self) {
+        self.look.notify_one();
+    }
+
+    /// A reload's new configuration: its `[active] file`, its rules.
+    pub fn reconfigure(&self, config: &Arc<Config>) {
+        self.config.send_replace(config.clone());
+    }
+
+    /// Stop the task and wait for it.
+    pub async fn stop(self) {
+        drop(self.config);
+        drop(self.seen);
+        if let Err(e) = self.task.await {
+            tracing::error!("the state watcher panicked: {e}");
+        }
+    }
+}
+
+/// Start the watcher; `last` is what the loop already knows (read before
+/// it started), so only changes are sent.
+pub fn start(config: &Arc<Config>, store: &Store, hub: &Hub, last: Seen) -> Handle {
+    let (seen_tx, seen_rx) = mpsc::channel(4);
+    let (config_tx, config_rx) = watch::channel(config.clone());
+    let look = Arc::new(Notify::new());
+    let task = tokio::spawn(run(
+        config_rx,
+        store.clone(),
+        hub.clone(),
+        look.clone(),
+        seen_tx,
+        last,
+    ));
+    Handle {
+        seen: seen_rx,
+        look,
+        config: config_tx,
+        task,
+    }
+}
+
+async fn run(
+    mut config: watch::Receiver<Arc<Config>>,
+    store: Store,
+    hub: Hub,
+    look: Arc<Notify>,
+    tx: mpsc::Sender<Seen>,
+    mut last: Seen,
+) {
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut current = config.borrow_and_update().clone();
+    let mut active_file = active::Watch::new(&current);
+    let mut last_bake = Instant::now();
+    let mut new_config = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = look.notified() => {}
+            _ = active_file.changed() => {}
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                current = config.borrow_and_update().clone();
+                active_file = active::Watch::new(&current);
+                new_config = true;
+            }
+        }
+        match read(&current, &store, &last, std::mem::take(&mut new_config)).await {
+            Ok(seen) => {
+                let changed = seen.baselines.is_some()
+                    || (
+                        seen.active,
+                        &seen.deployments,
+                        &seen.pause,
+                        seen.cooldown_start_ms,
+                    ) != (
+                        last.active,
+                        &last.deployments,
+                        &last.pause,
+                        last.cooldown_start_ms,
+                    );
+                last = Seen {
+                    baselines: None,
+                    ..seen.clone()
+                };
+                if changed && tx.send(seen).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::error!("cannot read the active color, pauses or holds: {e}"),
+        }
+        if last_bake.elapsed() >= BAKE_CHECK_PERIOD {
+            last_bake = Instant::now();
+            if let Err(e) = crate::bake::check(&current, &store, &hub).await {
+                tracing::error!("cannot check the bake of the latest deployment: {e}");
+            }
+        }
+    }
+}
+
+/// One read of the database; baselines when the deployments changed since
+/// `last` or `reconfigured`.
+pub async fn read(
+    config: &Config,
+    store: &Store,
+    last: &Seen,
+    reconfigured: bool,
+) -> Result<Seen, DaemonError> {
+    let active = active::current(config, store).await?.map(|(c, _)| c);
+    let mut deployments = DeploymentIds::new();
+    for d in store.deployments().await? {
+        deployments.insert(d.color, d.id);
+    }
+    let baselines = if reconfigured || deployments != last.deployments {
+        Some(Arc::new(
+            crate::daemon::baselines(config, store, &deployments).await?,
+        ))
+    } else {
+        None
+    };
+    Ok(Seen {
+        active,
+        deployments,
+        pause: store.active_pause(Millis::MIN).await?,
+        cooldown_start_ms: store.cooldown_start_ms(config.daemon.dry_run).await?,
+        baselines,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::now_ms;
+
+    const CONFIG: &str = r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "t"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+health = true
+[rollback]
+command = ["/bin/true"]
+"#;
+
+    async fn next(handle: &mut Handle) -> Seen {
+        tokio::time::timeout(Duration::from_secs(10), handle.seen.recv())
+            .await
+            .expect("a change within the period")
+            .expect("the watcher runs")
+    }
+
+    /// A deploy, pause and resume written by another process reach the loop
+    /// as messages within a period or two; nothing is sent while nothing
+    /// changes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_written_elsewhere_arrive_as_messages_and_idle_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        let (hub, _worker) = Hub::start(crate::notifier::Policy::default());
+        let first = read(&config, &store, &Seen::default(), true).await.unwrap();
+        assert_eq!(first.active, None);
+        let mut handle = start(&config, &store, &hub, first);
+
+        // Idle: three periods, no message.
+        let idle = tokio::time::timeout(PERIOD * 3, handle.seen.recv()).await;
+        assert!(idle.is_err(), "sent while nothing changed: {idle:?}");
+
+        // Another process (a second connection) records a deployment.
+        let other = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        let at = now_ms();
+        let d = other
+            .record_deployment(Color::Blue, "v1", "cli", at)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let seen = next(&mut handle).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(seen.active, Some(Color::Blue));
+        assert_eq!(seen.deployments.get(&Color::Blue), Some(&d.id));
+        assert!(seen.baselines.is_some(), "new deployments, new baselines");
+
+        let id = other.pause(at, at + 600_000, "deploying").await.unwrap();
+        let seen = next(&mut handle).await;
+        assert_eq!(
+            seen.pause.map(|p| (p.id, p.until_ms)),
+            Some((id, at + 600_000))
+        );
+        assert!(
+            seen.baselines.is_none(),
+            "same deployments, no new baselines"
+        );
+
+        other.resume(now_ms()).await.unwrap();
+        let seen = next(&mut handle).await;
+        assert_eq!(seen.pause, None);
+
+        handle.stop().await;
+    }
+}
