@@ -34,11 +34,19 @@ pub enum ActiveError {
 const RACE_RETRIES: u32 = 2;
 const RACE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// The most an `[active] file` may hold: a color name and some blanks.
+const ACTIVE_FILE_CAP: u64 = 4096;
+
 /// Read the `[active] file`, once.
 pub fn read_file(path: &Path) -> Result<Color, ActiveError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ActiveError::Read {
-        path: path.display().to_string(),
-        source,
+    // Opened O_NONBLOCK, a regular file only, a few bytes at most: a FIFO
+    // or device put at the path is an error at once, never a read that
+    // blocks the daemon's one runtime thread.
+    let text = crate::hostfile::read_capped(path, ACTIVE_FILE_CAP).map_err(|source| {
+        ActiveError::Read {
+            path: path.display().to_string(),
+            source,
+        }
     })?;
     text.trim().parse().map_err(|_| ActiveError::Garbled {
         path: path.display().to_string(),
@@ -257,5 +265,18 @@ mod tests {
         std::fs::write(dir.path().join("no-such-dir"), "a file, not a folder").unwrap();
         assert!(read_settled(&missing_dir).await.is_err());
         assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+    }
+
+    #[test]
+    fn a_fifo_or_device_at_the_path_is_an_error_at_once_naming_its_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("active-color");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let started = std::time::Instant::now();
+        let err = read_file(&fifo).unwrap_err().to_string();
+        assert!(err.contains("FIFO"), "{err}");
+        let err = read_file(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(err.contains("character device"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 }

@@ -248,6 +248,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
                 }
             }
             _ = housekeeping.tick() => {
+                debug_stall();
                 let now = Instant::now();
                 noticed_gap(&mut clock, &mut engine, now, &mut next_eval);
                 // The loop is alive even when nothing needs judging.
@@ -611,6 +612,26 @@ fn noticed_gap(
 
 /// What the blind watchdog tried, for its alert: each probe and color that
 /// got no answer, its target and its error.
+/// Debug builds only: while the file named by `ROLLBACKD_DEBUG_STALL_LOOP`
+/// exists (at most 60 s), the work loop blocks its thread as a bug that
+/// wedged it would. The test of the watchdog's stuck-loop detection needs
+/// it: nothing the loop reads (files, the database) can wedge it any more.
+/// Release builds compile it to nothing.
+#[cfg(debug_assertions)]
+fn debug_stall() {
+    let Some(path) = std::env::var_os("ROLLBACKD_DEBUG_STALL_LOOP") else {
+        return;
+    };
+    let path = std::path::Path::new(&path);
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while path.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn debug_stall() {}
+
 fn blind_tried(config: &Config, engine: &Engine) -> String {
     engine
         .unanswered()

@@ -613,6 +613,8 @@ async fn a_stuck_work_loop_stops_pinging_and_fails_healthz() {
             &format!("[active]\nfile = \"{}\"\n", active.display()),
         ),
     );
+    // While this file exists, a debug build's work loop blocks its thread.
+    let stall = dir.path().join("stall-the-loop");
     let notify = Notifications::bind(dir.path());
     let mut daemon = Proc::start(
         &cfg,
@@ -620,6 +622,7 @@ async fn a_stuck_work_loop_stops_pinging_and_fails_healthz() {
         &[
             ("NOTIFY_SOCKET", notify.path.display().to_string()),
             ("WATCHDOG_USEC", "400000".into()),
+            ("ROLLBACKD_DEBUG_STALL_LOOP", stall.display().to_string()),
         ],
     );
     let base = format!("http://{}", daemon.http().await);
@@ -629,9 +632,9 @@ async fn a_stuck_work_loop_stops_pinging_and_fails_healthz() {
     .await;
     assert_eq!(get(&format!("{base}/healthz")).await, (200, "ok\n".into()));
 
-    // The work loop reads the active-color file on every evaluation. Swap
-    // in a FIFO with no writer: opening it blocks, as a hung NFS mount
-    // would, and the loop is stuck for real.
+    // A regular file or a FIFO at the active-color path can no longer
+    // wedge the loop (it is opened O_NONBLOCK, regular files only): swap
+    // in a FIFO with no writer and the daemon goes on pinging.
     let fifo = dir.path().join("stall.fifo");
     assert!(
         Command::new("mkfifo")
@@ -643,6 +646,19 @@ async fn a_stuck_work_loop_stops_pinging_and_fails_healthz() {
     let link = dir.path().join("active-color.fifo");
     std::fs::hard_link(&fifo, &link).unwrap();
     std::fs::rename(&link, &active).unwrap();
+    let before = notify.pings().len();
+    wait_for(
+        "pings to go on with a FIFO at the active path",
+        Duration::from_secs(10),
+        || async { notify.pings().len() >= before + 5 },
+    )
+    .await;
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+
+    // Wedge the loop for real through the debug builds' stall point.
+    std::fs::write(dir.path().join("active-color.new"), "blue\n").unwrap();
+    std::fs::rename(dir.path().join("active-color.new"), &active).unwrap();
+    std::fs::write(&stall, "").unwrap();
 
     wait_for(
         "/healthz to report the stuck loop",
@@ -663,20 +679,8 @@ async fn a_stuck_work_loop_stops_pinging_and_fails_healthz() {
     );
     assert!(daemon.running());
 
-    // Unstick: put a regular file back, then give the blocked reader its line.
-    std::fs::write(dir.path().join("active-color.new"), "blue\n").unwrap();
-    std::fs::rename(dir.path().join("active-color.new"), &active).unwrap();
-    let fifo_path = fifo.clone();
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let mut w = std::fs::OpenOptions::new()
-            .write(true)
-            .open(fifo_path)
-            .unwrap();
-        w.write_all(b"blue\n").unwrap();
-    })
-    .join()
-    .unwrap();
+    // Unstick.
+    std::fs::remove_file(&stall).unwrap();
 
     let before = notify.pings().len();
     wait_for("pings to resume", Duration::from_secs(10), || async {
