@@ -24,9 +24,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rollbackd::daemon::writer::Writer;
 use rollbackd::model::{Color, Millis, Sample, SampleStatus};
 use rollbackd::store::Store;
-use rollbackd::writer::Writer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rollbackd");
 
@@ -114,7 +114,7 @@ async fn size_per_day(dir: &Path) -> (f64, f64) {
     }
     store.compact().await.expect("compact");
     let raw = (store.size_bytes() - empty) as f64 / day as f64;
-    rollbackd::retention::run_once(
+    rollbackd::daemon::retention::run_once(
         &store,
         start_ms + 86_400_000 + 60_000,
         Duration::ZERO,

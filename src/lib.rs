@@ -36,38 +36,17 @@
 //!   rehearses one on a real host against the running daemon.
 //! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
 
-pub mod active;
-pub mod bake;
-pub mod chart;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod demo;
-pub mod drill;
-pub mod entry;
-pub mod gate;
-pub mod guards;
 pub mod hostfile;
-pub mod http;
 pub mod logging;
 pub mod matrix;
-pub mod metrics;
 pub mod model;
 pub mod notifier;
 pub mod probe;
 pub mod process;
-pub mod reload;
 pub mod report;
-pub mod retention;
 pub mod rollback;
-pub mod secret;
-pub mod signals;
-pub mod state_watch;
-pub mod statelock;
-pub mod status;
 pub mod store;
-pub mod systemd;
-pub mod template;
-pub mod traffic;
-pub mod writer;
+pub mod tools;

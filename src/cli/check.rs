@@ -203,11 +203,11 @@ fn hang_median(config: &Config, rule: &crate::config::Rule) -> Option<std::time:
 /// the request rate, so say which rate (and which noise) the figures assume.
 fn traffic_figures(config: &Config, out: &mut String) {
     use std::fmt::Write;
-    let noise = crate::traffic::ASSUMED_TRAFFIC_NOISE;
+    let noise = crate::matrix::traffic::ASSUMED_TRAFFIC_NOISE;
     let rows: Vec<_> = config
         .rules
         .iter()
-        .filter_map(|r| crate::traffic::figures(config, r, noise).map(|f| (r, f)))
+        .filter_map(|r| crate::matrix::traffic::figures(config, r, noise).map(|f| (r, f)))
         .collect();
     if rows.is_empty() {
         return;

@@ -40,7 +40,7 @@ pub async fn deploy(config: &Config, a: DeployArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(file) = &config.active_file {
-        if crate::active::read_file(file).ok() != Some(a.color) {
+        if crate::rollback::active::read_file(file).ok() != Some(a.color) {
             eprintln!(
                 "note: {} does not say {}; with [active] file set, that file decides the active color",
                 file.display(),

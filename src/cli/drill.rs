@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::{CheckFailed, open};
 use crate::config::Config;
-use crate::drill::{self, Expect, Plan};
+use crate::tools::drill::{self, Expect, Plan};
 
 #[derive(Args, Debug)]
 pub struct DrillArgs {

@@ -12,8 +12,8 @@ use clap::Args;
 
 use super::CheckFailed;
 use crate::config::Config;
-use crate::gate::{self, Progress};
 use crate::model::Color;
+use crate::tools::gate::{self, Progress};
 
 #[derive(Args, Debug)]
 pub struct GateArgs {

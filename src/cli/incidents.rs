@@ -166,14 +166,14 @@ pub async fn incident_chart(
         .min()
         .unwrap_or(from)
         .min(first);
-    let mut timeline = crate::chart::Timeline::new(start, until.max(last));
+    let mut timeline = crate::report::chart::Timeline::new(start, until.max(last));
     for s in &samples {
         timeline.add(s);
     }
     for (state, kind) in [
-        ("detected", crate::chart::MarkKind::Fault),
-        ("requested", crate::chart::MarkKind::Decision),
-        ("switched", crate::chart::MarkKind::Switch),
+        ("detected", crate::report::chart::MarkKind::Fault),
+        ("requested", crate::report::chart::MarkKind::Decision),
+        ("switched", crate::report::chart::MarkKind::Switch),
     ] {
         if let Some(e) = events.iter().find(|e| e.state == state) {
             timeline.mark(e.at_ms, kind);

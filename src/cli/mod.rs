@@ -279,7 +279,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     // Commands that need no configuration.
     match cli.command {
-        Command::Demo => return crate::demo::run().await,
+        Command::Demo => return crate::tools::demo::run().await,
         Command::GenerateAssets(a) => return assets::run(a),
         _ => {}
     }
@@ -321,7 +321,7 @@ pub(crate) async fn open_read_only(config: &Config) -> anyhow::Result<Store> {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    crate::signals::forward(tx).context("cannot install signal handlers")?;
+    crate::daemon::signals::forward(tx).context("cannot install signal handlers")?;
     crate::process::become_subreaper();
     crate::process::raise_nofile_limit();
     let result = crate::daemon::run(config, rx).await;

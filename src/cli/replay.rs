@@ -76,7 +76,7 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         .unwrap_or(0);
     let deployments = store.deployments().await?;
     let fallback_active = match &config.active_file {
-        Some(file) => crate::active::read_file(file).ok(),
+        Some(file) => crate::rollback::active::read_file(file).ok(),
         None => None,
     };
     let step = duration_ms(a.step).max(1);
@@ -247,7 +247,7 @@ fn synthetic(config: &Config, rules: &Config, a: &ReplayArgs, rate: f64) -> anyh
     let (active, said) = match config
         .active_file
         .as_ref()
-        .and_then(|f| crate::active::read_file(f).ok())
+        .and_then(|f| crate::rollback::active::read_file(f).ok())
     {
         Some(c) => (c, "from the [active] file"),
         None => (Color::Blue, "assumed"),

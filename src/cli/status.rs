@@ -11,8 +11,11 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let now = now_ms();
     // Whether a daemon protects this state directory right now: without
     // one, nothing is armed whatever the database says.
-    let daemon = crate::statelock::holder(&config.daemon.state_dir);
-    let active = crate::active::current(config, &store).await.ok().flatten();
+    let daemon = crate::daemon::statelock::holder(&config.daemon.state_dir);
+    let active = crate::rollback::active::current(config, &store)
+        .await
+        .ok()
+        .flatten();
     let verdicts = store.latest_verdicts().await?;
     let pause = store.active_pause(now).await?;
     let last_incident = store.incidents().await?.pop();
@@ -36,7 +39,9 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         cooldown_until,
     );
     if as_json {
-        use crate::status::{ActiveDoc, DaemonDoc, DatabaseDoc, StatusDocument, VerdictDoc};
+        use crate::daemon::status::{
+            ActiveDoc, DaemonDoc, DatabaseDoc, StatusDocument, VerdictDoc,
+        };
         let doc = StatusDocument {
             service: config.service.clone(),
             version: env!("CARGO_PKG_VERSION"),

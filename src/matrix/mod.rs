@@ -61,6 +61,7 @@
 
 pub mod noise;
 pub mod signal;
+pub mod traffic;
 pub mod window;
 
 use std::collections::{HashMap, VecDeque};

@@ -869,7 +869,7 @@ fn a_color_failing_every_request_is_caught_within_half_a_second_median() {
         .iter()
         .find(|r| r.window == Duration::from_millis(400))
         .unwrap();
-    let stated = crate::traffic::figures(&config, rule, 0.03).unwrap();
+    let stated = crate::matrix::traffic::figures(&config, rule, 0.03).unwrap();
     assert_eq!(stated.needed, 8);
     assert!(median <= 500, "median {median} ms: {delays:?}");
     assert!(
@@ -907,7 +907,7 @@ fn three_percent_random_errors_for_ten_minutes_never_roll_back() {
     }
     // And what `check` says about it: practically never.
     for rule in &config.rules {
-        if let Some(f) = crate::traffic::figures(&config, rule, 0.03) {
+        if let Some(f) = crate::matrix::traffic::figures(&config, rule, 0.03) {
             if rule.severity >= Severity::High {
                 assert!(f.log10_false_per_day < -4.0, "{}: {f:?}", rule.name);
             }

@@ -2,8 +2,8 @@
 //! test covers `incident show --markdown`): well-formed xycharts, a line
 //! per color, and the fault and the decision marked.
 
-use rollbackd::chart::parse_charts;
 use rollbackd::model::{Color, Sample, SampleStatus, Severity, now_ms};
+use rollbackd::report::chart::parse_charts;
 use rollbackd::store::StoredVerdict;
 
 use crate::common::{self, Env};

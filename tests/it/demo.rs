@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rollbackd::chart::parse_charts;
+use rollbackd::report::chart::parse_charts;
 
 use crate::common;
 

@@ -73,7 +73,7 @@ async fn metrics_negotiate_the_format_and_start_known_series_at_zero() {
         "{classic}"
     );
     // Known before anything happened, so `increase()` sees the first one.
-    for outcome in rollbackd::metrics::ROLLBACK_OUTCOMES {
+    for outcome in rollbackd::daemon::metrics::ROLLBACK_OUTCOMES {
         assert!(
             classic.contains(&format!(
                 "rollbackd_rollbacks_total{{outcome=\"{outcome}\"}} 0\n"
@@ -263,7 +263,7 @@ async fn a_real_prometheus_scrapes_the_daemon() {
     let rollbacks = query(&prom, "rollbackd_rollbacks_total").await;
     assert_eq!(
         rollbacks.len(),
-        rollbackd::metrics::ROLLBACK_OUTCOMES.len(),
+        rollbackd::daemon::metrics::ROLLBACK_OUTCOMES.len(),
         "{rollbacks:?}"
     );
     assert!(
@@ -290,7 +290,7 @@ async fn notifications_are_counted_per_notifier_without_its_url() {
     let dead_url = format!("http://{}/{HOOK_TOKEN}", closed.local_addr().unwrap());
     drop(closed);
     let mut dead = rollbackd::config::Notifier::webhook(
-        rollbackd::secret::Secret::resolve(&dead_url).unwrap(),
+        rollbackd::config::secret::Secret::resolve(&dead_url).unwrap(),
         NotifyFormat::Discord,
         Severity::Low,
     );
@@ -316,7 +316,8 @@ async fn notifications_are_counted_per_notifier_without_its_url() {
         .unwrap()
         .unwrap();
 
-    let text = rollbackd::metrics::Metrics::new().encode(0, rollbackd::metrics::Format::Classic);
+    let text = rollbackd::daemon::metrics::Metrics::new()
+        .encode(0, rollbackd::daemon::metrics::Format::Classic);
     for line in [
         "rollbackd_notifications_sent_total{notifier=\"41\",format=\"json\"} 1\n",
         "rollbackd_notifications_failed_total{notifier=\"41\",format=\"json\"} 0\n",

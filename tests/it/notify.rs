@@ -10,10 +10,10 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
+use rollbackd::config::secret::Secret;
 use rollbackd::config::{Notifier, NotifyFormat};
 use rollbackd::model::Severity;
 use rollbackd::notifier::{Event, Hub, Notice, Policy};
-use rollbackd::secret::Secret;
 use serde_json::Value;
 
 use crate::common::wait_for;

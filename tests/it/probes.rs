@@ -13,10 +13,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use rollbackd::config::Config;
+use rollbackd::daemon::writer::Writer;
 use rollbackd::model::{Color, Sample, SampleStatus, now_ms};
 use rollbackd::probe::{Outcome, Prober};
 use rollbackd::store::Store;
-use rollbackd::writer::Writer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -811,7 +811,7 @@ async fn retention_rolls_up_per_minute_then_deletes() {
     ];
     store.insert_samples(&batch).await.unwrap();
     // The cut-off falls inside the third minute: it is rounded down.
-    let (report, _, compact) = rollbackd::retention::run_once(
+    let (report, _, compact) = rollbackd::daemon::retention::run_once(
         &store,
         base + 2 * MINUTE + 30_000 + DAY,
         Duration::from_secs(24 * 3600),
@@ -878,7 +878,7 @@ async fn retention_keeps_the_database_file_bounded_over_many_days() {
         for chunk in samples.chunks(500) {
             store.insert_samples(chunk).await.unwrap();
         }
-        rollbackd::retention::run_once(
+        rollbackd::daemon::retention::run_once(
             &store,
             day_start + DAY,
             Duration::from_secs(2 * 24 * 3600),

@@ -1183,10 +1183,10 @@ async fn the_active_file_is_watched_and_a_deploy_ahead_of_the_switch_is_no_cutov
     .await;
     let file = w.env.path("active");
     std::fs::write(&file, "blue\n").unwrap();
-    let mut watch = rollbackd::active::Watch::new(&w.config);
+    let mut watch = rollbackd::rollback::active::Watch::new(&w.config);
     w.deploy(Color::Blue, "v1").await;
     let current = || async {
-        let (c, d) = rollbackd::active::current(&w.config, &w.store)
+        let (c, d) = rollbackd::rollback::active::current(&w.config, &w.store)
             .await
             .unwrap()
             .unwrap();

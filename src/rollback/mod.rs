@@ -22,17 +22,20 @@
 //! This file decides and records; it does not choose when to roll back (the
 //! daemon and the CLI do) and it does not speak SQL (`store` does).
 
+pub mod active;
+pub mod entry;
+pub mod guards;
+
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::active;
 use crate::config::{Config, Scope};
-pub use crate::guards::Guards;
 use crate::model::{Color, Millis, Severity, format_ms, now_ms};
 use crate::notifier::{Event, Hub, Notice};
 use crate::probe::Prober;
 use crate::process;
+pub use crate::rollback::guards::Guards;
 use crate::store::{Deployment, Incident, NewIncident, Store, StoreError};
 
 /// Fixed journald MESSAGE_IDs (SPEC section 5), so operators can
@@ -735,7 +738,9 @@ impl Run<'_, '_> {
         // the target (a proxy that rejected its new config keeps serving the
         // old color while its reload exits 0).
         if let Some(entry) = &config.entry {
-            match crate::entry::wait_serving(entry, self.to, config.rollback.verify_after).await {
+            match crate::rollback::entry::wait_serving(entry, self.to, config.rollback.verify_after)
+                .await
+            {
                 Ok(()) => {
                     self.event(
                         "switching",
@@ -1094,11 +1099,13 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
                 (None, _) if inc.state == "switched" => true,
                 // `[entry]` tells what the traffic does now (a proxy may
                 // still be reloading: give it verify_after).
-                (None, Some(entry)) => {
-                    crate::entry::wait_serving(entry, run.to, ctx.config.rollback.verify_after)
-                        .await
-                        .is_ok()
-                }
+                (None, Some(entry)) => crate::rollback::entry::wait_serving(
+                    entry,
+                    run.to,
+                    ctx.config.rollback.verify_after,
+                )
+                .await
+                .is_ok(),
                 (None, None) => false,
             };
             if !landed {

@@ -77,7 +77,7 @@ pub struct GateResult {
     /// Both colors' error rate and latency during the gate, with the gated
     /// color's first failure (fault) and first Critical/High firing
     /// (decision) marked, for the summary's charts.
-    pub timeline: crate::chart::Timeline,
+    pub timeline: crate::report::chart::Timeline,
 }
 
 impl GateResult {
@@ -266,7 +266,7 @@ pub async fn run(
     let deadline = started + duration;
     let started_ms = now_ms();
     let mut timeline =
-        crate::chart::Timeline::new(started_ms, started_ms + duration.as_millis() as i64);
+        crate::report::chart::Timeline::new(started_ms, started_ms + duration.as_millis() as i64);
     let mut faulted = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -290,7 +290,7 @@ pub async fn run(
                     && sample.counts().is_some_and(|(_, errors)| errors > 0.0)
                 {
                     faulted = true;
-                    timeline.mark(sample.at_ms, crate::chart::MarkKind::Fault);
+                    timeline.mark(sample.at_ms, crate::report::chart::MarkKind::Fault);
                 }
                 engine.observe(&sample);
             }
@@ -302,7 +302,7 @@ pub async fn run(
                 for v in verdicts.iter().filter(|v| v.state == State::Fired && v.severity >= Severity::High) {
                     if !fired.iter().any(|f| f.rule == v.rule) {
                         if fired.is_empty() {
-                            timeline.mark(v.at_ms, crate::chart::MarkKind::Decision);
+                            timeline.mark(v.at_ms, crate::report::chart::MarkKind::Decision);
                         }
                         fired.push(v.clone());
                     }

@@ -7,6 +7,8 @@
 //! expected. `check`, `run` and a reload all go through [`Config::load`].
 //! This module does no IO besides reading the file and resolving secrets.
 
+pub mod secret;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,9 +21,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::config::secret::Secret;
 use crate::matrix::noise;
 use crate::model::{Action, Color, Condition, Severity, Signal};
-use crate::secret::Secret;
 
 pub const DEFAULT_PATH: &str = "/etc/rollbackd/rollbackd.toml";
 
@@ -322,7 +324,7 @@ pub struct Notifier {
     pub format: NotifyFormat,
     pub min_severity: Severity,
     /// `format = "template"`: the body, method and path templates.
-    pub template: Option<std::sync::Arc<crate::template::NotifyTemplate>>,
+    pub template: Option<std::sync::Arc<crate::notifier::template::NotifyTemplate>>,
     /// Sent with every request; values may be secret references.
     pub headers: Vec<(String, Secret)>,
     /// Default `application/json`.
@@ -1016,7 +1018,7 @@ impl Config {
                 ]
                 .iter()
                 .any(|w| name.to_ascii_lowercase().contains(w));
-                if sensitive && secret.source() == &crate::secret::Source::Inline {
+                if sensitive && secret.source() == &crate::config::secret::Source::Inline {
                     warnings.push(format!(
                         "probe {:?} header {name} is written in the file: use \"env:NAME\" or \"file:/path\" for secrets",
                         p.name
@@ -1165,7 +1167,7 @@ impl Config {
                     "[[notify]] url: {problem}; the daemon must have it"
                 ));
             }
-            if url.source() == &crate::secret::Source::Inline {
+            if url.source() == &crate::config::secret::Source::Inline {
                 warnings.push(
                     "[[notify]] url is written in the file: a webhook URL is a secret; use \"env:NAME\" or \"file:/path\"".to_owned(),
                 );
@@ -1241,7 +1243,7 @@ impl Config {
                         .content_type
                         .as_deref()
                         .is_none_or(|ct| ct.contains("json"));
-                    let t = crate::template::NotifyTemplate::load(
+                    let t = crate::notifier::template::NotifyTemplate::load(
                         &file,
                         n.method.as_deref(),
                         n.path.as_deref(),

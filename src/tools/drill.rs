@@ -292,7 +292,10 @@ pub async fn run(
             p.reason
         ));
     }
-    let active = crate::active::current(config, store).await.ok().flatten();
+    let active = crate::rollback::active::current(config, store)
+        .await
+        .ok()
+        .flatten();
     let active_color = active.as_ref().map(|(c, _)| *c);
     let budget = plan.timeout + COMMAND_TIMEOUT * 2;
     let drill = store

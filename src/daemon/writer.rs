@@ -48,9 +48,9 @@ pub struct Writer {
     pub max_backoff: Duration,
     pub stats: Arc<WriterStats>,
     /// Told of every write's success or failure (`/healthz`).
-    pub health: Option<Arc<crate::http::Health>>,
+    pub health: Option<Arc<crate::daemon::http::Health>>,
     /// Told of drops and of what waits in the buffer (`/metrics`).
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub metrics: Option<Arc<crate::daemon::metrics::Metrics>>,
 }
 
 impl Default for Writer {

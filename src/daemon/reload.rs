@@ -15,8 +15,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::config::secret::Secret;
 use crate::config::{Check, Config, Probe};
-use crate::secret::Secret;
 
 /// A burst of file events (an editor's write, rename, chmod) settles into
 /// one reload this long after the last event.

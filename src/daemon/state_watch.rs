@@ -17,12 +17,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::active;
 use crate::config::Config;
 use crate::daemon::{DaemonError, DeploymentIds};
 use crate::matrix::Baselines;
 use crate::model::{Color, Millis};
 use crate::notifier::Hub;
+use crate::rollback::active;
 use crate::store::{Pause, Store};
 
 /// How often the database is read. A `pause`, `resume` or `deploy` by the
@@ -151,7 +151,7 @@ async fn run(
         }
         if last_bake.elapsed() >= BAKE_CHECK_PERIOD {
             last_bake = Instant::now();
-            if let Err(e) = crate::bake::check(&current, &store, &hub).await {
+            if let Err(e) = crate::report::bake::check(&current, &store, &hub).await {
                 tracing::error!("cannot check the bake of the latest deployment: {e}");
             }
         }

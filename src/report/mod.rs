@@ -6,6 +6,9 @@
 //! The daemon sends it (without the charts) through the notifiers once a
 //! deployment has baked.
 
+pub mod bake;
+pub mod chart;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -306,7 +309,7 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
             }
         })
         .collect();
-    let mut timeline = crate::chart::Timeline::new(deployment.at_ms, until_ms);
+    let mut timeline = crate::report::chart::Timeline::new(deployment.at_ms, until_ms);
     for s in &samples {
         timeline.add(s);
     }
@@ -317,9 +320,9 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
         }
         for e in store.incident_events(inc.id).await? {
             let kind = match e.state.as_str() {
-                "detected" => crate::chart::MarkKind::Fault,
-                "requested" => crate::chart::MarkKind::Decision,
-                "switched" => crate::chart::MarkKind::Switch,
+                "detected" => crate::report::chart::MarkKind::Fault,
+                "requested" => crate::report::chart::MarkKind::Decision,
+                "switched" => crate::report::chart::MarkKind::Switch,
                 _ => continue,
             };
             timeline.mark(e.at_ms, kind);
@@ -333,7 +336,7 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
             .iter()
             .find(|v| v.state == "fired" && v.severity >= Severity::High)
         {
-            timeline.mark(v.at_ms, crate::chart::MarkKind::Decision);
+            timeline.mark(v.at_ms, crate::report::chart::MarkKind::Decision);
         }
     }
     let fired = verdicts

@@ -23,8 +23,8 @@ use axum::routing::get;
 
 use crate::config::Config;
 use crate::daemon;
+use crate::daemon::signals::Control;
 use crate::model::{Color, now_ms};
-use crate::signals::Control;
 use crate::store::Store;
 
 /// One color of the built-in service. `broken` makes `/healthz` fail.
@@ -240,7 +240,7 @@ async fn rehearse(
     let active_file = dir.join("active-color");
     std::fs::write(&active_file, "blue\n")?;
     let config_path = dir.join("rollbackd.toml");
-    let config_text = include_str!("../config/demo.toml")
+    let config_text = include_str!("../../config/demo.toml")
         .replace("@BLUE@", &blue.url)
         .replace("@GREEN@", &green.url)
         .replace("@ACTIVE@", &active_file.display().to_string());
@@ -306,7 +306,7 @@ async fn rehearse(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let serving = crate::active::read_settled(&active_file).await?;
+    let serving = crate::rollback::active::read_settled(&active_file).await?;
     narrator.say(format!(
         "traffic is on {serving}; v2 is quarantined and will not be restored automatically"
     ));

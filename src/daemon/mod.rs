@@ -9,6 +9,18 @@
 //! caller passes the control channel: `main` connects signals to it, tests a
 //! plain sender.
 
+pub mod clock;
+pub mod http;
+pub mod metrics;
+pub mod reload;
+pub mod retention;
+pub mod signals;
+pub mod state_watch;
+pub mod statelock;
+pub mod status;
+pub mod systemd;
+pub mod writer;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,24 +30,22 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::active;
-use crate::clock::{self, Clock};
 use crate::config::{Check, Config, ConfigError, Scope};
-use crate::entry;
-use crate::http::{AppState, Health, ProbeInfo, ReloadInfo, Server, Snapshot};
+use crate::daemon::clock::Clock;
+use crate::daemon::http::{AppState, Health, ProbeInfo, ReloadInfo, Server, Snapshot};
+use crate::daemon::metrics::Metrics;
+use crate::daemon::reload::ConfigWatcher;
+use crate::daemon::signals::Control;
+use crate::daemon::state_watch::Seen;
 use crate::matrix::{self, Decision, Engine, State, Verdict};
-use crate::metrics::Metrics;
 use crate::model::{Color, Sample, Signal, duration_ms, now_ms};
 use crate::notifier;
 use crate::probe::schedule::{self, Cadence};
 use crate::probe::{Prober, access_log};
-use crate::reload::{self, ConfigWatcher};
-use crate::retention;
+use crate::rollback::active;
+use crate::rollback::entry;
 use crate::rollback::{self, Guards, Outcome, Request, RollbackError, Trigger};
-use crate::signals::Control;
-use crate::state_watch::{self, Seen};
 use crate::store::{Store, StoreError, StoredVerdict};
-use crate::systemd;
 
 /// How often the loop checks its own clock for a gap, a pause that ran out
 /// and a retry that fell due (verdicts do not wait for it: a sample is
@@ -68,7 +78,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Active(#[from] active::ActiveError),
     #[error(transparent)]
-    Lock(#[from] crate::statelock::LockError),
+    Lock(#[from] crate::daemon::statelock::LockError),
     #[error("cannot listen on {addr} ([daemon] listen): {source}")]
     Listen {
         addr: SocketAddr,
@@ -91,7 +101,7 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     let mut config = Arc::new(config);
     // One daemon per state_dir: held until `run` returns (or the process
     // dies: the kernel lets go of it).
-    let _state_lock = crate::statelock::acquire(&config.daemon.state_dir)?;
+    let _state_lock = crate::daemon::statelock::acquire(&config.daemon.state_dir)?;
     let store = Store::open_dir(&config.daemon.state_dir).await?;
     let prober = Prober::new();
     // Notifications: a queue and its worker; sending never waits.
@@ -157,10 +167,10 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
 
     let (writer_tx, writer_rx) = mpsc::channel::<Sample>(8192);
     let writer = tokio::spawn(
-        crate::writer::Writer {
+        crate::daemon::writer::Writer {
             health: Some(health.clone()),
             metrics: Some(metrics.clone()),
-            ..crate::writer::Writer::default()
+            ..crate::daemon::writer::Writer::default()
         }
         .run(store.clone(), writer_rx),
     );
@@ -1276,7 +1286,7 @@ mod loop_tests {
     /// `state_watch` (or a task of its own) and add it to the list.
     #[test]
     fn the_work_loop_awaits_no_database() {
-        let src = include_str!("daemon.rs");
+        let src = include_str!("mod.rs");
         let start = src.find("\n    loop {\n").expect("the work loop");
         let end = start
             + src[start..]

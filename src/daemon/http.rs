@@ -33,8 +33,8 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
+use crate::daemon::metrics::{self, Metrics};
 use crate::matrix::{self, Verdict};
-use crate::metrics::{self, Metrics};
 use crate::model::{Color, Millis, now_ms};
 
 /// `/healthz` fails when the work loop has not published for this long. It
@@ -293,7 +293,7 @@ fn db_size(path: &std::path::Path) -> u64 {
 /// The same document as `status --json` (`status.rs`), from the loop's
 /// snapshot: no query is made here.
 async fn status(State(state): State<AppState>) -> impl IntoResponse {
-    use crate::status::{ActiveDoc, DaemonDoc, DatabaseDoc, StatusDocument, VerdictDoc};
+    use crate::daemon::status::{ActiveDoc, DaemonDoc, DatabaseDoc, StatusDocument, VerdictDoc};
     let problems = problems(&state);
     let snap = state.snapshot.borrow().clone();
     let db = state.health.db();

@@ -27,6 +27,8 @@
 //! notice is decided by its callers (`rollback` for the rollback lifecycle,
 //! `daemon` for alerts and recoveries, through [`Recoveries`]).
 
+pub mod template;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -295,7 +297,7 @@ pub fn payload(format: NotifyFormat, n: &Notice) -> Value {
             v
         }
         // Rendered by `request`; here, its fields (for a test or a preview).
-        NotifyFormat::Template => crate::template::context(n, None, &[]),
+        NotifyFormat::Template => crate::notifier::template::context(n, None, &[]),
         NotifyFormat::Slack => {
             let facts = n
                 .facts()
@@ -727,7 +729,7 @@ fn request(target: &Notifier, notice: &Notice, opened: Option<&Value>) -> Result
                     secret.expose().map_err(str::to_owned)?.to_owned(),
                 ));
             }
-            let ctx = crate::template::context(notice, opened, &secrets);
+            let ctx = crate::notifier::template::context(notice, opened, &secrets);
             let r = t.render(&ctx)?;
             let method = reqwest::Method::from_bytes(r.method.as_bytes())
                 .map_err(|_| format!("method renders to {:?}: not an HTTP method", r.method))?;
