@@ -7,34 +7,35 @@
 //!
 //! # Layout
 //!
-//! - [`config`] turns the TOML into a validated [`config::Config`]; strings
-//!   and seconds stop there. [`secret`] keeps `env:`/`file:` values out of
-//!   every output.
-//! - [`model`] is the shared vocabulary: colors, severities, conditions,
-//!   samples.
+//! The places, each a folder, with the arrows going one way (down):
+//!
+//! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
+//! - [`tools`] are the one-shot commands that run to an end: `gate` judges
+//!   one color before a cutover with the daemon's own probes and matrix,
+//!   `demo` rehearses a rollback on one terminal, `drill` one on a real
+//!   host against the running daemon.
+//! - [`daemon`] wires it together (schedule -> probe -> store -> decide ->
+//!   act) and connects it to the host: its clock, the state watcher,
+//!   reload, signals, systemd, the read-only listener and `/metrics`, the
+//!   sample writer, retention.
+//! - [`rollback`] is the guarded switch, a state machine persisted at every
+//!   step, with what it consults: which color is active, which one the
+//!   users' entry serves, the pause and cooldown guards.
+//! - [`report`] summarises a deployment's lifetime, draws the Mermaid
+//!   charts, and sends the bake report.
+//! - [`notifier`] sends webhooks without ever making them wait (and
+//!   renders the templated ones).
 //! - [`probe`] runs one check against one color and always returns an
-//!   outcome; [`process`] runs argv commands with a process-group timeout.
-//! - [`store`] is the only module that speaks SQL.
+//!   outcome.
 //! - [`matrix`] turns samples into verdicts and decisions. It does no IO and
 //!   reads no clock.
-//! - [`rollback`] is the guarded switch, a state machine persisted at every
-//!   step; [`active`] says which color is active, [`entry`] which one the
-//!   users' entry really serves; [`notifier`] sends webhooks without ever
-//!   making them wait ([`template`] renders the templated ones).
-//! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
-//!   act. [`reload`] says what a reload changes and watches the file;
-//!   [`signals`] and [`systemd`] connect it to the host; [`logging`] picks
-//!   journald, JSON or text; [`http`] serves `/healthz`, `/metrics`
-//!   ([`metrics`]) and `/status`, read-only.
-//! - [`bake`] sends a deployment's report once it has baked healthy.
-//! - [`report`] summarises a deployment's lifetime (post-deploy report).
-//! - [`chart`] draws error rate and latency per color as Mermaid charts
-//!   for the Markdown reports.
-//! - [`gate`] judges one color before a cutover with the daemon's own
-//!   scheduler and matrix.
-//! - [`demo`] rehearses a rollback end to end on one terminal; [`drill`]
-//!   rehearses one on a real host against the running daemon.
-//! - [`cli`] holds the subcommands; `main.rs` only parses and exits.
+//! - [`store`] is the only module that speaks SQL.
+//! - [`config`] turns the TOML into a validated [`config::Config`]; strings
+//!   and seconds stop there; `env:`/`file:` secrets stay out of every
+//!   output.
+//! - Leaves: [`model`] (the shared vocabulary), [`hostfile`] (opening files
+//!   the host may have made hostile), [`process`] (argv commands with a
+//!   process-group timeout), [`logging`].
 
 pub mod cli;
 pub mod config;
