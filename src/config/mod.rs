@@ -9,7 +9,8 @@
 //!
 //! The parts, one concern each: `raw` (the serde shapes), `locate` (byte
 //! spans to file, line and key), `probe` (probe kinds and their checks),
-//! `rule` (rules and the default matrix), `timing` (detection times and
+//! `selector` (Prometheus selectors, parsed once), `rule` (rules and the
+//! default matrix), `timing` (detection times and
 //! what noise would fire), `secret` (`env:`/`file:` references); this file
 //! holds [`Config`], loading, and the tables too small for a file of their
 //! own. Nothing here imports a part above it (probe, matrix, notifier,
@@ -20,6 +21,7 @@ mod probe;
 mod raw;
 mod rule;
 pub mod secret;
+mod selector;
 #[cfg(test)]
 mod tests;
 mod timing;
@@ -49,6 +51,7 @@ pub use probe::{
 };
 pub use raw::parse_percent;
 pub use rule::{ASSUMED_REQUESTS_PER_S, Rule, consecutive_needed};
+pub use selector::Selector;
 pub use timing::{Detection, format_rate, how_often};
 
 pub const DEFAULT_PATH: &str = "/etc/rollbackd/rollbackd.toml";

@@ -15,6 +15,7 @@ use url::Url;
 use super::locate::{Source, header_span};
 use super::raw::{Confirm, HttpUrl, Kind, RawProbe};
 use super::secret::Secret;
+use super::selector::Selector;
 use super::{Colors, ConfigError, Template, validate_template};
 use crate::model::Color;
 
@@ -96,9 +97,9 @@ pub struct ExecCheck {
 pub struct PrometheusCheck {
     pub endpoint: Endpoint,
     pub headers: Vec<(String, Secret)>,
-    pub requests: String,
-    pub errors: String,
-    pub latency: Option<String>,
+    pub requests: Selector,
+    pub errors: Selector,
+    pub latency: Option<Selector>,
 }
 
 #[derive(Debug, Clone)]
@@ -372,25 +373,27 @@ pub(super) fn validate_probe(
             let errors = raw.errors.ok_or_else(|| {
                 err("errors", "kind = \"prometheus\" needs `errors`, like 'http_requests_total{code=~\"5..\"}'".into())
             })?;
-            // Selectors are checked here, so a typo is a config error at
-            // load time rather than "no data" forever.
-            for (key, text) in [
-                ("requests", Some(&requests)),
-                ("errors", Some(&errors)),
-                ("latency", raw.latency.as_ref()),
-            ] {
-                if let Some(text) = text {
-                    crate::probe::prometheus::Selector::parse(text).map_err(|e| {
-                        err(key, format!("invalid selector {text:?}: {e}; expected a metric name with optional label matchers, like 'http_requests_total{{code=~\"5..\"}}'"))
-                    })?;
-                }
-            }
+            // Selectors are parsed here, once: a typo is a config error at
+            // load time rather than "no data" forever, and every scrape
+            // uses the parsed selector.
+            let selector = |key: &str, text: &str| {
+                Selector::parse(text).map_err(|e| {
+                    err(key, format!("invalid selector {text:?}: {e}; expected a metric name with optional label matchers, like 'http_requests_total{{code=~\"5..\"}}'"))
+                })
+            };
+            let requests = selector("requests", &requests)?;
+            let errors = selector("errors", &errors)?;
+            let latency = raw
+                .latency
+                .as_deref()
+                .map(|text| selector("latency", text))
+                .transpose()?;
             Check::Prometheus(PrometheusCheck {
                 endpoint: endpoint(raw.path, raw.url)?,
                 headers: headers(raw.headers)?,
                 requests,
                 errors,
-                latency: raw.latency,
+                latency,
             })
         }
         Kind::Log => {
