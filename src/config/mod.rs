@@ -9,7 +9,8 @@
 //!
 //! The parts, one concern each: `raw` (the serde shapes), `locate` (byte
 //! spans to file, line and key), `probe` (probe kinds and their checks),
-//! `selector` (Prometheus selectors, parsed once), `rule` (rules and the
+//! `selector` (Prometheus selectors, parsed once), `template` (notification
+//! templates, checked at load), `rule` (rules and the
 //! default matrix), `timing` (detection times and
 //! what noise would fire), `secret` (`env:`/`file:` references); this file
 //! holds [`Config`], loading, and the tables too small for a file of their
@@ -22,6 +23,7 @@ mod raw;
 mod rule;
 pub mod secret;
 mod selector;
+pub mod template;
 #[cfg(test)]
 mod tests;
 mod timing;
@@ -52,7 +54,7 @@ pub use probe::{
 pub use raw::parse_percent;
 pub use rule::{ASSUMED_REQUESTS_PER_S, Rule, consecutive_needed};
 pub use selector::Selector;
-pub use timing::{Detection, format_rate, how_often};
+pub use timing::{Detection, NoiseCadence, YEAR_S, firings_per_year, format_rate, how_often};
 
 pub const DEFAULT_PATH: &str = "/etc/rollbackd/rollbackd.toml";
 
@@ -206,7 +208,7 @@ pub struct Notifier {
     pub format: NotifyFormat,
     pub min_severity: Severity,
     /// `format = "template"`: the body, method and path templates.
-    pub template: Option<std::sync::Arc<crate::notifier::template::NotifyTemplate>>,
+    pub template: Option<std::sync::Arc<template::NotifyTemplate>>,
     /// Sent with every request; values may be secret references.
     pub headers: Vec<(String, Secret)>,
     /// Default `application/json`.
@@ -565,7 +567,7 @@ impl Config {
                         .content_type
                         .as_deref()
                         .is_none_or(|ct| ct.contains("json"));
-                    let t = crate::notifier::template::NotifyTemplate::load(
+                    let t = template::NotifyTemplate::load(
                         &file,
                         n.method.as_deref(),
                         n.path.as_deref(),

@@ -1,7 +1,9 @@
 //! Timing: each rule's worst-case detection time (SPEC section 2), how long
 //! a gate must probe to judge it, and how often independent noise would
-//! fire a consecutive-failure rule; the load-time check that rejects a
-//! Critical/High rule too slow to act on in time.
+//! fire a consecutive-failure rule ([`firings_per_year`], the closed form
+//! that `matrix::noise` holds against its generator and the engine); the
+//! load-time check that rejects a Critical/High rule too slow to act on in
+//! time. Pure arithmetic over the validated configuration.
 
 use std::time::Duration;
 
@@ -9,7 +11,6 @@ use super::locate::{Source, probe_span, rule_span};
 use super::probe::{Check, Probe};
 use super::rule::{ASSUMED_REQUESTS_PER_S, Rule, consecutive_needed};
 use super::{Config, ConfigError};
-use crate::matrix::noise;
 use crate::model::{Severity, Signal};
 
 impl Config {
@@ -101,11 +102,11 @@ impl Config {
         if rule.condition.signal != Signal::HealthFailures {
             return None;
         }
-        let cadences: Vec<noise::Cadence> = rule
+        let cadences: Vec<NoiseCadence> = rule
             .probes
             .iter()
             .filter_map(|n| self.probe(n))
-            .map(|p| noise::Cadence {
+            .map(|p| NoiseCadence {
                 interval: p.interval,
                 confirm: p.confirm_interval,
             })
@@ -113,7 +114,7 @@ impl Config {
         if cadences.is_empty() {
             return None;
         }
-        Some(noise::firings_per_year(
+        Some(firings_per_year(
             self.daemon.assumed_noise,
             consecutive_needed(&rule.condition),
             &cadences,
@@ -303,4 +304,54 @@ pub fn format_rate(rate: f64) -> String {
     } else {
         format!("{pct}%")
     }
+}
+
+/// Seconds in a (Julian) year.
+pub const YEAR_S: f64 = 365.25 * 86400.0;
+
+/// One health probe's cadence, as far as noise is concerned.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NoiseCadence {
+    pub interval: Duration,
+    /// `None`: fast confirm is off.
+    pub confirm: Option<Duration>,
+}
+
+/// Expected firings per year of "every one of these probes failed `needed`
+/// times in a row" when each sample fails independently with probability
+/// `rate` (0.02 for 2%), with the scheduler confirming failures fast.
+///
+/// Per probe, a new streak reaches `needed` on a tick when the sample
+/// before was ok and this tick's sample and the `needed - 1` after it fail:
+/// `(1 - p) p^needed` per tick without fast confirm, `(1 - p^needed)
+/// p^needed` with it (a burst that did not confirm ended on a success). Ticks come every `interval`, plus the
+/// confirm runs a failure triggers (`confirm x (p + p^2 + ...)` on average:
+/// the interval restarts after them). A streak, once reached, lasts about
+/// one interval, so at a random moment a probe is in one with probability
+/// about `p^needed`; with several health probes (the rule takes the
+/// smallest streak) one reaches it while every other is already there.
+pub fn firings_per_year(rate: f64, needed: u32, probes: &[NoiseCadence]) -> f64 {
+    if probes.is_empty() || needed == 0 || !(0.0..1.0).contains(&rate) {
+        return if needed == 0 { f64::INFINITY } else { 0.0 };
+    }
+    let n = i32::try_from(needed).unwrap_or(i32::MAX);
+    let in_streak = rate.powi(n);
+    let per_second: f64 = probes
+        .iter()
+        .map(|c| {
+            let confirms: f64 = (1..n).map(|k| rate.powi(k)).sum();
+            let cycle = c.interval.as_secs_f64()
+                + c.confirm.map(|c| c.as_secs_f64() * confirms).unwrap_or(0.0);
+            // The sample before a tick failed only if the burst before
+            // confirmed a streak (with fast confirm), or with probability
+            // `p` (without): then this tick continues a streak, it does
+            // not start one.
+            let before_ok = match c.confirm {
+                Some(_) => 1.0 - in_streak,
+                None => 1.0 - rate,
+            };
+            before_ok * in_streak / cycle.max(1e-3)
+        })
+        .sum();
+    per_second * in_streak.powi(probes.len() as i32 - 1) * YEAR_S
 }
