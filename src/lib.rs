@@ -20,7 +20,8 @@
 //! - [`rollback`] is the guarded switch, a state machine persisted at every
 //!   step; [`active`] says which color is active, [`entry`] which one the
 //!   users' entry really serves; [`notifier`] sends webhooks without ever
-//!   making them wait ([`template`] renders the templated ones).
+//!   making them wait (`config::template` checks and renders the templated
+//!   ones).
 //! - [`daemon`] wires it together: schedule -> probe -> store -> decide ->
 //!   act. [`reload`] says what a reload changes and watches the file;
 //!   [`signals`] and [`systemd`] connect it to the host; [`logging`] picks
