@@ -23,8 +23,8 @@
 //!   users' entry serves, the pause and cooldown guards.
 //! - [`report`] summarises a deployment's lifetime, draws the Mermaid
 //!   charts, and sends the bake report.
-//! - [`notifier`] sends webhooks without ever making them wait (and
-//!   renders the templated ones).
+//! - [`notifier`] sends webhooks without ever making them wait (the
+//!   templates are checked and rendered in `config::template`).
 //! - [`probe`] runs one check against one color and always returns an
 //!   outcome.
 //! - [`matrix`] turns samples into verdicts and decisions. It does no IO and

@@ -1,11 +1,15 @@
 //! The shared vocabulary of SPEC section 1: colors, severities, actions,
-//! signals, conditions and samples. Plain values; no IO.
+//! signals, conditions and samples, and notices (`model/notice.rs`). Plain
+//! values; no IO.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+mod notice;
+pub use notice::{Event, Notice, Phase};
 
 /// Milliseconds since the Unix epoch: how every timestamp is stored.
 pub type Millis = i64;

@@ -24,58 +24,11 @@ use rand::{Rng, SeedableRng};
 use crate::config::{Config, Scope};
 use crate::model::{Color, Millis, Sample, SampleStatus, duration_ms};
 
-/// Seconds in a (Julian) year.
-pub const YEAR_S: f64 = 365.25 * 86400.0;
+// The closed form lives with the rest of a rule's timing, in `config`.
+pub use crate::config::{NoiseCadence as Cadence, YEAR_S, firings_per_year};
 
 /// The most a probe's first run is delayed (as `probe::schedule`).
 const MAX_OFFSET_MS: Millis = 1000;
-
-/// One health probe's cadence, as far as noise is concerned.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Cadence {
-    pub interval: Duration,
-    /// `None`: fast confirm is off.
-    pub confirm: Option<Duration>,
-}
-
-/// Expected firings per year of "every one of these probes failed `needed`
-/// times in a row" when each sample fails independently with probability
-/// `rate` (0.02 for 2%), with the scheduler confirming failures fast.
-///
-/// Per probe, a new streak reaches `needed` on a tick when the sample
-/// before was ok and this tick's sample and the `needed - 1` after it fail:
-/// `(1 - p) p^needed` per tick without fast confirm, `(1 - p^needed)
-/// p^needed` with it (a burst that did not confirm ended on a success). Ticks come every `interval`, plus the
-/// confirm runs a failure triggers (`confirm x (p + p^2 + ...)` on average:
-/// the interval restarts after them). A streak, once reached, lasts about
-/// one interval, so at a random moment a probe is in one with probability
-/// about `p^needed`; with several health probes (the rule takes the
-/// smallest streak) one reaches it while every other is already there.
-pub fn firings_per_year(rate: f64, needed: u32, probes: &[Cadence]) -> f64 {
-    if probes.is_empty() || needed == 0 || !(0.0..1.0).contains(&rate) {
-        return if needed == 0 { f64::INFINITY } else { 0.0 };
-    }
-    let n = i32::try_from(needed).unwrap_or(i32::MAX);
-    let in_streak = rate.powi(n);
-    let per_second: f64 = probes
-        .iter()
-        .map(|c| {
-            let confirms: f64 = (1..n).map(|k| rate.powi(k)).sum();
-            let cycle = c.interval.as_secs_f64()
-                + c.confirm.map(|c| c.as_secs_f64() * confirms).unwrap_or(0.0);
-            // The sample before a tick failed only if the burst before
-            // confirmed a streak (with fast confirm), or with probability
-            // `p` (without): then this tick continues a streak, it does
-            // not start one.
-            let before_ok = match c.confirm {
-                Some(_) => 1.0 - in_streak,
-                None => 1.0 - rate,
-            };
-            before_ok * in_streak / cycle.max(1e-3)
-        })
-        .sum();
-    per_second * in_streak.powi(probes.len() as i32 - 1) * YEAR_S
-}
 
 /// What to generate.
 #[derive(Clone, Debug)]

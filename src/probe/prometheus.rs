@@ -3,9 +3,10 @@
 //! histogram's average and estimated p95 over the time since the previous
 //! scrape of the same (probe, color).
 //!
-//! It owns the selector grammar (`name{label="v",code=~"5.."}`), the memory
-//! of the previous scrape ([`Memory`], shared through the cloned `Prober`)
-//! and the delta arithmetic: counter resets (a value that went down, as after
+//! It matches series against the selectors `config` parsed once at load
+//! (`config::Selector`, held in the probe's `PrometheusCheck`), and owns
+//! the memory of the previous scrape ([`Memory`], shared through the
+//! cloned `Prober`) and the delta arithmetic: counter resets (a value that went down, as after
 //! a restart) count the new value as the increase, and a series that appears
 //! counts from zero. It does not judge error rates: the sample carries the
 //! counts and the matrix weighs them.
@@ -22,12 +23,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use regex::Regex;
-
 use super::Outcome;
 use super::exposition::{self, Sample as Scraped};
 use super::http::{self, Clients};
-use crate::config::{Config, PrometheusCheck};
+use crate::config::{Config, PrometheusCheck, Selector};
 use crate::model::{Color, SampleStatus};
 
 /// How much of a metrics page is read. Larger pages fail the sample rather
@@ -37,160 +36,6 @@ pub const SCRAPE_CAP: usize = 8 * 1024 * 1024;
 /// the cap: a page of short lines within [`SCRAPE_CAP`] could hold a
 /// hundred thousand, each parsed and kept.
 pub const SERIES_CAP: usize = 20_000;
-
-// ---------------------------------------------------------------------------
-// Selectors.
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MatchOp {
-    Eq,
-    Ne,
-    Re,
-    NotRe,
-}
-
-#[derive(Debug, Clone)]
-struct Matcher {
-    label: String,
-    op: MatchOp,
-    value: String,
-    re: Option<Regex>,
-}
-
-impl Matcher {
-    fn matches(&self, labels: &HashMap<String, String>) -> bool {
-        // As in Prometheus, a missing label is the empty string.
-        let v = labels.get(&self.label).map(String::as_str).unwrap_or("");
-        match (self.op, &self.re) {
-            (MatchOp::Eq, _) => v == self.value,
-            (MatchOp::Ne, _) => v != self.value,
-            (MatchOp::Re, Some(re)) => re.is_match(v),
-            (MatchOp::NotRe, Some(re)) => !re.is_match(v),
-            (MatchOp::Re | MatchOp::NotRe, None) => false,
-        }
-    }
-}
-
-/// A metric name with optional label matchers, as in PromQL:
-/// `http_requests_total{code=~"5..",method!="OPTIONS"}`. Regular
-/// expressions are anchored at both ends, as Prometheus anchors them.
-#[derive(Debug, Clone)]
-pub struct Selector {
-    pub name: String,
-    matchers: Vec<Matcher>,
-}
-
-impl Selector {
-    pub fn parse(text: &str) -> Result<Selector, String> {
-        let text = text.trim();
-        let (name, rest) = match text.find('{') {
-            Some(i) => (&text[..i], Some(&text[i..])),
-            None => (text, None),
-        };
-        let name = name.trim();
-        let valid_name = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
-        if !valid_name {
-            return Err(format!(
-                "{text:?}: expected a metric name, optionally with label matchers, like 'http_requests_total{{code=~\"5..\"}}'"
-            ));
-        }
-        let mut matchers = Vec::new();
-        if let Some(rest) = rest {
-            let inner = rest
-                .strip_prefix('{')
-                .and_then(|r| r.strip_suffix('}'))
-                .ok_or_else(|| format!("{text:?}: label matchers must end with '}}'"))?;
-            let mut chars = inner.trim();
-            while !chars.is_empty() {
-                let (m, after) = parse_matcher(chars).map_err(|e| format!("{text:?}: {e}"))?;
-                matchers.push(m);
-                chars = after.trim_start();
-                if let Some(after_comma) = chars.strip_prefix(',') {
-                    chars = after_comma.trim_start();
-                } else if !chars.is_empty() {
-                    return Err(format!("{text:?}: expected ',' between label matchers"));
-                }
-            }
-        }
-        Ok(Selector {
-            name: name.to_owned(),
-            matchers,
-        })
-    }
-
-    fn matches_labels(&self, labels: &HashMap<String, String>) -> bool {
-        self.matchers.iter().all(|m| m.matches(labels))
-    }
-}
-
-/// One `label op "value"`; returns it and the text after it.
-fn parse_matcher(text: &str) -> Result<(Matcher, &str), String> {
-    let end = text
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(text.len());
-    let label = &text[..end];
-    if label.is_empty() {
-        return Err("expected a label name".into());
-    }
-    let rest = text[end..].trim_start();
-    let (op, rest) = [
-        ("=~", MatchOp::Re),
-        ("!~", MatchOp::NotRe),
-        ("!=", MatchOp::Ne),
-        ("=", MatchOp::Eq),
-    ]
-    .into_iter()
-    .find_map(|(t, op)| rest.strip_prefix(t).map(|r| (op, r.trim_start())))
-    .ok_or_else(|| format!("label {label}: expected one of = != =~ !~"))?;
-    let quote = rest
-        .chars()
-        .next()
-        .filter(|c| *c == '"' || *c == '\'')
-        .ok_or_else(|| format!("label {label}: the value must be quoted"))?;
-    let mut value = String::new();
-    let mut escaped = false;
-    let mut close = None;
-    for (i, c) in rest.char_indices().skip(1) {
-        if escaped {
-            value.push(match c {
-                'n' => '\n',
-                't' => '\t',
-                other => other,
-            });
-            escaped = false;
-        } else if c == '\\' {
-            escaped = true;
-        } else if c == quote {
-            close = Some(i);
-            break;
-        } else {
-            value.push(c);
-        }
-    }
-    let close = close.ok_or_else(|| format!("label {label}: unterminated value"))?;
-    let re = match op {
-        MatchOp::Re | MatchOp::NotRe => Some(
-            Regex::new(&format!("^(?:{value})$"))
-                .map_err(|e| format!("label {label}: bad regular expression: {e}"))?,
-        ),
-        _ => None,
-    };
-    Ok((
-        Matcher {
-            label: label.to_owned(),
-            op,
-            value,
-            re,
-        },
-        &rest[close + quote.len_utf8()..],
-    ))
-}
 
 // ---------------------------------------------------------------------------
 // What one scrape holds for a probe.
@@ -440,17 +285,15 @@ pub struct Interval {
     pub seconds: f64,
 }
 
-fn interval(
-    check: &PrometheusCheck,
-    latency: Option<&Selector>,
-    prev: &Snapshot,
-    cur: &Snapshot,
-    seconds: f64,
-) -> Interval {
+fn interval(check: &PrometheusCheck, prev: &Snapshot, cur: &Snapshot, seconds: f64) -> Interval {
     let (requests, r1) = counter_increase(&prev.requests, &cur.requests);
     let (errors, r2) = counter_increase(&prev.errors, &cur.errors);
     let (hist, r3) = histogram_increase(&prev.latency, &cur.latency);
-    let scale = latency.map(|s| to_millis(&s.name)).unwrap_or(1000.0);
+    let scale = check
+        .latency
+        .as_ref()
+        .map(|s| to_millis(&s.name))
+        .unwrap_or(1000.0);
     let (avg, p95) = if check.latency.is_some() && hist.count > 0.0 {
         (
             Some(hist.sum / hist.count * scale),
@@ -508,12 +351,6 @@ fn outcome(i: &Interval, scrape_ms: f64) -> Outcome {
     }
 }
 
-/// A selector that does not parse says nothing about the service: no data,
-/// never an error that could count toward a rollback.
-fn misconfigured(key: &str, problem: &str) -> Outcome {
-    Outcome::no_data(format!("cannot use `{key}`: {problem}"))
-}
-
 pub async fn run(
     clients: &Clients,
     memory: &Mutex<Memory>,
@@ -522,18 +359,6 @@ pub async fn run(
     check: &PrometheusCheck,
     color: Option<Color>,
 ) -> Outcome {
-    let requests = match Selector::parse(&check.requests) {
-        Ok(s) => s,
-        Err(e) => return misconfigured("requests", &e),
-    };
-    let errors = match Selector::parse(&check.errors) {
-        Ok(s) => s,
-        Err(e) => return misconfigured("errors", &e),
-    };
-    let latency = match check.latency.as_deref().map(Selector::parse).transpose() {
-        Ok(s) => s,
-        Err(e) => return misconfigured("latency", &e),
-    };
     let Some(url) = config.endpoint_url(&check.endpoint, color) else {
         return Outcome::unreachable(None, "no URL for this color (missing base_url)");
     };
@@ -583,9 +408,10 @@ pub async fn run(
         Err(e) => return Outcome::failed(None, format!("scrape failed: unusable metrics: {e}")),
     };
     let snapshot = Snapshot {
-        requests: counters(&scrape, &requests),
-        errors: counters(&scrape, &errors),
-        latency: latency
+        requests: counters(&scrape, &check.requests),
+        errors: counters(&scrape, &check.errors),
+        latency: check
+            .latency
             .as_ref()
             .map(|l| histograms(&scrape, l))
             .unwrap_or_default(),
@@ -599,7 +425,12 @@ pub async fn run(
         // errors". Not a number is not an answer.
         return Outcome::failed(None, format!("scrape failed: {bad}"));
     }
-    let fingerprint = format!("{}\n{}\n{:?}", check.requests, check.errors, check.latency);
+    let fingerprint = format!(
+        "{}\n{}\n{:?}",
+        check.requests,
+        check.errors,
+        check.latency.as_ref().map(Selector::as_str)
+    );
     let now = Instant::now();
     let previous = {
         // Poisoning would mean a panic while swapping a map entry; the map
@@ -618,17 +449,11 @@ pub async fn run(
         return Outcome::no_data(format!(
             "first scrape: {} series of {} recorded; deltas start with the next one",
             snapshot.requests.len(),
-            requests.name
+            check.requests.name
         ));
     };
     let seconds = now.duration_since(previous.at).as_secs_f64();
-    let i = interval(
-        check,
-        latency.as_ref(),
-        &previous.snapshot,
-        &snapshot,
-        seconds,
-    );
+    let i = interval(check, &previous.snapshot, &snapshot, seconds);
     outcome(&i, scrape_ms)
 }
 
@@ -644,52 +469,22 @@ mod tests {
         PrometheusCheck {
             endpoint: crate::config::Endpoint::Relative("/metrics".into()),
             headers: vec![],
-            requests: "http_requests_total".into(),
-            errors: r#"http_requests_total{code=~"5.."}"#.into(),
-            latency: latency.map(str::to_owned),
+            requests: Selector::parse("http_requests_total").unwrap(),
+            errors: Selector::parse(r#"http_requests_total{code=~"5.."}"#).unwrap(),
+            latency: latency.map(|l| Selector::parse(l).unwrap()),
         }
     }
 
     fn snap(text: &str, c: &PrometheusCheck) -> Snapshot {
         let s = parse(text);
         Snapshot {
-            requests: counters(&s, &Selector::parse(&c.requests).unwrap()),
-            errors: counters(&s, &Selector::parse(&c.errors).unwrap()),
+            requests: counters(&s, &c.requests),
+            errors: counters(&s, &c.errors),
             latency: c
                 .latency
-                .as_deref()
-                .map(|l| histograms(&s, &Selector::parse(l).unwrap()))
+                .as_ref()
+                .map(|l| histograms(&s, l))
                 .unwrap_or_default(),
-        }
-    }
-
-    #[test]
-    fn selectors_parse_and_match_like_promql() {
-        let s = Selector::parse(r#"http_requests_total{code=~"5..", method!='GET'}"#).unwrap();
-        assert_eq!(s.name, "http_requests_total");
-        let labels = |code: &str, method: &str| {
-            HashMap::from([
-                ("code".to_owned(), code.to_owned()),
-                ("method".to_owned(), method.to_owned()),
-            ])
-        };
-        assert!(s.matches_labels(&labels("503", "POST")));
-        assert!(!s.matches_labels(&labels("503", "GET")));
-        assert!(
-            !s.matches_labels(&labels("5030", "POST")),
-            "regexes are anchored"
-        );
-        assert!(!s.matches_labels(&labels("200", "POST")));
-        for bad in [
-            "",
-            "9metric",
-            "m{code=5}",
-            "m{code=\"5\"",
-            "m{code~\"5\"}",
-            "m{code=~\"(\"}",
-            "m{a=\"1\" b=\"2\"}",
-        ] {
-            assert!(Selector::parse(bad).is_err(), "{bad:?} should not parse");
         }
     }
 
@@ -712,7 +507,7 @@ http_requests_total{code="500"} 5
 "#,
             &c,
         );
-        let i = interval(&c, None, &a, &b, 5.0);
+        let i = interval(&c, &a, &b, 5.0);
         assert_eq!((i.requests, i.errors, i.reset), (65.0, 15.0, false));
 
         // The app restarted: every counter starts again from zero.
@@ -723,7 +518,7 @@ http_requests_total{code="503"} 3
 "#,
             &c,
         );
-        let i = interval(&c, None, &b, &restarted, 5.0);
+        let i = interval(&c, &b, &restarted, 5.0);
         assert_eq!((i.requests, i.errors, i.reset), (10.0, 3.0, true));
     }
 
@@ -731,7 +526,7 @@ http_requests_total{code="503"} 3
     fn an_interval_without_requests_is_no_data_not_zero_errors() {
         let c = check(None);
         let a = snap("http_requests_total{code=\"200\"} 100\n", &c);
-        let i = interval(&c, None, &a, &a.clone(), 5.0);
+        let i = interval(&c, &a, &a.clone(), 5.0);
         let o = outcome(&i, 1.0);
         assert_eq!(o.status, SampleStatus::NoData);
         assert_eq!((o.requests, o.errors), (None, None));
@@ -762,8 +557,7 @@ http_request_duration_seconds_sum 11.5
 http_request_duration_seconds_count 100
 http_requests_total{code="200"} 100
 "#;
-        let sel = Selector::parse("http_request_duration_seconds").unwrap();
-        let i = interval(&c, Some(&sel), &snap(before, &c), &snap(after, &c), 5.0);
+        let i = interval(&c, &snap(before, &c), &snap(after, &c), 5.0);
         assert!((i.latency_avg_ms.unwrap() - 115.0).abs() < 1e-9);
         // rank 95 lies halfway through the (0.5, 1] bucket.
         assert!((i.latency_p95_ms.unwrap() - 750.0).abs() < 1e-9, "{i:?}");
@@ -774,7 +568,7 @@ http_requests_total{code="200"} 100
 
         // Untyped buckets (no TYPE line) are understood the same way.
         let untyped = after.replace("# TYPE http_request_duration_seconds histogram\n", "");
-        let i2 = interval(&c, Some(&sel), &snap(before, &c), &snap(&untyped, &c), 5.0);
+        let i2 = interval(&c, &snap(before, &c), &snap(&untyped, &c), 5.0);
         assert_eq!(i2.latency_p95_ms, i.latency_p95_ms);
     }
 

@@ -4,9 +4,10 @@
 //!
 //! This file owns the template side only: loading and checking a template
 //! (at config load, so `check` and reload reject a broken one with the
-//! file, line and key) and the fields a template sees ([`context`]).
-//! Delivery — headers, retries, `Retry-After`, what an opening request
-//! answered — stays in `notifier`.
+//! file, line and key: each part must render for sample notices),
+//! rendering it, and the fields a template sees ([`context`]). Delivery —
+//! headers, retries, `Retry-After`, what an opening request answered —
+//! stays in `notifier`, which calls [`NotifyTemplate::render`].
 //!
 //! Auto-escaping is off: a JSON template writes `{{ summary | tojson }}`
 //! where it wants a JSON string. A body that renders empty (only
@@ -17,8 +18,7 @@ use std::path::{Path, PathBuf};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde_json::{Value, json};
 
-use crate::model::{Severity, format_ms};
-use crate::notifier::{Event, Notice};
+use crate::model::{Event, Notice, Phase, Severity, format_ms};
 
 /// A checked template set for one `[[notify]]` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl NotifyTemplate {
         path: Option<&str>,
         json_body: bool,
     ) -> Result<NotifyTemplate, String> {
-        let body = crate::hostfile::read_capped(file, crate::config::CONFIG_CAP)
+        let body = crate::hostfile::read_capped(file, super::CONFIG_CAP)
             .map_err(|e| format!("cannot read template {}: {e}", file.display()))?;
         let t = NotifyTemplate {
             file: file.to_path_buf(),
@@ -143,7 +143,7 @@ pub fn context(n: &Notice, opened: Option<&Value>, secrets: &[(String, String)])
     v["headline"] = json!(n.headline());
     v["key"] = json!(n.key());
     v["phase"] = json!(n.phase().as_str());
-    v["resolved"] = json!(n.phase() == crate::notifier::Phase::Close);
+    v["resolved"] = json!(n.phase() == Phase::Close);
     v["drill"] = json!(n.drill.is_some());
     if let Some(o) = opened {
         v["opened"] = o.clone();
