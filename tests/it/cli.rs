@@ -673,3 +673,62 @@ async fn status_json_and_the_daemons_status_are_one_document() {
     );
     assert!(daemon.stop().await.success());
 }
+
+/// Issue 12: `status` reads without writing. The `[active] file` names a
+/// color no deployment row made active (a pipeline's cutover the daemon has
+/// not recorded yet): `status` says that color is active and writes nothing,
+/// neither a deployment row nor a byte of the database's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_an_unrecorded_cutover_and_writes_nothing() {
+    let env = Env::new(&offline_config(
+        "state",
+        "[active]\nfile = \"active-color\"\n",
+    ));
+    std::fs::write(env.path("active-color"), "blue\n").unwrap();
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    // The pipeline switches after the deployment was recorded.
+    let file = env.path("active-color");
+    std::fs::write(&file, "green\n").unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    // The database file, byte for byte and its time, and whatever WAL
+    // frames sit beside it. A reader's SQLite may make an empty `-wal` and
+    // its `-shm` index; a write would be frames in the `-wal` or a change
+    // to the file.
+    let db = env.path("state").join("rollbackd.db");
+    let files = || {
+        let wal = std::fs::metadata(env.path("state").join("rollbackd.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        (
+            std::fs::read(&db).unwrap(),
+            std::fs::metadata(&db).unwrap().modified().unwrap(),
+            wal,
+        )
+    };
+    let before = files();
+
+    let text = env.cli_ok(&["status"]);
+    assert!(
+        text.contains(
+            "active: green (the [active] file says so; no deployment recorded for it yet)"
+        ),
+        "{text}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&env.cli_ok(&["status", "--json"])).unwrap();
+    assert_eq!(doc["active"]["color"], "green", "{doc:#}");
+    assert!(doc["active"]["deployment"].is_null(), "{doc:#}");
+
+    assert!(files() == before, "status wrote to the database");
+    let store = rollbackd::store::Store::open_read_only(&env.path("state"))
+        .await
+        .unwrap();
+    let deployments = store.deployments().await.unwrap();
+    assert_eq!(deployments.len(), 1, "{deployments:?}");
+    assert_eq!(deployments[0].color, rollbackd::model::Color::Blue);
+}
