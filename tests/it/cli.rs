@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Setup};
 
 /// A config on a service nobody answers (read-only commands never probe).
 fn offline_config(state_dir: &str, extra: &str) -> String {
@@ -568,13 +568,8 @@ async fn samples_and_incidents_tables_align() {
 /// milliseconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_and_the_daemons_status_are_one_document() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = common::fast_config(&blue, &green, dir.path(), "")
-        .replace("listen = \"off\"", "listen = \"127.0.0.1:0\"");
-    let env = Env::new(&text);
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    let service = Setup::new().await.listen().deploy("blue", "v1").configure();
+    let env = &service.env;
     // An incident with evidence, through the real manual path.
     assert_eq!(
         env.cli(&["rollback", "--reason", "evidence test"])
@@ -582,21 +577,8 @@ async fn status_json_and_the_daemons_status_are_one_document() {
             .code(),
         Some(1)
     );
-    let daemon = env.daemon();
-    const LINE: &str = "HTTP listener on http://";
-    common::wait_for(
-        "the HTTP listener",
-        std::time::Duration::from_secs(30),
-        || async { common::read(&daemon.log).contains(LINE) },
-    )
-    .await;
-    let log = common::read(&daemon.log);
-    let addr = log[log.find(LINE).unwrap() + LINE.len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    let url = format!("http://{addr}/status");
+    let daemon = service.daemon().await;
+    let url = format!("http://{}/status", daemon.http_addr().await);
     let served = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
     common::wait_for(
         "/status with verdicts",

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Setup};
 
 // ---------------------------------------------------------------------------
 // Parts.
@@ -913,10 +913,8 @@ async fn retention_keeps_the_database_file_bounded_over_many_days() {
 
 #[tokio::test]
 async fn samples_command_prints_a_table_and_json() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), ""));
+    let service = Setup::new().await.configure();
+    let env = &service.env;
     let store = env.store().await;
     let now = now_ms();
     let mut traffic = sample(0);
