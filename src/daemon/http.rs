@@ -79,6 +79,14 @@ pub struct ReloadInfo {
     pub message: String,
 }
 
+impl ReloadInfo {
+    /// As `/status` shows it: its time as every time printed (`at`, RFC
+    /// 3339 with milliseconds), by the one function that does that.
+    fn document(&self) -> serde_json::Value {
+        crate::model::with_rfc3339_times(serde_json::to_value(self).unwrap_or_default())
+    }
+}
+
 /// The database's health as the sample writer sees it. A std `Mutex`: it is
 /// held for a few assignments, never across an await.
 #[derive(Debug, Default)]
@@ -317,11 +325,7 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
         rollback_in_flight: Some(snap.rollback_in_flight),
         stopping: Some(snap.stopping),
         probes: serde_json::to_value(&snap.probes).ok(),
-        // Its time as every time printed: `at`, RFC 3339, milliseconds.
-        last_reload: snap
-            .last_reload
-            .as_ref()
-            .map(|r| crate::model::with_rfc3339_times(serde_json::to_value(r).unwrap_or_default())),
+        last_reload: snap.last_reload.as_ref().map(ReloadInfo::document),
         work_loop: Some(json!({
             "last_evaluation_ms_ago": snap.at.elapsed().as_millis() as u64,
             "worst": matrix::worst(&snap.verdicts).map(
@@ -555,6 +559,20 @@ mod tests {
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
         String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
+    }
+
+    #[test]
+    fn the_last_reload_shows_its_time_as_every_time_is_shown() {
+        let doc = ReloadInfo {
+            at_ms: 1_764_115_200_123,
+            ok: true,
+            message: "2 probes changed".into(),
+        }
+        .document();
+        assert_eq!(
+            doc,
+            json!({ "at": "2025-11-26T00:00:00.123Z", "ok": true, "message": "2 probes changed" })
+        );
     }
 
     #[tokio::test]
