@@ -266,6 +266,8 @@ pub struct Setup {
     pub green: Color,
     pub dir: tempfile::TempDir,
     extra: String,
+    /// A whole config instead of the fast one.
+    text: Option<String>,
     listen: bool,
     deploys: Vec<(&'static str, &'static str)>,
 }
@@ -285,6 +287,7 @@ impl Setup {
             green: Color::start().await,
             dir: tempfile::tempdir().unwrap(),
             extra: String::new(),
+            text: None,
             listen: false,
             deploys: Vec::new(),
         }
@@ -293,6 +296,14 @@ impl Setup {
     /// TOML appended to the fast config (after its `[rollback]`).
     pub fn extra(mut self, toml: &str) -> Setup {
         self.extra.push_str(toml);
+        self
+    }
+
+    /// This whole config instead of the fast one (and its `extra`), for a
+    /// test that needs other probes or timings; it names the colors'
+    /// `url`s itself.
+    pub fn config(mut self, text: &str) -> Setup {
+        self.text = Some(text.to_owned());
         self
     }
 
@@ -311,7 +322,10 @@ impl Setup {
 
     /// The config written and the deployments recorded; no daemon yet.
     pub fn configure(self) -> Service {
-        let mut text = fast_config(&self.blue, &self.green, self.dir.path(), &self.extra);
+        let mut text = match &self.text {
+            Some(text) => text.clone(),
+            None => fast_config(&self.blue, &self.green, self.dir.path(), &self.extra),
+        };
         if self.listen {
             text = text.replace("listen = \"off\"", "listen = \"127.0.0.1:0\"");
         }

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::common::{self, Env, Setup};
+use crate::common::{self, Setup};
 
 // ---------------------------------------------------------------------------
 // Parts.
@@ -1046,10 +1046,9 @@ async fn details_are_capped() {
 /// second, not ten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_confirms_a_failure_at_the_confirm_interval() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    blue.set(503);
-    let env = Env::new(&format!(
+    let setup = Setup::new().await;
+    setup.blue.set(503);
+    let text = format!(
         r#"
 [daemon]
 state_dir = "state"
@@ -1077,10 +1076,10 @@ timeout = "1s"
 confirm_interval = "200ms"
 health = true
 "#,
-        blue.url, green.url
-    ));
-    let daemon = env.daemon();
-    let store = env.store().await;
+        setup.blue.url, setup.green.url
+    );
+    let (service, daemon) = setup.config(&text).start().await;
+    let store = service.env.store().await;
     common::wait_for(
         "three failed blue samples",
         Duration::from_secs(15),
