@@ -39,6 +39,54 @@ pub fn p95(values: &mut [f64]) -> Option<f64> {
     Some(values[rank - 1])
 }
 
+/// The one average latency: the mean of the latencies seen, in ms, `None`
+/// over none. Every average latency in rollbackd is this (the matrix's
+/// windows, degradation, the charts, `gate`, `report`); the matrix's
+/// windows keep their running sum in whole microseconds, so that a point
+/// leaving takes back exactly what it added, and hand it over with
+/// [`LatencyMean::from_sum`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LatencyMean {
+    sum_ms: f64,
+    n: u64,
+}
+
+impl LatencyMean {
+    /// A mean over `n` latencies adding up to `sum_ms`.
+    pub fn from_sum(sum_ms: f64, n: u64) -> LatencyMean {
+        LatencyMean { sum_ms, n }
+    }
+
+    pub fn add(&mut self, latency_ms: f64) {
+        self.sum_ms += latency_ms;
+        self.n += 1;
+    }
+
+    /// Both means' latencies as one.
+    pub fn merge(&mut self, other: LatencyMean) {
+        self.sum_ms += other.sum_ms;
+        self.n += other.n;
+    }
+
+    /// How many latencies.
+    pub fn n(&self) -> u64 {
+        self.n
+    }
+
+    /// The mean in ms; `None` over no latency.
+    pub fn ms(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum_ms / self.n as f64)
+    }
+}
+
+impl FromIterator<f64> for LatencyMean {
+    fn from_iter<I: IntoIterator<Item = f64>>(latencies: I) -> LatencyMean {
+        let mut mean = LatencyMean::default();
+        latencies.into_iter().for_each(|l| mean.add(l));
+        mean
+    }
+}
+
 /// RFC 3339 in UTC, to the millisecond: a rollback's steps are often
 /// milliseconds apart.
 pub fn format_ms(ms: Millis) -> String {
@@ -499,6 +547,32 @@ impl Sample {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_latency_mean_is_none_over_nothing_and_the_same_however_it_is_built() {
+        assert_eq!(LatencyMean::default().ms(), None);
+        assert_eq!(LatencyMean::from_sum(0.0, 0).ms(), None);
+        let added: LatencyMean = [10.0, 20.0, 60.0].into_iter().collect();
+        assert_eq!((added.ms(), added.n()), (Some(30.0), 3));
+        assert_eq!(LatencyMean::from_sum(90.0, 3), added);
+        let mut merged: LatencyMean = [10.0].into_iter().collect();
+        merged.merge([20.0, 60.0].into_iter().collect());
+        assert_eq!(merged, added);
+        // It agrees with the matrix's test oracle, the plain rescan.
+        let points: Vec<crate::matrix::signal::Point> = [10.0, 20.0, 60.0]
+            .into_iter()
+            .map(|l| crate::matrix::signal::Point {
+                at_ms: 0,
+                ok: true,
+                latency_ms: Some(l),
+                counts: None,
+            })
+            .collect();
+        assert_eq!(
+            crate::matrix::signal::latency_avg(points.iter()).value,
+            added.ms()
+        );
+    }
 
     #[test]
     fn conditions_parse_with_units() {

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::open_read_only;
 use crate::config::Config;
-use crate::model::{Color, duration_ms, format_ms, format_value, now_ms};
+use crate::model::{Color, format_ms, format_value, now_ms};
 
 pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let store = open_read_only(config).await?;
@@ -12,31 +12,34 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
     // Whether a daemon protects this state directory right now: without
     // one, nothing is armed whatever the database says.
     let daemon = crate::daemon::statelock::holder(&config.daemon.state_dir);
-    let active = crate::rollback::active::current(config, &store)
+    // A read only: `status` records nothing, not even a cutover the
+    // `[active] file` shows (the daemon does that).
+    let active = crate::rollback::active::read(config, &store)
         .await
         .ok()
         .flatten();
     let verdicts = store.latest_verdicts().await?;
-    let pause = store.active_pause(now).await?;
     let last_incident = store.incidents().await?.pop();
-    // What else holds automatic rollbacks besides a pause.
-    let cooldown_until = store
-        .cooldown_start_ms(config.daemon.dry_run)
-        .await?
-        .map(|start| start + duration_ms(config.rollback.cooldown))
-        .filter(|until| *until > now);
+    // The pause and the cooldown as the daemon judges them, from the same
+    // stored values (`guards::holds_at`).
+    let holds = crate::rollback::guards::holds_at(
+        store.active_pause(now).await?,
+        store.cooldown_start_ms(config.daemon.dry_run).await?,
+        config.rollback.cooldown,
+        now,
+    );
+    let (pause, cooldown_until) = (holds.pause.as_ref(), holds.cooldown_until);
     let escalation = store.unresolved_escalation().await?;
     let uncertain = uncertain_active(&active, last_incident.as_ref());
     let standby = match &active {
-        Some((c, _)) => Some(standby_health(config, &store, c.other(), now).await?),
+        Some(a) => Some(standby_health(config, &store, a.color().other(), now).await?),
         None => None,
     };
     let protection = Protection::assess(
         config,
         daemon.is_some(),
-        pause.as_ref(),
+        &holds,
         escalation.as_ref().map(|i| i.id),
-        cooldown_until,
     );
     if as_json {
         use crate::daemon::status::{
@@ -50,13 +53,13 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 None => DaemonDoc::default(),
             },
             protection: serde_json::to_value(&protection).ok(),
-            active: active.as_ref().map(|(color, d)| ActiveDoc {
-                color: *color,
-                deployment: Some(d.into()),
+            active: active.as_ref().map(|a| ActiveDoc {
+                color: a.color(),
+                deployment: a.deployment().map(Into::into),
             }),
             standby: standby.as_ref().and_then(|s| serde_json::to_value(s).ok()),
             verdicts: verdicts.iter().map(VerdictDoc::from).collect(),
-            pause: pause.as_ref().map(Into::into),
+            pause: pause.map(Into::into),
             cooldown_until: cooldown_until.map(format_ms),
             escalation_hold: escalation.as_ref().map(|i| i.id),
             last_incident,
@@ -84,14 +87,17 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
             config.daemon.state_dir.display()
         ),
     }
-    match &active {
-        Some((c, d)) if uncertain.is_some() => println!(
+    match active.as_ref().map(|a| (a.color(), a.deployment())) {
+        Some((c, None)) => {
+            println!("active: {c} (the [active] file says so; no deployment recorded for it yet)")
+        }
+        Some((c, Some(d))) if uncertain.is_some() => println!(
             "active: uncertain — {} (last recorded: {c} version {}, deployment #{})",
             uncertain.as_deref().unwrap_or_default(),
             d.version,
             d.id
         ),
-        Some((c, d)) => println!(
+        Some((c, Some(d))) => println!(
             "active: {c} version {} since {} (deployment #{})",
             d.version,
             format_ms(d.at_ms),
@@ -252,11 +258,11 @@ async fn standby_health(
 /// went (its incident closed `unknown`), and no deployment was recorded
 /// since. The last recorded deployment is then not known to be serving.
 fn uncertain_active(
-    active: &Option<(Color, crate::store::Deployment)>,
+    active: &Option<crate::rollback::active::Active>,
     last: Option<&crate::store::Incident>,
 ) -> Option<String> {
     let inc = last.filter(|i| i.state == crate::rollback::UNKNOWN_STATE)?;
-    if let Some((_, d)) = active {
+    if let Some(d) = active.as_ref().and_then(|a| a.deployment()) {
         if d.at_ms > inc.closed_ms.unwrap_or(inc.opened_ms) {
             return None;
         }
@@ -285,12 +291,13 @@ pub(crate) struct Protection {
 }
 
 impl Protection {
+    /// `holds` is what [`crate::rollback::guards::holds_at`] says: the
+    /// pause and cooldown are judged there, only worded here.
     pub(crate) fn assess(
         config: &Config,
         daemon_running: bool,
-        pause: Option<&crate::store::Pause>,
+        holds: &crate::rollback::guards::Holds,
         escalation: Option<i64>,
-        cooldown_until: Option<i64>,
     ) -> Protection {
         use crate::model::{Action, Severity};
         let rolls_back_on: Vec<&'static str> = [
@@ -314,7 +321,7 @@ impl Protection {
             none.push("none (no severity's action is rollback: alerts only)".to_owned());
         }
         let mut held = Vec::new();
-        if let Some(p) = pause {
+        if let Some(p) = &holds.pause {
             held.push(format!(
                 "paused until {}: {}",
                 format_ms(p.until_ms),
@@ -326,7 +333,7 @@ impl Protection {
                 "held by escalated incident #{id} until a deployment is recorded"
             ));
         }
-        if let Some(until) = cooldown_until {
+        if let Some(until) = holds.cooldown_until {
             held.push(format!("in cooldown until {}", format_ms(until)));
         }
         let state = if !none.is_empty() {

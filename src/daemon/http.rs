@@ -79,6 +79,14 @@ pub struct ReloadInfo {
     pub message: String,
 }
 
+impl ReloadInfo {
+    /// As `/status` shows it: its time as every time printed (`at`, RFC
+    /// 3339 with milliseconds), by the one function that does that.
+    fn document(&self) -> serde_json::Value {
+        crate::model::with_rfc3339_times(serde_json::to_value(self).unwrap_or_default())
+    }
+}
+
 /// The database's health as the sample writer sees it. A std `Mutex`: it is
 /// held for a few assignments, never across an await.
 #[derive(Debug, Default)]
@@ -123,7 +131,8 @@ pub struct AppState {
     pub snapshot: watch::Receiver<Snapshot>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// `rollbackd.db`: its size is a metric.
+    /// `rollbackd.db`, as `/status` names it (its size is the store's
+    /// `size_bytes`).
     pub db_path: PathBuf,
     /// For the storage fault's state only (records kept in memory, failed
     /// writes, whether the file at the path is still the one open): no
@@ -268,7 +277,8 @@ async fn metrics_text(
 ) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = metrics::Format::negotiate(accept);
-    let size = db_size(&state.db_path);
+    // The one database size (`Store::size_bytes`), as `status` prints it.
+    let size = state.store.size_bytes();
     state.metrics.set_storage(
         storage_problems(&state).is_empty(),
         state.store.failed_writes(),
@@ -278,16 +288,6 @@ async fn metrics_text(
         [(header::CONTENT_TYPE, format.content_type())],
         state.metrics.encode(size, format),
     )
-}
-
-fn db_size(path: &std::path::Path) -> u64 {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    [path.to_path_buf(), PathBuf::from(wal)]
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 /// The same document as `status --json` (`status.rs`), from the loop's
@@ -309,7 +309,7 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
         verdicts: snap.verdicts.iter().map(VerdictDoc::from).collect(),
         database: DatabaseDoc {
             path: state.db_path.display().to_string(),
-            size_bytes: db_size(&state.db_path),
+            size_bytes: state.store.size_bytes(),
             writable: Some(db.failing_since.is_none()),
             error: db.error,
             ok: Some(storage_problems(&state).is_empty()),
@@ -325,16 +325,7 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
         rollback_in_flight: Some(snap.rollback_in_flight),
         stopping: Some(snap.stopping),
         probes: serde_json::to_value(&snap.probes).ok(),
-        last_reload: snap.last_reload.as_ref().map(|r| {
-            // Its time as every time printed: RFC 3339, milliseconds.
-            let mut v = serde_json::to_value(r).unwrap_or_default();
-            if let Some(o) = v.as_object_mut() {
-                if let Some(ms) = o.remove("at_ms").and_then(|x| x.as_i64()) {
-                    o.insert("at".into(), json!(crate::model::format_ms(ms)));
-                }
-            }
-            v
-        }),
+        last_reload: snap.last_reload.as_ref().map(ReloadInfo::document),
         work_loop: Some(json!({
             "last_evaluation_ms_ago": snap.at.elapsed().as_millis() as u64,
             "worst": matrix::worst(&snap.verdicts).map(
@@ -568,6 +559,20 @@ mod tests {
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
         String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
+    }
+
+    #[test]
+    fn the_last_reload_shows_its_time_as_every_time_is_shown() {
+        let doc = ReloadInfo {
+            at_ms: 1_764_115_200_123,
+            ok: true,
+            message: "2 probes changed".into(),
+        }
+        .document();
+        assert_eq!(
+            doc,
+            json!({ "at": "2025-11-26T00:00:00.123Z", "ok": true, "message": "2 probes changed" })
+        );
     }
 
     #[tokio::test]

@@ -1018,7 +1018,7 @@ impl Engine {
     /// See the module documentation, "Degradation".
     fn degradation(&self, window: &WindowSlot, agg: &Aggregate, s: usize) -> Read {
         // Latency: actual sum vs what the baseline predicts for these samples.
-        let (mut lat_n, mut lat_sum, mut lat_expected) = (0u64, 0.0, 0.0);
+        let (mut observed, mut lat_expected) = (crate::model::LatencyMean::default(), 0.0);
         // Errors: actual vs what the baseline rate predicts for these requests.
         let (mut err_n, mut requests, mut errors, mut err_expected) = (0u64, 0.0, 0.0, 0.0);
         let mut any_baseline = false;
@@ -1029,8 +1029,7 @@ impl Engine {
             any_baseline = true;
             let t = &agg.per_probe[pos];
             if let Some(b) = base.latency_ms.filter(|b| *b > 0.0) {
-                lat_n += t.n_latency;
-                lat_sum += t.latency_sum_ms();
+                observed.merge(t.latency_mean());
                 lat_expected += b * t.n_latency as f64;
             }
             if let Some(b) = base.error_rate {
@@ -1051,9 +1050,8 @@ impl Engine {
                 extra: None,
             };
         }
-        let latency = (lat_expected > 0.0).then(|| {
-            let base = lat_expected / lat_n as f64;
-            let now = lat_sum / lat_n as f64;
+        let latency = observed.ms().filter(|_| lat_expected > 0.0).map(|now| {
+            let base = lat_expected / observed.n() as f64;
             (signal::degradation(now, base).unwrap_or(0.0), base, now)
         });
         let error = (requests > 0.0).then(|| {
@@ -1087,7 +1085,7 @@ impl Engine {
         Read {
             reading: Reading {
                 value,
-                n: lat_n.max(err_n),
+                n: observed.n().max(err_n),
             },
             baseline,
             why: value

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use super::signal::Point;
+use crate::model::LatencyMean;
 
 /// Fixed-point scale of request and error counts.
 const COUNT_SCALE: f64 = 1000.0;
@@ -84,8 +85,13 @@ impl Totals {
         self.latency_us as f64 / 1000.0
     }
 
+    /// The window's latencies as the one mean ([`LatencyMean`]).
+    pub fn latency_mean(&self) -> LatencyMean {
+        LatencyMean::from_sum(self.latency_sum_ms(), self.n_latency)
+    }
+
     pub fn latency_avg(&self) -> Option<f64> {
-        (self.n_latency > 0).then(|| self.latency_sum_ms() / self.n_latency as f64)
+        self.latency_mean().ms()
     }
 }
 

@@ -17,7 +17,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::{Color, Millis, Sample, format_ms};
+use crate::model::{Color, LatencyMean, Millis, Sample, format_ms};
 
 /// The most points a series has.
 pub const MAX_POINTS: usize = 60;
@@ -53,8 +53,7 @@ impl MarkKind {
 struct Slice {
     requests: f64,
     errors: f64,
-    latency_sum: f64,
-    latency_n: u32,
+    latency: LatencyMean,
 }
 
 /// The samples of both colors over `start..=end`, sliced for the charts.
@@ -111,8 +110,7 @@ impl Timeline {
         s.requests += requests;
         s.errors += errors;
         if let Some(l) = sample.latency_ms {
-            s.latency_sum += l;
-            s.latency_n += 1;
+            s.latency.add(l);
         }
     }
 
@@ -139,7 +137,7 @@ impl Timeline {
     fn latencies(&self, color: Color) -> Vec<f64> {
         carry(self.slices.iter().map(|s| {
             let s = s[index(color)];
-            (s.latency_n > 0).then(|| s.latency_sum / f64::from(s.latency_n))
+            s.latency.ms()
         }))
     }
 

@@ -296,7 +296,6 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
     let rows = groups
         .into_iter()
         .map(|((color, probe), mut acc)| {
-            let n = acc.latencies.len();
             let p95 = crate::model::p95(&mut acc.latencies);
             ProbeRow {
                 color,
@@ -304,7 +303,12 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
                 samples: acc.samples,
                 failures: acc.failures,
                 error_rate_pct: (acc.requests > 0.0).then(|| acc.errors / acc.requests * 100.0),
-                latency_avg_ms: (n > 0).then(|| acc.latencies.iter().sum::<f64>() / n as f64),
+                latency_avg_ms: acc
+                    .latencies
+                    .iter()
+                    .copied()
+                    .collect::<crate::model::LatencyMean>()
+                    .ms(),
                 latency_p95_ms: p95,
             }
         })

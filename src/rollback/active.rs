@@ -3,8 +3,9 @@
 //! deployment. [`Watch`] wakes the daemon when the file changes (with
 //! `notify`), so a pipeline's cutover is recorded at once; the daemon also
 //! re-reads it on every tick, which covers filesystems where change events
-//! do not arrive. This file reads the file and records cutovers; it does
-//! not decide anything about rollbacks.
+//! do not arrive. [`read`] only reads (what `status` and `drill` call);
+//! [`current`] also records a cutover the file shows, which only the daemon
+//! (and a rollback as it starts) does. Nothing here decides about rollbacks.
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -85,29 +86,54 @@ impl ActiveError {
     }
 }
 
-/// The active color and the deployment that made it active. With an
-/// `[active] file` whose color differs from the last recorded deployment, a
-/// cutover happened outside rollbackd: it is recorded now (version unknown).
-/// `None` when nothing says which color is active yet.
-pub async fn current(
-    config: &Config,
-    store: &Store,
-) -> Result<Option<(Color, Deployment)>, ActiveError> {
+/// What the sources say is active, read without writing anything.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Active {
+    /// The color and the deployment serving it.
+    Serving(Color, Deployment),
+    /// The `[active] file` names this color and no recorded deployment made
+    /// it active: a cutover made outside rollbackd that nobody has recorded
+    /// yet. The daemon records it ([`current`]); a reader only says so.
+    Unrecorded(Color),
+}
+
+impl Active {
+    pub fn color(&self) -> Color {
+        match self {
+            Active::Serving(c, _) | Active::Unrecorded(c) => *c,
+        }
+    }
+
+    /// The deployment serving the color; `None` for an unrecorded cutover.
+    pub fn deployment(&self) -> Option<&Deployment> {
+        match self {
+            Active::Serving(_, d) => Some(d),
+            Active::Unrecorded(_) => None,
+        }
+    }
+}
+
+/// Which color is active: the `[active] file` when configured, else the last
+/// recorded deployment. A pure read (`status` and `drill` call it on a
+/// database they may not write): a cutover the file shows and no deployment
+/// records is [`Active::Unrecorded`], never recorded here. `None` when
+/// nothing says which color is active yet.
+pub async fn read(config: &Config, store: &Store) -> Result<Option<Active>, ActiveError> {
     let latest = store.latest_deployment().await?;
     let Some(file) = &config.active_file else {
-        return Ok(latest.map(|d| (d.color, d)));
+        return Ok(latest.map(|d| Active::Serving(d.color, d)));
     };
     let color = read_settled(file).await?;
     match latest {
-        Some(d) if d.color == color => Ok(Some((color, d))),
+        Some(d) if d.color == color => Ok(Some(Active::Serving(color, d))),
         // `rollbackd deploy` recorded a cutover the file does not show yet
         // (the pipeline records first, then switches): the file decides, and
         // the color it names still serves its own last deployment.
         Some(d) if modified_ms(file).is_some_and(|m| m <= d.at_ms) => {
-            match store.latest_deployment_of(color).await? {
-                Some(serving) => Ok(Some((color, serving))),
-                None => Ok(Some((color, record_cutover(store, color, file).await?))),
-            }
+            Ok(Some(match store.latest_deployment_of(color).await? {
+                Some(serving) => Active::Serving(color, serving),
+                None => Active::Unrecorded(color),
+            }))
         }
         _ => {
             // A rollback in flight onto this color moved the file itself and
@@ -115,10 +141,32 @@ pub async fn current(
             if let Some(inc) = store.in_flight_incident().await? {
                 if inc.to_color == Some(color) {
                     if let Some(target) = store.latest_deployment_of(color).await? {
-                        return Ok(Some((color, target)));
+                        return Ok(Some(Active::Serving(color, target)));
                     }
                 }
             }
+            Ok(Some(Active::Unrecorded(color)))
+        }
+    }
+}
+
+/// The active color and the deployment that made it active, as [`read`]
+/// says, with an unrecorded cutover recorded now (version unknown): the
+/// act the daemon's state watcher (and a rollback, as it starts) does, and
+/// no reader. `None` when nothing says which color is active yet.
+pub async fn current(
+    config: &Config,
+    store: &Store,
+) -> Result<Option<(Color, Deployment)>, ActiveError> {
+    match read(config, store).await? {
+        None => Ok(None),
+        Some(Active::Serving(color, d)) => Ok(Some((color, d))),
+        Some(Active::Unrecorded(color)) => {
+            // Only the `[active] file` makes an unrecorded cutover.
+            let file = config
+                .active_file
+                .as_deref()
+                .unwrap_or(Path::new("[active] file"));
             Ok(Some((color, record_cutover(store, color, file).await?)))
         }
     }
@@ -265,6 +313,65 @@ mod tests {
         std::fs::write(dir.path().join("no-such-dir"), "a file, not a folder").unwrap();
         assert!(read_settled(&missing_dir).await.is_err());
         assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+    }
+
+    /// Issue 12: a read that wrote. `read` says a cutover the file shows is
+    /// unrecorded and writes no row; `current` (the daemon's) records it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_never_records_a_cutover_and_current_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        std::fs::write(
+            &path,
+            r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "t"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+health = true
+[rollback]
+command = ["/bin/true"]
+[active]
+file = "active-color"
+"#,
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        // Blue was deployed an hour ago; the file, written now, says green.
+        let blue = store
+            .record_deployment(Color::Blue, "v1", "cli", now_ms() - 3_600_000)
+            .await
+            .unwrap();
+        std::fs::write(dir.path().join("active-color"), "green\n").unwrap();
+
+        for _ in 0..2 {
+            let active = read(&config, &store).await.unwrap();
+            assert_eq!(active, Some(Active::Unrecorded(Color::Green)));
+            assert_eq!(active.unwrap().deployment(), None);
+        }
+        assert_eq!(store.deployments().await.unwrap(), vec![blue.clone()]);
+
+        let (color, recorded) = current(&config, &store).await.unwrap().unwrap();
+        assert_eq!(
+            (color, recorded.source.as_str()),
+            (Color::Green, "active-file")
+        );
+        // Recorded once: the next read finds it serving.
+        assert_eq!(
+            read(&config, &store).await.unwrap(),
+            Some(Active::Serving(Color::Green, recorded.clone()))
+        );
+        assert_eq!(store.deployments().await.unwrap().len(), 2);
     }
 
     #[test]

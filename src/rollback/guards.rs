@@ -9,12 +9,16 @@
 //! ends no pause or cooldown early and stretches none. A value already seen
 //! keeps the deadline it got. This owns no IO: callers hand it what the
 //! store said, the wall clock's reading and the instant.
+//!
+//! `status`, a process that learned nothing before, asks [`holds_at`]: the
+//! same learning, judged at once, so it and the daemon cannot disagree on
+//! what a stored pause or cooldown means.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::model::{Millis, format_ms};
+use crate::model::{Millis, duration_ms, format_ms};
 use crate::store::Pause;
 
 #[derive(Clone, Debug, Default)]
@@ -80,15 +84,21 @@ impl Guards {
                 p.reason
             ));
         }
-        let (start, ago, learned) = self.cooldown?;
-        let since = ago + now.saturating_duration_since(learned);
-        (since < cooldown).then(|| {
+        let (start, _, _) = self.cooldown?;
+        self.cooldown_left(now, cooldown).map(|_| {
             format!(
                 "in cooldown: the last automatic rollback was at {}, cooldown is {}",
                 format_ms(start),
                 humantime::format_duration(cooldown)
             )
         })
+    }
+
+    /// How much of a `cooldown` is left at `now`; `None` when none is.
+    fn cooldown_left(&self, now: Instant, cooldown: Duration) -> Option<Duration> {
+        let (_, ago, learned) = self.cooldown?;
+        let since = ago + now.saturating_duration_since(learned);
+        cooldown.checked_sub(since).filter(|left| !left.is_zero())
     }
 
     /// True once when a pause that was in force has ended (run out on the
@@ -119,6 +129,37 @@ impl Guards {
         let ended = self.held.is_some() && held.is_none();
         self.held = held;
         ended
+    }
+}
+
+/// What holds automatic rollbacks, as a process that learns the stored
+/// values now sees it: the pause in force and when the cooldown ends.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Holds {
+    pub pause: Option<Pause>,
+    /// Wall clock.
+    pub cooldown_until: Option<Millis>,
+}
+
+/// What holds automatic rollbacks at the wall clock's `wall_now`, from the
+/// stored values alone (the latest pause not resumed, the last automatic
+/// rollback's start): [`Guards`] learning them at this moment and asked at
+/// once. Pure: the instant it uses is only an origin.
+pub fn holds_at(
+    pause: Option<Pause>,
+    cooldown_start_ms: Option<Millis>,
+    cooldown: Duration,
+    wall_now: Millis,
+) -> Holds {
+    let origin = Instant::now();
+    let mut guards = Guards::default();
+    guards.learn_pause(pause, wall_now, origin);
+    guards.learn_cooldown(cooldown_start_ms, wall_now, origin);
+    Holds {
+        pause: guards.paused(origin).cloned(),
+        cooldown_until: guards
+            .cooldown_left(origin, cooldown)
+            .map(|left| wall_now + duration_ms(left)),
     }
 }
 
@@ -208,6 +249,52 @@ mod tests {
         g.learn_pause(Some(pause(3, WALL - 1)), WALL, t0);
         assert_eq!(g.hold(t0, Duration::ZERO), None);
         assert!(!g.take_ended(t0));
+    }
+
+    /// `status`'s answer is the daemon's at the moment it learns the values.
+    #[test]
+    fn holds_at_is_what_guards_say_on_learning_the_stored_values() {
+        let cooldown = Duration::from_secs(30 * 60);
+        // A pause still running holds; one ended does not.
+        let held = holds_at(Some(pause(1, WALL + 60_000)), None, cooldown, WALL);
+        assert_eq!(held.pause.map(|p| p.id), Some(1));
+        assert_eq!(held.cooldown_until, None);
+        assert_eq!(
+            holds_at(Some(pause(1, WALL)), None, cooldown, WALL),
+            Holds::default()
+        );
+        // The cooldown ends 30 minutes after the stored start...
+        let started = WALL - 300_000;
+        let held = holds_at(None, Some(started), cooldown, WALL);
+        assert_eq!(held.cooldown_until, Some(started + 1_800_000));
+        assert_eq!(
+            holds_at(None, Some(WALL - 1_800_000), cooldown, WALL),
+            Holds::default()
+        );
+        // ...and a start stored by a clock ahead counts from now, as the
+        // daemon counts it.
+        let held = holds_at(None, Some(WALL + HOUR), cooldown, WALL);
+        assert_eq!(held.cooldown_until, Some(WALL + 1_800_000));
+        // The same answers as the daemon's guards, whatever the values.
+        for (until, start) in [
+            (WALL - 1, WALL - 1_800_001),
+            (WALL + 1, WALL - 1_799_999),
+            (WALL + HOUR, WALL + HOUR),
+        ] {
+            let now = Instant::now();
+            let mut g = Guards::default();
+            g.learn_pause(Some(pause(7, until)), WALL, now);
+            let paused = g.hold(now, Duration::ZERO).is_some();
+            let mut g = Guards::default();
+            g.learn_cooldown(Some(start), WALL, now);
+            let cooling = g.hold(now, cooldown).is_some();
+            let held = holds_at(Some(pause(7, until)), Some(start), cooldown, WALL);
+            assert_eq!(
+                (held.pause.is_some(), held.cooldown_until.is_some()),
+                (paused, cooling),
+                "until {until}, start {start}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

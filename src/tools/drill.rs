@@ -292,11 +292,12 @@ pub async fn run(
             p.reason
         ));
     }
-    let active = crate::rollback::active::current(config, store)
+    // A read only: recording a cutover the file shows is the daemon's.
+    let active = crate::rollback::active::read(config, store)
         .await
         .ok()
         .flatten();
-    let active_color = active.as_ref().map(|(c, _)| *c);
+    let active_color = active.as_ref().map(|a| a.color());
     let budget = plan.timeout + COMMAND_TIMEOUT * 2;
     let drill = store
         .start_drill(
@@ -383,8 +384,12 @@ pub async fn run(
     Ok(Report {
         drill,
         service: config.service.clone(),
-        active: active.as_ref().map(|(c, _)| *c),
-        active_version: active.map(|(_, d)| d.version),
+        active: active_color,
+        // An unrecorded cutover is recorded by the daemon as "unknown".
+        active_version: active.as_ref().map(|a| {
+            a.deployment()
+                .map_or_else(|| "unknown".to_owned(), |d| d.version.clone())
+        }),
         inject: plan.inject.clone(),
         inject_result: injected.describe(),
         restore: plan.restore.clone(),

@@ -39,8 +39,11 @@ pub struct ProbeStats {
 
 impl ProbeStats {
     pub fn avg_ms(&self) -> Option<f64> {
-        (!self.latencies.is_empty())
-            .then(|| self.latencies.iter().sum::<f64>() / self.latencies.len() as f64)
+        self.latencies
+            .iter()
+            .copied()
+            .collect::<crate::model::LatencyMean>()
+            .ms()
     }
 
     pub fn p95_ms(&self) -> Option<f64> {

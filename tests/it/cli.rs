@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Setup};
 
 /// A config on a service nobody answers (read-only commands never probe).
 fn offline_config(state_dir: &str, extra: &str) -> String {
@@ -568,13 +568,8 @@ async fn samples_and_incidents_tables_align() {
 /// milliseconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_and_the_daemons_status_are_one_document() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = common::fast_config(&blue, &green, dir.path(), "")
-        .replace("listen = \"off\"", "listen = \"127.0.0.1:0\"");
-    let env = Env::new(&text);
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    let service = Setup::new().await.listen().deploy("blue", "v1").configure();
+    let env = &service.env;
     // An incident with evidence, through the real manual path.
     assert_eq!(
         env.cli(&["rollback", "--reason", "evidence test"])
@@ -582,21 +577,8 @@ async fn status_json_and_the_daemons_status_are_one_document() {
             .code(),
         Some(1)
     );
-    let daemon = env.daemon();
-    const LINE: &str = "HTTP listener on http://";
-    common::wait_for(
-        "the HTTP listener",
-        std::time::Duration::from_secs(30),
-        || async { common::read(&daemon.log).contains(LINE) },
-    )
-    .await;
-    let log = common::read(&daemon.log);
-    let addr = log[log.find(LINE).unwrap() + LINE.len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    let url = format!("http://{addr}/status");
+    let daemon = service.daemon().await;
+    let url = format!("http://{}/status", daemon.http_addr().await);
     let served = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
     common::wait_for(
         "/status with verdicts",
@@ -672,4 +654,63 @@ async fn status_json_and_the_daemons_status_are_one_document() {
         "{shown:#}"
     );
     assert!(daemon.stop().await.success());
+}
+
+/// Issue 12: `status` reads without writing. The `[active] file` names a
+/// color no deployment row made active (a pipeline's cutover the daemon has
+/// not recorded yet): `status` says that color is active and writes nothing,
+/// neither a deployment row nor a byte of the database's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_an_unrecorded_cutover_and_writes_nothing() {
+    let env = Env::new(&offline_config(
+        "state",
+        "[active]\nfile = \"active-color\"\n",
+    ));
+    std::fs::write(env.path("active-color"), "blue\n").unwrap();
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    // The pipeline switches after the deployment was recorded.
+    let file = env.path("active-color");
+    std::fs::write(&file, "green\n").unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    // The database file, byte for byte and its time, and whatever WAL
+    // frames sit beside it. A reader's SQLite may make an empty `-wal` and
+    // its `-shm` index; a write would be frames in the `-wal` or a change
+    // to the file.
+    let db = env.path("state").join("rollbackd.db");
+    let files = || {
+        let wal = std::fs::metadata(env.path("state").join("rollbackd.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        (
+            std::fs::read(&db).unwrap(),
+            std::fs::metadata(&db).unwrap().modified().unwrap(),
+            wal,
+        )
+    };
+    let before = files();
+
+    let text = env.cli_ok(&["status"]);
+    assert!(
+        text.contains(
+            "active: green (the [active] file says so; no deployment recorded for it yet)"
+        ),
+        "{text}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&env.cli_ok(&["status", "--json"])).unwrap();
+    assert_eq!(doc["active"]["color"], "green", "{doc:#}");
+    assert!(doc["active"]["deployment"].is_null(), "{doc:#}");
+
+    assert!(files() == before, "status wrote to the database");
+    let store = rollbackd::store::Store::open_read_only(&env.path("state"))
+        .await
+        .unwrap();
+    let deployments = store.deployments().await.unwrap();
+    assert_eq!(deployments.len(), 1, "{deployments:?}");
+    assert_eq!(deployments[0].color, rollbackd::model::Color::Blue);
 }

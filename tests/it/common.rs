@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -122,8 +122,28 @@ impl Env {
 
     /// [`Env::daemon`], with these environment variables set.
     pub fn daemon_with_env(&self, vars: &[(&str, &str)]) -> Daemon {
+        self.spawn_daemon(&[], vars)
+    }
+
+    /// [`Env::daemon`] started through `wrapper`, a program and its
+    /// arguments that ends by `exec`ing the rest of its argv (the daemon's
+    /// command line), so the process is the daemon's: `sh -c 'ulimit -n
+    /// 1024 && exec "$0" "$@"'`, an `unshare` that mounts first.
+    pub fn daemon_under(&self, wrapper: &[&str]) -> Daemon {
+        self.spawn_daemon(wrapper, &[])
+    }
+
+    fn spawn_daemon(&self, wrapper: &[&str], vars: &[(&str, &str)]) -> Daemon {
         let log = std::fs::File::create(self.path("daemon.log")).unwrap();
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .args(["--log-format", "text", "run"])
@@ -155,6 +175,36 @@ pub struct Daemon {
 impl Daemon {
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Wait (bounded) until the daemon says it runs: its work loop started,
+    /// its listener (if any) bound.
+    pub async fn ready(&self) {
+        let log = self.log.clone();
+        wait_for("the daemon to run", Duration::from_secs(30), || {
+            let log = log.clone();
+            async move { read(&log).contains("rollbackd running") }
+        })
+        .await;
+    }
+
+    /// The HTTP listener's address (`127.0.0.1:PORT`), from the daemon's
+    /// startup line, waited for (bounded).
+    pub async fn http_addr(&self) -> String {
+        const LINE: &str = "HTTP listener on http://";
+        let log = self.log.clone();
+        wait_for("the HTTP listener", Duration::from_secs(30), || {
+            let log = log.clone();
+            async move { read(&log).contains(LINE) }
+        })
+        .await;
+        let text = read(&self.log);
+        let rest = &text[text.find(LINE).unwrap() + LINE.len()..];
+        rest.split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned()
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
@@ -206,6 +256,113 @@ pub fn fast_config(blue: &Color, green: &Color, dir: &Path, extra: &str) -> Stri
         .replace("@EXTRA@", extra)
 }
 
+/// The setup most daemon tests share: both colors serving, a folder for
+/// the config's `switch.log` and the test's own files, the fast config
+/// ([`fast_config`]) with `extra`, deployments recorded, and the daemon
+/// started and waited for. [`Setup::new`] starts the colors and makes the
+/// folder first, so that `extra` can name files in it.
+pub struct Setup {
+    pub blue: Color,
+    pub green: Color,
+    pub dir: tempfile::TempDir,
+    extra: String,
+    /// A whole config instead of the fast one.
+    text: Option<String>,
+    listen: bool,
+    deploys: Vec<(&'static str, &'static str)>,
+}
+
+/// A configured service: its colors, its folder and its [`Env`].
+pub struct Service {
+    pub blue: Color,
+    pub green: Color,
+    pub dir: tempfile::TempDir,
+    pub env: Env,
+}
+
+impl Setup {
+    pub async fn new() -> Setup {
+        Setup {
+            blue: Color::start().await,
+            green: Color::start().await,
+            dir: tempfile::tempdir().unwrap(),
+            extra: String::new(),
+            text: None,
+            listen: false,
+            deploys: Vec::new(),
+        }
+    }
+
+    /// TOML appended to the fast config (after its `[rollback]`).
+    pub fn extra(mut self, toml: &str) -> Setup {
+        self.extra.push_str(toml);
+        self
+    }
+
+    /// This whole config instead of the fast one (and its `extra`), for a
+    /// test that needs other probes or timings; it names the colors'
+    /// `url`s itself.
+    pub fn config(mut self, text: &str) -> Setup {
+        self.text = Some(text.to_owned());
+        self
+    }
+
+    /// The HTTP listener on a free port (`listen = "127.0.0.1:0"`).
+    pub fn listen(mut self) -> Setup {
+        self.listen = true;
+        self
+    }
+
+    /// `rollbackd deploy --color COLOR --version VERSION` before the daemon
+    /// starts, in the order given.
+    pub fn deploy(mut self, color: &'static str, version: &'static str) -> Setup {
+        self.deploys.push((color, version));
+        self
+    }
+
+    /// The config written and the deployments recorded; no daemon yet.
+    pub fn configure(self) -> Service {
+        let mut text = match &self.text {
+            Some(text) => text.clone(),
+            None => fast_config(&self.blue, &self.green, self.dir.path(), &self.extra),
+        };
+        if self.listen {
+            text = text.replace("listen = \"off\"", "listen = \"127.0.0.1:0\"");
+        }
+        let env = Env::new(&text);
+        for (color, version) in &self.deploys {
+            env.cli_ok(&["deploy", "--color", color, "--version", version]);
+        }
+        Service {
+            blue: self.blue,
+            green: self.green,
+            dir: self.dir,
+            env,
+        }
+    }
+
+    /// [`Setup::configure`], then [`Service::daemon`].
+    pub async fn start(self) -> (Service, Daemon) {
+        let service = self.configure();
+        let daemon = service.daemon().await;
+        (service, daemon)
+    }
+}
+
+impl Service {
+    /// Where the config's rollback command appends each switch.
+    pub fn switch_log(&self) -> PathBuf {
+        self.dir.path().join("switch.log")
+    }
+
+    /// `rollbackd run`, once it runs.
+    pub async fn daemon(&self) -> Daemon {
+        let daemon = self.env.daemon();
+        daemon.ready().await;
+        daemon
+    }
+}
+
 /// The variable `.ci/run` sets so that a test whose system package is
 /// missing fails instead of skipping: in CI every such test must run.
 #[allow(dead_code)] // read by have_tool; named for the tests that explain a skip
@@ -231,4 +388,38 @@ pub fn have_tool(tool: &str, package: &str) -> bool {
     }
     eprintln!("{why}");
     false
+}
+
+/// Everything logged on one thread while [`CapturedLog::capture`]'s guard
+/// lives (on tokio's current-thread runtime, the tasks it runs log there
+/// too).
+#[derive(Clone, Default)]
+pub struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    /// Log this thread's events (plain text, no colors) into this capture
+    /// until the guard is dropped.
+    pub fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        )
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rollbackd::model::{Color, now_ms};
 
-use crate::common::{self, Env};
+use crate::common::{self, Setup};
 
 /// Run `rollbackd --config PATH check`, failing (not hanging) if it does
 /// not finish within 20 s.
@@ -59,11 +59,10 @@ fn check_refuses_a_fifo_dev_zero_or_huge_config_promptly_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_probe_on_a_fifo_or_dev_zero_fails_its_samples_and_the_daemon_still_rolls_back() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    nix::unistd::mkfifo(&dir.path().join("blue.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-    std::os::unix::fs::symlink("/dev/zero", dir.path().join("green.log")).unwrap();
+    let setup = Setup::new().await;
+    let dir = setup.dir.path().to_owned();
+    nix::unistd::mkfifo(&dir.join("blue.log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("green.log")).unwrap();
     let extra = format!(
         r#"
 [[probe]]
@@ -80,13 +79,15 @@ when = "health_failures >= 5"
 window = "1m"
 min_samples = 1
 "#,
-        dir.path().display()
+        dir.display()
     );
-    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), &extra));
-    let switch_log = dir.path().join("switch.log");
-    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
-    let daemon = env.daemon();
+    let (service, daemon) = setup
+        .extra(&extra)
+        .deploy("green", "v1")
+        .deploy("blue", "v2")
+        .start()
+        .await;
+    let (blue, env, switch_log) = (&service.blue, &service.env, service.switch_log());
     let store = env.store().await;
     let started = now_ms();
 
@@ -137,49 +138,16 @@ min_samples = 1
 
 /// `rollbackd run` under a soft and hard descriptor limit of 1024 (systemd's
 /// default soft limit; `ulimit -n` sets both, so the daemon cannot raise it).
-struct LimitedDaemon {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
+const ULIMIT_1024: &[&str] = &["/bin/sh", "-c", "ulimit -n 1024 && exec \"$0\" \"$@\""];
 
-impl LimitedDaemon {
-    fn start(env: &Env) -> LimitedDaemon {
-        let log = env.path("daemon.log");
-        let child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
-            .arg(common::BIN)
-            .arg("--config")
-            .arg(&env.config)
-            .args(["--log-format", "text", "run"])
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        LimitedDaemon { child, log }
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for LimitedDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eleven_hundred_idle_clients_at_a_1024_limit_do_not_blind_the_probes() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let rule = r#"
 [[rule]]
 name = "health"
@@ -188,28 +156,17 @@ when = "health_failures >= 5"
 window = "1m"
 min_samples = 1
 "#;
-    let text = common::fast_config(&blue, &green, dir.path(), rule)
-        .replace("listen = \"off\"", "listen = \"127.0.0.1:0\"");
-    let env = Env::new(&text);
-    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
-    let daemon = LimitedDaemon::start(&env);
-    let marker = "HTTP listener on http://";
-    let log = daemon.log.clone();
-    common::wait_for("the HTTP listener", Duration::from_secs(30), || {
-        let log = log.clone();
-        async move { common::read(&log).contains(marker) }
-    })
-    .await;
-    let text = common::read(&daemon.log);
-    let at = text.find(marker).unwrap() + marker.len();
-    let addr: std::net::SocketAddr = text[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let service = Setup::new()
+        .await
+        .extra(rule)
+        .listen()
+        .deploy("green", "v1")
+        .deploy("blue", "v2")
+        .configure();
+    let (blue, env) = (&service.blue, &service.env);
+    let daemon = env.daemon_under(ULIMIT_1024);
+    let addr: std::net::SocketAddr = daemon.http_addr().await.parse().unwrap();
+    daemon.ready().await;
 
     // 1100 idle clients, all at once; each connect bounded in time.
     let mut connects = tokio::task::JoinSet::new();
@@ -232,7 +189,7 @@ min_samples = 1
         "only {} clients connected",
         clients.len()
     );
-    let fds = daemon.open_fds();
+    let fds = open_fds(daemon.pid());
     assert!(fds < 512, "the listener holds {fds} descriptors");
 
     // The probes still answer while the clients stay connected...
@@ -269,7 +226,7 @@ min_samples = 1
         },
     )
     .await;
-    let switched = common::read(&dir.path().join("switch.log"));
+    let switched = common::read(&service.switch_log());
     assert!(
         switched.starts_with("blue green v1"),
         "{switched}\n{}",
@@ -477,11 +434,9 @@ fn exists(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_checks_setsid_children_are_killed_and_reaped_by_the_daemon_and_gone_when_it_stops() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pids = dir.path().join("pids");
-    let inflight = dir.path().join("inflight");
+    let setup = Setup::new().await;
+    let pids = setup.dir.path().join("pids");
+    let inflight = setup.dir.path().join("inflight");
     let extra = format!(
         r#"
 [[probe]]
@@ -501,10 +456,8 @@ timeout = "2m"
         pids = pids.display(),
         inflight = inflight.display()
     );
-    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), &extra));
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
-    let daemon = env.daemon();
-    let store = env.store().await;
+    let (service, daemon) = setup.extra(&extra).deploy("blue", "v1").start().await;
+    let store = service.env.store().await;
     let since = now_ms();
     common::wait_for(
         "ok samples of the escaping check",

@@ -16,7 +16,7 @@ use rollbackd::model::Severity;
 use rollbackd::notifier::{Event, Hub, Notice, Policy};
 use serde_json::Value;
 
-use crate::common::wait_for;
+use crate::common::{CapturedLog, wait_for};
 
 /// A webhook receiver: records every request body by path; answers each
 /// with the next scripted status (200 once the script is used up); the
@@ -228,37 +228,12 @@ async fn send_never_waits_for_a_receiver_that_hangs() {
         .unwrap();
 }
 
-/// Everything logged on this thread while it lives (the tests here run on
-/// tokio's current-thread runtime, so the hub's worker logs on it too).
-#[derive(Clone, Default)]
-struct CapturedLog(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl CapturedLog {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 #[tokio::test]
 async fn an_unreadable_secret_url_fails_without_leaking_anything() {
+    // The tests here run on tokio's current-thread runtime, so the hub's
+    // worker logs on this thread too.
     let log = CapturedLog::default();
-    let writer = log.clone();
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
+    let _guard = log.capture();
     let dir = tempfile::tempdir().unwrap();
     // One reference that cannot be read at all, one whose value is no URL
     // but carries a token: neither the token nor the file's content may

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::common::{self, Env};
+use crate::common::{self, Setup};
 
 // ---------------------------------------------------------------------------
 // Parts.
@@ -913,10 +913,8 @@ async fn retention_keeps_the_database_file_bounded_over_many_days() {
 
 #[tokio::test]
 async fn samples_command_prints_a_table_and_json() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), ""));
+    let service = Setup::new().await.configure();
+    let env = &service.env;
     let store = env.store().await;
     let now = now_ms();
     let mut traffic = sample(0);
@@ -1048,10 +1046,9 @@ async fn details_are_capped() {
 /// second, not ten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_confirms_a_failure_at_the_confirm_interval() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    blue.set(503);
-    let env = Env::new(&format!(
+    let setup = Setup::new().await;
+    setup.blue.set(503);
+    let text = format!(
         r#"
 [daemon]
 state_dir = "state"
@@ -1079,10 +1076,10 @@ timeout = "1s"
 confirm_interval = "200ms"
 health = true
 "#,
-        blue.url, green.url
-    ));
-    let daemon = env.daemon();
-    let store = env.store().await;
+        setup.blue.url, setup.green.url
+    );
+    let (service, daemon) = setup.config(&text).start().await;
+    let store = service.env.store().await;
     common::wait_for(
         "three failed blue samples",
         Duration::from_secs(15),

@@ -5,21 +5,18 @@ use std::time::Duration;
 
 use rollbackd::model::{Color, now_ms};
 
-use crate::common::{self, Env};
+use crate::common::{self, Env, Setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_then_failing_active_color_rolls_back_exactly_once() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), ""));
-    let switch_log = dir.path().join("switch.log");
-
-    // green ran v1, then blue got v2 and became active.
-    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
-
-    let daemon = env.daemon();
+    let (service, daemon) = Setup::new()
+        .await
+        // green ran v1, then blue got v2 and became active.
+        .deploy("green", "v1")
+        .deploy("blue", "v2")
+        .start()
+        .await;
+    let (blue, env, switch_log) = (&service.blue, &service.env, service.switch_log());
     let store = env.store().await;
 
     // Healthy: plenty of samples on both colors, and no action at all.

@@ -13,24 +13,11 @@ use std::time::{Duration, Instant};
 use rollbackd::model::Color;
 use sqlx::{Connection, SqliteConnection};
 
-use crate::common::{self, Env};
+use crate::common::{self, Setup};
 
-/// The tests' base configuration with the HTTP listener on a free port.
-fn config(blue: &common::Color, green: &common::Color, dir: &Path) -> String {
-    common::fast_config(blue, green, dir, "")
-        .replace("listen = \"off\"", "listen = \"127.0.0.1:0\"")
-}
-
-/// The listener's base URL, from the daemon's startup line.
-async fn http_base(log: &Path) -> String {
-    const LINE: &str = "HTTP listener on http://";
-    common::wait_for("the HTTP listener", Duration::from_secs(20), || async {
-        common::read(log).contains(LINE)
-    })
-    .await;
-    let log = common::read(log);
-    let rest = &log[log.find(LINE).unwrap() + LINE.len()..];
-    format!("http://{}", rest.split_whitespace().next().unwrap())
+/// The listener's base URL.
+async fn http_base(daemon: &common::Daemon) -> String {
+    format!("http://{}", daemon.http_addr().await)
 }
 
 /// A GET with a generous timeout (a loaded CI machine runs many daemons at
@@ -90,15 +77,16 @@ async fn only_incident_timeline(db: &Path) -> (String, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_lock_held_by_another_process_delays_no_rollback_and_no_read_command() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = Env::new(&config(&blue, &green, dir.path()));
-    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let (service, daemon) = Setup::new()
+        .await
+        .listen()
+        .deploy("green", "v1")
+        .deploy("blue", "v2")
+        .start()
+        .await;
+    let (blue, dir, env) = (&service.blue, &service.dir, &service.env);
     let db = env.path("state").join("rollbackd.db");
-    let daemon = env.daemon();
-    let base = http_base(&daemon.log).await;
+    let base = http_base(&daemon).await;
     common::wait_for("/healthz ok", Duration::from_secs(20), || async {
         get(&format!("{base}/healthz")).await.0 == 200
     })
@@ -196,14 +184,15 @@ async fn a_write_lock_held_by_another_process_delays_no_rollback_and_no_read_com
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_or_replaced_database_file_is_reported_loudly() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = Env::new(&config(&blue, &green, dir.path()));
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v1"]);
+    let (service, daemon) = Setup::new()
+        .await
+        .listen()
+        .deploy("blue", "v1")
+        .start()
+        .await;
+    let env = &service.env;
     let db = env.path("state").join("rollbackd.db");
-    let daemon = env.daemon();
-    let base = http_base(&daemon.log).await;
+    let base = http_base(&daemon).await;
     common::wait_for("/healthz ok", Duration::from_secs(20), || async {
         get(&format!("{base}/healthz")).await.0 == 200
     })
@@ -258,16 +247,6 @@ async fn a_deleted_or_replaced_database_file_is_reported_loudly() {
     .await;
     assert_eq!(metric(&base, "rollbackd_storage_ok").await, 1.0);
     drop(daemon);
-}
-
-/// Kills the daemon (and so its mount namespace) when the test ends.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Run Python's sqlite3 (`c`, a connection to `db`) in the mount namespace
@@ -327,39 +306,33 @@ async fn a_full_disk_neither_wedges_the_database_nor_stops_a_rollback() {
         eprintln!("skipped: a tmpfs cannot be mounted in a private mount namespace here");
         return;
     }
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = Env::new(&config(&blue, &green, dir.path()));
-    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let service = Setup::new()
+        .await
+        .listen()
+        .deploy("green", "v1")
+        .deploy("blue", "v2")
+        .configure();
+    let (blue, dir, env) = (&service.blue, &service.dir, &service.env);
     // The database made above is the seed copied onto the tmpfs.
     let state = env.path("state");
     let seed = env.path("seed");
     std::fs::rename(&state, &seed).unwrap();
     std::fs::create_dir(&state).unwrap();
-    let log = env.path("daemon.log");
-    let child = Command::new("unshare")
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=16m tmpfs \"$1\" && cp -a \"$2\"/. \"$1\"/ && exec \"$3\" --config \"$4\" --log-format text run",
-            "sh",
-        ])
-        .arg(&state)
-        .arg(&seed)
-        .arg(common::BIN)
-        .arg(&env.config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("JOURNAL_STREAM")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let daemon = Kill(child);
-    let base = http_base(&log).await;
+    // The daemon (killed, and its mount namespace with it, when the test
+    // ends) runs with the tmpfs mounted over state_dir.
+    let (state_arg, seed_arg) = (state.display().to_string(), seed.display().to_string());
+    let daemon = env.daemon_under(&[
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=16m tmpfs \"$1\" && cp -a \"$2\"/. \"$1\"/ && shift 2 && exec \"$@\"",
+        "sh",
+        &state_arg,
+        &seed_arg,
+    ]);
+    let (pid, log) = (daemon.pid() as u32, daemon.log.clone());
+    let base = http_base(&daemon).await;
     // The state directory as the daemon sees it.
     let inside = Path::new("/proc")
         .join(pid.to_string())

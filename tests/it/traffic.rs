@@ -14,7 +14,7 @@ use rollbackd::probe::{Outcome, Prober, access_log};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::common::{self, Env};
+use crate::common::{self, Setup};
 
 /// A child process killed (and reaped) when the test ends, however it ends.
 struct Reaped(Child);
@@ -369,27 +369,28 @@ format = "combined"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_rolls_back_a_color_failing_every_request_from_the_access_log() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.json");
+    let setup = Setup::new().await;
+    let log = setup.dir.path().join("access.json");
     std::fs::write(&log, "").unwrap();
     let extra = format!(
         "\n[[probe]]\nname = \"users\"\nkind = \"access_log\"\nfile = \"{}\"\n",
         log.display()
     );
     // The extra probe goes after [rollback]; a [[probe]] table is fine there.
-    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), &extra));
-    let switch_log = dir.path().join("switch.log");
-    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    let service = setup
+        .extra(&extra)
+        .deploy("green", "v1")
+        .deploy("blue", "v2")
+        .configure();
+    let (blue, green, env) = (&service.blue, &service.green, &service.env);
+    let switch_log = service.switch_log();
     let check = env.cli_ok(&["check"]);
     assert!(
         check.contains("assuming 20 requests/s") && check.contains("error_rate >= 100% over 400ms"),
         "{check}"
     );
 
-    let daemon = env.daemon();
+    let daemon = service.daemon().await;
     let store = env.store().await;
     // 20 requests/s per color, each a JSON line as nginx writes it.
     let (fail_tx, fail_rx) = watch::channel(false);
@@ -478,10 +479,8 @@ async fn the_daemon_rolls_back_a_color_failing_every_request_from_the_access_log
 /// (here about 3 s; 4.4 s in the benchmark).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_burst_in_the_access_log_starts_the_switch_within_a_few_hundred_ms() {
-    let blue = common::Color::start().await;
-    let green = common::Color::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.json");
+    let setup = Setup::new().await;
+    let log = setup.dir.path().join("access.json");
     std::fs::write(&log, "").unwrap();
     // The fallback poll is an hour: only the watch can make it in time.
     let extra = format!(
@@ -501,11 +500,13 @@ probes = ["users"]
 "#,
         log.display()
     );
-    let env = Env::new(&common::fast_config(&blue, &green, dir.path(), &extra));
-    let switch_log = dir.path().join("switch.log");
-    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
-    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
-    let daemon = env.daemon();
+    let (service, daemon) = setup
+        .extra(&extra)
+        .deploy("green", "v1")
+        .deploy("blue", "v2")
+        .start()
+        .await;
+    let (blue, env, switch_log) = (&service.blue, &service.env, service.switch_log());
     let store = env.store().await;
     let started = now_ms();
     // Joined: the follower starts at the end, so wait until its samples
