@@ -466,27 +466,12 @@ mod policy_tests {
 }
 
 #[cfg(test)]
-mod broken_rollback_tests {
+mod task_tests {
     use super::*;
-    use crate::model::{Severity, now_ms};
+    use crate::model::{Sample, Severity, now_ms};
     use crate::rollback::{PANIC_FAULT, Trigger};
 
-    fn request(reason: &str) -> Request {
-        Request {
-            trigger: Trigger::Automatic,
-            severity: Severity::Critical,
-            rule: Some("critical: health_failures >= 3 over 10m".into()),
-            reason: reason.into(),
-            evidence: serde_json::json!({}),
-            since_ms: None,
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicked_rollback_closes_its_incident_frees_the_slot_and_retries_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rollbackd.toml");
-        let text = r#"
+    const CONFIG: &str = r#"
 [daemon]
 state_dir = "state"
 listen = "off"
@@ -508,6 +493,123 @@ command = ["/bin/true"]
 verify_target = false
 verify_after = "1s"
 "#;
+
+    fn request(reason: &str) -> Request {
+        Request {
+            trigger: Trigger::Automatic,
+            severity: Severity::Critical,
+            rule: Some("critical: health_failures >= 3 over 10m".into()),
+            reason: reason.into(),
+            evidence: serde_json::json!({}),
+            since_ms: None,
+        }
+    }
+
+    fn failing_green() -> Verdict {
+        Verdict {
+            at_ms: now_ms(),
+            rule: "critical: health_failures >= 3 over 10m".into(),
+            severity: Severity::Critical,
+            signal: crate::model::Signal::HealthFailures,
+            color: Color::Green,
+            state: crate::matrix::State::Fired,
+            n: 3,
+            value: Some(3.0),
+            threshold: 3.0,
+            window_ms: 600_000,
+            baseline: None,
+            detail: "3 failures in a row".into(),
+            changed: true,
+        }
+    }
+
+    /// The task rolls back the color the loop judged (handed in: the state
+    /// watcher owns it), not one it reads again, and its "detected" event is
+    /// the matrix's streak start, never a second one read from the stored
+    /// samples.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_task_rolls_back_the_judged_color_from_the_matrix_streak_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        let now = now_ms();
+        // The database's latest deployment is blue's; green was before it.
+        store
+            .record_deployment(Color::Green, "v1", "cli", now - 20_000)
+            .await
+            .unwrap();
+        store
+            .record_deployment(Color::Blue, "v2", "cli", now - 10_000)
+            .await
+            .unwrap();
+        // Stored health samples say green has failed for 9 s.
+        let failing: Vec<Sample> = (1..10)
+            .map(|i| Sample {
+                at_ms: now - 10_000 + i * 1000,
+                probe: "healthz".into(),
+                color: Some(Color::Green),
+                deployment: None,
+                ok: false,
+                latency_ms: Some(1.0),
+                status: crate::model::SampleStatus::Failed,
+                detail: "503".into(),
+                requests: None,
+                errors: None,
+            })
+            .collect();
+        store.insert_samples(&failing).await.unwrap();
+        let (hub, _worker) = Hub::start(crate::notifier::Policy::default());
+        let metrics = Arc::new(Metrics::new());
+        let mut auto = AutoRollback::new(&store, &Prober::new(), &hub, &metrics);
+        let mut recoveries = Recoveries::default();
+
+        let mut attempt = async |since: Option<Millis>| {
+            auto.consider(
+                &config,
+                &failing_green(),
+                Color::Green,
+                since,
+                &Guards::default(),
+                &mut recoveries,
+                Instant::now(),
+            );
+            assert!(auto.in_flight());
+            let result = tokio::time::timeout(Duration::from_secs(30), auto.finished())
+                .await
+                .expect("the rollback ends");
+            let outcome = result.as_ref().unwrap().as_ref().unwrap().clone();
+            auto.settle(&config, result, &mut recoveries);
+            assert!(!auto.in_flight());
+            let Outcome::Refused { incident, why } = outcome else {
+                panic!("{outcome:?}");
+            };
+            // Green to blue: blue had nothing before green to restore.
+            assert!(why.contains("no previous deployment on blue"), "{why}");
+            let inc = store.incident(incident).await.unwrap();
+            assert_eq!(
+                (inc.from_color, inc.to_color),
+                (Some(Color::Green), Some(Color::Blue))
+            );
+            let events = store.incident_events(incident).await.unwrap();
+            events
+                .iter()
+                .filter(|e| e.state == "detected")
+                .map(|e| e.at_ms)
+                .collect::<Vec<_>>()
+        };
+        // No streak in the matrix: no "detected", whatever the samples say.
+        assert_eq!(attempt(None).await, Vec::<Millis>::new());
+        // The matrix's streak start is the one recorded.
+        assert_eq!(attempt(Some(now - 4000)).await, [now - 4000]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicked_rollback_closes_its_incident_frees_the_slot_and_retries_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        let text = CONFIG;
         std::fs::write(&path, text).unwrap();
         let config = Arc::new(Config::load(&path).unwrap());
         let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
