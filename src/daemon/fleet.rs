@@ -71,6 +71,12 @@ impl Fleet {
         self.spawn(config, |name| restart.contains(name));
     }
 
+    /// The probe of each running task, in start order (tests).
+    #[cfg(test)]
+    pub fn probes(&self) -> Vec<&str> {
+        self.tasks.iter().map(|t| t.probe.as_str()).collect()
+    }
+
     /// Stop every task and wait for each.
     pub async fn stop(self) {
         stop_tasks(self.tasks).await;

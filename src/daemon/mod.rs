@@ -433,6 +433,80 @@ async fn rebuild_windows(
 }
 
 #[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn config_text(green_port: u16, probes: &[&str]) -> String {
+        let mut text = format!(
+            r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+watch_config = false
+[service]
+name = "t"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:{green_port}"
+[rollback]
+command = ["/bin/true"]
+"#
+        );
+        for name in probes {
+            text.push_str(&format!(
+                "[[probe]]\nname = \"{name}\"\nkind = \"http\"\npath = \"/{name}\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nhealth = true\n"
+            ));
+        }
+        text
+    }
+
+    /// A reload that changes `[colors]` restarts every probe, and one it
+    /// also removes is stopped for good: which probes restart is asked of
+    /// the old configuration and the new, before the swap (asked after it,
+    /// the removed probe went on running).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_stops_a_removed_probe_even_when_every_probe_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        std::fs::write(&path, config_text(9, &["a", "b"])).unwrap();
+        let mut config = Arc::new(Config::load(&path).unwrap());
+        let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        let mut engine = Engine::new(&config);
+        let (sample_tx, _samples) = mpsc::channel::<Sample>(1024);
+        let (_deploy_tx, deploy_rx) = watch::channel(DeploymentIds::new());
+        let mut fleet = Fleet::start(&config, &Prober::new(), &sample_tx, &deploy_rx);
+        assert_eq!(fleet.probes(), ["a", "a", "b", "b"]);
+        let (_snapshot_tx, snapshot_rx) =
+            watch::channel(snapshot(&config, 0, None, String::new(), &[], false, &None));
+        let app = AppState {
+            snapshot: snapshot_rx,
+            health: Arc::new(Health::new()),
+            metrics: Arc::new(Metrics::new()),
+            db_path: store.path().to_path_buf(),
+            store: store.clone(),
+        };
+        let (retention, _retention_rx) = watch::channel(config.daemon.retention);
+        let (mut http, mut watcher) = (None, None);
+
+        std::fs::write(&path, config_text(10, &["a"])).unwrap();
+        let mut live = Live {
+            config: &mut config,
+            engine: &mut engine,
+            fleet: &mut fleet,
+            http: &mut http,
+            watcher: &mut watcher,
+            retention: &retention,
+        };
+        let changes = live.try_reload(&app).await.unwrap();
+        assert!(changes.contains("colors"), "{changes}");
+        assert_eq!(fleet.probes(), ["a", "a"], "b is gone");
+        assert_eq!(config.probes.len(), 1);
+        fleet.stop().await;
+    }
+}
+
+#[cfg(test)]
 mod loop_tests {
     /// The non-test part of a source file.
     fn code(src: &str) -> &str {
