@@ -293,15 +293,15 @@ command = ["/bin/true"]
             .await
             .unwrap();
         let started = Instant::now();
-        let seen = next(&mut handle).await;
-        assert!(started.elapsed() < Duration::from_secs(2));
-        // The new active color is published after the deployment it
-        // comes with.
         tokio::time::timeout(Duration::from_secs(10), active.changed())
             .await
             .expect("published within the period")
             .expect("the watcher runs");
+        assert!(started.elapsed() < Duration::from_secs(2));
         assert_eq!(*active.borrow_and_update(), Some(Color::Blue));
+        // The new active color is published after the deployment it comes
+        // with: by then that `Seen` already waits in the channel.
+        let seen = handle.seen.try_recv().expect("queued before the color");
         assert_eq!(seen.deployments.get(&Color::Blue), Some(&d.id));
         assert!(seen.baselines.is_some(), "new deployments, new baselines");
 

@@ -210,6 +210,18 @@ impl Work {
         self.holds_and_retries(Instant::now());
     }
 
+    /// The active color to judge, with every `Seen` read before it applied
+    /// first: the watcher queues a `Seen` before it publishes the color
+    /// read with it, so a cutover's new deployment (which resets the color)
+    /// is in the engine before the color it made active is judged, however
+    /// `select!` ordered the two. Never waits.
+    fn active_now(&mut self) -> Option<Color> {
+        while let Ok(seen) = self.state.seen.try_recv() {
+            self.seen(seen);
+        }
+        *self.active.borrow()
+    }
+
     /// The state watcher published a new active color: judged now.
     fn active_changed(&mut self) {
         let color = *self.active.borrow_and_update();
@@ -225,6 +237,7 @@ impl Work {
     /// decisions for the active color.
     fn judge(&mut self) {
         let now = Instant::now();
+        let active = self.active_now();
         // After a gap, rules are inconclusive until fresh samples land.
         self.noticed_gap(now);
         self.pace.judged(self.clock.ms(now));
@@ -240,7 +253,6 @@ impl Work {
             .map(|due| self.clock.instant_of(self.pace.earliest(due), now));
         self.blindness();
         writer::queue_verdicts(&self.verdict_tx, &verdicts);
-        let active = *self.active.borrow();
         self.metrics.set_verdicts(&verdicts);
         self.metrics.set_active(active);
         for notice in self.recoveries.cleared(&self.config.service, &verdicts) {
