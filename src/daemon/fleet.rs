@@ -2,7 +2,8 @@
 //! (and for an access log naming no color in its file), each sending its
 //! [`Sample`]s down one channel, stamped with the color's current
 //! deployment ([`DeploymentIds`], published by whoever knows them: the
-//! daemon's state watcher; `gate` publishes none).
+//! daemon's work loop, as the state watcher reads them; `gate` publishes
+//! none).
 //!
 //! [`Fleet`] owns the tasks: it starts them, restarts the probes a reload
 //! changed (the others keep their schedule and their run in flight) and
@@ -182,5 +183,78 @@ impl ProbeJob {
             stop,
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "t"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "a"
+kind = "http"
+path = "/a"
+interval = "1s"
+timeout = "500ms"
+health = true
+[[probe]]
+name = "b"
+kind = "http"
+path = "/b"
+interval = "1s"
+timeout = "500ms"
+[[probe]]
+name = "dep"
+kind = "http"
+url = "http://127.0.0.1:9/version"
+interval = "1s"
+timeout = "500ms"
+[rollback]
+command = ["/bin/true"]
+"#;
+
+    fn ids(fleet: &Fleet) -> Vec<(&str, tokio::task::Id)> {
+        fleet
+            .tasks
+            .iter()
+            .map(|t| (t.probe.as_str(), t.handle.id()))
+            .collect()
+    }
+
+    /// A task per probe and color, one for a shared probe; a restart
+    /// replaces the named probes' tasks and leaves the others running.
+    #[tokio::test]
+    async fn a_restart_replaces_only_the_named_probes_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let (tx, _rx) = mpsc::channel(64);
+        let (_deploy_tx, deploy_rx) = watch::channel(DeploymentIds::new());
+        let mut fleet = Fleet::start(&config, &Prober::new(), &tx, &deploy_rx);
+        assert_eq!(fleet.probes(), ["a", "a", "b", "b", "dep"]);
+        let before = ids(&fleet);
+        let before: Vec<_> = before.iter().map(|(p, id)| (p.to_string(), *id)).collect();
+
+        fleet
+            .restart(&config, &BTreeSet::from(["b".to_owned()]))
+            .await;
+        let after = ids(&fleet);
+        for (probe, id) in &before {
+            let still = after.iter().any(|(p, i)| p == probe && i == id);
+            assert_eq!(still, probe != "b", "{probe}");
+        }
+        assert_eq!(after.iter().filter(|(p, _)| *p == "b").count(), 2);
+        fleet.stop().await;
     }
 }
