@@ -6,9 +6,9 @@
 //! The server runs on its own thread with its own small runtime, so that
 //! `/healthz` can still answer "the work loop is stuck" when the loop (or
 //! the runtime it runs on) is wedged. It reads what the work loop publishes
-//! ([`Snapshot`] through a `watch` channel) and what the sample writer
-//! reports ([`Health`], `health.rs`); it never touches the database beyond the file's
-//! size, and it never sees a secret.
+//! ([`Snapshot`] through a `watch` channel) and what the writers report
+//! ([`Health`], `health.rs`); it never touches the database beyond the
+//! file's size, and it never sees a secret.
 //!
 //! The listener cannot starve the probes of descriptors: at most
 //! [`MAX_CONNECTIONS`] are served at once (more are closed as they are

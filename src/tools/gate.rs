@@ -1,8 +1,8 @@
 //! `rollbackd gate`: before a cutover, probe a color for a while with the
 //! configured probes, run the matrix over what was seen, and say pass or
 //! fail. Uses the daemon's own probe fleet (`daemon::fleet`) and matrix
-//! engine, so the gate judges exactly as the daemon would; it writes nothing to the
-//! database, so it runs the same with the daemon up or down.
+//! engine, so the gate judges exactly as the daemon would; it writes
+//! nothing to the database, so it runs the same with the daemon up or down.
 //!
 //! Both colors and the shared probes are probed, as the daemon does, so the
 //! matrix can tell a broken color from a blind watchdog; only the gated
