@@ -259,6 +259,8 @@ fn start_watcher(config: &Config) -> Option<ConfigWatcher> {
     }
 }
 
+/// What `/status` and `/healthz` read, published by the work loop after
+/// every judgement: `active` is the color the state watcher published.
 fn snapshot(
     config: &Config,
     started_ms: i64,
