@@ -6,9 +6,9 @@
 //! The server runs on its own thread with its own small runtime, so that
 //! `/healthz` can still answer "the work loop is stuck" when the loop (or
 //! the runtime it runs on) is wedged. It reads what the work loop publishes
-//! ([`Snapshot`] through a `watch` channel) and what the sample writer
-//! reports ([`Health`]); it never touches the database beyond the file's
-//! size, and it never sees a secret.
+//! ([`Snapshot`] through a `watch` channel) and what the writers report
+//! ([`Health`], `health.rs`); it never touches the database beyond the
+//! file's size, and it never sees a secret.
 //!
 //! The listener cannot starve the probes of descriptors: at most
 //! [`MAX_CONNECTIONS`] are served at once (more are closed as they are
@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
+use crate::daemon::health::Health;
 use crate::daemon::metrics::{self, Metrics};
 use crate::matrix::{self, Verdict};
 use crate::model::{Color, Millis, now_ms};
@@ -84,44 +85,6 @@ impl ReloadInfo {
     /// 3339 with milliseconds), by the one function that does that.
     fn document(&self) -> serde_json::Value {
         crate::model::with_rfc3339_times(serde_json::to_value(self).unwrap_or_default())
-    }
-}
-
-/// The database's health as the sample writer sees it. A std `Mutex`: it is
-/// held for a few assignments, never across an await.
-#[derive(Debug, Default)]
-pub struct Health {
-    db: Mutex<DbHealth>,
-}
-
-#[derive(Clone, Debug, Default)]
-struct DbHealth {
-    failing_since: Option<Instant>,
-    error: Option<String>,
-}
-
-impl Health {
-    pub fn new() -> Health {
-        Health::default()
-    }
-
-    /// A write succeeded: the database is writable.
-    pub fn write_ok(&self) {
-        if let Ok(mut db) = self.db.lock() {
-            *db = DbHealth::default();
-        }
-    }
-
-    /// A write failed (locked past the busy timeout, disk full, read-only).
-    pub fn write_failed(&self, error: String) {
-        if let Ok(mut db) = self.db.lock() {
-            db.failing_since.get_or_insert_with(Instant::now);
-            db.error = Some(error);
-        }
-    }
-
-    fn db(&self) -> DbHealth {
-        self.db.lock().map(|d| d.clone()).unwrap_or_default()
     }
 }
 

@@ -2,13 +2,20 @@
 //! loop.
 //!
 //! Beside the work loop, this task reads what other processes may change
-//! (the active color, each color's deployment, pauses, the last automatic
-//! rollback) every [`PERIOD`], at once when the `[active] file` changes or
-//! the loop asks ([`Handle::look_now`], after a rollback), and sends the
-//! loop a [`Seen`] only when something changed. It also checks the latest
-//! deployment's bake (which reads and writes the store) every
-//! [`BAKE_CHECK_PERIOD`]. The loop applies a `Seen` without awaiting SQL:
-//! a slow or locked database delays these reads, never a verdict.
+//! (the active color, each color's deployment and the degradation
+//! baselines they imply, pauses, the last automatic rollback) every
+//! [`PERIOD`], at once when the `[active] file` changes or the loop asks
+//! ([`Handle::look_now`], after a rollback), and sends the loop a [`Seen`]
+//! only when something changed. It also checks the latest deployment's
+//! bake (which reads and writes the store) every [`BAKE_CHECK_PERIOD`]. The
+//! loop applies a `Seen` without awaiting SQL: a slow or locked database
+//! delays these reads, never a verdict.
+//!
+//! The active color has its home here: the watcher is the one writer of
+//! the [`Active`] channel; the work loop, `/status`, the metrics and the
+//! rollback task read what it publishes. A new active color is published
+//! after the `Seen` read with it, so the loop knows a cutover's deployment
+//! before it judges the color the cutover made active.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +25,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::Config;
-use crate::daemon::{DaemonError, DeploymentIds};
-use crate::matrix::Baselines;
-use crate::model::{Color, Millis};
+use crate::daemon::DaemonError;
+use crate::daemon::fleet::DeploymentIds;
+use crate::matrix::{self, Baselines};
+use crate::model::{Color, Millis, Signal};
 use crate::notifier::Hub;
 use crate::rollback::active;
 use crate::store::{Pause, Store};
@@ -31,10 +39,14 @@ pub const PERIOD: Duration = Duration::from_millis(500);
 /// How often the latest deployment's bake is checked.
 pub const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
-/// What the database says, as last read.
+/// The active color, as the watcher last read it (`None`: nothing says
+/// yet). Its one writer is the watcher.
+pub type Active = watch::Receiver<Option<Color>>;
+
+/// What the database says, as last read (beside the active color, which is
+/// published on its own: [`Active`]).
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
-    pub active: Option<Color>,
     pub deployments: DeploymentIds,
     /// The latest pause not resumed, whatever its end (the loop judges the
     /// end on the monotonic clock: `guards`).
@@ -76,8 +88,15 @@ impl Handle {
 }
 
 /// Start the watcher; `last` is what the loop already knows (read before
-/// it started), so only changes are sent.
-pub fn start(config: &Arc<Config>, store: &Store, hub: &Hub, last: Seen) -> Handle {
+/// it started), so only changes are sent. The watcher publishes the active
+/// color on `active` from now on.
+pub fn start(
+    config: &Arc<Config>,
+    store: &Store,
+    hub: &Hub,
+    last: Seen,
+    active: watch::Sender<Option<Color>>,
+) -> Handle {
     let (seen_tx, seen_rx) = mpsc::channel(4);
     let (config_tx, config_rx) = watch::channel(config.clone());
     let look = Arc::new(Notify::new());
@@ -88,6 +107,7 @@ pub fn start(config: &Arc<Config>, store: &Store, hub: &Hub, last: Seen) -> Hand
         look.clone(),
         seen_tx,
         last,
+        active,
     ));
     Handle {
         seen: seen_rx,
@@ -104,6 +124,7 @@ async fn run(
     look: Arc<Notify>,
     tx: mpsc::Sender<Seen>,
     mut last: Seen,
+    active_tx: watch::Sender<Option<Color>>,
 ) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -126,19 +147,10 @@ async fn run(
             }
         }
         match read(&current, &store, &last, std::mem::take(&mut new_config)).await {
-            Ok(seen) => {
+            Ok((active, seen)) => {
                 let changed = seen.baselines.is_some()
-                    || (
-                        seen.active,
-                        &seen.deployments,
-                        &seen.pause,
-                        seen.cooldown_start_ms,
-                    ) != (
-                        last.active,
-                        &last.deployments,
-                        &last.pause,
-                        last.cooldown_start_ms,
-                    );
+                    || (&seen.deployments, &seen.pause, seen.cooldown_start_ms)
+                        != (&last.deployments, &last.pause, last.cooldown_start_ms);
                 last = Seen {
                     baselines: None,
                     ..seen.clone()
@@ -146,6 +158,8 @@ async fn run(
                 if changed && tx.send(seen).await.is_err() {
                     return;
                 }
+                // After the `Seen` read with it (see the file's head).
+                active_tx.send_if_modified(|a| std::mem::replace(a, active) != active);
             }
             Err(e) => tracing::error!("cannot read the active color, pauses or holds: {e}"),
         }
@@ -158,33 +172,64 @@ async fn run(
     }
 }
 
-/// One read of the database; baselines when the deployments changed since
-/// `last` or `reconfigured`.
+/// One read of the database: the active color and the rest; baselines
+/// when the deployments changed since `last` or `reconfigured`.
 pub async fn read(
     config: &Config,
     store: &Store,
     last: &Seen,
     reconfigured: bool,
-) -> Result<Seen, DaemonError> {
+) -> Result<(Option<Color>, Seen), DaemonError> {
     let active = active::current(config, store).await?.map(|(c, _)| c);
     let mut deployments = DeploymentIds::new();
     for d in store.deployments().await? {
         deployments.insert(d.color, d.id);
     }
     let baselines = if reconfigured || deployments != last.deployments {
-        Some(Arc::new(
-            crate::daemon::baselines(config, store, &deployments).await?,
-        ))
+        Some(Arc::new(baselines(config, store, &deployments).await?))
     } else {
         None
     };
-    Ok(Seen {
-        active,
+    let seen = Seen {
         deployments,
         pause: store.active_pause(Millis::MIN).await?,
         cooldown_start_ms: store.cooldown_start_ms(config.daemon.dry_run).await?,
         baselines,
-    })
+    };
+    Ok((active, seen))
+}
+
+/// For `degradation`: each probe's latency and error rate under the
+/// previous deployment, over its last 30 minutes before the current one took
+/// over: chosen by `matrix::baseline_sources`, as `replay` chooses them.
+async fn baselines(
+    config: &Config,
+    store: &Store,
+    ids: &DeploymentIds,
+) -> Result<matrix::Baselines, DaemonError> {
+    if !config
+        .rules
+        .iter()
+        .any(|r| r.condition.signal == Signal::Degradation)
+    {
+        return Ok(matrix::Baselines::new());
+    }
+    let cutovers: Vec<matrix::Cutover> = store
+        .deployments()
+        .await?
+        .iter()
+        .map(matrix::Cutover::from)
+        .collect();
+    let sources = matrix::baseline_sources(&cutovers, ids);
+    let mut samples = Vec::new();
+    for src in &sources {
+        samples.extend(
+            store
+                .samples(None, Some(src.previous.color), src.from_ms)
+                .await?,
+        );
+    }
+    Ok(matrix::baselines(&sources, &samples))
 }
 
 #[cfg(test)]
@@ -231,9 +276,10 @@ command = ["/bin/true"]
         let config = Arc::new(Config::load(&path).unwrap());
         let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
         let (hub, _worker) = Hub::start(crate::notifier::Policy::default());
-        let first = read(&config, &store, &Seen::default(), true).await.unwrap();
-        assert_eq!(first.active, None);
-        let mut handle = start(&config, &store, &hub, first);
+        let (active, first) = read(&config, &store, &Seen::default(), true).await.unwrap();
+        assert_eq!(active, None);
+        let (active_tx, mut active) = watch::channel(active);
+        let mut handle = start(&config, &store, &hub, first, active_tx);
 
         // Idle: three periods, no message.
         let idle = tokio::time::timeout(PERIOD * 3, handle.seen.recv()).await;
@@ -247,9 +293,15 @@ command = ["/bin/true"]
             .await
             .unwrap();
         let started = Instant::now();
-        let seen = next(&mut handle).await;
+        tokio::time::timeout(Duration::from_secs(10), active.changed())
+            .await
+            .expect("published within the period")
+            .expect("the watcher runs");
         assert!(started.elapsed() < Duration::from_secs(2));
-        assert_eq!(seen.active, Some(Color::Blue));
+        assert_eq!(*active.borrow_and_update(), Some(Color::Blue));
+        // The new active color is published after the deployment it comes
+        // with: by then that `Seen` already waits in the channel.
+        let seen = handle.seen.try_recv().expect("queued before the color");
         assert_eq!(seen.deployments.get(&Color::Blue), Some(&d.id));
         assert!(seen.baselines.is_some(), "new deployments, new baselines");
 
@@ -267,6 +319,7 @@ command = ["/bin/true"]
         other.resume(now_ms()).await.unwrap();
         let seen = next(&mut handle).await;
         assert_eq!(seen.pause, None);
+        assert!(!active.has_changed().unwrap(), "blue all along");
 
         handle.stop().await;
     }

@@ -8,7 +8,13 @@
 //! in [`WriterStats`] and logged. At shutdown (the channel closed) it keeps
 //! trying for [`SHUTDOWN_GRACE`] and then gives up loudly.
 //!
-//! It owns no SQL (that is `store.rs`) and makes no decision about samples.
+//! Verdicts leave the work loop the same way, beside the samples:
+//! [`queue_verdicts`] queues those that changed state without waiting (a
+//! full queue drops, logged) and [`write_verdicts`] stores them in order,
+//! retrying while the database is locked.
+//!
+//! It owns no SQL (that is `store/`) and makes no decision about samples or
+//! verdicts.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,8 +24,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::daemon::health::Health;
+use crate::matrix::{State, Verdict};
 use crate::model::Sample;
-use crate::store::Store;
+use crate::store::{Store, StoredVerdict};
 
 /// Samples kept in memory while the database refuses writes.
 pub const WRITE_BUFFER_CAP: usize = 100_000;
@@ -48,7 +56,7 @@ pub struct Writer {
     pub max_backoff: Duration,
     pub stats: Arc<WriterStats>,
     /// Told of every write's success or failure (`/healthz`).
-    pub health: Option<Arc<crate::daemon::http::Health>>,
+    pub health: Option<Arc<Health>>,
     /// Told of drops and of what waits in the buffer (`/metrics`).
     pub metrics: Option<Arc<crate::daemon::metrics::Metrics>>,
 }
@@ -236,6 +244,76 @@ impl Writer {
         }
         report(0, &mut dropped_reported);
         stats.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Queue the verdicts that changed state for storage, and log the ones that
+/// fired. Never waits: the work loop must not stall on a locked database
+/// (its watchdog would stop pinging); a full queue drops, logged.
+pub fn queue_verdicts(verdict_tx: &mpsc::Sender<StoredVerdict>, verdicts: &[Verdict]) {
+    for v in verdicts.iter().filter(|v| v.changed) {
+        let stored = StoredVerdict {
+            at_ms: v.at_ms,
+            rule: v.rule.clone(),
+            severity: v.severity,
+            color: v.color,
+            state: v.state.as_str().to_owned(),
+            n: v.n as i64,
+            value: v.value,
+            threshold: v.threshold,
+            window_ms: v.window_ms,
+            baseline: v.baseline,
+            detail: v.detail.clone(),
+        };
+        if verdict_tx.try_send(stored).is_err() {
+            tracing::error!(
+                rollbackd.rule = v.rule.as_str(),
+                "verdict not recorded: the verdict queue is full (database too slow)"
+            );
+        }
+        if v.state == State::Fired {
+            tracing::warn!(
+                rollbackd.color = v.color.as_str(),
+                rollbackd.rule = v.rule.as_str(),
+                rollbackd.severity = v.severity.as_str(),
+                "rule fired on {}: {} ({})",
+                v.color,
+                v.rule,
+                v.detail
+            );
+        }
+    }
+}
+
+/// Store queued verdicts in order, retrying while the database is locked,
+/// until the queue closes.
+pub async fn write_verdicts(
+    store: Store,
+    mut rx: mpsc::Receiver<StoredVerdict>,
+    health: Arc<Health>,
+) {
+    while let Some(v) = rx.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            match store.insert_verdict(&v).await {
+                Ok(()) => {
+                    health.write_ok();
+                    break;
+                }
+                Err(e) => {
+                    health.write_failed(e.to_string());
+                    if attempt == 5 {
+                        tracing::error!(
+                            rollbackd.rule = v.rule.as_str(),
+                            "cannot record a verdict, giving up: {e}"
+                        );
+                    } else {
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -71,7 +71,9 @@ pub struct Request {
     /// The verdict's evidence, as JSON.
     pub evidence: serde_json::Value,
     /// When the trouble was first seen (first failing sample), for the
-    /// "detected" event and the downtime. `None`: read from stored samples.
+    /// "detected" event and the downtime: the matrix's streak start for an
+    /// automatic rollback (`None`: no streak); for a manual one, `None`
+    /// reads it from stored samples.
     pub since_ms: Option<Millis>,
 }
 
@@ -201,16 +203,19 @@ fn proc_stat(pid: u32) -> Option<(char, u64)> {
 
 /// Run one guarded rollback from the active color to the other.
 pub async fn execute(ctx: &Context<'_>, req: Request) -> Result<Outcome, RollbackError> {
-    execute_guarded(ctx, req, Guards::default()).await
+    execute_guarded(ctx, req, Guards::default(), None).await
 }
 
 /// [`execute`], with the daemon's time guards: a pause or cooldown it
 /// already knows keeps the monotonic deadline it got when first learned
-/// (`guards`); one it does not know yet is learned now.
+/// (`guards`); one it does not know yet is learned now. `active` is the
+/// active color the daemon judged (its state watcher owns it); `None`
+/// reads it here (`active::current`).
 pub async fn execute_guarded(
     ctx: &Context<'_>,
     req: Request,
     guards: Guards,
+    active: Option<Color>,
 ) -> Result<Outcome, RollbackError> {
     let Context { config, store, .. } = *ctx;
     // A rollback left in flight by a process that died is closed (or
@@ -224,7 +229,11 @@ pub async fn execute_guarded(
             return Ok(Outcome::Skipped { why });
         }
     }
-    let Some((from, active_dep)) = active::current(config, store).await? else {
+    let current = match active {
+        Some(color) => store.latest_deployment_of(color).await?.map(|d| (color, d)),
+        None => active::current(config, store).await?,
+    };
+    let Some((from, active_dep)) = current else {
         return Ok(Outcome::Skipped {
             why: "no active color is known yet: record a deployment first".into(),
         });
@@ -272,6 +281,8 @@ pub async fn execute_guarded(
     };
     let since_ms = match req.since_ms {
         Some(s) => Some(s),
+        // An automatic rollback's streak start is the matrix's, or none.
+        None if req.trigger == Trigger::Automatic => None,
         None => stored_failing_since(ctx, from, now)
             .await
             .unwrap_or_else(|e| {

@@ -1,8 +1,8 @@
 //! `rollbackd gate`: before a cutover, probe a color for a while with the
 //! configured probes, run the matrix over what was seen, and say pass or
-//! fail. Uses the daemon's own probe scheduler and matrix engine, so the
-//! gate judges exactly as the daemon would; it writes nothing to the
-//! database, so it runs the same with the daemon up or down.
+//! fail. Uses the daemon's own probe fleet (`daemon::fleet`) and matrix
+//! engine, so the gate judges exactly as the daemon would; it writes
+//! nothing to the database, so it runs the same with the daemon up or down.
 //!
 //! Both colors and the shared probes are probed, as the daemon does, so the
 //! matrix can tell a broken color from a blind watchdog; only the gated
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::daemon::{DeploymentIds, spawn_probes, stop_probes};
+use crate::daemon::fleet::{DeploymentIds, Fleet};
 use crate::matrix::{Baseline, Baselines, Engine, State, Verdict};
 use crate::model::{Color, Sample, Severity, Signal, format_value, now_ms};
 use crate::probe::Prober;
@@ -248,7 +248,7 @@ pub async fn run(
     let (sample_tx, mut sample_rx) = mpsc::channel::<Sample>(1024);
     // The gate records nothing, so samples carry no deployment.
     let (_deploy_tx, deploy_rx) = watch::channel(DeploymentIds::new());
-    let tasks = spawn_probes(&config, &prober, &sample_tx, &deploy_rx);
+    let fleet = Fleet::start(&config, &prober, &sample_tx, &deploy_rx);
     drop(sample_tx);
 
     let mut engine = Engine::new(&config);
@@ -324,7 +324,7 @@ pub async fn run(
             }
         }
     }
-    stop_probes(tasks).await;
+    fleet.stop().await;
     if wants_baselines {
         engine.set_baselines(simultaneous.baselines(color));
     }
