@@ -718,6 +718,85 @@ fn line(t: Millis, v: &Verdict, event: &str, evidence: &str) -> String {
 }
 
 #[cfg(test)]
+mod decision_tests {
+    use super::*;
+    use crate::model::Severity;
+
+    fn fired(rule: &str, severity: Severity, color: Color) -> Verdict {
+        Verdict {
+            at_ms: 0,
+            rule: rule.into(),
+            severity,
+            signal: Signal::HealthFailures,
+            color,
+            state: State::Fired,
+            n: 3,
+            value: Some(3.0),
+            threshold: 3.0,
+            window_ms: 60_000,
+            baseline: None,
+            detail: String::new(),
+            changed: true,
+        }
+    }
+
+    const ACTIONS: Actions = Actions {
+        critical: Action::Rollback,
+        high: Action::Rollback,
+        medium: Action::Alert,
+        low: Action::Log,
+    };
+
+    fn said(d: &[(Decision, &'static str)]) -> Vec<(String, &'static str)> {
+        d.iter()
+            .map(|(d, text)| match d {
+                Decision::Rollback(v) => (format!("rollback {} {}", v.rule, v.color), *text),
+                Decision::Alert(v) => (format!("alert {} {}", v.rule, v.color), *text),
+                Decision::Log(v) => (format!("log {} {}", v.rule, v.color), *text),
+            })
+            .collect()
+    }
+
+    /// With the active color known, `decide` as the daemon runs it; unknown,
+    /// each color as if it were the active one: one rollback per color (the
+    /// worst rule), never one per rule.
+    #[test]
+    fn decisions_follow_decide_with_and_without_an_active_color() {
+        let verdicts = vec![
+            fired("crit", Severity::Critical, Color::Blue),
+            fired("high", Severity::High, Color::Blue),
+            fired("crit", Severity::Critical, Color::Green),
+            fired("med", Severity::Medium, Color::Green),
+        ];
+        let known = said(&decisions(&verdicts, Some(Color::Blue), &ACTIONS));
+        assert_eq!(
+            known,
+            vec![
+                (
+                    "rollback crit blue".to_owned(),
+                    "-> would roll back (active color)"
+                ),
+                (
+                    "alert crit green".to_owned(),
+                    "-> alert (standby: never rolled back)"
+                ),
+                ("alert med green".to_owned(), "-> alert"),
+            ]
+        );
+        let unknown = said(&decisions(&verdicts, None, &ACTIONS));
+        let if_active = "-> would roll back if active (active color unknown)";
+        assert_eq!(
+            unknown,
+            vec![
+                ("rollback crit blue".to_owned(), if_active),
+                ("rollback crit green".to_owned(), if_active),
+                ("alert med green".to_owned(), "-> alert"),
+            ]
+        );
+    }
+}
+
+#[cfg(test)]
 mod stream_tests {
     use super::*;
     use crate::model::SampleStatus;
