@@ -38,7 +38,7 @@ use std::fmt::Write as _;
 
 use super::{ReplayArgs, open_read_only};
 
-use crate::config::Config;
+use crate::config::{Actions, Config};
 use crate::matrix::{self, Baselines, Decision, Engine, State, Verdict, noise};
 use crate::model::{
     Action, Color, Millis, Op, Sample, Signal, duration_ms, format_ms, format_value, now_ms,
@@ -420,57 +420,19 @@ impl Replay<'_> {
             // What the daemon would do: the same `decide` over the same
             // verdicts. A rollback is requested when its verdict newly fired
             // (the daemon's retries after a refusal are not replayed).
-            let mut what: HashMap<(String, Color), String> = HashMap::new();
-            match active {
-                Some(active) => {
-                    for decision in matrix::decide(&verdicts, active, &rules.actions) {
-                        let (v, text) = match &decision {
-                            Decision::Rollback(v) => {
-                                (v, "-> would roll back (active color)".to_owned())
-                            }
-                            Decision::Alert(v)
-                                if rules.actions.for_severity(v.severity) == Action::Rollback =>
-                            {
-                                let text = if v.color == active {
-                                    "-> alert (a worse rule asks for the rollback)"
-                                } else {
-                                    "-> alert (standby: never rolled back)"
-                                };
-                                (v, text.to_owned())
-                            }
-                            Decision::Alert(v) => (v, "-> alert".to_owned()),
-                            Decision::Log(v) => (v, "-> log".to_owned()),
-                        };
-                        if v.changed {
-                            match decision {
-                                Decision::Rollback(_) => rollbacks += 1,
-                                Decision::Alert(_) => alerts += 1,
-                                Decision::Log(_) => {}
-                            }
-                        }
-                        what.insert((v.rule.clone(), v.color), text);
+            let mut what: HashMap<(String, Color), &'static str> = HashMap::new();
+            for (decision, text) in decisions(&verdicts, active, &rules.actions) {
+                let v = match &decision {
+                    Decision::Rollback(v) | Decision::Alert(v) | Decision::Log(v) => v,
+                };
+                if v.changed {
+                    match decision {
+                        Decision::Rollback(_) => rollbacks += 1,
+                        Decision::Alert(_) => alerts += 1,
+                        Decision::Log(_) => {}
                     }
                 }
-                None => {
-                    for v in verdicts.iter().filter(|v| v.state == State::Fired) {
-                        let text = match rules.actions.for_severity(v.severity) {
-                            Action::Rollback => {
-                                if v.changed {
-                                    rollbacks += 1;
-                                }
-                                "-> would roll back if active (active color unknown)"
-                            }
-                            Action::Alert => {
-                                if v.changed {
-                                    alerts += 1;
-                                }
-                                "-> alert"
-                            }
-                            Action::Log => "-> log",
-                        };
-                        what.insert((v.rule.clone(), v.color), text.to_owned());
-                    }
-                }
+                what.insert((v.rule.clone(), v.color), text);
             }
             for (i, v) in verdicts.iter().enumerate() {
                 let rule = &rules.rules[i % rules.rules.len()];
@@ -496,7 +458,7 @@ impl Replay<'_> {
                         tally.fired_since = Some(t);
                         let what = what
                             .get(&(v.rule.clone(), v.color))
-                            .map(String::as_str)
+                            .copied()
                             .unwrap_or_default();
                         events.push(event_json(
                             t,
@@ -671,6 +633,60 @@ impl Replay<'_> {
     }
 }
 
+/// What the daemon would decide on `verdicts`, each decision with its
+/// words for the report: `matrix::decide` with the active color; while it
+/// is unknown, each color's verdicts as if that color were the active one
+/// (a rollback there is what would happen if it were).
+fn decisions(
+    verdicts: &[Verdict],
+    active: Option<Color>,
+    actions: &Actions,
+) -> Vec<(Decision, &'static str)> {
+    let Some(active) = active else {
+        let mut out = Vec::new();
+        for color in Color::ALL {
+            let of_color: Vec<Verdict> = verdicts
+                .iter()
+                .filter(|v| v.color == color)
+                .cloned()
+                .collect();
+            out.extend(
+                matrix::decide(&of_color, color, actions)
+                    .into_iter()
+                    .map(|d| {
+                        let text = match &d {
+                            Decision::Rollback(_) => {
+                                "-> would roll back if active (active color unknown)"
+                            }
+                            Decision::Alert(_) => "-> alert",
+                            Decision::Log(_) => "-> log",
+                        };
+                        (d, text)
+                    }),
+            );
+        }
+        return out;
+    };
+    matrix::decide(verdicts, active, actions)
+        .into_iter()
+        .map(|d| {
+            let text = match &d {
+                Decision::Rollback(_) => "-> would roll back (active color)",
+                Decision::Alert(v) if actions.for_severity(v.severity) == Action::Rollback => {
+                    if v.color == active {
+                        "-> alert (a worse rule asks for the rollback)"
+                    } else {
+                        "-> alert (standby: never rolled back)"
+                    }
+                }
+                Decision::Alert(_) => "-> alert",
+                Decision::Log(_) => "-> log",
+            };
+            (d, text)
+        })
+        .collect()
+}
+
 /// A duration in whole seconds, for humans.
 fn seconds(ms: Millis) -> String {
     humantime::format_duration(std::time::Duration::from_secs(
@@ -699,6 +715,85 @@ fn line(t: Millis, v: &Verdict, event: &str, evidence: &str) -> String {
         v.severity.as_str(),
         v.rule,
     )
+}
+
+#[cfg(test)]
+mod decision_tests {
+    use super::*;
+    use crate::model::Severity;
+
+    fn fired(rule: &str, severity: Severity, color: Color) -> Verdict {
+        Verdict {
+            at_ms: 0,
+            rule: rule.into(),
+            severity,
+            signal: Signal::HealthFailures,
+            color,
+            state: State::Fired,
+            n: 3,
+            value: Some(3.0),
+            threshold: 3.0,
+            window_ms: 60_000,
+            baseline: None,
+            detail: String::new(),
+            changed: true,
+        }
+    }
+
+    const ACTIONS: Actions = Actions {
+        critical: Action::Rollback,
+        high: Action::Rollback,
+        medium: Action::Alert,
+        low: Action::Log,
+    };
+
+    fn said(d: &[(Decision, &'static str)]) -> Vec<(String, &'static str)> {
+        d.iter()
+            .map(|(d, text)| match d {
+                Decision::Rollback(v) => (format!("rollback {} {}", v.rule, v.color), *text),
+                Decision::Alert(v) => (format!("alert {} {}", v.rule, v.color), *text),
+                Decision::Log(v) => (format!("log {} {}", v.rule, v.color), *text),
+            })
+            .collect()
+    }
+
+    /// With the active color known, `decide` as the daemon runs it; unknown,
+    /// each color as if it were the active one: one rollback per color (the
+    /// worst rule), never one per rule.
+    #[test]
+    fn decisions_follow_decide_with_and_without_an_active_color() {
+        let verdicts = vec![
+            fired("crit", Severity::Critical, Color::Blue),
+            fired("high", Severity::High, Color::Blue),
+            fired("crit", Severity::Critical, Color::Green),
+            fired("med", Severity::Medium, Color::Green),
+        ];
+        let known = said(&decisions(&verdicts, Some(Color::Blue), &ACTIONS));
+        assert_eq!(
+            known,
+            vec![
+                (
+                    "rollback crit blue".to_owned(),
+                    "-> would roll back (active color)"
+                ),
+                (
+                    "alert crit green".to_owned(),
+                    "-> alert (standby: never rolled back)"
+                ),
+                ("alert med green".to_owned(), "-> alert"),
+            ]
+        );
+        let unknown = said(&decisions(&verdicts, None, &ACTIONS));
+        let if_active = "-> would roll back if active (active color unknown)";
+        assert_eq!(
+            unknown,
+            vec![
+                ("rollback crit blue".to_owned(), if_active),
+                ("rollback crit green".to_owned(), if_active),
+                ("alert med green".to_owned(), "-> alert"),
+            ]
+        );
+    }
 }
 
 #[cfg(test)]

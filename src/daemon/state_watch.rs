@@ -7,9 +7,12 @@
 //! [`PERIOD`], at once when the `[active] file` changes or the loop asks
 //! ([`Handle::look_now`], after a rollback), and sends the loop a [`Seen`]
 //! only when something changed. It also checks the latest deployment's
-//! bake (which reads and writes the store) every [`BAKE_CHECK_PERIOD`]. The
-//! loop applies a `Seen` without awaiting SQL: a slow or locked database
-//! delays these reads, never a verdict.
+//! bake (which reads and writes the store) when it falls due: once the
+//! bake has run its course, then every [`BAKE_CHECK_PERIOD`] until the
+//! report is sent; not at all after that, until the next deployment (an
+//! idle daemon's reads cost most of its CPU: docs/benchmarks.md). The loop
+//! applies a `Seen` without awaiting SQL: a slow or locked database delays
+//! these reads, never a verdict.
 //!
 //! The active color has its home here: the watcher is the one writer of
 //! the [`Active`] channel; the work loop, `/status`, the metrics and the
@@ -28,15 +31,20 @@ use crate::config::Config;
 use crate::daemon::DaemonError;
 use crate::daemon::fleet::DeploymentIds;
 use crate::matrix::{self, Baselines};
-use crate::model::{Color, Millis, Signal};
+use crate::model::{Color, Millis, Signal, duration_ms, now_ms};
 use crate::notifier::Hub;
+use crate::report::bake::Baked;
 use crate::rollback::active;
 use crate::store::{Pause, Store};
 
 /// How often the database is read. A `pause`, `resume` or `deploy` by the
-/// CLI is seen within this (plus the read).
-pub const PERIOD: Duration = Duration::from_millis(500);
-/// How often the latest deployment's bake is checked.
+/// CLI is seen within this (plus the read); a rollback reads the pause
+/// afresh before it acts (`rollback::execute_guarded`), so this bounds only how soon
+/// the loop and `status` show it. Each read is three queries, a good part
+/// of an idle daemon's cost (docs/benchmarks.md): once a second, not twice.
+pub const PERIOD: Duration = Duration::from_secs(1);
+/// How often the latest deployment's bake is checked once it is due and
+/// its report not sent yet (a rule fired during the bake, or an incident).
 pub const BAKE_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// The active color, as the watcher last read it (`None`: nothing says
@@ -130,12 +138,18 @@ async fn run(
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut current = config.borrow_and_update().clone();
     let mut active_file = active::Watch::new(&current);
-    let mut last_bake = Instant::now();
+    // When the bake is checked next; `None`: its report is sent (or there
+    // is no deployment), nothing to check until the deployments change.
+    let mut bake_due = Some(Instant::now());
     let mut new_config = false;
+    // Whether the cooldown's start is read on the next read: only this
+    // daemon's rollbacks change it (one daemon per state_dir), and the loop
+    // asks for a look after each, so a plain tick does not read it.
+    let mut cooldown_due = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = look.notified() => {}
+            _ = look.notified() => cooldown_due = true,
             _ = active_file.changed() => {}
             changed = config.changed() => {
                 if changed.is_err() {
@@ -144,10 +158,24 @@ async fn run(
                 current = config.borrow_and_update().clone();
                 active_file = active::Watch::new(&current);
                 new_config = true;
+                cooldown_due = true;
+                // The bake's length may have changed.
+                bake_due = Some(Instant::now());
             }
         }
-        match read(&current, &store, &last, std::mem::take(&mut new_config)).await {
+        let read = read_some(
+            &current,
+            &store,
+            &last,
+            std::mem::take(&mut new_config),
+            cooldown_due,
+        );
+        match read.await {
             Ok((active, seen)) => {
+                cooldown_due = false;
+                if seen.deployments != last.deployments {
+                    bake_due = Some(Instant::now());
+                }
                 let changed = seen.baselines.is_some()
                     || (&seen.deployments, &seen.pause, seen.cooldown_start_ms)
                         != (&last.deployments, &last.pause, last.cooldown_start_ms);
@@ -163,11 +191,43 @@ async fn run(
             }
             Err(e) => tracing::error!("cannot read the active color, pauses or holds: {e}"),
         }
-        if last_bake.elapsed() >= BAKE_CHECK_PERIOD {
-            last_bake = Instant::now();
-            if let Err(e) = crate::report::bake::check(&current, &store, &hub).await {
-                tracing::error!("cannot check the bake of the latest deployment: {e}");
-            }
+        if bake_due.is_some_and(|t| Instant::now() >= t) {
+            bake_due = match crate::report::bake::check(&current, &store, &hub).await {
+                Ok(Baked::Sent(_)) => None,
+                Ok(Baked::No) => next_bake_check(&current, &store).await,
+                Err(e) => {
+                    tracing::error!("cannot check the bake of the latest deployment: {e}");
+                    Some(Instant::now() + BAKE_CHECK_PERIOD)
+                }
+            };
+        }
+    }
+}
+
+/// When the latest deployment's bake is worth checking again, after a
+/// check that sent nothing: when its bake ends (at least a
+/// [`BAKE_CHECK_PERIOD`] on), or never (until the deployments change) when
+/// there is none or its report was sent.
+async fn next_bake_check(config: &Config, store: &Store) -> Option<Instant> {
+    let retry = Some(Instant::now() + BAKE_CHECK_PERIOD);
+    let latest = match store.latest_deployment().await {
+        Ok(Some(d)) => d,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!("cannot check the bake of the latest deployment: {e}");
+            return retry;
+        }
+    };
+    match store.report_sent(latest.id).await {
+        Ok(true) => None,
+        Ok(false) => {
+            let left = latest.at_ms + duration_ms(config.rollback.bake) - now_ms();
+            let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+            Some(Instant::now() + left.max(BAKE_CHECK_PERIOD))
+        }
+        Err(e) => {
+            tracing::error!("cannot check the bake of the latest deployment: {e}");
+            retry
         }
     }
 }
@@ -179,6 +239,17 @@ pub async fn read(
     store: &Store,
     last: &Seen,
     reconfigured: bool,
+) -> Result<(Option<Color>, Seen), DaemonError> {
+    read_some(config, store, last, reconfigured, true).await
+}
+
+/// [`read`], the cooldown's start only when `cooldown` (else `last`'s).
+async fn read_some(
+    config: &Config,
+    store: &Store,
+    last: &Seen,
+    reconfigured: bool,
+    cooldown: bool,
 ) -> Result<(Option<Color>, Seen), DaemonError> {
     let active = active::current(config, store).await?.map(|(c, _)| c);
     let mut deployments = DeploymentIds::new();
@@ -193,7 +264,11 @@ pub async fn read(
     let seen = Seen {
         deployments,
         pause: store.active_pause(Millis::MIN).await?,
-        cooldown_start_ms: store.cooldown_start_ms(config.daemon.dry_run).await?,
+        cooldown_start_ms: if cooldown {
+            store.cooldown_start_ms(config.daemon.dry_run).await?
+        } else {
+            last.cooldown_start_ms
+        },
         baselines,
     };
     Ok((active, seen))
