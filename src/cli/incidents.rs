@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{NotFound, open_read_only};
 use crate::config::Config;
-use crate::model::{Color, Millis, Signal, format_ms, format_value};
+use crate::model::{Color, EventKind, IncidentState, Millis, Signal, format_ms, format_value};
 use crate::store::{Incident, IncidentEvent, StoreError};
 
 pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
@@ -31,9 +31,9 @@ pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 format!("#{}", i.id),
                 format_ms(i.opened_ms),
                 i.severity.as_str().to_owned(),
-                i.trigger_kind.clone(),
+                i.trigger_kind.as_str().to_owned(),
                 format!("{} -> {}", color(i.from_color), color(i.to_color)),
-                i.state.clone(),
+                i.state.as_str().to_owned(),
                 i.downtime_ms
                     .map(short_duration)
                     .unwrap_or_else(|| "-".into()),
@@ -124,7 +124,7 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         println!(
             "  {}  {:<20} {}",
             precise(e.at_ms),
-            label(&e.state),
+            label(e.state),
             e.message
         );
     }
@@ -171,9 +171,15 @@ pub async fn incident_chart(
         timeline.add(s);
     }
     for (state, kind) in [
-        ("detected", crate::report::chart::MarkKind::Fault),
-        ("requested", crate::report::chart::MarkKind::Decision),
-        ("switched", crate::report::chart::MarkKind::Switch),
+        (EventKind::Detected, crate::report::chart::MarkKind::Fault),
+        (
+            IncidentState::Requested.into(),
+            crate::report::chart::MarkKind::Decision,
+        ),
+        (
+            IncidentState::Switched.into(),
+            crate::report::chart::MarkKind::Switch,
+        ),
     ] {
         if let Some(e) = events.iter().find(|e| e.state == state) {
             timeline.mark(e.at_ms, kind);
@@ -193,11 +199,7 @@ pub fn markdown_report(
 ) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let kind = if inc.trigger_kind == "manual" {
-        "manual"
-    } else {
-        "automatic"
-    };
+    let kind = inc.trigger_kind.as_str();
     let _ = writeln!(
         out,
         "# Incident #{}: {} {} rollback of {service}\n",
@@ -241,7 +243,7 @@ pub fn markdown_report(
             out,
             "| {} | {} | {} |",
             precise(e.at_ms),
-            label(&e.state),
+            label(e.state),
             md(&e.message)
         );
     }
@@ -287,7 +289,7 @@ pub(crate) fn summary_sentence(service: &str, inc: &Incident, events: &[Incident
     );
     let detected = events
         .iter()
-        .find(|e| e.state == "detected")
+        .find(|e| e.state == EventKind::Detected)
         .map(|e| format!(" {from} started failing at {}.", precise(e.at_ms)))
         .unwrap_or_default();
     let start = match &inc.rule {
@@ -300,23 +302,28 @@ pub(crate) fn summary_sentence(service: &str, inc: &Incident, events: &[Incident
             md(inc.reason.trim_end_matches('.'))
         ),
     };
-    let end = match inc.state.as_str() {
-        "verified" => format!(
+    let end = match inc.state {
+        IncidentState::Verified => format!(
             "Traffic moved to {to}, which passed its health probes{}.",
             inc.downtime_ms
                 .map(|d| format!("; measured downtime {}", short_duration(d)))
                 .unwrap_or_default()
         ),
-        "escalated" => format!(
+        IncidentState::Escalated => format!(
             "Traffic moved to {to}, but it did not pass its health probes in time: escalated, no further automatic switch."
         ),
-        "refused" => format!("The switch to {to} was refused; {from} kept serving."),
-        "failed" => "The rollback failed; the timeline shows where it stopped.".to_owned(),
-        crate::rollback::UNKNOWN_STATE => format!(
+        IncidentState::Refused => format!("The switch to {to} was refused; {from} kept serving."),
+        IncidentState::Failed => {
+            "The rollback failed; the timeline shows where it stopped.".to_owned()
+        }
+        IncidentState::Unknown => format!(
             "The switch command to {to} started but was interrupted: its outcome is unknown — check the proxy."
         ),
-        "dry_run" => format!("Dry run: traffic would have moved to {to}."),
-        other => format!("The rollback is in progress (state {other})."),
+        IncidentState::DryRun => format!("Dry run: traffic would have moved to {to}."),
+        other @ (IncidentState::Requested
+        | IncidentState::TargetVerified
+        | IncidentState::Switching
+        | IncidentState::Switched) => format!("The rollback is in progress (state {other})."),
     };
     format!("{start}{detected} {end}")
 }
@@ -326,30 +333,36 @@ pub(crate) fn summary_sentence(service: &str, inc: &Incident, events: &[Incident
 /// (RFC 3339 with milliseconds) or `null` when the timeline never got
 /// there.
 fn milestones(events: &[IncidentEvent]) -> Value {
-    let first = |state: &str| -> Option<String> {
+    let first = |state: EventKind| -> Option<String> {
         events
             .iter()
             .find(|e| e.state == state)
             .map(|e| format_ms(e.at_ms))
     };
     json!({
-        "detected": first("detected"),
-        "initiated": first("requested"),
-        "completed": first("switched"),
-        "validated": first("verified"),
+        "detected": first(EventKind::Detected),
+        "initiated": first(IncidentState::Requested.into()),
+        "completed": first(IncidentState::Switched.into()),
+        "validated": first(IncidentState::Verified.into()),
     })
 }
 
 /// What each state means on a timeline.
-fn label(state: &str) -> &str {
-    match state {
-        "detected" => "detected",
-        "requested" => "rollback initiated",
-        "target_verified" => "target verified",
-        "switching" => "switching",
-        "switched" => "rollback completed",
-        "verified" => "validated",
-        other => other,
+fn label(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Detected => "detected",
+        EventKind::State(state) => match state {
+            IncidentState::Requested => "rollback initiated",
+            IncidentState::TargetVerified => "target verified",
+            IncidentState::Switched => "rollback completed",
+            IncidentState::Verified => "validated",
+            IncidentState::Switching
+            | IncidentState::Escalated
+            | IncidentState::Refused
+            | IncidentState::Failed
+            | IncidentState::DryRun
+            | IncidentState::Unknown => state.as_str(),
+        },
     }
 }
 

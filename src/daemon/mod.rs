@@ -1066,7 +1066,7 @@ fn record_changes(verdict_tx: &mpsc::Sender<StoredVerdict>, verdicts: &[Verdict]
             rule: v.rule.clone(),
             severity: v.severity,
             color: v.color,
-            state: v.state.as_str().to_owned(),
+            state: v.state,
             n: v.n as i64,
             value: v.value,
             threshold: v.threshold,
@@ -1391,7 +1391,7 @@ verify_after = "1s"
         let panicked = task.await.unwrap_err();
         assert!(panicked.is_panic());
         let open = store.in_flight_incident().await.unwrap().unwrap();
-        assert_eq!(open.state, "requested");
+        assert_eq!(open.state, crate::model::IncidentState::Requested);
 
         let mut refusals = 0;
         let (delay, closing) = after_broken_rollback(
@@ -1407,7 +1407,7 @@ verify_after = "1s"
         assert_eq!((delay, refusals), (RETRY_AFTER, 1));
         assert_eq!(store.in_flight_incident().await.unwrap(), None);
         let closed = store.incident(open.id).await.unwrap();
-        assert_eq!(closed.state, "failed");
+        assert_eq!(closed.state, crate::model::IncidentState::Failed);
         let outcome = closed.outcome.unwrap_or_default();
         assert!(
             outcome.contains("the rollback task stopped")

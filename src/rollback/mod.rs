@@ -31,7 +31,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::config::{Config, Scope};
-use crate::model::{Color, Millis, Severity, format_ms, now_ms};
+pub use crate::model::Trigger;
+use crate::model::{Color, EventKind, IncidentState, Millis, Severity, format_ms, now_ms};
 use crate::notifier::{Event, Hub, Notice};
 use crate::probe::Prober;
 use crate::process;
@@ -47,20 +48,26 @@ pub mod message_id {
     pub const REFUSED: &str = "5f1d2a6c0b7e4d3f9a8c1e2b3d4f5a64";
 }
 
-/// The closing state of a rollback whose switch command started but whose
-/// outcome nothing can tell (see `Run::unknown`); `status` then calls the
-/// active color uncertain.
-pub const UNKNOWN_STATE: &str = "unknown";
-/// How such an outcome is worded, first in the incident's outcome.
-pub const OUTCOME_UNKNOWN: &str = "outcome unknown — check the proxy";
+/// How the timeline tells a switch command's process group, followed by
+/// the id. Before the `switch_pgid` column this prose was the only record;
+/// [`legacy_switch_group`] still reads it for incidents written then.
+const SWITCH_GROUP_PROSE: &str = "switch command running as process group ";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Trigger {
-    /// The matrix fired a rule.
-    Automatic,
-    /// `rollbackd rollback --reason`.
-    Manual,
+/// The switch command's process group as an older version recorded it:
+/// only in the words of a timeline event.
+fn legacy_switch_group(events: &[crate::store::IncidentEvent]) -> Option<u32> {
+    events.iter().rev().find_map(|e| {
+        e.message
+            .strip_prefix(SWITCH_GROUP_PROSE)?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    })
 }
+
+/// How the outcome of a rollback closed [`IncidentState::Unknown`] (its
+/// switch command started, nothing can tell whether it landed) is worded, first in the incident's outcome.
+pub const OUTCOME_UNKNOWN: &str = "outcome unknown — check the proxy";
 
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -233,10 +240,7 @@ pub async fn execute_guarded(
     let target_dep = store.previous_deployment_of(to, active_dep.id).await?;
     let new = NewIncident {
         at_ms: now,
-        trigger_kind: match req.trigger {
-            Trigger::Automatic => "automatic",
-            Trigger::Manual => "manual",
-        },
+        trigger_kind: req.trigger,
         severity: req.severity,
         rule: req.rule.clone(),
         reason: req.reason.clone(),
@@ -259,7 +263,7 @@ pub async fn execute_guarded(
     // A database that refuses the record does not stop the rollback: the
     // incident is kept in memory and written when it takes writes again.
     let id = match store
-        .open_incident_or_keep(&new, "requested", &requested)
+        .open_incident_or_keep(&new, IncidentState::Requested, &requested)
         .await
     {
         Ok((id, _stored)) => id,
@@ -284,7 +288,7 @@ pub async fn execute_guarded(
             .add_incident_event_or_keep(
                 id,
                 since,
-                "detected",
+                EventKind::Detected,
                 &format!(
                     "{from} ({}) started failing{}",
                     active_dep.version,
@@ -458,7 +462,7 @@ impl Run<'_, '_> {
 
     /// Record a step; a database that refuses it keeps it in memory (the
     /// rollback never waits on the database).
-    async fn event(&self, state: &str, message: &str) -> Result<(), StoreError> {
+    async fn event(&self, state: IncidentState, message: &str) -> Result<(), StoreError> {
         self.ctx
             .store
             .advance_incident_or_keep(self.id, now_ms(), state, message)
@@ -479,7 +483,7 @@ impl Run<'_, '_> {
             .close_incident_or_keep(
                 self.id,
                 now_ms(),
-                "refused",
+                IncidentState::Refused,
                 &format!("refused: {why}"),
                 None,
             )
@@ -508,7 +512,13 @@ impl Run<'_, '_> {
         );
         self.ctx
             .store
-            .close_incident_or_keep(self.id, now_ms(), "failed", &format!("failed: {why}"), None)
+            .close_incident_or_keep(
+                self.id,
+                now_ms(),
+                IncidentState::Failed,
+                &format!("failed: {why}"),
+                None,
+            )
             .await;
         self.notify(
             Event::RollbackFailed,
@@ -537,7 +547,7 @@ impl Run<'_, '_> {
         );
         self.ctx
             .store
-            .close_incident_or_keep(self.id, now_ms(), UNKNOWN_STATE, &why, None)
+            .close_incident_or_keep(self.id, now_ms(), IncidentState::Unknown, &why, None)
             .await;
         self.notify(
             Event::RollbackFailed,
@@ -600,7 +610,7 @@ impl Run<'_, '_> {
                 .add_incident_event_or_keep(
                     self.id,
                     now_ms(),
-                    "requested",
+                    IncidentState::Requested,
                     &format!("preparing {}: running the prepare command", self.to),
                 )
                 .await;
@@ -615,7 +625,7 @@ impl Run<'_, '_> {
                 .add_incident_event_or_keep(
                     self.id,
                     now_ms(),
-                    "requested",
+                    IncidentState::Requested,
                     &format!("prepared {}: {}", self.to, done.describe()),
                 )
                 .await;
@@ -634,13 +644,13 @@ impl Run<'_, '_> {
                     .await;
             }
             self.event(
-                "target_verified",
+                IncidentState::TargetVerified,
                 &format!("{} ({}) passes its health probes", self.to, target.version),
             )
             .await?;
         } else {
             self.event(
-                "target_verified",
+                IncidentState::TargetVerified,
                 "verify_target = false: target not checked",
             )
             .await?;
@@ -660,7 +670,7 @@ impl Run<'_, '_> {
                 .close_incident_or_keep(
                     self.id,
                     now_ms(),
-                    "dry_run",
+                    IncidentState::DryRun,
                     &format!(
                         "dry run: would roll back {} -> {} ({}); the command was not run",
                         self.from, self.to, target.version
@@ -694,20 +704,21 @@ impl Run<'_, '_> {
         // Persisted before the command runs: after a crash, `switching` says
         // the command may have run, and it is never run again.
         self.event(
-            "switching",
+            IncidentState::Switching,
             &format!("running the switch command to {}", self.to),
         )
         .await?;
-        // Its process group goes on the timeline as soon as it runs: if
-        // this process dies, the command (its own group) may go on, and a
-        // restart waits for it instead of guessing.
+        // Its process group is stored on the incident (and told on the
+        // timeline) as soon as it runs: if this process dies, the command
+        // (its own group) may go on, and a restart waits for it instead of
+        // guessing.
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let record_group = async {
             if let Ok(pgid) = started_rx.await {
-                let message = format!("switch command running as process group {pgid}");
+                let message = format!("{SWITCH_GROUP_PROSE}{pgid}");
                 self.ctx
                     .store
-                    .add_incident_event_or_keep(self.id, now_ms(), "switching", &message)
+                    .record_switch_group_or_keep(self.id, now_ms(), pgid, &message)
                     .await;
             }
         };
@@ -743,7 +754,7 @@ impl Run<'_, '_> {
             {
                 Ok(()) => {
                     self.event(
-                        "switching",
+                        IncidentState::Switching,
                         &format!(
                             "switch confirmed by traffic: the entry serves {} ({})",
                             self.to, entry.url
@@ -779,7 +790,7 @@ impl Run<'_, '_> {
             .close_incident(
                 self.id,
                 now_ms(),
-                "escalated",
+                IncidentState::Escalated,
                 &format!("escalated: {why}"),
                 None,
             )
@@ -819,7 +830,7 @@ impl Run<'_, '_> {
     async fn switched(self, target: Deployment, how: String) -> Result<Outcome, RollbackError> {
         self.record_switch(&target, false).await?;
         self.event(
-            "switched",
+            IncidentState::Switched,
             &format!("traffic moved to {} ({}): {how}", self.to, target.version),
         )
         .await?;
@@ -839,7 +850,7 @@ impl Run<'_, '_> {
                         .add_incident_event_or_keep(
                             self.id,
                             now_ms(),
-                            "switched",
+                            IncidentState::Switched,
                             &format!("retired {}: {}", self.from, done.describe()),
                         )
                         .await;
@@ -857,7 +868,7 @@ impl Run<'_, '_> {
                     .close_incident_or_keep(
                         self.id,
                         verified_at,
-                        "verified",
+                        IncidentState::Verified,
                         &format!(
                             "rolled back to {} ({}); verified healthy",
                             self.to,
@@ -908,7 +919,7 @@ impl Run<'_, '_> {
                     .close_incident_or_keep(
                         self.id,
                         now_ms(),
-                        "escalated",
+                        IncidentState::Escalated,
                         &format!("escalated: {why}"),
                         None,
                     )
@@ -966,15 +977,15 @@ pub async fn wait_healthy(ctx: &Context<'_>, color: Color, budget: Duration) -> 
 /// daemon leaves its process group running). Before judging whether the
 /// switch landed, wait for it (bounded by `[rollback] timeout`, then kill the
 /// group), so its outcome is seen rather than guessed.
-async fn wait_for_orphaned_switch(ctx: &Context<'_>, incident: i64) -> Result<(), RollbackError> {
-    let events = ctx.store.incident_events(incident).await?;
-    let Some(pgid) = events.iter().rev().find_map(|e| {
-        e.message
-            .strip_prefix("switch command running as process group ")?
-            .trim()
-            .parse::<u32>()
-            .ok()
-    }) else {
+async fn wait_for_orphaned_switch(ctx: &Context<'_>, inc: &Incident) -> Result<(), RollbackError> {
+    let incident = inc.id;
+    let pgid = match inc.switch_pgid {
+        Some(pgid) => Some(pgid),
+        // A rollback left by a version that kept the group only on the
+        // timeline (a daemon upgraded mid-incident): read it from there.
+        None => legacy_switch_group(&ctx.store.incident_events(incident).await?),
+    };
+    let Some(pgid) = pgid else {
         return Ok(());
     };
     if !process::group_alive(pgid) {
@@ -985,7 +996,7 @@ async fn wait_for_orphaned_switch(ctx: &Context<'_>, incident: i64) -> Result<()
         .add_incident_event(
             incident,
             now_ms(),
-            "switching",
+            IncidentState::Switching,
             &format!(
                 "the switch command (process group {pgid}) is still running after the restart: waiting up to {} for it",
                 humantime::format_duration(timeout)
@@ -1003,7 +1014,7 @@ async fn wait_for_orphaned_switch(ctx: &Context<'_>, incident: i64) -> Result<()
                 .add_incident_event(
                     incident,
                     now_ms(),
-                    "switching",
+                    IncidentState::Switching,
                     &format!("killed the switch command (process group {pgid}) at its timeout"),
                 )
                 .await?;
@@ -1033,20 +1044,29 @@ pub async fn abandon(ctx: &Context<'_>, why: &str) -> Result<Option<Outcome>, Ro
         return Ok(None);
     }
     let run = resumed_run(ctx, &inc).await?;
-    let why = match inc.state.as_str() {
-        "requested" | "target_verified" => {
+    let why = match inc.state {
+        IncidentState::Requested | IncidentState::TargetVerified => {
             format!(
                 "the rollback task stopped ({why}) before the switch command ran; nothing was switched"
             )
         }
-        "switching" if ctx.config.active_file.is_none() && ctx.config.entry.is_none() => {
+        IncidentState::Switching
+            if ctx.config.active_file.is_none() && ctx.config.entry.is_none() =>
+        {
             let why = format!(
                 "the rollback task stopped while switching {} -> {} ({why}); the switch command may have run",
                 run.from, run.to
             );
             return Ok(Some(run.unknown(why).await?));
         }
-        state => format!(
+        state @ (IncidentState::Switching
+        | IncidentState::Switched
+        | IncidentState::Verified
+        | IncidentState::Escalated
+        | IncidentState::Refused
+        | IncidentState::Failed
+        | IncidentState::DryRun
+        | IncidentState::Unknown) => format!(
             "the rollback task stopped in state {state} ({why}); the switch command may have run: check which color serves traffic"
         ),
     };
@@ -1083,20 +1103,20 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
         inc.holder.as_deref().unwrap_or("unknown")
     );
     let run = resumed_run(ctx, &inc).await?;
-    match inc.state.as_str() {
-        "requested" | "target_verified" => {
+    match inc.state {
+        IncidentState::Requested | IncidentState::TargetVerified => {
             let why = "interrupted before the switch command ran; nothing was switched".to_owned();
             Ok(Some(run.fail(why).await?))
         }
-        "switching" | "switched" => {
-            if inc.state == "switching" {
-                wait_for_orphaned_switch(ctx, inc.id).await?;
+        IncidentState::Switching | IncidentState::Switched => {
+            if inc.state == IncidentState::Switching {
+                wait_for_orphaned_switch(ctx, &inc).await?;
             }
             // Did the switch happen? The active file says so when there is
             // one; otherwise only `switched` (recorded after exit 0) does.
             let landed = match (&ctx.config.active_file, &ctx.config.entry) {
                 (Some(file), _) => active::read_file(file).ok() == Some(run.to),
-                (None, _) if inc.state == "switched" => true,
+                (None, _) if inc.state == IncidentState::Switched => true,
                 // `[entry]` tells what the traffic does now (a proxy may
                 // still be reloading: give it verify_after).
                 (None, Some(entry)) => crate::rollback::entry::wait_serving(
@@ -1129,7 +1149,7 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
                 .add_incident_event(
                     inc.id,
                     now_ms(),
-                    &inc.state,
+                    inc.state,
                     "resumed after restart: the switch had landed",
                 )
                 .await?;
@@ -1138,9 +1158,9 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
                 d.color == run.to && d.source == "rollback" && d.at_ms >= inc.opened_ms
             });
             run.record_switch(&target, already_recorded).await?;
-            if inc.state != "switched" {
+            if inc.state != IncidentState::Switched {
                 run.event(
-                    "switched",
+                    IncidentState::Switched,
                     &format!(
                         "traffic moved to {} ({}): confirmed after restart",
                         run.to, target.version
@@ -1150,7 +1170,14 @@ pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackErr
             }
             Ok(Some(run.verify_after().await?))
         }
-        other => {
+        // Closed states never hold the slot; a row that says otherwise is
+        // closed as failed rather than left blocking every rollback.
+        other @ (IncidentState::Verified
+        | IncidentState::Escalated
+        | IncidentState::Refused
+        | IncidentState::Failed
+        | IncidentState::DryRun
+        | IncidentState::Unknown) => {
             let why = format!("interrupted in unexpected state {other}");
             Ok(Some(run.fail(why).await?))
         }
@@ -1190,7 +1217,7 @@ async fn resumed_run<'c, 'a>(
         .incident_events(inc.id)
         .await?
         .into_iter()
-        .find(|e| e.state == "detected")
+        .find(|e| e.state == EventKind::Detected)
         .map(|e| e.at_ms);
     Ok(Run {
         ctx,
@@ -1200,11 +1227,7 @@ async fn resumed_run<'c, 'a>(
         active_dep,
         target_dep,
         req: Request {
-            trigger: if inc.trigger_kind == "manual" {
-                Trigger::Manual
-            } else {
-                Trigger::Automatic
-            },
+            trigger: inc.trigger_kind,
             severity: inc.severity,
             rule: inc.rule.clone(),
             reason: inc.reason.clone(),

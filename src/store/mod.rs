@@ -14,7 +14,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, FromRow, Row, SqlitePool};
 
-use crate::model::{Color, Millis, Severity};
+use crate::matrix::State;
+use crate::model::{Color, EventKind, IncidentState, Millis, Severity, Trigger};
 
 mod kept;
 mod samples;
@@ -65,6 +66,10 @@ pub enum StoreError {
         path.display()
     )]
     OldSchema { path: PathBuf, have: i64, want: i64 },
+    /// A stored value this rollbackd has no word for (a database written by
+    /// a newer version, or edited by hand).
+    #[error("database holds {what} this rollbackd does not know: {why}")]
+    Unrecognised { what: &'static str, why: String },
 }
 
 impl StoreError {
@@ -186,7 +191,7 @@ pub struct StoredVerdict {
     pub rule: String,
     pub severity: Severity,
     pub color: Color,
-    pub state: String,
+    pub state: State,
     pub n: i64,
     pub value: Option<f64>,
     pub threshold: f64,
@@ -199,7 +204,7 @@ pub struct StoredVerdict {
 #[derive(Clone, Debug)]
 pub struct NewIncident {
     pub at_ms: Millis,
-    pub trigger_kind: &'static str,
+    pub trigger_kind: Trigger,
     pub severity: Severity,
     pub rule: Option<String>,
     pub reason: String,
@@ -219,7 +224,7 @@ pub struct Incident {
     pub id: i64,
     pub opened_ms: Millis,
     pub closed_ms: Option<Millis>,
-    pub trigger_kind: String,
+    pub trigger_kind: Trigger,
     pub severity: Severity,
     pub rule: Option<String>,
     pub reason: String,
@@ -230,11 +235,17 @@ pub struct Incident {
     pub to_color: Option<Color>,
     pub from_version: Option<String>,
     pub to_version: Option<String>,
-    pub state: String,
+    pub state: IncidentState,
     pub outcome: Option<String>,
     pub downtime_ms: Option<Millis>,
     pub in_flight: bool,
     pub holder: Option<String>,
+    /// The switch command's process group, once it started (see
+    /// `Store::record_switch_group`); `None` before, and for incidents
+    /// written by a version that kept it only on the timeline. Not part
+    /// of the printed record.
+    #[serde(skip)]
+    pub switch_pgid: Option<u32>,
 }
 
 /// Stored evidence is JSON text: out of the store it is that JSON (text
@@ -249,7 +260,7 @@ fn evidence_as_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct IncidentEvent {
     pub at_ms: Millis,
-    pub state: String,
+    pub state: EventKind,
     pub message: String,
 }
 
@@ -304,15 +315,27 @@ struct IncidentRow {
     downtime_ms: Option<i64>,
     in_flight: Option<i64>,
     holder: Option<String>,
+    switch_pgid: Option<i64>,
 }
 
-impl From<IncidentRow> for Incident {
-    fn from(r: IncidentRow) -> Incident {
-        Incident {
+/// A stored word parsed into its type, or [`StoreError::Unrecognised`]
+/// naming the text (never a panic, never a silent default).
+fn parsed<T: std::str::FromStr<Err = String>>(
+    what: &'static str,
+    text: &str,
+) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|why| StoreError::Unrecognised { what, why })
+}
+
+impl TryFrom<IncidentRow> for Incident {
+    type Error = StoreError;
+    fn try_from(r: IncidentRow) -> Result<Incident, StoreError> {
+        Ok(Incident {
             id: r.id,
             opened_ms: r.opened_ms,
             closed_ms: r.closed_ms,
-            trigger_kind: r.trigger_kind,
+            trigger_kind: parsed("a rollback trigger", &r.trigger_kind)?,
             severity: r.severity.parse().unwrap_or(Severity::Critical),
             rule: r.rule,
             reason: r.reason,
@@ -321,12 +344,21 @@ impl From<IncidentRow> for Incident {
             to_color: r.to_color.and_then(|c| c.parse().ok()),
             from_version: r.from_version,
             to_version: r.to_version,
-            state: r.state,
+            state: parsed("an incident state", &r.state)?,
             outcome: r.outcome,
             downtime_ms: r.downtime_ms,
             in_flight: r.in_flight.is_some(),
             holder: r.holder,
-        }
+            switch_pgid: r
+                .switch_pgid
+                .map(|p| {
+                    u32::try_from(p).map_err(|_| StoreError::Unrecognised {
+                        what: "a process group",
+                        why: format!("{p} is not a process group id"),
+                    })
+                })
+                .transpose()?,
+        })
     }
 }
 
@@ -389,7 +421,7 @@ impl MinuteStats {
 }
 
 const INCIDENT_COLUMNS: &str = "id, opened_ms, closed_ms, trigger_kind, severity, rule, reason, evidence, \
-     from_color, to_color, from_version, to_version, state, outcome, downtime_ms, in_flight, holder";
+     from_color, to_color, from_version, to_version, state, outcome, downtime_ms, in_flight, holder, switch_pgid";
 
 impl Store {
     /// Open (creating if needed) `state_dir/rollbackd.db` and migrate it.
@@ -998,7 +1030,7 @@ impl Store {
         .bind(&v.rule)
         .bind(v.severity.as_str())
         .bind(v.color.as_str())
-        .bind(&v.state)
+        .bind(v.state.as_str())
         .bind(v.n)
         .bind(v.value)
         .bind(v.threshold)
@@ -1024,7 +1056,7 @@ impl Store {
         .fetch_all(self.db()?)
         .await
         .map_err(q("reading verdicts"))?;
-        Ok(rows.into_iter().map(verdict_from_row).collect())
+        rows.into_iter().map(verdict_from_row).collect()
     }
 
     /// Stored verdicts in `[from, until)`, oldest first.
@@ -1042,7 +1074,7 @@ impl Store {
         .fetch_all(self.db()?)
         .await
         .map_err(q("reading verdicts"))?;
-        Ok(rows.into_iter().map(verdict_from_row).collect())
+        rows.into_iter().map(verdict_from_row).collect()
     }
 
     // --- incidents -------------------------------------------------------
@@ -1053,7 +1085,7 @@ impl Store {
     pub async fn open_incident(
         &self,
         new: &NewIncident,
-        first_state: &str,
+        first_state: IncidentState,
         message: &str,
     ) -> Result<i64, StoreError> {
         self.open_incident_with(new, first_state, message, BUSY_TIMEOUT)
@@ -1063,7 +1095,7 @@ impl Store {
     async fn open_incident_with(
         &self,
         new: &NewIncident,
-        first_state: &str,
+        first_state: IncidentState,
         message: &str,
         busy: Duration,
     ) -> Result<i64, StoreError> {
@@ -1078,7 +1110,7 @@ impl Store {
              from_version, to_version, state, in_flight, holder) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(new.at_ms)
-        .bind(new.trigger_kind)
+        .bind(new.trigger_kind.as_str())
         .bind(new.severity.as_str())
         .bind(&new.rule)
         .bind(&new.reason)
@@ -1087,7 +1119,7 @@ impl Store {
         .bind(new.to_color.map(Color::as_str))
         .bind(&new.from_version)
         .bind(&new.to_version)
-        .bind(first_state)
+        .bind(first_state.as_str())
         .bind(new.in_flight.then_some(1i64))
         .bind(&new.holder)
         .fetch_one(&mut *tx)
@@ -1104,7 +1136,7 @@ impl Store {
             }
             Err(e) => return Err(q(DOING)(e)),
         };
-        insert_event(&mut tx, id, new.at_ms, first_state, message).await?;
+        insert_event(&mut tx, id, new.at_ms, first_state.into(), message).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
         Ok(id)
@@ -1115,7 +1147,7 @@ impl Store {
         &self,
         id: i64,
         at_ms: Millis,
-        state: &str,
+        state: IncidentState,
         message: &str,
     ) -> Result<(), StoreError> {
         self.advance_incident_with(id, at_ms, state, message, BUSY_TIMEOUT)
@@ -1126,7 +1158,7 @@ impl Store {
         &self,
         id: i64,
         at_ms: Millis,
-        state: &str,
+        state: IncidentState,
         message: &str,
         busy: Duration,
     ) -> Result<(), StoreError> {
@@ -1137,7 +1169,7 @@ impl Store {
             .await
             .map_err(q(DOING))?;
         let changed = sqlx::query("UPDATE incidents SET state = ? WHERE id = ?")
-            .bind(state)
+            .bind(state.as_str())
             .bind(id)
             .execute(&mut *tx)
             .await
@@ -1148,7 +1180,7 @@ impl Store {
             w.done().await;
             return Err(StoreError::NoIncident(id));
         }
-        insert_event(&mut tx, id, at_ms, state, message).await?;
+        insert_event(&mut tx, id, at_ms, state.into(), message).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
         Ok(())
@@ -1159,10 +1191,10 @@ impl Store {
         &self,
         id: i64,
         at_ms: Millis,
-        state: &str,
+        kind: impl Into<EventKind>,
         message: &str,
     ) -> Result<(), StoreError> {
-        self.add_incident_event_with(id, at_ms, state, message, BUSY_TIMEOUT)
+        self.add_incident_event_with(id, at_ms, kind.into(), message, BUSY_TIMEOUT)
             .await
     }
 
@@ -1170,7 +1202,7 @@ impl Store {
         &self,
         id: i64,
         at_ms: Millis,
-        state: &str,
+        kind: EventKind,
         message: &str,
         busy: Duration,
     ) -> Result<(), StoreError> {
@@ -1180,7 +1212,53 @@ impl Store {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(q(DOING))?;
-        insert_event(&mut tx, id, at_ms, state, message).await?;
+        insert_event(&mut tx, id, at_ms, kind, message).await?;
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
+        Ok(())
+    }
+
+    /// The switch command of incident `id` runs as process group `pgid`:
+    /// stored on the incident (what a restart reads) with its timeline
+    /// event (what a person reads), atomically.
+    pub async fn record_switch_group(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        pgid: u32,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.record_switch_group_with(id, at_ms, pgid, message, BUSY_TIMEOUT)
+            .await
+    }
+
+    async fn record_switch_group_with(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        pgid: u32,
+        message: &str,
+        busy: Duration,
+    ) -> Result<(), StoreError> {
+        const DOING: &str = "recording the switch command's process group";
+        let mut w = self.writing(DOING, busy).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
+        let changed = sqlx::query("UPDATE incidents SET switch_pgid = ? WHERE id = ?")
+            .bind(i64::from(pgid))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q(DOING))?
+            .rows_affected();
+        if changed == 0 {
+            tx.rollback().await.map_err(q(DOING))?;
+            w.done().await;
+            return Err(StoreError::NoIncident(id));
+        }
+        insert_event(&mut tx, id, at_ms, IncidentState::Switching.into(), message).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
         Ok(())
@@ -1191,7 +1269,7 @@ impl Store {
         &self,
         id: i64,
         at_ms: Millis,
-        state: &str,
+        state: IncidentState,
         outcome: &str,
         downtime_ms: Option<Millis>,
     ) -> Result<(), StoreError> {
@@ -1203,7 +1281,7 @@ impl Store {
         &self,
         id: i64,
         at_ms: Millis,
-        state: &str,
+        state: IncidentState,
         outcome: &str,
         downtime_ms: Option<Millis>,
         busy: Duration,
@@ -1217,7 +1295,7 @@ impl Store {
         sqlx::query(
             "UPDATE incidents SET state = ?, outcome = ?, downtime_ms = ?, closed_ms = ?, in_flight = NULL WHERE id = ?",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(outcome)
         .bind(downtime_ms)
         .bind(at_ms)
@@ -1225,7 +1303,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(q(DOING))?;
-        insert_event(&mut tx, id, at_ms, state, outcome).await?;
+        insert_event(&mut tx, id, at_ms, state.into(), outcome).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
         Ok(())
@@ -1239,7 +1317,9 @@ impl Store {
         .fetch_optional(self.db()?)
         .await
         .map_err(q("reading an incident"))?;
-        row.map(Incident::from).ok_or(StoreError::NoIncident(id))
+        row.map(Incident::try_from)
+            .transpose()?
+            .ok_or(StoreError::NoIncident(id))
     }
 
     pub async fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
@@ -1249,7 +1329,7 @@ impl Store {
         .fetch_all(self.db()?)
         .await
         .map_err(q("listing incidents"))?;
-        Ok(rows.into_iter().map(Incident::from).collect())
+        rows.into_iter().map(Incident::try_from).collect()
     }
 
     /// The rollback in flight: in the database, or (while the database
@@ -1284,7 +1364,7 @@ impl Store {
         .fetch_optional(self.db()?)
         .await
         .map_err(q("reading the in-flight rollback"))?;
-        Ok(row.map(Incident::from))
+        row.map(Incident::try_from).transpose()
     }
 
     pub async fn incident_events(&self, id: i64) -> Result<Vec<IncidentEvent>, StoreError> {
@@ -1295,14 +1375,15 @@ impl Store {
         .fetch_all(self.db()?)
         .await
         .map_err(q("reading an incident timeline"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| IncidentEvent {
-                at_ms: r.get("at_ms"),
-                state: r.get("state"),
-                message: r.get("message"),
+        rows.into_iter()
+            .map(|r| {
+                Ok(IncidentEvent {
+                    at_ms: r.get("at_ms"),
+                    state: parsed("a timeline event kind", r.get("state"))?,
+                    message: r.get("message"),
+                })
             })
-            .collect())
+            .collect()
     }
 
     // --- guarded rollback (issue 5): quarantine, cooldown, holders -------
@@ -1362,11 +1443,14 @@ impl Store {
 
     async fn cooldown_read(&self, dry_run: bool) -> Result<Option<Millis>, StoreError> {
         sqlx::query_scalar(
-            "SELECT MAX(i.opened_ms) FROM incidents i WHERE i.trigger_kind = 'automatic' \
-             AND (EXISTS (SELECT 1 FROM incident_events e WHERE e.incident_id = i.id AND e.state = 'switching') \
-                  OR (? AND i.state = 'dry_run'))",
+            "SELECT MAX(i.opened_ms) FROM incidents i WHERE i.trigger_kind = ? \
+             AND (EXISTS (SELECT 1 FROM incident_events e WHERE e.incident_id = i.id AND e.state = ?) \
+                  OR (? AND i.state = ?))",
         )
+        .bind(Trigger::Automatic.as_str())
+        .bind(IncidentState::Switching.as_str())
         .bind(dry_run)
+        .bind(IncidentState::DryRun.as_str())
         .fetch_one(self.db()?)
         .await
         .map_err(q("reading the last rollback"))
@@ -1381,14 +1465,15 @@ impl Store {
 
     async fn unresolved_escalation_read(&self) -> Result<Option<Incident>, StoreError> {
         let row: Option<IncidentRow> = sqlx::query_as(&format!(
-            "SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.state = 'escalated' \
+            "SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.state = ? \
              AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.at_ms > i.closed_ms) \
              ORDER BY i.id DESC LIMIT 1"
         ))
+        .bind(IncidentState::Escalated.as_str())
         .fetch_optional(self.db()?)
         .await
         .map_err(q("reading escalations"))?;
-        Ok(row.map(Incident::from))
+        row.map(Incident::try_from).transpose()
     }
 
     /// Take over an in-flight incident from `old` (a process that died):
@@ -1725,7 +1810,7 @@ impl Store {
         .map_err(q("listing incidents"))?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let incident = Incident::from(row);
+            let incident = Incident::try_from(row)?;
             let drill: Option<i64> =
                 sqlx::query_scalar("SELECT drill_id FROM incidents WHERE id = ?")
                     .bind(incident.id)
@@ -1755,8 +1840,16 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-fn verdict_from_row(r: sqlx::sqlite::SqliteRow) -> StoredVerdict {
-    StoredVerdict {
+fn verdict_from_row(r: sqlx::sqlite::SqliteRow) -> Result<StoredVerdict, StoreError> {
+    let state: String = r.get("state");
+    let state = [State::Fired, State::Clear, State::Inconclusive]
+        .into_iter()
+        .find(|s| s.as_str() == state)
+        .ok_or_else(|| StoreError::Unrecognised {
+            what: "a verdict state",
+            why: format!("unknown verdict state {state:?}"),
+        })?;
+    Ok(StoredVerdict {
         at_ms: r.get("at_ms"),
         rule: r.get("rule"),
         severity: r
@@ -1764,21 +1857,21 @@ fn verdict_from_row(r: sqlx::sqlite::SqliteRow) -> StoredVerdict {
             .parse()
             .unwrap_or(Severity::Low),
         color: r.get::<String, _>("color").parse().unwrap_or(Color::Blue),
-        state: r.get("state"),
+        state,
         n: r.get("n"),
         value: r.get("value"),
         threshold: r.get("threshold"),
         window_ms: r.get("window_ms"),
         baseline: r.get("baseline"),
         detail: r.get("detail"),
-    }
+    })
 }
 
 async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     id: i64,
     at_ms: Millis,
-    state: &str,
+    kind: EventKind,
     message: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
@@ -1786,7 +1879,7 @@ async fn insert_event(
     )
     .bind(id)
     .bind(at_ms)
-    .bind(state)
+    .bind(kind.as_str())
     .bind(message)
     .execute(&mut **tx)
     .await
@@ -1896,7 +1989,7 @@ mod tests {
         let store = Store::open_dir(dir.path()).await.unwrap();
         let new = NewIncident {
             at_ms: 1,
-            trigger_kind: "automatic",
+            trigger_kind: Trigger::Automatic,
             severity: Severity::Critical,
             rule: None,
             reason: "test".into(),
@@ -1909,28 +2002,31 @@ mod tests {
             holder: None,
         };
         let first = store
-            .open_incident(&new, "requested", "detected")
+            .open_incident(&new, IncidentState::Requested, "detected")
             .await
             .unwrap();
         // A second store on the same file stands for another process (the CLI).
         let other = Store::open_dir(dir.path()).await.unwrap();
-        match other.open_incident(&new, "requested", "detected").await {
+        match other
+            .open_incident(&new, IncidentState::Requested, "detected")
+            .await
+        {
             Err(StoreError::RollbackInFlight(id)) => assert_eq!(id, first),
             other => panic!("expected RollbackInFlight, got {other:?}"),
         }
         store
-            .close_incident(first, 5, "verified", "rolled back", Some(4))
+            .close_incident(first, 5, IncidentState::Verified, "rolled back", Some(4))
             .await
             .unwrap();
         let second = other
-            .open_incident(&new, "requested", "detected")
+            .open_incident(&new, IncidentState::Requested, "detected")
             .await
             .unwrap();
         assert!(second > first);
         let events = store.incident_events(first).await.unwrap();
         assert_eq!(
-            events.iter().map(|e| e.state.as_str()).collect::<Vec<_>>(),
-            ["requested", "verified"]
+            events.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [IncidentState::Requested, IncidentState::Verified].map(EventKind::from)
         );
     }
 

@@ -121,7 +121,7 @@ min_samples = 1
                 .await
                 .unwrap()
                 .first()
-                .is_some_and(|i| i.state == "verified")
+                .is_some_and(|i| i.state == rollbackd::model::IncidentState::Verified)
         },
     )
     .await;
@@ -265,7 +265,7 @@ min_samples = 1
                 .await
                 .unwrap()
                 .first()
-                .is_some_and(|i| i.state == "verified")
+                .is_some_and(|i| i.state == rollbackd::model::IncidentState::Verified)
         },
     )
     .await;
