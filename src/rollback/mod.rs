@@ -161,7 +161,10 @@ pub fn operator() -> Option<String> {
 /// time, from `/proc`, tells a reused pid from the process that died).
 pub fn holder_id() -> String {
     let pid = std::process::id();
-    format!("{pid}/{}", start_time(pid).unwrap_or(0))
+    format!(
+        "{pid}/{}",
+        process::proc_stat(pid).map_or(0, |p| p.start_time)
+    )
 }
 
 /// Whether the process named by a holder id is still running.
@@ -172,10 +175,12 @@ pub fn holder_alive(holder: &str) -> bool {
     let Ok(pid) = pid.parse::<u32>() else {
         return false;
     };
-    match proc_stat(pid) {
+    match process::proc_stat(pid) {
         // A zombie has exited; only its exit status waits to be collected.
-        Some(('Z', _)) => false,
-        Some((_, t)) => start.parse::<u64>().is_ok_and(|s| s == 0 || s == t),
+        Some(p) if p.zombie() => false,
+        Some(p) => start
+            .parse::<u64>()
+            .is_ok_and(|s| s == 0 || s == p.start_time),
         // Not visible in /proc: gone, or hidden from us (another user's
         // process under `ProtectProc=invisible` or `hidepid`). Only the
         // kernel's "no such process" proves it is gone.
@@ -189,21 +194,6 @@ pub fn holder_alive(holder: &str) -> bool {
             )
         }
     }
-}
-
-/// Field 22 of `/proc/PID/stat`: the start time in clock ticks since boot.
-fn start_time(pid: u32) -> Option<u64> {
-    proc_stat(pid).map(|(_, t)| t)
-}
-
-/// The state letter and start time from `/proc/PID/stat`.
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count
-    // fields after its closing parenthesis, which start at field 3.
-    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    Some((state, rest.nth(18)?.parse().ok()?))
 }
 
 /// Run one guarded rollback from the active color to the other.
@@ -1006,10 +996,7 @@ async fn wait_for_orphaned_switch(ctx: &Context<'_>, inc: &Incident) -> Result<(
     let deadline = tokio::time::Instant::now() + timeout;
     while process::group_alive(pgid) {
         if tokio::time::Instant::now() >= deadline {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            process::kill_group(i32::try_from(pgid).ok().map(nix::unistd::Pid::from_raw));
             ctx.store
                 .add_incident_event(
                     incident,
@@ -1255,7 +1242,7 @@ mod tests {
         let child_pid = child.id();
         // Exited but not yet reaped (a zombie) already counts as gone.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while proc_stat(child_pid).is_some_and(|(s, _)| s != 'Z') {
+        while process::proc_stat(child_pid).is_some_and(|p| !p.zombie()) {
             assert!(std::time::Instant::now() < deadline);
             std::thread::yield_now();
         }
