@@ -570,7 +570,10 @@ mod tests {
         assert!(parse_stat(1, "1 (init) Z 0").is_none(), "too short");
         let me = proc_stat(std::process::id()).expect("this process is in /proc");
         assert!(!me.zombie() && me.start_time > 0, "{me:?}");
-        assert!(group_alive(std::process::id()), "a running process counts as alive");
+        assert!(
+            group_alive(std::process::id()),
+            "a running process counts as alive"
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 
 pub mod bake;
 pub mod chart;
+pub mod incident;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
