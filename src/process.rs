@@ -318,7 +318,7 @@ fn proc_table() -> Vec<ProcStat> {
         else {
             continue;
         };
-        if let Some(stat) = u32::try_from(pid).ok().and_then(proc_stat) {
+        if let Some(stat) = proc_stat(pid) {
             procs.push(stat);
         }
     }
