@@ -482,7 +482,7 @@ impl IncidentState {
 
 impl fmt::Display for IncidentState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -528,7 +528,7 @@ impl PartialEq<IncidentState> for EventKind {
 
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -571,7 +571,7 @@ impl Trigger {
 
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -736,6 +736,10 @@ mod tests {
             );
         }
         assert_eq!("detected".parse::<EventKind>(), Ok(EventKind::Detected));
+        // Printed in aligned columns (the demo's timeline): width applies.
+        let kind = EventKind::from(IncidentState::Switched);
+        assert_eq!(format!("[{kind:<10}]"), "[switched  ]");
+        assert_eq!(format!("[{:<8}]", IncidentState::Failed), "[failed  ]");
         assert!("detected".parse::<IncidentState>().is_err());
         for trigger in [Trigger::Automatic, Trigger::Manual] {
             assert_eq!(trigger.as_str().parse::<Trigger>(), Ok(trigger));
