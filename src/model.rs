@@ -458,6 +458,186 @@ impl FromStr for Condition {
     }
 }
 
+/// Where a rollback's incident stands (SPEC section 4): the `state` of an
+/// incident row, persisted before the effect it announces.
+///
+/// ```text
+/// requested -> target_verified -> switching -> switched -> verified
+///          \-> refused        \-> failed              \-> escalated
+/// ```
+///
+/// `dry_run` closes a rollback that ran everything but the command;
+/// `unknown` one whose switch command started and whose outcome nothing
+/// can tell (`status` then calls the active color uncertain). This is the
+/// only place an incident state is spelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentState {
+    Requested,
+    TargetVerified,
+    Switching,
+    Switched,
+    Verified,
+    Escalated,
+    Refused,
+    Failed,
+    DryRun,
+    Unknown,
+}
+
+impl IncidentState {
+    pub const ALL: [IncidentState; 10] = [
+        IncidentState::Requested,
+        IncidentState::TargetVerified,
+        IncidentState::Switching,
+        IncidentState::Switched,
+        IncidentState::Verified,
+        IncidentState::Escalated,
+        IncidentState::Refused,
+        IncidentState::Failed,
+        IncidentState::DryRun,
+        IncidentState::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentState::Requested => "requested",
+            IncidentState::TargetVerified => "target_verified",
+            IncidentState::Switching => "switching",
+            IncidentState::Switched => "switched",
+            IncidentState::Verified => "verified",
+            IncidentState::Escalated => "escalated",
+            IncidentState::Refused => "refused",
+            IncidentState::Failed => "failed",
+            IncidentState::DryRun => "dry_run",
+            IncidentState::Unknown => "unknown",
+        }
+    }
+
+    /// Whether an incident in this state is over (it no longer holds the
+    /// in-flight slot).
+    pub fn is_closed(self) -> bool {
+        match self {
+            IncidentState::Requested
+            | IncidentState::TargetVerified
+            | IncidentState::Switching
+            | IncidentState::Switched => false,
+            IncidentState::Verified
+            | IncidentState::Escalated
+            | IncidentState::Refused
+            | IncidentState::Failed
+            | IncidentState::DryRun
+            | IncidentState::Unknown => true,
+        }
+    }
+}
+
+impl fmt::Display for IncidentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for IncidentState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        IncidentState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown incident state {s:?}"))
+    }
+}
+
+/// What a timeline event records: the moment the trouble was first seen
+/// (`detected`, before the incident opened), or a step taken in (or into)
+/// an incident state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Detected,
+    State(IncidentState),
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Detected => "detected",
+            EventKind::State(state) => state.as_str(),
+        }
+    }
+}
+
+impl From<IncidentState> for EventKind {
+    fn from(state: IncidentState) -> Self {
+        EventKind::State(state)
+    }
+}
+
+impl PartialEq<IncidentState> for EventKind {
+    fn eq(&self, other: &IncidentState) -> bool {
+        *self == EventKind::State(*other)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == EventKind::Detected.as_str() {
+            return Ok(EventKind::Detected);
+        }
+        s.parse()
+            .map(EventKind::State)
+            .map_err(|_| format!("unknown timeline event kind {s:?}"))
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// What started a rollback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The matrix fired a rule.
+    Automatic,
+    /// `rollbackd rollback --reason`.
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Automatic => "automatic",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "automatic" => Ok(Trigger::Automatic),
+            "manual" => Ok(Trigger::Manual),
+            other => Err(format!("unknown rollback trigger {other:?}")),
+        }
+    }
+}
+
 /// What one probe run saw. `Ok` and `Failed` got an answer from the
 /// target (a failed answer: a bad status, a mismatching body, an exit code,
 /// a refused or reset connection, errors in metrics or logs); `Timeout` and
@@ -620,5 +800,33 @@ mod tests {
     fn severity_orders_by_urgency() {
         assert!(Severity::Critical > Severity::High && Severity::Medium > Severity::Low);
         assert_eq!(Severity::ALL.iter().max(), Some(&Severity::Critical));
+    }
+
+    #[test]
+    fn incident_vocabulary_round_trips_and_rejects_unknown_text() {
+        for state in IncidentState::ALL {
+            assert_eq!(state.as_str().parse::<IncidentState>(), Ok(state));
+            let kind = EventKind::from(state);
+            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::to_value(kind).unwrap()
+            );
+        }
+        assert_eq!("detected".parse::<EventKind>(), Ok(EventKind::Detected));
+        // Printed in aligned columns (the demo's timeline): width applies.
+        let kind = EventKind::from(IncidentState::Switched);
+        assert_eq!(format!("[{kind:<10}]"), "[switched  ]");
+        assert_eq!(format!("[{:<8}]", IncidentState::Failed), "[failed  ]");
+        assert!("detected".parse::<IncidentState>().is_err());
+        for trigger in [Trigger::Automatic, Trigger::Manual] {
+            assert_eq!(trigger.as_str().parse::<Trigger>(), Ok(trigger));
+        }
+        let err = "switchin".parse::<IncidentState>().unwrap_err();
+        assert!(err.contains("\"switchin\""), "{err}");
+        let err = "bogus".parse::<EventKind>().unwrap_err();
+        assert!(err.contains("\"bogus\""), "{err}");
+        let err = "cron".parse::<Trigger>().unwrap_err();
+        assert!(err.contains("\"cron\""), "{err}");
     }
 }

@@ -262,8 +262,50 @@ pub fn kill_all_runs() -> usize {
     kill_marked(&format!("{}-", std::process::id()), None)
 }
 
-/// One line of `/proc/PID/stat`: (pid, ppid, session, zombie).
-fn proc_table() -> Vec<(i32, i32, i32, bool)> {
+/// What `/proc/PID/stat` says of one process: the fields rollbackd reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    /// The state letter (`R`, `S`, `Z`, ...).
+    pub state: char,
+    pub ppid: i32,
+    pub session: i32,
+    /// Field 22: clock ticks after boot when the process started, which
+    /// tells a reused pid from the process that had it before.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Exited, with only its exit status left to be collected.
+    pub fn zombie(&self) -> bool {
+        self.state == 'Z'
+    }
+}
+
+/// The one reader of `/proc/PID/stat`: `None` when the process is not
+/// there (or hidden from this user, or the text does not parse).
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let pid = i32::try_from(pid).ok()?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+fn parse_stat(pid: i32, text: &str) -> Option<ProcStat> {
+    // The command name (field 2) may hold spaces and parentheses: count
+    // fields after its last closing parenthesis, which start at field 3.
+    let (_, rest) = text.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        pid,
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+        start_time: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// Every process visible in `/proc`.
+fn proc_table() -> Vec<ProcStat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -272,24 +314,13 @@ fn proc_table() -> Vec<(i32, i32, i32, bool)> {
         let Some(pid) = entry
             .file_name()
             .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(|n| n.parse::<u32>().ok())
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
+        if let Some(stat) = proc_stat(pid) {
+            procs.push(stat);
         }
-        let (Ok(ppid), Ok(session)) = (f[1].parse(), f[3].parse()) else {
-            continue;
-        };
-        procs.push((pid, ppid, session, f[0] == "Z"));
     }
     procs
 }
@@ -307,8 +338,9 @@ fn kill_marked(mark: &str, root: Option<u32>) -> usize {
     };
     let procs = proc_table();
     let mut doomed: HashSet<i32> = HashSet::new();
-    for &(pid, _, _, zombie) in &procs {
-        if pid == me || zombie {
+    for p in &procs {
+        let pid = p.pid;
+        if pid == me || p.zombie() {
             continue;
         }
         if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
@@ -319,8 +351,8 @@ fn kill_marked(mark: &str, root: Option<u32>) -> usize {
     }
     // Their descendants too, even those that cleared their environment.
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for &(pid, ppid, _, _) in &procs {
-        children.entry(ppid).or_default().push(pid);
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p.pid);
     }
     let mut stack: Vec<i32> = doomed.iter().copied().collect();
     while let Some(pid) = stack.pop() {
@@ -336,8 +368,8 @@ fn kill_marked(mark: &str, root: Option<u32>) -> usize {
     let root = root.map(|r| r as i32);
     let ours: Vec<i32> = procs
         .iter()
-        .filter(|(pid, ppid, _, _)| *ppid == me && doomed.contains(pid) && Some(*pid) != root)
-        .map(|p| p.0)
+        .filter(|p| p.ppid == me && doomed.contains(&p.pid) && Some(p.pid) != root)
+        .map(|p| p.pid)
         .collect();
     reap(&ours);
     reap_orphans(&procs);
@@ -362,14 +394,14 @@ fn reap(pids: &[i32]) {
 /// Orphans re-parented to us that died on their own: zombies whose session
 /// is not ours (they called `setsid`; nothing this process spawns itself
 /// does, so none is a child tokio waits for).
-fn reap_orphans(procs: &[(i32, i32, i32, bool)]) {
+fn reap_orphans(procs: &[ProcStat]) {
     let me = std::process::id() as i32;
-    let Some(my_session) = procs.iter().find(|p| p.0 == me).map(|p| p.2) else {
+    let Some(my_session) = procs.iter().find(|p| p.pid == me).map(|p| p.session) else {
         return;
     };
-    for &(pid, ppid, session, zombie) in procs {
-        if zombie && ppid == me && session != my_session {
-            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+    for p in procs {
+        if p.zombie() && p.ppid == me && p.session != my_session {
+            let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
         }
     }
 }
@@ -377,17 +409,12 @@ fn reap_orphans(procs: &[(i32, i32, i32, bool)]) {
 /// Whether a process group's leader still runs (a zombie does not count:
 /// under a container init that does not reap, it lingers).
 pub fn group_alive(pgid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pgid}/stat")) {
-        Err(_) => false,
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
+    proc_stat(pgid).is_some_and(|p| !p.zombie())
 }
 
 /// SIGKILL the whole group: grandchildren included. Errors mean the group
 /// is already gone, which is what we wanted.
-fn kill_group(pgid: Option<Pid>) {
+pub fn kill_group(pgid: Option<Pid>) {
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
     }
@@ -484,52 +511,68 @@ mod tests {
         true
     }
 
+    /// A child left behind (in the group, or escaped with `setsid`) is
+    /// gone once its check ends, whether the check exited or timed out;
+    /// an exit 0 is reported promptly although the child holds stdout.
     #[tokio::test]
-    async fn exit_0_with_a_background_child_holding_stdout_is_ok_promptly() {
-        let f = run(
-            &argv(&["/bin/sh", "-c", "sleep 300 & echo $!; exit 0"]),
-            &[],
-            Duration::from_secs(10),
-        )
-        .await;
-        assert_eq!(f.exit, Exit::Code(0), "{f:?}");
-        assert!(f.elapsed < Duration::from_secs(2), "took {:?}", f.elapsed);
-        assert!(
-            gone_within(&f.output, Duration::from_secs(5)),
-            "the background sleep outlived its check"
-        );
+    async fn no_child_outlives_its_check() {
+        for (script, timeout, exit, prompt) in [
+            (
+                "sleep 300 & echo $!; exit 0",
+                Duration::from_secs(10),
+                Exit::Code(0),
+                true,
+            ),
+            (
+                "setsid sleep 300 & echo $!; exit 0",
+                Duration::from_secs(10),
+                Exit::Code(0),
+                true,
+            ),
+            (
+                "setsid sleep 300 & echo $!; sleep 30",
+                Duration::from_millis(500),
+                Exit::TimedOut,
+                false,
+            ),
+        ] {
+            let f = run(&argv(&["/bin/sh", "-c", script]), &[], timeout).await;
+            assert_eq!(f.exit, exit, "{script}: {f:?}");
+            if prompt {
+                assert!(
+                    f.elapsed < Duration::from_secs(2),
+                    "{script}: took {:?}",
+                    f.elapsed
+                );
+            }
+            assert!(
+                gone_within(&f.output, Duration::from_secs(5)),
+                "{script}: the child outlived its check: {}",
+                f.output
+            );
+        }
     }
 
-    #[tokio::test]
-    async fn a_setsid_child_is_gone_after_the_check_ends() {
-        let f = run(
-            &argv(&["/bin/sh", "-c", "setsid sleep 300 & echo $!; exit 0"]),
-            &[],
-            Duration::from_secs(10),
-        )
-        .await;
-        assert_eq!(f.exit, Exit::Code(0), "{f:?}");
-        assert!(f.elapsed < Duration::from_secs(2), "took {:?}", f.elapsed);
-        assert!(
-            gone_within(&f.output, Duration::from_secs(5)),
-            "the setsid child escaped: {}",
-            f.output
+    #[test]
+    fn proc_stat_reads_past_a_command_name_with_spaces_and_parentheses() {
+        let line =
+            "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
+        assert_eq!(
+            parse_stat(4242, line),
+            Some(ProcStat {
+                pid: 4242,
+                state: 'S',
+                ppid: 1,
+                session: 4242,
+                start_time: 987654,
+            })
         );
-    }
-
-    #[tokio::test]
-    async fn a_setsid_child_is_gone_after_a_timeout_too() {
-        let f = run(
-            &argv(&["/bin/sh", "-c", "setsid sleep 300 & echo $!; sleep 30"]),
-            &[],
-            Duration::from_millis(500),
-        )
-        .await;
-        assert_eq!(f.exit, Exit::TimedOut, "{f:?}");
+        assert!(parse_stat(1, "1 (init) Z 0").is_none(), "too short");
+        let me = proc_stat(std::process::id()).expect("this process is in /proc");
+        assert!(!me.zombie() && me.start_time > 0, "{me:?}");
         assert!(
-            gone_within(&f.output, Duration::from_secs(5)),
-            "the setsid child escaped: {}",
-            f.output
+            group_alive(std::process::id()),
+            "a running process counts as alive"
         );
     }
 

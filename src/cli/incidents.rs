@@ -1,16 +1,18 @@
 //! `rollbackd incidents` and `incident show N [--json|--markdown]`: the
 //! record of every rollback (or refused one) as text, JSON, or a Markdown
-//! report an on-call engineer pastes into a post-mortem. This file only
-//! renders what `store` holds; it changes nothing.
-
-use std::time::Duration;
+//! report an on-call engineer pastes into a post-mortem (written by
+//! `report::incident`, which `demo` shares). This file only renders what
+//! `store` holds; it changes nothing.
 
 use serde_json::{Value, json};
 
 use super::{NotFound, open_read_only};
 use crate::config::Config;
-use crate::model::{Color, Millis, Signal, format_ms, format_value};
-use crate::store::{Incident, IncidentEvent, StoreError};
+use crate::model::{EventKind, IncidentState, format_ms};
+use crate::report::incident::{
+    self, color, downtime, evidence_line, label, precise, short_duration, version,
+};
+use crate::store::{IncidentEvent, StoreError};
 
 pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let list = open_read_only(config).await?.incidents().await?;
@@ -31,9 +33,9 @@ pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 format!("#{}", i.id),
                 format_ms(i.opened_ms),
                 i.severity.as_str().to_owned(),
-                i.trigger_kind.clone(),
+                i.trigger_kind.as_str().to_owned(),
                 format!("{} -> {}", color(i.from_color), color(i.to_color)),
-                i.state.clone(),
+                i.state.as_str().to_owned(),
                 i.downtime_ms
                     .map(short_duration)
                     .unwrap_or_else(|| "-".into()),
@@ -87,10 +89,10 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         return Ok(());
     }
     if markdown {
-        let chart = incident_chart(&store, &inc, &events).await?;
+        let chart = incident::chart(&store, &inc, &events).await?;
         print!(
             "{}",
-            markdown_report(&config.service, &inc, &events, &chart)
+            incident::markdown(&config.service, &inc, &events, &chart)
         );
         return Ok(());
     }
@@ -124,201 +126,11 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         println!(
             "  {}  {:<20} {}",
             precise(e.at_ms),
-            label(&e.state),
+            label(e.state),
             e.message
         );
     }
     Ok(())
-}
-
-/// How much of the time around an incident its chart shows: before the
-/// fault (what normal looked like) and after it closed (that it held).
-const CHART_MARGIN_MS: Millis = 30_000;
-
-/// The incident's charts (`chart::Timeline::markdown`): both colors' error
-/// rate and latency from shortly before the fault until shortly after the
-/// end (or now), with the fault (`detected`), the decision (`requested`)
-/// and the switch (`switched`) marked. Starts at the first stored sample
-/// of that time, so a daemon started just before is not a flat line.
-pub async fn incident_chart(
-    store: &crate::store::Store,
-    inc: &Incident,
-    events: &[IncidentEvent],
-) -> Result<String, StoreError> {
-    let first = events
-        .iter()
-        .map(|e| e.at_ms)
-        .min()
-        .unwrap_or(inc.opened_ms)
-        .min(inc.opened_ms);
-    let now = crate::model::now_ms();
-    let last = events
-        .iter()
-        .map(|e| e.at_ms)
-        .max()
-        .unwrap_or(inc.opened_ms)
-        .max(inc.closed_ms.unwrap_or(now));
-    let (from, until) = (first - CHART_MARGIN_MS, (last + CHART_MARGIN_MS).min(now));
-    let samples = store.samples_between(from, until).await?;
-    let start = samples
-        .iter()
-        .map(|s| s.at_ms)
-        .min()
-        .unwrap_or(from)
-        .min(first);
-    let mut timeline = crate::report::chart::Timeline::new(start, until.max(last));
-    for s in &samples {
-        timeline.add(s);
-    }
-    for (state, kind) in [
-        ("detected", crate::report::chart::MarkKind::Fault),
-        ("requested", crate::report::chart::MarkKind::Decision),
-        ("switched", crate::report::chart::MarkKind::Switch),
-    ] {
-        if let Some(e) = events.iter().find(|e| e.state == state) {
-            timeline.mark(e.at_ms, kind);
-        }
-    }
-    Ok(timeline.markdown())
-}
-
-/// The post-mortem starter: summary, severity, timeline, the charts
-/// (`incident_chart`, empty for none), evidence, a root-cause placeholder
-/// and the resolution.
-pub fn markdown_report(
-    service: &str,
-    inc: &Incident,
-    events: &[IncidentEvent],
-    chart: &str,
-) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let kind = if inc.trigger_kind == "manual" {
-        "manual"
-    } else {
-        "automatic"
-    };
-    let _ = writeln!(
-        out,
-        "# Incident #{}: {} {} rollback of {service}\n",
-        inc.id, inc.severity, kind
-    );
-    let _ = writeln!(out, "## Summary\n");
-    let _ = writeln!(out, "{}\n", summary_sentence(service, inc, events));
-    let _ = writeln!(out, "| | |\n|---|---|");
-    let _ = writeln!(out, "| **Severity** | {} |", inc.severity);
-    let _ = writeln!(
-        out,
-        "| **Trigger** | {kind}{} |",
-        inc.rule
-            .as_deref()
-            .map(|r| format!(": `{}`", md(r)))
-            .unwrap_or_default()
-    );
-    let _ = writeln!(out, "| **Reason** | {} |", md(&inc.reason));
-    let _ = writeln!(
-        out,
-        "| **From** | {} (`{}`) |",
-        color(inc.from_color),
-        md(&version(&inc.from_version))
-    );
-    let _ = writeln!(
-        out,
-        "| **To** | {} (`{}`) |",
-        color(inc.to_color),
-        md(&version(&inc.to_version))
-    );
-    let _ = writeln!(out, "| **Outcome** | {} |", inc.state);
-    let _ = writeln!(out, "| **Measured downtime** | {} |", downtime(inc));
-    let _ = writeln!(out, "| **Opened** | {} |", format_ms(inc.opened_ms));
-    if let Some(c) = inc.closed_ms {
-        let _ = writeln!(out, "| **Closed** | {} |", format_ms(c));
-    }
-    let _ = writeln!(out, "\n## Timeline (UTC)\n");
-    let _ = writeln!(out, "| time | step | event |\n|---|---|---|");
-    for e in events {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            precise(e.at_ms),
-            label(&e.state),
-            md(&e.message)
-        );
-    }
-    if !chart.is_empty() {
-        let _ = write!(out, "\n## Error rate and latency\n\n{chart}");
-    }
-    let _ = writeln!(out, "\n## Evidence\n");
-    let _ = writeln!(out, "{}\n", md(&evidence_line(&inc.evidence)));
-    let pretty = serde_json::from_str::<Value>(&inc.evidence)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| inc.evidence.clone());
-    let _ = writeln!(out, "```json\n{pretty}\n```");
-    let _ = writeln!(out, "\n## Root cause\n");
-    let _ = writeln!(
-        out,
-        "_To be filled in by the on-call engineer: what changed in `{}`, why the checks caught it, why it was not caught before the cutover._",
-        md(&version(&inc.from_version))
-    );
-    let _ = writeln!(out, "\n## Resolution\n");
-    let _ = writeln!(
-        out,
-        "{}",
-        md(&inc
-            .outcome
-            .clone()
-            .unwrap_or_else(|| "_Rollback still in progress._".into()))
-    );
-    let _ = writeln!(out, "\n## Follow-up\n\n- [ ] ");
-    out
-}
-
-pub(crate) fn summary_sentence(service: &str, inc: &Incident, events: &[IncidentEvent]) -> String {
-    let from = format!(
-        "{} (`{}`)",
-        color(inc.from_color),
-        md(&version(&inc.from_version))
-    );
-    let to = format!(
-        "{} (`{}`)",
-        color(inc.to_color),
-        md(&version(&inc.to_version))
-    );
-    let detected = events
-        .iter()
-        .find(|e| e.state == "detected")
-        .map(|e| format!(" {from} started failing at {}.", precise(e.at_ms)))
-        .unwrap_or_default();
-    let start = match &inc.rule {
-        Some(r) => format!(
-            "Rule `{}` fired on {service} {from}; rollbackd rolled back automatically.",
-            md(r)
-        ),
-        None => format!(
-            "An operator rolled back {service} {from}: {}.",
-            md(inc.reason.trim_end_matches('.'))
-        ),
-    };
-    let end = match inc.state.as_str() {
-        "verified" => format!(
-            "Traffic moved to {to}, which passed its health probes{}.",
-            inc.downtime_ms
-                .map(|d| format!("; measured downtime {}", short_duration(d)))
-                .unwrap_or_default()
-        ),
-        "escalated" => format!(
-            "Traffic moved to {to}, but it did not pass its health probes in time: escalated, no further automatic switch."
-        ),
-        "refused" => format!("The switch to {to} was refused; {from} kept serving."),
-        "failed" => "The rollback failed; the timeline shows where it stopped.".to_owned(),
-        crate::rollback::UNKNOWN_STATE => format!(
-            "The switch command to {to} started but was interrupted: its outcome is unknown — check the proxy."
-        ),
-        "dry_run" => format!("Dry run: traffic would have moved to {to}."),
-        other => format!("The rollback is in progress (state {other})."),
-    };
-    format!("{start}{detected} {end}")
 }
 
 /// The timeline's milestones for JSON readers: detected, rollback
@@ -326,114 +138,16 @@ pub(crate) fn summary_sentence(service: &str, inc: &Incident, events: &[Incident
 /// (RFC 3339 with milliseconds) or `null` when the timeline never got
 /// there.
 fn milestones(events: &[IncidentEvent]) -> Value {
-    let first = |state: &str| -> Option<String> {
+    let first = |state: EventKind| -> Option<String> {
         events
             .iter()
             .find(|e| e.state == state)
             .map(|e| format_ms(e.at_ms))
     };
     json!({
-        "detected": first("detected"),
-        "initiated": first("requested"),
-        "completed": first("switched"),
-        "validated": first("verified"),
+        "detected": first(EventKind::Detected),
+        "initiated": first(IncidentState::Requested.into()),
+        "completed": first(IncidentState::Switched.into()),
+        "validated": first(IncidentState::Verified.into()),
     })
-}
-
-/// What each state means on a timeline.
-fn label(state: &str) -> &str {
-    match state {
-        "detected" => "detected",
-        "requested" => "rollback initiated",
-        "target_verified" => "target verified",
-        "switching" => "switching",
-        "switched" => "rollback completed",
-        "verified" => "validated",
-        other => other,
-    }
-}
-
-/// The verdict evidence in one line, when it is a verdict.
-fn evidence_line(evidence: &str) -> String {
-    let Ok(v) = serde_json::from_str::<Value>(evidence) else {
-        return evidence.to_owned();
-    };
-    if v.get("manual").is_some() {
-        return format!(
-            "manual rollback{}: {}",
-            v["user"]
-                .as_str()
-                .filter(|u| !u.is_empty())
-                .map(|u| format!(" by {u}"))
-                .unwrap_or_default(),
-            v["reason"].as_str().unwrap_or("")
-        );
-    }
-    let (Some(rule), Some(color)) = (v["rule"].as_str(), v["color"].as_str()) else {
-        return evidence.to_owned();
-    };
-    let signal: Option<Signal> = serde_json::from_value(v["signal"].clone()).ok();
-    let fmt = |x: &Value| match (x.as_f64(), signal) {
-        (Some(x), Some(s)) => format_value(s, x),
-        (Some(x), None) => format!("{x}"),
-        _ => "-".into(),
-    };
-    format!(
-        "`{rule}` {} on {color} at {}: value {} against threshold {} over {} samples in a {} window{}{}",
-        v["state"].as_str().unwrap_or("fired"),
-        v["at_ms"].as_i64().map(format_ms).unwrap_or_default(),
-        fmt(&v["value"]),
-        fmt(&v["threshold"]),
-        v["n"],
-        v["window_ms"]
-            .as_i64()
-            .map(short_duration)
-            .unwrap_or_else(|| "?".into()),
-        v["baseline"]
-            .as_f64()
-            .map(|b| format!(" (baseline {})", fmt(&json!(b))))
-            .unwrap_or_default(),
-        v["detail"]
-            .as_str()
-            .filter(|d| !d.is_empty())
-            .map(|d| format!("; {d}"))
-            .unwrap_or_default(),
-    )
-}
-
-fn downtime(inc: &Incident) -> String {
-    match inc.downtime_ms {
-        Some(d) => format!("{} (from detection to validation)", short_duration(d)),
-        None => "not measured".into(),
-    }
-}
-
-fn short_duration(ms: Millis) -> String {
-    let ms = ms.max(0) as u64;
-    // Whole seconds read better; sub-second ones keep their millis.
-    let d = if ms >= 1000 {
-        Duration::from_secs(ms.div_ceil(1000))
-    } else {
-        Duration::from_millis(ms)
-    };
-    humantime::format_duration(d).to_string()
-}
-
-/// A timeline time: steps are often within one second of each other.
-fn precise(ms: Millis) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn color(c: Option<Color>) -> &'static str {
-    c.map(Color::as_str).unwrap_or("?")
-}
-
-fn version(v: &Option<String>) -> String {
-    v.clone().unwrap_or_else(|| "?".into())
-}
-
-/// Text safe inside a Markdown table cell.
-fn md(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
 }

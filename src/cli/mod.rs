@@ -21,8 +21,6 @@ mod status;
 mod table;
 
 pub use check::report as check_report;
-pub(crate) use incidents::summary_sentence as incident_summary;
-pub use incidents::{incident_chart, markdown_report as incident_markdown};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -127,7 +127,7 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
             humantime::format_duration(std::time::Duration::from_millis(v.window_ms.max(0) as u64));
         rows.push(vec![
             v.color.as_str().to_owned(),
-            v.state.clone(),
+            v.state.as_str().to_owned(),
             v.rule.clone(),
             value,
             show(v.threshold),
@@ -261,7 +261,7 @@ fn uncertain_active(
     active: &Option<crate::rollback::active::Active>,
     last: Option<&crate::store::Incident>,
 ) -> Option<String> {
-    let inc = last.filter(|i| i.state == crate::rollback::UNKNOWN_STATE)?;
+    let inc = last.filter(|i| i.state == crate::model::IncidentState::Unknown)?;
     if let Some(d) = active.as_ref().and_then(|a| a.deployment()) {
         if d.at_ms > inc.closed_ms.unwrap_or(inc.opened_ms) {
             return None;

@@ -595,7 +595,7 @@ verify_after = "1s"
             let events = store.incident_events(incident).await.unwrap();
             events
                 .iter()
-                .filter(|e| e.state == "detected")
+                .filter(|e| e.state == crate::model::EventKind::Detected)
                 .map(|e| e.at_ms)
                 .collect::<Vec<_>>()
         };
@@ -640,7 +640,7 @@ verify_after = "1s"
         let panicked = task.await.unwrap_err();
         assert!(panicked.is_panic());
         let open = store.in_flight_incident().await.unwrap().unwrap();
-        assert_eq!(open.state, "requested");
+        assert_eq!(open.state, crate::model::IncidentState::Requested);
 
         let mut policy = Policy::default();
         let closing = abandon(&config, &store, &prober, None, panicked.to_string());
@@ -651,7 +651,7 @@ verify_after = "1s"
         assert_eq!(policy.broke(Instant::now()), 2 * RETRY_AFTER);
         assert_eq!(store.in_flight_incident().await.unwrap(), None);
         let closed = store.incident(open.id).await.unwrap();
-        assert_eq!(closed.state, "failed");
+        assert_eq!(closed.state, crate::model::IncidentState::Failed);
         let outcome = closed.outcome.unwrap_or_default();
         assert!(
             outcome.contains("the rollback task stopped")

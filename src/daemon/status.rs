@@ -147,7 +147,7 @@ impl From<&crate::store::StoredVerdict> for VerdictDoc {
             rule: v.rule.clone(),
             severity: v.severity,
             color: v.color,
-            state: v.state.clone(),
+            state: v.state.as_str().to_owned(),
             n: v.n.max(0) as u64,
             value: v.value,
             threshold: v.threshold,

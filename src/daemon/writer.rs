@@ -257,7 +257,7 @@ pub fn queue_verdicts(verdict_tx: &mpsc::Sender<StoredVerdict>, verdicts: &[Verd
             rule: v.rule.clone(),
             severity: v.severity,
             color: v.color,
-            state: v.state.as_str().to_owned(),
+            state: v.state,
             n: v.n as i64,
             value: v.value,
             threshold: v.threshold,

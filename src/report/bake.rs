@@ -5,6 +5,7 @@
 //! restarts and processes (the database holds the claim).
 
 use crate::config::Config;
+use crate::matrix::State;
 use crate::model::{Severity, duration_ms, now_ms};
 use crate::notifier::{Event, Hub, Notice};
 use crate::report::{self, ReportError};
@@ -33,7 +34,7 @@ pub async fn check(config: &Config, store: &Store, hub: &Hub) -> Result<Baked, R
         .await?
         .into_iter()
         .chain(store.latest_verdicts().await?)
-        .any(|v| v.color == d.color && v.state == "fired" && v.severity >= Severity::High);
+        .any(|v| v.color == d.color && v.state == State::Fired && v.severity >= Severity::High);
     let incident = store
         .incidents()
         .await?

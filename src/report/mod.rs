@@ -8,6 +8,7 @@
 
 pub mod bake;
 pub mod chart;
+pub mod incident;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -323,11 +324,14 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
             continue;
         }
         for e in store.incident_events(inc.id).await? {
-            let kind = match e.state.as_str() {
-                "detected" => crate::report::chart::MarkKind::Fault,
-                "requested" => crate::report::chart::MarkKind::Decision,
-                "switched" => crate::report::chart::MarkKind::Switch,
-                _ => continue,
+            use crate::model::{EventKind, IncidentState};
+            let kind = match e.state {
+                EventKind::Detected => crate::report::chart::MarkKind::Fault,
+                EventKind::State(IncidentState::Requested) => {
+                    crate::report::chart::MarkKind::Decision
+                }
+                EventKind::State(IncidentState::Switched) => crate::report::chart::MarkKind::Switch,
+                EventKind::State(_) => continue,
             };
             timeline.mark(e.at_ms, kind);
             incident_marks += 1;
@@ -338,14 +342,14 @@ pub async fn build(config: &Config, store: &Store, id: Option<i64>) -> Result<Re
         // decision worth seeing (an alert, a held or refused rollback).
         if let Some(v) = verdicts
             .iter()
-            .find(|v| v.state == "fired" && v.severity >= Severity::High)
+            .find(|v| v.state == crate::matrix::State::Fired && v.severity >= Severity::High)
         {
             timeline.mark(v.at_ms, crate::report::chart::MarkKind::Decision);
         }
     }
     let fired = verdicts
         .into_iter()
-        .filter(|v| v.state == "fired")
+        .filter(|v| v.state == crate::matrix::State::Fired)
         .map(|v| FiredRule {
             at_ms: v.at_ms,
             rule: v.rule,

@@ -25,18 +25,19 @@
 pub mod active;
 pub mod entry;
 pub mod guards;
+mod recovery;
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::config::{Config, Scope};
-use crate::model::{Color, Millis, Severity, format_ms, now_ms};
+pub use crate::model::Trigger;
+use crate::model::{Color, EventKind, IncidentState, Millis, Severity, format_ms, now_ms};
 use crate::notifier::{Event, Hub, Notice};
 use crate::probe::Prober;
 use crate::process;
 pub use crate::rollback::guards::Guards;
-use crate::store::{Deployment, Incident, NewIncident, Store, StoreError};
+pub use crate::rollback::recovery::{abandon, holder_alive, reconcile};
+use crate::store::{Deployment, NewIncident, Store, StoreError};
 
 /// Fixed journald MESSAGE_IDs (SPEC section 5), so operators can
 /// `journalctl MESSAGE_ID=...` across versions.
@@ -47,20 +48,14 @@ pub mod message_id {
     pub const REFUSED: &str = "5f1d2a6c0b7e4d3f9a8c1e2b3d4f5a64";
 }
 
-/// The closing state of a rollback whose switch command started but whose
-/// outcome nothing can tell (see `Run::unknown`); `status` then calls the
-/// active color uncertain.
-pub const UNKNOWN_STATE: &str = "unknown";
-/// How such an outcome is worded, first in the incident's outcome.
-pub const OUTCOME_UNKNOWN: &str = "outcome unknown — check the proxy";
+/// How the timeline tells a switch command's process group, followed by
+/// the id. Before the `switch_pgid` column this prose was the only record;
+/// [`legacy_switch_group`] still reads it for incidents written then.
+const SWITCH_GROUP_PROSE: &str = "switch command running as process group ";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Trigger {
-    /// The matrix fired a rule.
-    Automatic,
-    /// `rollbackd rollback --reason`.
-    Manual,
-}
+/// How the outcome of a rollback closed [`IncidentState::Unknown`] (its
+/// switch command started, nothing can tell whether it landed) is worded, first in the incident's outcome.
+pub const OUTCOME_UNKNOWN: &str = "outcome unknown — check the proxy";
 
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -156,49 +151,10 @@ pub fn operator() -> Option<String> {
 /// time, from `/proc`, tells a reused pid from the process that died).
 pub fn holder_id() -> String {
     let pid = std::process::id();
-    format!("{pid}/{}", start_time(pid).unwrap_or(0))
-}
-
-/// Whether the process named by a holder id is still running.
-pub fn holder_alive(holder: &str) -> bool {
-    let Some((pid, start)) = holder.split_once('/') else {
-        return false;
-    };
-    let Ok(pid) = pid.parse::<u32>() else {
-        return false;
-    };
-    match proc_stat(pid) {
-        // A zombie has exited; only its exit status waits to be collected.
-        Some(('Z', _)) => false,
-        Some((_, t)) => start.parse::<u64>().is_ok_and(|s| s == 0 || s == t),
-        // Not visible in /proc: gone, or hidden from us (another user's
-        // process under `ProtectProc=invisible` or `hidepid`). Only the
-        // kernel's "no such process" proves it is gone.
-        None => {
-            let Ok(raw) = i32::try_from(pid) else {
-                return false;
-            };
-            !matches!(
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
-                Err(nix::errno::Errno::ESRCH)
-            )
-        }
-    }
-}
-
-/// Field 22 of `/proc/PID/stat`: the start time in clock ticks since boot.
-fn start_time(pid: u32) -> Option<u64> {
-    proc_stat(pid).map(|(_, t)| t)
-}
-
-/// The state letter and start time from `/proc/PID/stat`.
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count
-    // fields after its closing parenthesis, which start at field 3.
-    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    Some((state, rest.nth(18)?.parse().ok()?))
+    format!(
+        "{pid}/{}",
+        process::proc_stat(pid).map_or(0, |p| p.start_time)
+    )
 }
 
 /// Run one guarded rollback from the active color to the other.
@@ -242,10 +198,7 @@ pub async fn execute_guarded(
     let target_dep = store.previous_deployment_of(to, active_dep.id).await?;
     let new = NewIncident {
         at_ms: now,
-        trigger_kind: match req.trigger {
-            Trigger::Automatic => "automatic",
-            Trigger::Manual => "manual",
-        },
+        trigger_kind: req.trigger,
         severity: req.severity,
         rule: req.rule.clone(),
         reason: req.reason.clone(),
@@ -268,7 +221,7 @@ pub async fn execute_guarded(
     // A database that refuses the record does not stop the rollback: the
     // incident is kept in memory and written when it takes writes again.
     let id = match store
-        .open_incident_or_keep(&new, "requested", &requested)
+        .open_incident_or_keep(&new, IncidentState::Requested, &requested)
         .await
     {
         Ok((id, _stored)) => id,
@@ -295,7 +248,7 @@ pub async fn execute_guarded(
             .add_incident_event_or_keep(
                 id,
                 since,
-                "detected",
+                EventKind::Detected,
                 &format!(
                     "{from} ({}) started failing{}",
                     active_dep.version,
@@ -469,7 +422,7 @@ impl Run<'_, '_> {
 
     /// Record a step; a database that refuses it keeps it in memory (the
     /// rollback never waits on the database).
-    async fn event(&self, state: &str, message: &str) -> Result<(), StoreError> {
+    async fn event(&self, state: IncidentState, message: &str) -> Result<(), StoreError> {
         self.ctx
             .store
             .advance_incident_or_keep(self.id, now_ms(), state, message)
@@ -490,7 +443,7 @@ impl Run<'_, '_> {
             .close_incident_or_keep(
                 self.id,
                 now_ms(),
-                "refused",
+                IncidentState::Refused,
                 &format!("refused: {why}"),
                 None,
             )
@@ -519,7 +472,13 @@ impl Run<'_, '_> {
         );
         self.ctx
             .store
-            .close_incident_or_keep(self.id, now_ms(), "failed", &format!("failed: {why}"), None)
+            .close_incident_or_keep(
+                self.id,
+                now_ms(),
+                IncidentState::Failed,
+                &format!("failed: {why}"),
+                None,
+            )
             .await;
         self.notify(
             Event::RollbackFailed,
@@ -548,7 +507,7 @@ impl Run<'_, '_> {
         );
         self.ctx
             .store
-            .close_incident_or_keep(self.id, now_ms(), UNKNOWN_STATE, &why, None)
+            .close_incident_or_keep(self.id, now_ms(), IncidentState::Unknown, &why, None)
             .await;
         self.notify(
             Event::RollbackFailed,
@@ -611,7 +570,7 @@ impl Run<'_, '_> {
                 .add_incident_event_or_keep(
                     self.id,
                     now_ms(),
-                    "requested",
+                    IncidentState::Requested,
                     &format!("preparing {}: running the prepare command", self.to),
                 )
                 .await;
@@ -626,7 +585,7 @@ impl Run<'_, '_> {
                 .add_incident_event_or_keep(
                     self.id,
                     now_ms(),
-                    "requested",
+                    IncidentState::Requested,
                     &format!("prepared {}: {}", self.to, done.describe()),
                 )
                 .await;
@@ -645,13 +604,13 @@ impl Run<'_, '_> {
                     .await;
             }
             self.event(
-                "target_verified",
+                IncidentState::TargetVerified,
                 &format!("{} ({}) passes its health probes", self.to, target.version),
             )
             .await?;
         } else {
             self.event(
-                "target_verified",
+                IncidentState::TargetVerified,
                 "verify_target = false: target not checked",
             )
             .await?;
@@ -671,7 +630,7 @@ impl Run<'_, '_> {
                 .close_incident_or_keep(
                     self.id,
                     now_ms(),
-                    "dry_run",
+                    IncidentState::DryRun,
                     &format!(
                         "dry run: would roll back {} -> {} ({}); the command was not run",
                         self.from, self.to, target.version
@@ -705,20 +664,21 @@ impl Run<'_, '_> {
         // Persisted before the command runs: after a crash, `switching` says
         // the command may have run, and it is never run again.
         self.event(
-            "switching",
+            IncidentState::Switching,
             &format!("running the switch command to {}", self.to),
         )
         .await?;
-        // Its process group goes on the timeline as soon as it runs: if
-        // this process dies, the command (its own group) may go on, and a
-        // restart waits for it instead of guessing.
+        // Its process group is stored on the incident (and told on the
+        // timeline) as soon as it runs: if this process dies, the command
+        // (its own group) may go on, and a restart waits for it instead of
+        // guessing.
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let record_group = async {
             if let Ok(pgid) = started_rx.await {
-                let message = format!("switch command running as process group {pgid}");
+                let message = format!("{SWITCH_GROUP_PROSE}{pgid}");
                 self.ctx
                     .store
-                    .add_incident_event_or_keep(self.id, now_ms(), "switching", &message)
+                    .record_switch_group_or_keep(self.id, now_ms(), pgid, &message)
                     .await;
             }
         };
@@ -754,7 +714,7 @@ impl Run<'_, '_> {
             {
                 Ok(()) => {
                     self.event(
-                        "switching",
+                        IncidentState::Switching,
                         &format!(
                             "switch confirmed by traffic: the entry serves {} ({})",
                             self.to, entry.url
@@ -790,7 +750,7 @@ impl Run<'_, '_> {
             .close_incident(
                 self.id,
                 now_ms(),
-                "escalated",
+                IncidentState::Escalated,
                 &format!("escalated: {why}"),
                 None,
             )
@@ -830,7 +790,7 @@ impl Run<'_, '_> {
     async fn switched(self, target: Deployment, how: String) -> Result<Outcome, RollbackError> {
         self.record_switch(&target, false).await?;
         self.event(
-            "switched",
+            IncidentState::Switched,
             &format!("traffic moved to {} ({}): {how}", self.to, target.version),
         )
         .await?;
@@ -850,7 +810,7 @@ impl Run<'_, '_> {
                         .add_incident_event_or_keep(
                             self.id,
                             now_ms(),
-                            "switched",
+                            IncidentState::Switched,
                             &format!("retired {}: {}", self.from, done.describe()),
                         )
                         .await;
@@ -868,7 +828,7 @@ impl Run<'_, '_> {
                     .close_incident_or_keep(
                         self.id,
                         verified_at,
-                        "verified",
+                        IncidentState::Verified,
                         &format!(
                             "rolled back to {} ({}); verified healthy",
                             self.to,
@@ -919,7 +879,7 @@ impl Run<'_, '_> {
                     .close_incident_or_keep(
                         self.id,
                         now_ms(),
-                        "escalated",
+                        IncidentState::Escalated,
                         &format!("escalated: {why}"),
                         None,
                     )
@@ -973,286 +933,10 @@ pub async fn wait_healthy(ctx: &Context<'_>, color: Color, budget: Duration) -> 
     }
 }
 
-/// A switch command outlives the process that ran it (kill -9 of the
-/// daemon leaves its process group running). Before judging whether the
-/// switch landed, wait for it (bounded by `[rollback] timeout`, then kill the
-/// group), so its outcome is seen rather than guessed.
-async fn wait_for_orphaned_switch(ctx: &Context<'_>, incident: i64) -> Result<(), RollbackError> {
-    let events = ctx.store.incident_events(incident).await?;
-    let Some(pgid) = events.iter().rev().find_map(|e| {
-        e.message
-            .strip_prefix("switch command running as process group ")?
-            .trim()
-            .parse::<u32>()
-            .ok()
-    }) else {
-        return Ok(());
-    };
-    if !process::group_alive(pgid) {
-        return Ok(());
-    }
-    let timeout = ctx.config.rollback.timeout;
-    ctx.store
-        .add_incident_event(
-            incident,
-            now_ms(),
-            "switching",
-            &format!(
-                "the switch command (process group {pgid}) is still running after the restart: waiting up to {} for it",
-                humantime::format_duration(timeout)
-            ),
-        )
-        .await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    while process::group_alive(pgid) {
-        if tokio::time::Instant::now() >= deadline {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            ctx.store
-                .add_incident_event(
-                    incident,
-                    now_ms(),
-                    "switching",
-                    &format!("killed the switch command (process group {pgid}) at its timeout"),
-                )
-                .await?;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
 /// A request whose reason holds this panics once its incident is open
 /// (tests only).
 #[cfg(test)]
 pub(crate) const PANIC_FAULT: &str = "[test fault: panic in the rollback task]";
-
-/// Close the rollback this process left in flight when its task ended
-/// without an outcome (it panicked, or stopped on an error): the incident
-/// is closed as failed, saying whether the switch command may have run,
-/// the failure is notified, and the in-flight slot is free for the next
-/// attempt. `None` when this process holds no rollback.
-pub async fn abandon(ctx: &Context<'_>, why: &str) -> Result<Option<Outcome>, RollbackError> {
-    let Some(inc) = ctx.store.in_flight_incident().await? else {
-        return Ok(None);
-    };
-    if inc.holder.as_deref() != Some(holder_id().as_str()) {
-        // Another process's rollback (a CLI's): not ours to close.
-        return Ok(None);
-    }
-    let run = resumed_run(ctx, &inc).await?;
-    let why = match inc.state.as_str() {
-        "requested" | "target_verified" => {
-            format!(
-                "the rollback task stopped ({why}) before the switch command ran; nothing was switched"
-            )
-        }
-        "switching" if ctx.config.active_file.is_none() && ctx.config.entry.is_none() => {
-            let why = format!(
-                "the rollback task stopped while switching {} -> {} ({why}); the switch command may have run",
-                run.from, run.to
-            );
-            return Ok(Some(run.unknown(why).await?));
-        }
-        state => format!(
-            "the rollback task stopped in state {state} ({why}); the switch command may have run: check which color serves traffic"
-        ),
-    };
-    Ok(Some(run.fail(why).await?))
-}
-
-/// Close or resume the rollback left in flight by a process that died (the
-/// daemon after a kill -9, a CLI killed mid-rollback). Does nothing while
-/// the holder lives. Never runs the switch command again: `switching`
-/// resumes only when the `[active] file` proves the switch landed.
-pub async fn reconcile(ctx: &Context<'_>) -> Result<Option<Outcome>, RollbackError> {
-    let store = ctx.store;
-    let Some(inc) = store.in_flight_incident().await? else {
-        return Ok(None);
-    };
-    let me = holder_id();
-    if let Some(holder) = inc.holder.as_deref() {
-        if holder == me || holder_alive(holder) {
-            return Ok(None);
-        }
-    }
-    if !store
-        .take_over_incident(inc.id, inc.holder.as_deref(), &me)
-        .await?
-    {
-        // Another process took it over first.
-        return Ok(None);
-    }
-    tracing::warn!(
-        rollbackd.incident = inc.id,
-        "rollback #{} was interrupted in state {} (its process {} is gone): reconciling",
-        inc.id,
-        inc.state,
-        inc.holder.as_deref().unwrap_or("unknown")
-    );
-    let run = resumed_run(ctx, &inc).await?;
-    match inc.state.as_str() {
-        "requested" | "target_verified" => {
-            let why = "interrupted before the switch command ran; nothing was switched".to_owned();
-            Ok(Some(run.fail(why).await?))
-        }
-        "switching" | "switched" => {
-            if inc.state == "switching" {
-                wait_for_orphaned_switch(ctx, inc.id).await?;
-            }
-            // Did the switch happen? The active file says so when there is
-            // one; otherwise only `switched` (recorded after exit 0) does.
-            let landed = match (&ctx.config.active_file, &ctx.config.entry) {
-                (Some(file), _) => active::read_file(file).ok() == Some(run.to),
-                (None, _) if inc.state == "switched" => true,
-                // `[entry]` tells what the traffic does now (a proxy may
-                // still be reloading: give it verify_after).
-                (None, Some(entry)) => crate::rollback::entry::wait_serving(
-                    entry,
-                    run.to,
-                    ctx.config.rollback.verify_after,
-                )
-                .await
-                .is_ok(),
-                (None, None) => false,
-            };
-            if !landed {
-                let why = format!(
-                    "interrupted while switching {} -> {}; the command's outcome is unknown and it was NOT run again: check which color serves traffic",
-                    run.from, run.to
-                );
-                if ctx.config.active_file.is_none() && ctx.config.entry.is_none() {
-                    // Nothing can say where traffic went: not a failure.
-                    return Ok(Some(run.unknown(why).await?));
-                }
-                return Ok(Some(run.fail(why).await?));
-            }
-            let Some(target) = run.target_dep.clone() else {
-                return Ok(Some(
-                    run.fail("interrupted; the restored version is unknown".into())
-                        .await?,
-                ));
-            };
-            store
-                .add_incident_event(
-                    inc.id,
-                    now_ms(),
-                    &inc.state,
-                    "resumed after restart: the switch had landed",
-                )
-                .await?;
-            let latest = store.latest_deployment().await?;
-            let already_recorded = latest.is_some_and(|d| {
-                d.color == run.to && d.source == "rollback" && d.at_ms >= inc.opened_ms
-            });
-            run.record_switch(&target, already_recorded).await?;
-            if inc.state != "switched" {
-                run.event(
-                    "switched",
-                    &format!(
-                        "traffic moved to {} ({}): confirmed after restart",
-                        run.to, target.version
-                    ),
-                )
-                .await?;
-            }
-            Ok(Some(run.verify_after().await?))
-        }
-        other => {
-            let why = format!("interrupted in unexpected state {other}");
-            Ok(Some(run.fail(why).await?))
-        }
-    }
-}
-
-/// Rebuild a [`Run`] from a stored incident.
-async fn resumed_run<'c, 'a>(
-    ctx: &'c Context<'a>,
-    inc: &Incident,
-) -> Result<Run<'c, 'a>, StoreError> {
-    let from = inc.from_color.unwrap_or(Color::Blue);
-    let to = inc.to_color.unwrap_or(from.other());
-    // The deployment rolled back: the latest of `from` opened before the
-    // incident (the rollback records only deployments of `to`).
-    let active_dep = match ctx.store.latest_deployment_of(from).await? {
-        Some(d) if d.at_ms <= inc.opened_ms => d,
-        _ => Deployment {
-            id: 0,
-            color: from,
-            version: inc.from_version.clone().unwrap_or_default(),
-            at_ms: inc.opened_ms,
-            source: "unknown".into(),
-            quarantined: false,
-        },
-    };
-    let target_dep = inc.to_version.clone().map(|version| Deployment {
-        id: 0,
-        color: to,
-        version,
-        at_ms: now_ms(),
-        source: "rollback".into(),
-        quarantined: false,
-    });
-    let since_ms = ctx
-        .store
-        .incident_events(inc.id)
-        .await?
-        .into_iter()
-        .find(|e| e.state == "detected")
-        .map(|e| e.at_ms);
-    Ok(Run {
-        ctx,
-        id: inc.id,
-        from,
-        to,
-        active_dep,
-        target_dep,
-        req: Request {
-            trigger: if inc.trigger_kind == "manual" {
-                Trigger::Manual
-            } else {
-                Trigger::Automatic
-            },
-            severity: inc.severity,
-            rule: inc.rule.clone(),
-            reason: inc.reason.clone(),
-            evidence: serde_json::from_str(&inc.evidence).unwrap_or_else(|_| json!({})),
-            since_ms,
-        },
-        since_ms,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_holder_is_alive_while_its_process_runs_and_not_after() {
-        let me = holder_id();
-        let (_, start) = me.split_once('/').unwrap();
-        assert_ne!(start, "0", "the start time is read from /proc: {me}");
-        assert!(holder_alive(&me));
-        // The same pid with another start time is a reused pid: not us.
-        let pid = std::process::id();
-        assert!(!holder_alive(&format!("{pid}/1")));
-        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
-        let child_pid = child.id();
-        // Exited but not yet reaped (a zombie) already counts as gone.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while proc_stat(child_pid).is_some_and(|(s, _)| s != 'Z') {
-            assert!(std::time::Instant::now() < deadline);
-            std::thread::yield_now();
-        }
-        assert!(!holder_alive(&format!("{child_pid}/0")));
-        child.wait().unwrap();
-        assert!(!holder_alive(&format!("{child_pid}/0")));
-        assert!(!holder_alive("garbage"));
-    }
-}
 
 #[cfg(test)]
 mod outcome_words {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{Incident, NewIncident, Store, StoreError};
-use crate::model::{Color, Millis};
+use crate::model::{Color, EventKind, IncidentState, Millis, Trigger};
 
 /// How long a rollback's own write waits for another process's write lock
 /// before the record is kept in memory instead.
@@ -43,25 +43,31 @@ enum Write {
     Open {
         id: i64,
         new: NewIncident,
-        state: String,
+        state: IncidentState,
         message: String,
     },
     Advance {
         id: i64,
         at_ms: Millis,
-        state: String,
+        state: IncidentState,
         message: String,
     },
     Event {
         id: i64,
         at_ms: Millis,
-        state: String,
+        kind: EventKind,
+        message: String,
+    },
+    SwitchGroup {
+        id: i64,
+        at_ms: Millis,
+        pgid: u32,
         message: String,
     },
     Close {
         id: i64,
         at_ms: Millis,
-        state: String,
+        state: IncidentState,
         outcome: String,
         downtime_ms: Option<Millis>,
     },
@@ -82,6 +88,7 @@ impl Write {
         match self {
             Write::Open { .. } => "the opening of an incident",
             Write::Advance { .. } | Write::Event { .. } => "an incident event",
+            Write::SwitchGroup { .. } => "the switch command's process group",
             Write::Close { .. } => "the closing of an incident",
             Write::Deployment { .. } => "the restored deployment",
             Write::Quarantine { .. } => "a quarantine",
@@ -91,7 +98,10 @@ impl Write {
     /// With incident ids mapped from provisional to real.
     fn mapped(mut self, ids: &HashMap<i64, i64>) -> Write {
         match &mut self {
-            Write::Advance { id, .. } | Write::Event { id, .. } | Write::Close { id, .. } => {
+            Write::Advance { id, .. }
+            | Write::Event { id, .. }
+            | Write::SwitchGroup { id, .. }
+            | Write::Close { id, .. } => {
                 if let Some(real) = ids.get(id) {
                     *id = *real;
                 }
@@ -143,7 +153,7 @@ impl Store {
     pub async fn open_incident_or_keep(
         &self,
         new: &NewIncident,
-        first_state: &str,
+        first_state: IncidentState,
         message: &str,
     ) -> Result<(i64, bool), StoreError> {
         let why = if self.kept.len() == 0 {
@@ -173,7 +183,7 @@ impl Store {
             Write::Open {
                 id,
                 new: new.clone(),
-                state: first_state.to_owned(),
+                state: first_state,
                 message: message.to_owned(),
             },
             &why,
@@ -185,13 +195,13 @@ impl Store {
         &self,
         id: i64,
         at_ms: Millis,
-        state: &str,
+        state: IncidentState,
         message: &str,
     ) {
         self.write_or_keep(Write::Advance {
             id,
             at_ms,
-            state: state.to_owned(),
+            state,
             message: message.to_owned(),
         })
         .await
@@ -201,13 +211,29 @@ impl Store {
         &self,
         id: i64,
         at_ms: Millis,
-        state: &str,
+        kind: impl Into<EventKind>,
         message: &str,
     ) {
         self.write_or_keep(Write::Event {
             id,
             at_ms,
-            state: state.to_owned(),
+            kind: kind.into(),
+            message: message.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn record_switch_group_or_keep(
+        &self,
+        id: i64,
+        at_ms: Millis,
+        pgid: u32,
+        message: &str,
+    ) {
+        self.write_or_keep(Write::SwitchGroup {
+            id,
+            at_ms,
+            pgid,
             message: message.to_owned(),
         })
         .await
@@ -217,14 +243,14 @@ impl Store {
         &self,
         id: i64,
         at_ms: Millis,
-        state: &str,
+        state: IncidentState,
         outcome: &str,
         downtime_ms: Option<Millis>,
     ) {
         self.write_or_keep(Write::Close {
             id,
             at_ms,
-            state: state.to_owned(),
+            state,
             outcome: outcome.to_owned(),
             downtime_ms,
         })
@@ -316,7 +342,7 @@ impl Store {
                 state,
                 message,
                 ..
-            } => match self.open_incident_with(new, state, message, busy).await {
+            } => match self.open_incident_with(new, *state, message, busy).await {
                 Ok(id) => Ok(Some(id)),
                 // Another rollback took the slot meanwhile: this one is
                 // stored as a record that holds no slot.
@@ -326,7 +352,7 @@ impl Store {
                         ..new.clone()
                     };
                     Ok(Some(
-                        self.open_incident_with(&unheld, state, message, busy)
+                        self.open_incident_with(&unheld, *state, message, busy)
                             .await?,
                     ))
                 }
@@ -338,16 +364,25 @@ impl Store {
                 state,
                 message,
             } => self
-                .advance_incident_with(*id, *at_ms, state, message, busy)
+                .advance_incident_with(*id, *at_ms, *state, message, busy)
                 .await
                 .map(|()| None),
             Write::Event {
                 id,
                 at_ms,
-                state,
+                kind,
                 message,
             } => self
-                .add_incident_event_with(*id, *at_ms, state, message, busy)
+                .add_incident_event_with(*id, *at_ms, *kind, message, busy)
+                .await
+                .map(|()| None),
+            Write::SwitchGroup {
+                id,
+                at_ms,
+                pgid,
+                message,
+            } => self
+                .record_switch_group_with(*id, *at_ms, *pgid, message, busy)
                 .await
                 .map(|()| None),
             Write::Close {
@@ -357,7 +392,7 @@ impl Store {
                 outcome,
                 downtime_ms,
             } => self
-                .close_incident_with(*id, *at_ms, state, outcome, *downtime_ms, busy)
+                .close_incident_with(*id, *at_ms, *state, outcome, *downtime_ms, busy)
                 .await
                 .map(|()| None),
             Write::Deployment {
@@ -388,7 +423,7 @@ impl Store {
                         id: *id,
                         opened_ms: new.at_ms,
                         closed_ms: None,
-                        trigger_kind: new.trigger_kind.to_owned(),
+                        trigger_kind: new.trigger_kind,
                         severity: new.severity,
                         rule: new.rule.clone(),
                         reason: new.reason.clone(),
@@ -397,16 +432,22 @@ impl Store {
                         to_color: new.to_color,
                         from_version: new.from_version.clone(),
                         to_version: new.to_version.clone(),
-                        state: state.clone(),
+                        state: *state,
                         outcome: None,
                         downtime_ms: None,
                         in_flight: true,
                         holder: new.holder.clone(),
+                        switch_pgid: None,
                     });
                 }
                 Write::Advance { id, state, .. } => {
                     if let Some(inc) = found.as_mut().filter(|i| i.id == *id) {
-                        inc.state = state.clone();
+                        inc.state = *state;
+                    }
+                }
+                Write::SwitchGroup { id, pgid, .. } => {
+                    if let Some(inc) = found.as_mut().filter(|i| i.id == *id) {
+                        inc.switch_pgid = Some(*pgid);
                     }
                 }
                 Write::Close { id, .. } if found.as_ref().is_some_and(|i| i.id == *id) => {
@@ -426,21 +467,32 @@ impl Store {
         let mut start = None;
         for w in &q.writes {
             match w {
-                Write::Open { id, new, .. } if new.trigger_kind == "automatic" => {
+                Write::Open { id, new, .. } if new.trigger_kind == Trigger::Automatic => {
                     opened.insert(*id, new.at_ms);
                 }
                 Write::Advance {
-                    id, at_ms, state, ..
+                    id,
+                    at_ms,
+                    state: IncidentState::Switching,
+                    ..
                 }
                 | Write::Event {
-                    id, at_ms, state, ..
-                } if state == "switching" => {
+                    id,
+                    at_ms,
+                    kind: EventKind::State(IncidentState::Switching),
+                    ..
+                }
+                | Write::SwitchGroup { id, at_ms, .. } => {
                     // Opened in the database, switched in memory: the
                     // switch's own time starts the cooldown (a little later
                     // than the opening, never earlier).
                     start = start.max(Some(opened.get(id).copied().unwrap_or(*at_ms)));
                 }
-                Write::Close { id, state, .. } if dry_run && state == "dry_run" => {
+                Write::Close {
+                    id,
+                    state: IncidentState::DryRun,
+                    ..
+                } if dry_run => {
                     start = start.max(opened.get(id).copied());
                 }
                 _ => {}
@@ -460,7 +512,7 @@ mod tests {
     fn incident(at_ms: Millis, holder: &str) -> NewIncident {
         NewIncident {
             at_ms,
-            trigger_kind: "automatic",
+            trigger_kind: Trigger::Automatic,
             severity: Severity::Critical,
             rule: Some("health_failures".into()),
             reason: "blue fails".into(),
@@ -493,27 +545,36 @@ mod tests {
         let store = Store::open_dir(dir.path()).await.unwrap();
         // A rollback opened earlier, stored: the kept one comes after it.
         let before = store
-            .open_incident(&incident(1_000, "1/1"), "requested", "first")
+            .open_incident(&incident(1_000, "1/1"), IncidentState::Requested, "first")
             .await
             .unwrap();
         store
-            .close_incident(before, 1_500, "verified", "done", None)
+            .close_incident(before, 1_500, IncidentState::Verified, "done", None)
             .await
             .unwrap();
 
         let other = hold_write_lock(&store).await;
         let started = std::time::Instant::now();
         let (id, stored) = store
-            .open_incident_or_keep(&incident(2_000, "2/2"), "requested", "opened while locked")
+            .open_incident_or_keep(
+                &incident(2_000, "2/2"),
+                IncidentState::Requested,
+                "opened while locked",
+            )
             .await
             .unwrap();
         assert!(!stored, "the lock is held: the opening cannot be stored");
         assert_eq!(id, before + 1, "a provisional id after the last stored one");
         store
-            .advance_incident_or_keep(id, 2_100, "switching", "running the switch command")
+            .advance_incident_or_keep(
+                id,
+                2_100,
+                IncidentState::Switching,
+                "running the switch command",
+            )
             .await;
         store
-            .close_incident_or_keep(id, 2_200, "verified", "rolled back", Some(200))
+            .close_incident_or_keep(id, 2_200, IncidentState::Verified, "rolled back", Some(200))
             .await;
         assert!(
             started.elapsed() < Duration::from_secs(3),
@@ -536,10 +597,10 @@ mod tests {
             .open_incident(
                 &NewIncident {
                     in_flight: false,
-                    trigger_kind: "manual",
+                    trigger_kind: Trigger::Manual,
                     ..incident(2_050, "3/3")
                 },
-                "refused",
+                IncidentState::Refused,
                 "cli",
             )
             .await
@@ -554,7 +615,7 @@ mod tests {
             .find(|i| i.reason == "blue fails" && i.opened_ms == 2_000);
         let kept = kept.expect("the kept incident is stored");
         assert_eq!(kept.id, id + 1, "mapped to the id the database gave it");
-        assert_eq!(kept.state, "verified");
+        assert_eq!(kept.state, IncidentState::Verified);
         assert_eq!(kept.downtime_ms, Some(200));
         assert!(!kept.in_flight, "closed: the slot is free");
         let events: Vec<_> = store
@@ -567,9 +628,9 @@ mod tests {
         assert_eq!(
             events,
             [
-                (2_000, "requested".to_owned()),
-                (2_100, "switching".to_owned()),
-                (2_200, "verified".to_owned())
+                (2_000, IncidentState::Requested.into()),
+                (2_100, IncidentState::Switching.into()),
+                (2_200, IncidentState::Verified.into())
             ]
         );
         assert_eq!(store.in_flight_incident().await.unwrap(), None);
@@ -581,23 +642,23 @@ mod tests {
         let store = Store::open_dir(dir.path()).await.unwrap();
         let other = hold_write_lock(&store).await;
         let (id, stored) = store
-            .open_incident_or_keep(&incident(1_000, "7/7"), "requested", "opened")
+            .open_incident_or_keep(&incident(1_000, "7/7"), IncidentState::Requested, "opened")
             .await
             .unwrap();
         assert!(!stored);
         store
-            .advance_incident_or_keep(id, 1_100, "target_verified", "green passes")
+            .advance_incident_or_keep(id, 1_100, IncidentState::TargetVerified, "green passes")
             .await;
         let held = store.in_flight_incident().await.unwrap().unwrap();
         assert_eq!(
-            (held.id, held.state.as_str(), held.holder.as_deref()),
-            (id, "target_verified", Some("7/7"))
+            (held.id, held.state, held.holder.as_deref()),
+            (id, IncidentState::TargetVerified, Some("7/7"))
         );
         drop(other);
         store.flush_kept().await.unwrap();
         // Stored and still in flight: a second rollback is refused the slot.
         let again = store
-            .open_incident_or_keep(&incident(1_200, "8/8"), "requested", "second")
+            .open_incident_or_keep(&incident(1_200, "8/8"), IncidentState::Requested, "second")
             .await;
         assert!(
             matches!(again, Err(StoreError::RollbackInFlight(i)) if i == id),

@@ -185,8 +185,8 @@ pub async fn run() -> anyhow::Result<()> {
     let store = Store::open_dir(&config.daemon.state_dir).await?;
     let inc = store.incident(incident_id).await?;
     let events = store.incident_events(incident_id).await?;
-    let chart = crate::cli::incident_chart(&store, &inc, &events).await?;
-    let report = crate::cli::incident_markdown(&config.service, &inc, &events, &chart);
+    let chart = crate::report::incident::chart(&store, &inc, &events).await?;
+    let report = crate::report::incident::markdown(&config.service, &inc, &events, &chart);
     std::fs::write(&kept.report, report)
         .with_context(|| format!("cannot write the report {}", kept.report.display()))?;
     store.close().await;
@@ -198,7 +198,7 @@ pub async fn run() -> anyhow::Result<()> {
         "{}",
         wrap(
             "",
-            &crate::cli::incident_summary(&config.service, &inc, &events),
+            &crate::report::incident::summary(&config.service, &inc, &events),
             WIDTH
         )
     );

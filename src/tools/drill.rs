@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::model::{Color, Millis, format_ms, now_ms};
+use crate::model::{Color, IncidentState, Millis, format_ms, now_ms};
 use crate::process;
 use crate::store::{Store, StoreError};
 
@@ -161,14 +161,16 @@ struct Watch {
     switched: Option<Stage>,
     verified: Option<Stage>,
     incident: Option<i64>,
-    closed_state: Option<String>,
+    closed_state: Option<IncidentState>,
 }
 
 impl Watch {
     fn observed(&self) -> Observed {
         match (&self.incident, &self.closed_state) {
-            (Some(_), Some(s)) if s == "verified" => Observed::Rollback,
-            (Some(_), Some(s)) => Observed::RollbackNotVerified { state: s.clone() },
+            (Some(_), Some(IncidentState::Verified)) => Observed::Rollback,
+            (Some(_), Some(s)) => Observed::RollbackNotVerified {
+                state: s.as_str().to_owned(),
+            },
             (Some(_), None) => Observed::RollbackNotVerified {
                 state: "still running".into(),
             },
@@ -226,7 +228,7 @@ async fn look(
         let verdicts = store.verdicts_between(fault_ms, now_ms() + 1).await?;
         if let Some(v) = verdicts
             .into_iter()
-            .find(|v| v.state == "fired" && active.is_none_or(|c| c == v.color))
+            .find(|v| v.state == crate::matrix::State::Fired && active.is_none_or(|c| c == v.color))
         {
             let detail = format!("{} on {}", v.rule, v.color);
             w.fired = Some(stage("rule fired", v.at_ms, fault_ms, detail));
@@ -251,16 +253,16 @@ async fn look(
             w.incident = Some(inc.id);
             if w.switched.is_none() {
                 let events = store.incident_events(inc.id).await?;
-                if let Some(e) = events.iter().find(|e| e.state == "switched") {
+                if let Some(e) = events.iter().find(|e| e.state == IncidentState::Switched) {
                     w.switched = Some(stage("switched", e.at_ms, fault_ms, e.message.clone()));
                 }
             }
             if let Some(closed) = inc.closed_ms {
-                if inc.state == "verified" {
+                if inc.state == IncidentState::Verified {
                     let detail = inc.outcome.clone().unwrap_or_default();
                     w.verified = Some(stage("verified", closed, fault_ms, detail));
                 }
-                w.closed_state = Some(inc.state.clone());
+                w.closed_state = Some(inc.state);
             }
         }
     }
@@ -659,7 +661,7 @@ mod tests {
         assert!(verified.matches(Expect::Rollback));
         assert!(!verified.matches(Expect::Alert));
         let refused = Observed::RollbackNotVerified {
-            state: "refused".into(),
+            state: IncidentState::Refused.as_str().to_owned(),
         };
         for e in [Expect::Rollback, Expect::Alert, Expect::Nothing] {
             assert!(!refused.matches(e));
@@ -677,7 +679,7 @@ mod tests {
         assert_eq!(w.observed(), Observed::Alert);
         w.incident = Some(3);
         assert!(matches!(w.observed(), Observed::RollbackNotVerified { .. }));
-        w.closed_state = Some("verified".into());
+        w.closed_state = Some(IncidentState::Verified);
         assert_eq!(w.observed(), Observed::Rollback);
         assert_eq!(stage("x", 5, 10, String::new()).after_ms, 0);
     }

@@ -86,7 +86,7 @@ async fn report_markdown_charts_both_colors_and_marks_the_decision() {
             rule: "critical: health_failures >= 5 over 10m".into(),
             severity: Severity::Critical,
             color: Color::Blue,
-            state: "fired".into(),
+            state: rollbackd::matrix::State::Fired,
             n: 35,
             value: Some(5.0),
             threshold: 5.0,

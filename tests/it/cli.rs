@@ -534,7 +534,7 @@ async fn samples_and_incidents_tables_align() {
             .open_incident(
                 &rollbackd::store::NewIncident {
                     at_ms: now,
-                    trigger_kind: "manual",
+                    trigger_kind: rollbackd::model::Trigger::Manual,
                     severity: rollbackd::model::Severity::Critical,
                     rule: None,
                     reason: reason.into(),
@@ -546,7 +546,7 @@ async fn samples_and_incidents_tables_align() {
                     in_flight: false,
                     holder: None,
                 },
-                "refused",
+                rollbackd::model::IncidentState::Refused,
                 "test",
             )
             .await

@@ -126,7 +126,11 @@ async fn both_colors_answering_503_fire_and_the_rollback_is_refused() {
     let incident = closed_incident(&store, &daemon.log).await;
     let log = read(&daemon.log);
     assert!(!log.contains("may be blind"), "a 503 is an answer:\n{log}");
-    assert_eq!(incident.state, "refused", "{incident:#?}");
+    assert_eq!(
+        incident.state,
+        rollbackd::model::IncidentState::Refused,
+        "{incident:#?}"
+    );
     assert_eq!(incident.from_color, Some(Color::Blue));
     assert!(
         incident
@@ -183,7 +187,12 @@ async fn a_restart_right_after_a_deploy_does_not_judge_it_on_the_old_samples() {
     let daemon = env.daemon();
     blue.set(503);
     let first = closed_incident(&store, &daemon.log).await;
-    assert_eq!(first.state, "verified", "{first:#?}\n{}", read(&daemon.log));
+    assert_eq!(
+        first.state,
+        rollbackd::model::IncidentState::Verified,
+        "{first:#?}\n{}",
+        read(&daemon.log)
+    );
     assert!(daemon.stop().await.success());
 
     // The pipeline deploys a healthy v3 to blue while the daemon is down;
@@ -295,7 +304,11 @@ async fn a_stopped_standby_is_prepared_verified_switched_to_then_the_bad_color_r
     start_service(green_socket);
     let incident = closed_incident(&store, &daemon.log).await;
     let events = timeline(&store, incident.id).await;
-    assert_eq!(incident.state, "verified", "{incident:#?}\n{events:#?}");
+    assert_eq!(
+        incident.state,
+        rollbackd::model::IncidentState::Verified,
+        "{incident:#?}\n{events:#?}"
+    );
     assert_eq!(read(&steps), "prepare green\nretire blue\n");
     let order = [
         "preparing green",
@@ -342,7 +355,11 @@ async fn a_stopped_standby_without_prepare_refuses_naming_its_failing_probe() {
 
     blue.set(503);
     let incident = closed_incident(&store, &daemon.log).await;
-    assert_eq!(incident.state, "refused", "{incident:#?}");
+    assert_eq!(
+        incident.state,
+        rollbackd::model::IncidentState::Refused,
+        "{incident:#?}"
+    );
     let outcome = incident.outcome.clone().unwrap_or_default();
     assert!(
         outcome.contains("green is not healthy: healthz:") && outcome.contains("refused"),

@@ -266,7 +266,7 @@ async fn a_drill_kills_the_active_color_times_the_rollback_and_keeps_it_out_of_n
     // The incident is the drill's; the switch really ran.
     let incidents = store.incidents_since(0).await.unwrap();
     let (incident, drill) = incidents.last().unwrap();
-    assert_eq!(incident.state, "verified");
+    assert_eq!(incident.state, rollbackd::model::IncidentState::Verified);
     assert!(drill.is_some(), "the incident is not marked as a drill");
     assert!(common::read(&env.path("switch.log")).starts_with("blue green v1|"));
 

@@ -1525,7 +1525,7 @@ async fn read_only_state(switches: bool) -> Result_ {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let incidents = w.incidents().await;
-        if incidents.len() == 1 && incidents[0].state == "verified" {
+        if incidents.len() == 1 && incidents[0].state == rollbackd::model::IncidentState::Verified {
             break;
         }
         ensure!(

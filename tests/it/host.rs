@@ -122,7 +122,7 @@ min_samples = 1
                 .await
                 .unwrap()
                 .first()
-                .is_some_and(|i| i.state == "verified")
+                .is_some_and(|i| i.state == rollbackd::model::IncidentState::Verified)
         },
     )
     .await;
@@ -222,7 +222,7 @@ min_samples = 1
                 .await
                 .unwrap()
                 .first()
-                .is_some_and(|i| i.state == "verified")
+                .is_some_and(|i| i.state == rollbackd::model::IncidentState::Verified)
         },
     )
     .await;

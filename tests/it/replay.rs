@@ -230,7 +230,7 @@ async fn issue10_replay_agrees_with_the_daemon_that_rolled_back() {
                 .await
                 .unwrap()
                 .iter()
-                .any(|i| i.state == "verified")
+                .any(|i| i.state == rollbackd::model::IncidentState::Verified)
         },
     )
     .await;
@@ -242,7 +242,7 @@ async fn issue10_replay_agrees_with_the_daemon_that_rolled_back() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|v| v.state == "fired" && v.color == Color::Blue)
+        .filter(|v| v.state == rollbackd::matrix::State::Fired && v.color == Color::Blue)
         .collect();
     assert!(!fired.is_empty(), "the daemon stored no fired verdict");
     let incidents = store.incidents().await.unwrap();

@@ -67,7 +67,7 @@ async fn report_counts_availability_error_rate_latency_and_fired_rules() {
             rule: "medium: error_rate > 10% over 5m".into(),
             severity: Severity::Medium,
             color: Color::Blue,
-            state: "fired".into(),
+            state: rollbackd::matrix::State::Fired,
             n: 20,
             value: Some(12.0),
             threshold: 10.0,

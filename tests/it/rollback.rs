@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use rollbackd::config::Config;
-use rollbackd::model::{Color, Severity, now_ms};
+use rollbackd::model::{Color, IncidentState, Severity, now_ms};
 use rollbackd::notifier::{Hub, Policy};
 use rollbackd::probe::Prober;
 use rollbackd::rollback::{self, Context, Outcome, Request, Trigger};
@@ -158,7 +158,7 @@ impl World {
             .await
             .unwrap()
             .into_iter()
-            .map(|e| e.state)
+            .map(|e| e.state.to_string())
             .collect()
     }
 
@@ -273,7 +273,10 @@ async fn automatic_rollback_records_the_timeline_quarantines_and_cools_down() {
             assert!(why.contains("quarantined"), "{why}");
             let n = w.notice("rollback_refused", incident).await;
             assert!(n["summary"].as_str().unwrap().contains("quarantined"));
-            assert_eq!(w.store.incident(incident).await.unwrap().state, "refused");
+            assert_eq!(
+                w.store.incident(incident).await.unwrap().state,
+                IncidentState::Refused
+            );
         }
         other => panic!("expected a quarantine refusal, got {other:?}"),
     }
@@ -350,7 +353,7 @@ async fn dry_run_does_everything_but_the_command() {
     assert_eq!(to, Color::Green);
     assert!(w.switches().is_empty(), "the command never runs in dry run");
     let inc = w.store.incident(incident).await.unwrap();
-    assert_eq!(inc.state, "dry_run");
+    assert_eq!(inc.state, IncidentState::DryRun);
     assert!(
         inc.outcome
             .unwrap()
@@ -383,7 +386,10 @@ async fn a_restored_color_that_stays_unhealthy_escalates_and_holds_automatic_swi
     assert_eq!(w.switches(), ["blue green"]);
     let n = w.notice("rollback_escalated", incident).await;
     assert_eq!(n["severity"], "critical");
-    assert_eq!(w.store.incident(incident).await.unwrap().state, "escalated");
+    assert_eq!(
+        w.store.incident(incident).await.unwrap().state,
+        IncidentState::Escalated
+    );
 
     // No second automatic switch, even with quarantine off and no cooldown.
     w.config.rollback.quarantine = false;
@@ -480,7 +486,9 @@ async fn prepare_restarts_the_standby_and_retire_stops_the_old_color() {
     let events = store.incident_events(1).await.unwrap();
     let text: Vec<String> = events.iter().map(|e| e.message.clone()).collect();
     let prepared = text.iter().position(|m| m.starts_with("prepared green"));
-    let verified = events.iter().position(|e| e.state == "target_verified");
+    let verified = events
+        .iter()
+        .position(|e| e.state == IncidentState::TargetVerified);
     assert!(
         prepared.is_some() && prepared < verified,
         "prepare runs before the target is verified: {text:?}"
@@ -562,10 +570,10 @@ fn dead_holder() -> String {
     format!("{pid}/1")
 }
 
-async fn stranded(w: &World, holder: String, states: &[&str]) -> i64 {
+async fn stranded(w: &World, holder: String, states: &[IncidentState]) -> i64 {
     let new = rollbackd::store::NewIncident {
         at_ms: now_ms(),
-        trigger_kind: "automatic",
+        trigger_kind: Trigger::Automatic,
         severity: Severity::Critical,
         rule: Some("critical: health_failures >= 3 over 10m".into()),
         reason: "test".into(),
@@ -579,11 +587,14 @@ async fn stranded(w: &World, holder: String, states: &[&str]) -> i64 {
     };
     let id = w
         .store
-        .open_incident(&new, "requested", "requested")
+        .open_incident(&new, IncidentState::Requested, "requested")
         .await
         .unwrap();
     for s in states {
-        w.store.advance_incident(id, now_ms(), s, s).await.unwrap();
+        w.store
+            .advance_incident(id, now_ms(), *s, s.as_str())
+            .await
+            .unwrap();
     }
     id
 }
@@ -599,7 +610,12 @@ async fn reconcile_closes_or_resumes_what_a_dead_process_left_and_waits_for_a_li
         .arg("30")
         .spawn()
         .unwrap();
-    let id = stranded(&w, format!("{}/0", cli.id()), &["target_verified"]).await;
+    let id = stranded(
+        &w,
+        format!("{}/0", cli.id()),
+        &[IncidentState::TargetVerified],
+    )
+    .await;
     assert_eq!(rollback::reconcile(&w.ctx()).await.unwrap(), None);
     match w.execute(manual("now")).await {
         Outcome::Skipped { why } => assert!(why.contains("in flight"), "{why}"),
@@ -619,14 +635,19 @@ async fn reconcile_closes_or_resumes_what_a_dead_process_left_and_waits_for_a_li
 
     // `switching` with no active file to prove it landed: never rerun, and
     // its outcome recorded as unknown, not failed (issue 11).
-    let id = stranded(&w, dead_holder(), &["target_verified", "switching"]).await;
+    let id = stranded(
+        &w,
+        dead_holder(),
+        &[IncidentState::TargetVerified, IncidentState::Switching],
+    )
+    .await;
     let Some(Outcome::Failed { why, .. }) = rollback::reconcile(&w.ctx()).await.unwrap() else {
         panic!("expected an unknown outcome");
     };
     assert!(why.contains("NOT run again"), "{why}");
     let inc = w.store.incident(id).await.unwrap();
     assert!(!inc.in_flight);
-    assert_eq!(inc.state, "unknown");
+    assert_eq!(inc.state, IncidentState::Unknown);
     assert!(
         inc.outcome
             .unwrap_or_default()
@@ -650,7 +671,11 @@ async fn reconcile_closes_or_resumes_what_a_dead_process_left_and_waits_for_a_li
     let id = stranded(
         &w,
         dead_holder(),
-        &["target_verified", "switching", "switched"],
+        &[
+            IncidentState::TargetVerified,
+            IncidentState::Switching,
+            IncidentState::Switched,
+        ],
     )
     .await;
     let outcome = rollback::reconcile(&w.ctx()).await.unwrap();
@@ -681,6 +706,86 @@ async fn reconcile_closes_or_resumes_what_a_dead_process_left_and_waits_for_a_li
     assert!(w.switches().is_empty(), "reconcile never runs the command");
     assert_eq!(rollback::reconcile(&w.ctx()).await.unwrap(), None);
     assert!(w.store.in_flight_incident().await.unwrap().is_none());
+}
+
+/// The switch command's process group is read from its column, and from
+/// the timeline's words only for a row written by an older version (no
+/// column value): a daemon upgraded mid-incident still waits for the
+/// orphaned command and kills it at the timeout, never reruns it.
+#[tokio::test]
+async fn reconcile_waits_for_the_switch_group_from_its_column_or_an_older_versions_timeline() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let w = World::new(Parts {
+        rollback: "timeout = \"1s\"",
+        ..Parts::default()
+    })
+    .await;
+    w.deploy(Color::Green, "v1").await;
+    w.deploy(Color::Blue, "v2").await;
+    for old_format in [false, true] {
+        // The switch command that outlived its daemon: its own group.
+        let mut orphan = std::process::Command::new("/bin/sleep")
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = orphan.id();
+        let id = stranded(
+            &w,
+            dead_holder(),
+            &[IncidentState::TargetVerified, IncidentState::Switching],
+        )
+        .await;
+        if old_format {
+            // How versions before the column recorded it: words only.
+            w.store
+                .add_incident_event(
+                    id,
+                    now_ms(),
+                    IncidentState::Switching,
+                    &format!("switch command running as process group {pgid}"),
+                )
+                .await
+                .unwrap();
+        } else {
+            // The words no longer name the group: only the column does.
+            w.store
+                .record_switch_group(id, now_ms(), pgid, "switch command started")
+                .await
+                .unwrap();
+        }
+        let stored = w.store.incident(id).await.unwrap().switch_pgid;
+        assert_eq!(stored, (!old_format).then_some(pgid));
+        let outcome = rollback::reconcile(&w.ctx()).await.unwrap();
+        let Some(Outcome::Failed { why, .. }) = outcome else {
+            panic!("expected an unknown outcome, got {outcome:?}");
+        };
+        assert!(why.contains("NOT run again"), "{why}");
+        let messages: Vec<String> = w
+            .store
+            .incident_events(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert!(
+            messages.iter().any(|m| m.contains(&format!(
+                "(process group {pgid}) is still running after the restart"
+            ))),
+            "old format {old_format}: {messages:?}"
+        );
+        assert!(
+            messages.contains(&format!(
+                "killed the switch command (process group {pgid}) at its timeout"
+            )),
+            "old format {old_format}: {messages:?}"
+        );
+        let status = orphan.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "old format {old_format}");
+        assert!(!w.store.incident(id).await.unwrap().in_flight);
+    }
+    assert!(w.switches().is_empty(), "reconcile never runs the command");
 }
 
 /// A daemon config for the kill -9 tests: the active file, a switch command
@@ -768,7 +873,7 @@ async fn wait_switching(env: &Env, store: &Store, daemon: &common::Daemon) -> i6
                     .in_flight_incident()
                     .await
                     .unwrap()
-                    .is_some_and(|i| i.state == "switching")
+                    .is_some_and(|i| i.state == IncidentState::Switching)
         },
     )
     .await;
@@ -817,7 +922,12 @@ async fn a_restart_waits_for_a_switch_command_that_outlived_the_daemon() {
     })
     .await;
     let inc = store.incident(id).await.unwrap();
-    assert_eq!(inc.state, "verified", "{}", common::read(&daemon.log));
+    assert_eq!(
+        inc.state,
+        IncidentState::Verified,
+        "{}",
+        common::read(&daemon.log)
+    );
     assert_eq!(
         common::read(&env.path("runs")).lines().count(),
         1,
@@ -874,7 +984,12 @@ async fn kill_9_during_the_switch_then_restart_finishes_it_without_rerunning() {
     })
     .await;
     let inc = store.incident(id).await.unwrap();
-    assert_eq!(inc.state, "verified", "{}", common::read(&daemon.log));
+    assert_eq!(
+        inc.state,
+        IncidentState::Verified,
+        "{}",
+        common::read(&daemon.log)
+    );
     let messages: Vec<String> = store
         .incident_events(id)
         .await
@@ -945,7 +1060,7 @@ async fn kill_9_with_the_switch_unfinished_closes_the_incident_and_never_reruns(
     })
     .await;
     let inc = store.incident(id).await.unwrap();
-    assert_eq!(inc.state, "failed");
+    assert_eq!(inc.state, IncidentState::Failed);
     assert!(
         inc.outcome
             .as_deref()
@@ -1156,7 +1271,7 @@ async fn the_daemon_notifies_alerts_and_recoveries_and_logs_holds() {
                 .await
                 .unwrap()
                 .first()
-                .is_some_and(|i| i.state == "verified")
+                .is_some_and(|i| i.state == IncidentState::Verified)
         },
     )
     .await;

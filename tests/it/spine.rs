@@ -63,7 +63,7 @@ async fn healthy_then_failing_active_color_rolls_back_exactly_once() {
                 .await
                 .unwrap()
                 .first()
-                .is_some_and(|i| i.state == "verified")
+                .is_some_and(|i| i.state == rollbackd::model::IncidentState::Verified)
         },
     )
     .await;
@@ -141,7 +141,7 @@ async fn healthy_then_failing_active_color_rolls_back_exactly_once() {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.state)
+        .map(|e| e.state.to_string())
         .collect();
     assert_eq!(
         states,

@@ -71,8 +71,8 @@ async fn only_incident_timeline(db: &Path) -> (String, Vec<String>) {
     let incidents = store.incidents().await.unwrap();
     assert_eq!(incidents.len(), 1, "{incidents:?}");
     let events = store.incident_events(incidents[0].id).await.unwrap();
-    let states = events.into_iter().map(|e| e.state).collect();
-    (incidents[0].state.clone(), states)
+    let states = events.into_iter().map(|e| e.state.to_string()).collect();
+    (incidents[0].state.to_string(), states)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1072,7 +1072,12 @@ async fn reload_and_sigterm_during_a_rollback_let_it_finish_once() {
         .unwrap();
     let incidents = store.incidents().await.unwrap();
     assert_eq!(incidents.len(), 1, "{incidents:?}");
-    assert_eq!(incidents[0].state, "verified", "{}", daemon.log());
+    assert_eq!(
+        incidents[0].state,
+        rollbackd::model::IncidentState::Verified,
+        "{}",
+        daemon.log()
+    );
     assert!(store.in_flight_incident().await.unwrap().is_none());
 }
 
