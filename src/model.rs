@@ -499,7 +499,7 @@ impl IncidentState {
         IncidentState::Unknown,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             IncidentState::Requested => "requested",
             IncidentState::TargetVerified => "target_verified",

@@ -228,13 +228,15 @@ pub async fn resume(config: &Config, as_json: bool) -> anyhow::Result<()> {
 
 /// `rollback --json`: the outcome as one document (`outcome` is one word).
 fn outcome_json(outcome: &Outcome) -> serde_json::Value {
-    let (word, incident, to, why) = match outcome {
-        Outcome::Verified { incident, to } => ("verified", Some(*incident), Some(*to), None),
-        Outcome::DryRun { incident, to } => ("dry_run", Some(*incident), Some(*to), None),
-        Outcome::Refused { incident, why } => ("refused", Some(*incident), None, Some(why)),
-        Outcome::Failed { incident, why } => ("failed", Some(*incident), None, Some(why)),
-        Outcome::Escalated { incident, why } => ("escalated", Some(*incident), None, Some(why)),
-        Outcome::Skipped { why } => ("skipped", None, None, Some(why)),
+    let (incident, to, why) = match outcome {
+        Outcome::Verified { incident, to } | Outcome::DryRun { incident, to } => {
+            (Some(*incident), Some(*to), None)
+        }
+        Outcome::Refused { incident, why }
+        | Outcome::Failed { incident, why }
+        | Outcome::Escalated { incident, why } => (Some(*incident), None, Some(why)),
+        Outcome::Skipped { why } => (None, None, Some(why)),
     };
+    let word = outcome.word();
     json!({ "outcome": word, "incident": incident, "to": to, "why": why })
 }

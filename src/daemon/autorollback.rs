@@ -336,14 +336,7 @@ fn rollback_bound(config: &Config) -> Duration {
 }
 
 fn outcome_label(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Verified { .. } => "verified",
-        Outcome::Escalated { .. } => "escalated",
-        Outcome::Refused { .. } => "refused",
-        Outcome::Failed { .. } => "failed",
-        Outcome::DryRun { .. } => "dry_run",
-        Outcome::Skipped { .. } => "skipped",
-    }
+    outcome.word()
 }
 
 #[cfg(test)]

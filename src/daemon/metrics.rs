@@ -13,6 +13,7 @@
 //! (rollback and reload outcomes, each probe's colors and statuses, each
 //! notifier), so that `increase()` sees the first event.
 
+use crate::model::IncidentState;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -72,14 +73,14 @@ impl Format {
     }
 }
 
-/// Every rollback outcome the daemon counts (`daemon::outcome_label`, and
+/// Every rollback outcome the daemon counts (`rollback::Outcome::word`, and
 /// "error" when the attempt itself failed).
 pub const ROLLBACK_OUTCOMES: [&str; 7] = [
-    "verified",
-    "escalated",
-    "refused",
-    "failed",
-    "dry_run",
+    IncidentState::Verified.as_str(),
+    IncidentState::Escalated.as_str(),
+    IncidentState::Refused.as_str(),
+    IncidentState::Failed.as_str(),
+    IncidentState::DryRun.as_str(),
     "skipped",
     "error",
 ];

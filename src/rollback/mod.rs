@@ -89,6 +89,23 @@ pub enum Outcome {
     Skipped { why: String },
 }
 
+impl Outcome {
+    /// One word for metrics labels and `rollback --json`: the state the
+    /// incident closed in (`model::IncidentState`'s word), or `skipped`
+    /// when none was opened.
+    pub fn word(&self) -> &'static str {
+        use crate::model::IncidentState;
+        match self {
+            Outcome::Verified { .. } => IncidentState::Verified.as_str(),
+            Outcome::Escalated { .. } => IncidentState::Escalated.as_str(),
+            Outcome::Refused { .. } => IncidentState::Refused.as_str(),
+            Outcome::Failed { .. } => IncidentState::Failed.as_str(),
+            Outcome::DryRun { .. } => IncidentState::DryRun.as_str(),
+            Outcome::Skipped { .. } => "skipped",
+        }
+    }
+}
+
 /// In words, for logs: "verified: back on blue (incident #3)".
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
