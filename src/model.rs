@@ -738,20 +738,6 @@ mod tests {
         let mut merged: LatencyMean = [10.0].into_iter().collect();
         merged.merge([20.0, 60.0].into_iter().collect());
         assert_eq!(merged, added);
-        // It agrees with the matrix's test oracle, the plain rescan.
-        let points: Vec<crate::matrix::signal::Point> = [10.0, 20.0, 60.0]
-            .into_iter()
-            .map(|l| crate::matrix::signal::Point {
-                at_ms: 0,
-                ok: true,
-                latency_ms: Some(l),
-                counts: None,
-            })
-            .collect();
-        assert_eq!(
-            crate::matrix::signal::latency_avg(points.iter()).value,
-            added.ms()
-        );
     }
 
     #[test]

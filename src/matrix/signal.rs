@@ -102,4 +102,19 @@ mod tests {
         assert_eq!(latency_avg(pts.iter()).value, Some(50.5));
         assert_eq!(degradation(150.0, 100.0), Some(50.0));
     }
+
+    #[test]
+    fn the_oracle_average_agrees_with_the_one_latency_mean() {
+        let pts: Vec<Point> = [10.0, 20.0, 60.0]
+            .into_iter()
+            .map(|l| Point {
+                at_ms: 0,
+                ok: true,
+                latency_ms: Some(l),
+                counts: None,
+            })
+            .collect();
+        let mean: crate::model::LatencyMean = [10.0, 20.0, 60.0].into_iter().collect();
+        assert_eq!(latency_avg(pts.iter()).value, mean.ms());
+    }
 }
