@@ -13,6 +13,7 @@ mod drill;
 mod faults;
 mod gate;
 mod host;
+mod layout;
 mod matrix;
 mod metrics;
 mod notify;
