@@ -199,7 +199,7 @@ impl AutoRollback {
         let why = match result {
             Ok(Ok(outcome)) => {
                 tracing::info!("rollback finished: {outcome}");
-                self.metrics.rollback(outcome_label(&outcome));
+                self.metrics.rollback(outcome.word());
                 if let Some(notice) = self
                     .policy
                     .ended(&outcome, &config.service, recoveries, now)
@@ -333,10 +333,6 @@ fn abandon(
 /// within verify_after, plus a margin for the database writes between.
 fn rollback_bound(config: &Config) -> Duration {
     config.rollback.timeout * 3 + config.rollback.verify_after * 2 + Duration::from_secs(30)
-}
-
-fn outcome_label(outcome: &Outcome) -> &'static str {
-    outcome.word()
 }
 
 #[cfg(test)]

@@ -94,9 +94,6 @@ pub struct AppState {
     pub snapshot: watch::Receiver<Snapshot>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// `rollbackd.db`, as `/status` names it (its size is the store's
-    /// `size_bytes`).
-    pub db_path: PathBuf,
     /// For the storage fault's state only (records kept in memory, failed
     /// writes, whether the file at the path is still the one open): no
     /// query is ever made from here.
@@ -271,7 +268,7 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
         }),
         verdicts: snap.verdicts.iter().map(VerdictDoc::from).collect(),
         database: DatabaseDoc {
-            path: state.db_path.display().to_string(),
+            path: state.store.path().display().to_string(),
             size_bytes: state.store.size_bytes(),
             writable: Some(db.failing_since.is_none()),
             error: db.error,

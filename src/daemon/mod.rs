@@ -130,7 +130,6 @@ pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(),
         snapshot: snapshot_rx,
         health: health.clone(),
         metrics: metrics.clone(),
-        db_path: store.path().to_path_buf(),
         store: store.clone(),
     };
     let http = start_http(config.daemon.listen, &app)?;
@@ -485,7 +484,6 @@ command = ["/bin/true"]
             snapshot: snapshot_rx,
             health: Arc::new(Health::new()),
             metrics: Arc::new(Metrics::new()),
-            db_path: store.path().to_path_buf(),
             store: store.clone(),
         };
         let (retention, _retention_rx) = watch::channel(config.daemon.retention);
