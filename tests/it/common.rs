@@ -243,6 +243,13 @@ pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// Whether the test switch command (see [`fast_config`]) has written its
+/// first whole line. The shell creates `switch.log` a moment before it
+/// writes the line, so the file's existence alone is a race.
+pub fn switched(switch_log: &Path) -> bool {
+    read(switch_log).contains('\n')
+}
+
 /// A config with both colors' health probes at a fast interval and a
 /// rollback command that appends its argv and environment to `switch.log`.
 pub fn fast_config(blue: &Color, green: &Color, dir: &Path, extra: &str) -> String {

@@ -438,7 +438,7 @@ async fn the_daemon_rolls_back_a_color_failing_every_request_from_the_access_log
     let fault = Instant::now();
     fail_tx.send(true).unwrap();
     common::wait_for("the switch", Duration::from_secs(20), || async {
-        switch_log.exists()
+        common::switched(&switch_log)
     })
     .await;
     let took = fault.elapsed();
@@ -560,7 +560,7 @@ probes = ["users"]
 
     fail_tx.send(true).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !switch_log.exists() {
+    while !common::switched(&switch_log) {
         assert!(
             Instant::now() < deadline,
             "no switch\n{}",
