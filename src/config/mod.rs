@@ -127,6 +127,13 @@ pub struct Daemon {
     /// The independent failure rate `check` assumes when it says how often
     /// a consecutive-failure rule would fire on noise (a fraction: 0.02).
     pub assumed_noise: f64,
+    /// `[daemon] database`: a shared PostgreSQL (SPEC section 7), as a
+    /// secret reference to its `postgres://` URL. `None`: the local SQLite
+    /// file only.
+    pub database: Option<Secret>,
+    /// `[daemon] host`: this host's name in a shared database (default:
+    /// the machine's hostname).
+    pub host: String,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +338,21 @@ impl Config {
                 .assumed_noise
                 .map(|p| p.0)
                 .unwrap_or(DEFAULT_ASSUMED_NOISE),
+            database: shared_database(&src, raw.daemon.database.as_deref(), &mut warnings)?,
+            host: match raw.daemon.host {
+                Some(h) if valid_host_name(&h) => h,
+                Some(h) => {
+                    let table = header_span(src.text, "daemon").unwrap_or(0..0);
+                    return Err(src.key_error(
+                        &table,
+                        "host",
+                        format!(
+                            "{h:?} is not a host name: expected 1 to 253 letters, digits, '.', '-' or '_'"
+                        ),
+                    ));
+                }
+                None => machine_host_name(),
+            },
         };
 
         let raw_colors = raw.colors;
@@ -686,4 +708,58 @@ fn validate_template(
         }
     }
     Ok(Template(argv))
+}
+
+/// `[daemon] database`: a secret reference whose value, once resolved, must
+/// be a `postgres://` (or `postgresql://`) URL. The value itself is never
+/// quoted in an error or a warning: it carries a password.
+fn shared_database(
+    src: &Source<'_>,
+    raw: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Secret>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let table = header_span(src.text, "daemon").unwrap_or(0..0);
+    let secret = Secret::resolve(raw).map_err(|e| src.key_error(&table, "database", e))?;
+    if let Some(problem) = secret.problem() {
+        warnings.push(format!(
+            "[daemon] database: {problem}; the daemon must have it"
+        ));
+    }
+    if secret.source() == &crate::config::secret::Source::Inline {
+        warnings.push(
+            "[daemon] database is written in the file: its URL may carry a password; use \"env:NAME\" or \"file:/path\"".to_owned(),
+        );
+    }
+    if let Ok(value) = secret.expose() {
+        if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+            return Err(src.key_error(
+                &table,
+                "database",
+                format!(
+                    "{} does not hold a postgres:// URL (the local SQLite file needs no setting: leave `database` out)",
+                    secret
+                ),
+            ));
+        }
+    }
+    Ok(Some(secret))
+}
+
+fn valid_host_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// The machine's hostname, or "localhost" when it cannot be read.
+fn machine_host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| valid_host_name(h))
+        .unwrap_or_else(|| "localhost".to_owned())
 }

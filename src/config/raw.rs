@@ -48,6 +48,8 @@ pub(super) struct RawDaemon {
     pub(super) dry_run: Option<bool>,
     pub(super) watch_config: Option<bool>,
     pub(super) assumed_noise: Option<Percent>,
+    pub(super) database: Option<String>,
+    pub(super) host: Option<String>,
 }
 
 #[derive(Deserialize)]

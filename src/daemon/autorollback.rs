@@ -125,6 +125,9 @@ pub struct AutoRollback {
     task: Option<JoinHandle<Result<Outcome, RollbackError>>>,
     /// Closing the incident of a broken rollback task, beside the loop.
     closing: Option<JoinHandle<()>>,
+    /// Whether this daemon could switch the service when last asked (a
+    /// shared database's leader lock; always without one).
+    could_switch: bool,
 }
 
 impl AutoRollback {
@@ -137,7 +140,18 @@ impl AutoRollback {
             policy: Policy::default(),
             task: None,
             closing: None,
+            could_switch: store.leadership().may_switch(),
         }
+    }
+
+    /// True once when this daemon has just become the service's switcher
+    /// (it took the shared database's leader lock): what a follower held
+    /// back goes now, not at the next retry. Reads a watch; never waits.
+    pub fn lead_gained(&mut self) -> bool {
+        let may = self.store.leadership().may_switch();
+        let gained = may && !self.could_switch;
+        self.could_switch = may;
+        gained
     }
 
     /// Whether a rollback task runs.

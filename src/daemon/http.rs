@@ -192,6 +192,7 @@ fn problems(state: &AppState) -> Vec<String> {
         ));
     }
     out.extend(storage_problems(state));
+    out.extend(shared_problem(state));
     out
 }
 
@@ -215,6 +216,22 @@ fn storage_problems(state: &AppState) -> Vec<String> {
     }
     out.extend(state.store.file_problem());
     out
+}
+
+/// The shared database (SPEC section 7) lost, or never reached, with what
+/// is held for it.
+fn shared_problem(state: &AppState) -> Option<String> {
+    let mirror = state.store.mirror()?;
+    let health = mirror.health();
+    let since = health.failing_since?;
+    Some(format!(
+        "shared database {} for {:.1}s: {}; {} rows held for it, {} samples dropped; protection goes on from this host's journal",
+        if health.reached { "lost" } else { "not reached" },
+        since.elapsed().as_secs_f64(),
+        health.error.unwrap_or_default(),
+        mirror.backlog(),
+        mirror.dropped()
+    ))
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
@@ -244,6 +261,15 @@ async fn metrics_text(
         state.store.failed_writes(),
         state.store.kept_len(),
     );
+    match state.store.mirror() {
+        Some(m) => state.metrics.set_shared(
+            m.health().failing_since.is_none(),
+            m.backlog(),
+            m.dropped(),
+            state.store.leadership().may_switch(),
+        ),
+        None => state.metrics.set_shared(true, 0, 0, true),
+    }
     (
         [(header::CONTENT_TYPE, format.content_type())],
         state.metrics.encode(size, format),

@@ -176,6 +176,10 @@ pub struct Metrics {
     storage_ok: Gauge,
     storage_failed: Counter,
     storage_kept: Gauge,
+    shared_ok: Gauge,
+    shared_backlog: Gauge,
+    shared_dropped: Counter,
+    leader: Gauge,
 }
 
 impl Metrics {
@@ -255,6 +259,12 @@ impl Metrics {
         let storage_ok = Gauge::default();
         let storage_failed = Counter::default();
         let storage_kept = Gauge::default();
+        let (shared_ok, shared_backlog, shared_dropped, leader) = (
+            Gauge::default(),
+            Gauge::default(),
+            Counter::default(),
+            Gauge::default(),
+        );
         registry.register(
             "probe_latency_seconds",
             "Probe latency, per probe and color",
@@ -315,6 +325,26 @@ impl Metrics {
             "Rollback records kept in memory until the database takes writes again",
             storage_kept.clone(),
         );
+        registry.register(
+            "shared_database_ok",
+            "1 while the fleet's shared PostgreSQL takes writes (or none is configured); 0 while it is lost",
+            shared_ok.clone(),
+        );
+        registry.register(
+            "shared_backlog_rows",
+            "Rows held in memory for the shared database until it takes them",
+            shared_backlog.clone(),
+        );
+        registry.register(
+            "shared_dropped_samples",
+            "Samples the shared database never got: the backlog was full",
+            shared_dropped.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this daemon may switch its service (the shared database's leader, or no shared database)",
+            leader.clone(),
+        );
         Metrics {
             registry,
             latency,
@@ -334,6 +364,10 @@ impl Metrics {
             storage_ok,
             storage_failed,
             storage_kept,
+            shared_ok,
+            shared_backlog,
+            shared_dropped,
+            leader,
         }
     }
 
@@ -460,6 +494,20 @@ impl Metrics {
         }
         self.storage_kept
             .set(i64::try_from(kept).unwrap_or(i64::MAX));
+    }
+
+    /// The shared database's state, read by the caller before
+    /// [`Metrics::encode`]: whether it takes writes, the rows held for it,
+    /// the samples dropped so far (only ever grows), and leadership.
+    pub fn set_shared(&self, ok: bool, backlog: usize, dropped: u64, leader: bool) {
+        self.shared_ok.set(i64::from(ok));
+        self.shared_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        let seen = self.shared_dropped.get();
+        if dropped > seen {
+            self.shared_dropped.inc_by(dropped - seen);
+        }
+        self.leader.set(i64::from(leader));
     }
 
     /// The text exposition in `format`, with the database size read by the

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod entry_watch;
 pub mod fleet;
 pub mod health;
+pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod reload;
@@ -53,6 +54,7 @@ use crate::notifier;
 use crate::probe::Prober;
 use crate::rollback::active;
 use crate::rollback::{self, Guards, RollbackError};
+use crate::store::shared::Shared;
 use crate::store::{Store, StoreError, StoredVerdict};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +82,22 @@ pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(),
     // One daemon per state_dir: held until `run` returns (or the process
     // dies: the kernel lets go of it).
     let _state_lock = crate::daemon::statelock::acquire(&config.daemon.state_dir)?;
-    let store = Store::open_dir(&config.daemon.state_dir).await?;
+    let mut store = Store::open_dir(&config.daemon.state_dir).await?;
+    if let Some(url) = &config.daemon.database {
+        // Connected lazily: the daemon starts, and protects, while the
+        // shared database is away (its shipper and lock retry).
+        store.attach_shared(Shared::connect_lazy(
+            url,
+            &config.daemon.host,
+            &config.service,
+        )?);
+        tracing::info!(
+            rollbackd.host = config.daemon.host.as_str(),
+            "sharing service {} with a fleet through {url} (as host {})",
+            config.service,
+            config.daemon.host
+        );
+    }
     let prober = Prober::new();
     // Notifications: a queue and its worker; sending never waits.
     let notify_policy = notifier::Policy::default();
@@ -133,6 +150,11 @@ pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(),
         store: store.clone(),
     };
     let http = start_http(config.daemon.listen, &app)?;
+    let heartbeat = tokio::spawn(heartbeat::run(
+        config.clone(),
+        store.clone(),
+        app.snapshot.clone(),
+    ));
     // The database's state, read beside the loop (the loop never awaits
     // the database); the active color's one home.
     let (active_tx, active_rx) = watch::channel(active);
@@ -216,6 +238,14 @@ pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(),
         .is_err()
     {
         tracing::warn!("notifications still being retried at exit were abandoned");
+    }
+    heartbeat.abort();
+    let unwritten = store.drain_shared(Duration::from_secs(3)).await;
+    if unwritten > 0 {
+        tracing::error!(
+            rollbackd.backlog = unwritten,
+            "{unwritten} rows for the shared database are lost: it did not take them before exit"
+        );
     }
     if let Err(e) = store.flush_kept().await {
         tracing::error!(

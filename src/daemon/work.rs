@@ -192,7 +192,9 @@ impl Work {
     /// A hold that just ended lets what it held back go now; a retry due
     /// is judged now.
     fn holds_and_retries(&mut self, now: Instant) {
-        if self.guards.take_ended(now) {
+        // Both asked every time: each remembers what it last said.
+        let lead_gained = self.auto.lead_gained();
+        if self.guards.take_ended(now) || lead_gained {
             self.auto.hold_ended(now);
         }
         if self.auto.retry_due(now) {

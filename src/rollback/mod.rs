@@ -25,6 +25,7 @@
 pub mod active;
 pub mod entry;
 pub mod guards;
+mod fleet;
 mod recovery;
 
 use std::time::Duration;
@@ -323,6 +324,9 @@ async fn automatic_hold(
     mut guards: Guards,
 ) -> Result<Option<String>, StoreError> {
     let Context { config, store, .. } = *ctx;
+    if let Some(why) = fleet::hold(ctx, now).await {
+        return Ok(Some(why));
+    }
     let at = tokio::time::Instant::now();
     // Every pause not resumed, whatever the wall clock says of its end.
     guards.learn_pause(store.active_pause(Millis::MIN).await?, now, at);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::{Connection, FromRow};
 
+use super::shared::ship::Item;
 use super::{BUSY_TIMEOUT, Store, StoreError, q};
 use crate::model::{Color, Millis};
 
@@ -94,6 +95,7 @@ impl Store {
         .map_err(q(DOING))?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
+        self.mirror_item(Item::Deployment(id));
         Ok(Deployment {
             id,
             color,
@@ -237,6 +239,10 @@ impl Store {
         .map_err(q(DOING))?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
+        self.mirror_item(Item::Quarantine {
+            version: version.to_owned(),
+            at_ms: crate::model::now_ms(),
+        });
         Ok(())
     }
 

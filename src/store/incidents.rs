@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::{Connection, FromRow, Row};
 
+use super::shared::ship::Item;
 use super::{BUSY_TIMEOUT, Store, StoreError, q};
 use crate::model::{Color, EventKind, IncidentState, Millis, Severity, Trigger};
 
@@ -207,6 +208,7 @@ impl Store {
         insert_event(&mut tx, id, new.at_ms, first_state.into(), message).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
+        self.mirror_item(Item::Incident(id));
         Ok(id)
     }
 
@@ -251,6 +253,7 @@ impl Store {
         insert_event(&mut tx, id, at_ms, state.into(), message).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
+        self.mirror_item(Item::Incident(id));
         Ok(())
     }
 
@@ -374,6 +377,7 @@ impl Store {
         insert_event(&mut tx, id, at_ms, state.into(), outcome).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
+        self.mirror_item(Item::Incident(id));
         Ok(())
     }
 

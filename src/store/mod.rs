@@ -21,6 +21,7 @@ mod kept;
 mod pauses;
 mod retention;
 mod samples;
+pub mod shared;
 mod verdicts;
 pub use deployments::Deployment;
 pub use incidents::{Incident, IncidentEvent, NewIncident};
@@ -50,6 +51,9 @@ pub enum StoreError {
         doing: &'static str,
         source: sqlx::Error,
     },
+    /// The shared PostgreSQL (its URL is never part of the words).
+    #[error("shared database: {doing}: {why}")]
+    Shared { doing: &'static str, why: String },
     #[error("a rollback is already in flight (incident #{0})")]
     RollbackInFlight(i64),
     #[error("no incident #{0}")]
@@ -124,6 +128,17 @@ pub struct Store {
     mapped_writable: bool,
     /// The `sample_series` ids seen so far (`samples.rs`).
     series: std::sync::Arc<std::sync::Mutex<samples::Series>>,
+    /// The fleet's shared PostgreSQL, when `[daemon] database` names one:
+    /// what this store writes is mirrored there (`shared/ship.rs`).
+    shared: Option<SharedLink>,
+}
+
+/// The shared database as a daemon's store holds it.
+#[derive(Clone, Debug)]
+struct SharedLink {
+    db: shared::Shared,
+    mirror: shared::ship::Mirror,
+    leadership: tokio::sync::watch::Receiver<shared::leader::Leadership>,
 }
 
 #[derive(Debug, Default)]
@@ -321,6 +336,7 @@ impl Store {
             // file is not writable.
             mapped_writable: false,
             series: Default::default(),
+            shared: None,
         })
     }
 
@@ -384,6 +400,7 @@ impl Store {
             last: Default::default(),
             mapped_writable: true,
             series: Default::default(),
+            shared: None,
         };
         let store = Store {
             mapped_writable: store.fence("opening the database").is_ok(),
@@ -489,6 +506,77 @@ impl Store {
     /// Close the connections, unless the WAL's shared-memory file cannot
     /// be written: closing may checkpoint, which writes into its mapping
     /// (see [`Store::fence`]); the process's exit lets go of them instead.
+    /// Mirror everything this store writes into the fleet's shared
+    /// database, and take part in its leader election; spawns the shipper
+    /// and the lock's task (a daemon only). The database may be down: the
+    /// mirror holds rows until it answers.
+    pub fn attach_shared(&mut self, db: shared::Shared) {
+        let mirror = shared::ship::Mirror::default();
+        let (tx, leadership) =
+            tokio::sync::watch::channel(shared::leader::Leadership::Follower);
+        tokio::spawn(shared::leader::run(db.clone(), tx));
+        let mut local = self.clone();
+        local.shared = None;
+        tokio::spawn(
+            shared::ship::Shipper {
+                mirror: mirror.clone(),
+                shared: db.clone(),
+                local,
+            }
+            .run(),
+        );
+        self.shared = Some(SharedLink {
+            db,
+            mirror,
+            leadership,
+        });
+    }
+
+    /// The shared database, when one is attached.
+    pub fn shared(&self) -> Option<&shared::Shared> {
+        self.shared.as_ref().map(|l| &l.db)
+    }
+
+    /// Who may switch this service: [`Leadership::Alone`] without a shared
+    /// database.
+    ///
+    /// [`Leadership::Alone`]: shared::leader::Leadership::Alone
+    pub fn leadership(&self) -> shared::leader::Leadership {
+        self.shared
+            .as_ref()
+            .map_or(shared::leader::Leadership::Alone, |l| *l.leadership.borrow())
+    }
+
+    /// The mirror's state (backlog, drops, the database's health), when a
+    /// shared database is attached.
+    pub fn mirror(&self) -> Option<&shared::ship::Mirror> {
+        self.shared.as_ref().map(|l| &l.mirror)
+    }
+
+    /// Queue a record for the shared database (nothing without one).
+    fn mirror_item(&self, item: shared::ship::Item) {
+        if let Some(l) = &self.shared {
+            l.mirror.push(item);
+        }
+    }
+
+    /// Write what the mirror holds, within `within` (a stopping daemon).
+    /// Returns the rows left unwritten.
+    pub async fn drain_shared(&self, within: Duration) -> usize {
+        let Some(l) = &self.shared else {
+            return 0;
+        };
+        let mut local = self.clone();
+        local.shared = None;
+        shared::ship::Shipper {
+            mirror: l.mirror.clone(),
+            shared: l.db.clone(),
+            local,
+        }
+        .drain(within)
+        .await
+    }
+
     pub async fn close(&self) {
         if self.fence("closing the database").is_err() {
             tracing::warn!(

@@ -143,6 +143,10 @@ impl Store {
 
     /// Insert a batch in one transaction: all or nothing.
     pub async fn insert_samples(&self, samples: &[Sample]) -> Result<(), StoreError> {
+        // The shared database gets them whatever the local file says.
+        if let Some(mirror) = self.mirror() {
+            mirror.push_samples(samples);
+        }
         if samples.is_empty() {
             return Ok(());
         }

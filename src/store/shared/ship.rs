@@ -1,0 +1,395 @@
+//! The mirror into the shared database: what the local store wrote is
+//! queued here and written to PostgreSQL by one task, in order, batched.
+//! While the database is away the queue holds it, bounded by
+//! [`MAX_SAMPLES`] samples (the oldest samples are dropped and counted
+//! beyond it; incidents, deployments and quarantines are never dropped),
+//! and it is written when the database returns. Nothing waits on it: a
+//! push is a lock and a `VecDeque` push.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Beat, Shared};
+use crate::model::{Millis, Sample};
+use crate::store::{Store, StoreError};
+
+/// Samples held for the database at most (about 20-40 MB): past it the
+/// oldest are dropped, and counted.
+pub const MAX_SAMPLES: usize = 100_000;
+/// Samples written in one statement at most.
+const BATCH: usize = 5_000;
+/// The heartbeat's pace, and the retry pace while the database is away.
+const PACE: Duration = Duration::from_secs(1);
+
+/// What the local store wrote, for the shared database.
+#[derive(Clone, Debug)]
+pub enum Item {
+    Samples(Vec<Sample>),
+    /// An incident changed: its row is read from the local journal when
+    /// shipped, so the latest state goes.
+    Incident(i64),
+    Deployment(i64),
+    Quarantine { version: String, at_ms: Millis },
+}
+
+/// The mirror's queue and what it reports. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Mirror {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror")
+            .field("backlog", &self.backlog())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: Mutex<Queue>,
+    wake: tokio::sync::Notify,
+    beat: Mutex<Beat>,
+    health: Mutex<MirrorHealth>,
+    /// Held by the one writing the queue's front (the shipper, or a
+    /// stopping daemon's drain), so no row is written twice.
+    writing: tokio::sync::Mutex<()>,
+    /// The newest sample pushed (ms), for the heartbeat.
+    last_sample_ms: std::sync::atomic::AtomicI64,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    samples: usize,
+    dropped: u64,
+}
+
+/// How the shared database has answered lately.
+#[derive(Clone, Debug, Default)]
+pub struct MirrorHealth {
+    /// Since when writes fail (monotonic); `None` while they succeed.
+    pub failing_since: Option<Instant>,
+    pub error: Option<String>,
+    /// Whether any write ever succeeded (a daemon that started while the
+    /// database was down has never reached it).
+    pub reached: bool,
+}
+
+impl Mirror {
+    pub fn push_samples(&self, samples: &[Sample]) {
+        if samples.is_empty() {
+            return;
+        }
+        if let Some(newest) = samples.iter().map(|s| s.at_ms).max() {
+            self.inner
+                .last_sample_ms
+                .fetch_max(newest, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Ok(mut q) = self.inner.queue.lock() {
+            q.samples += samples.len();
+            q.items.push_back(Item::Samples(samples.to_vec()));
+            // Over the bound: drop the oldest samples, never anything else.
+            while q.samples > MAX_SAMPLES {
+                let Some(at) = q.items.iter().position(|i| matches!(i, Item::Samples(_))) else {
+                    break;
+                };
+                let over = q.samples - MAX_SAMPLES;
+                let Some(Item::Samples(batch)) = q.items.get_mut(at) else {
+                    break;
+                };
+                let cut = over.min(batch.len());
+                batch.drain(..cut);
+                let emptied = batch.is_empty();
+                q.samples -= cut;
+                q.dropped += cut as u64;
+                if emptied {
+                    q.items.remove(at);
+                }
+            }
+        }
+        self.inner.wake.notify_one();
+    }
+
+    pub fn push(&self, item: Item) {
+        if let Ok(mut q) = self.inner.queue.lock() {
+            q.items.push_back(item);
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Rows held for the database (samples, plus other records).
+    pub fn backlog(&self) -> usize {
+        self.inner
+            .queue
+            .lock()
+            .map(|q| q.samples + q.items.iter().filter(|i| !matches!(i, Item::Samples(_))).count())
+            .unwrap_or(0)
+    }
+
+    /// The newest sample this daemon took (ms), if any.
+    pub fn last_sample_ms(&self) -> Option<Millis> {
+        let at = self
+            .inner
+            .last_sample_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (at > 0).then_some(at)
+    }
+
+    /// Samples dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.queue.lock().map(|q| q.dropped).unwrap_or(0)
+    }
+
+    pub fn health(&self) -> MirrorHealth {
+        self.inner
+            .health
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+
+    /// What the next heartbeat says.
+    pub fn set_beat(&self, beat: Beat) {
+        if let Ok(mut b) = self.inner.beat.lock() {
+            *b = beat;
+        }
+    }
+
+    fn beat(&self) -> Beat {
+        self.inner.beat.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    fn ok(&self) {
+        if let Ok(mut h) = self.inner.health.lock() {
+            if h.failing_since.is_some() {
+                tracing::info!("the shared database answers again: writing what was held");
+            }
+            *h = MirrorHealth {
+                reached: true,
+                ..MirrorHealth::default()
+            };
+        }
+    }
+
+    fn failed(&self, e: &StoreError) {
+        if let Ok(mut h) = self.inner.health.lock() {
+            if h.failing_since.is_none() {
+                tracing::error!(
+                    rollbackd.error = %e,
+                    "the shared database is unreachable: protection goes on from this host's own journal; rows are held (at most {MAX_SAMPLES} samples) until it returns"
+                );
+            }
+            h.failing_since.get_or_insert_with(Instant::now);
+            h.error = Some(e.to_string());
+        }
+    }
+
+    /// The front of the queue as one write: adjacent sample batches up to
+    /// [`BATCH`] samples, or one other record.
+    fn front(&self) -> Option<(Item, usize)> {
+        let q = self.inner.queue.lock().ok()?;
+        match q.items.front()? {
+            Item::Samples(_) => {
+                let mut joined = Vec::new();
+                let mut n = 0;
+                for item in q.items.iter() {
+                    match item {
+                        Item::Samples(s) if joined.len() + s.len() <= BATCH || n == 0 => {
+                            joined.extend_from_slice(s);
+                            n += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                Some((Item::Samples(joined), n))
+            }
+            other => Some((other.clone(), 1)),
+        }
+    }
+
+    /// The first `n` items were written.
+    fn pop(&self, n: usize) {
+        if let Ok(mut q) = self.inner.queue.lock() {
+            for _ in 0..n {
+                if let Some(Item::Samples(s)) = q.items.pop_front() {
+                    q.samples -= s.len();
+                }
+            }
+        }
+    }
+}
+
+/// Writes the mirror's queue, and the heartbeat, to the shared database.
+pub struct Shipper {
+    pub mirror: Mirror,
+    pub shared: Shared,
+    /// The local journal, read for the rows an [`Item`] names.
+    pub local: Store,
+}
+
+impl Shipper {
+    /// Run until the process ends: write, beat, and wait for more.
+    pub async fn run(self) {
+        // The schema first (each host may be the first, or newer): nothing
+        // is written before it is there. Retried while the database is away.
+        loop {
+            match self.shared.migrate().await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.mirror.failed(&e);
+                    tokio::time::sleep(PACE).await;
+                }
+            }
+        }
+        let mut last_beat: Option<Instant> = None;
+        loop {
+            if last_beat.is_none_or(|t| t.elapsed() >= PACE) {
+                last_beat = Some(Instant::now());
+                if let Err(e) = self.send_beat().await {
+                    self.mirror.failed(&e);
+                }
+            }
+            match self.step().await {
+                // Written: go on at once.
+                Ok(true) => continue,
+                // Nothing held: sleep until something is, or the beat.
+                Ok(false) => {
+                    let _ = tokio::time::timeout(PACE, self.mirror.inner.wake.notified()).await;
+                }
+                Err(e) => {
+                    self.mirror.failed(&e);
+                    tokio::time::sleep(PACE).await;
+                }
+            }
+        }
+    }
+
+    /// Write what is held, within `within` (a stopping daemon's last
+    /// chance). Returns the rows left unwritten.
+    pub async fn drain(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            match tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                self.step(),
+            )
+            .await
+            {
+                Ok(Ok(true)) => continue,
+                Ok(Ok(false)) => break,
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.send_beat()).await;
+        self.mirror.backlog()
+    }
+
+    async fn send_beat(&self) -> Result<(), StoreError> {
+        let backlog = i64::try_from(self.mirror.backlog()).unwrap_or(i64::MAX);
+        let dropped = i64::try_from(self.mirror.dropped()).unwrap_or(i64::MAX);
+        timed(self.shared.beat(&self.mirror.beat(), backlog, dropped)).await?;
+        self.mirror.ok();
+        Ok(())
+    }
+
+    /// Write the queue's front. `Ok(false)` when nothing is held.
+    async fn step(&self) -> Result<bool, StoreError> {
+        let _writing = self.mirror.inner.writing.lock().await;
+        let Some((item, n)) = self.mirror.front() else {
+            return Ok(false);
+        };
+        match &item {
+            Item::Samples(samples) => timed(self.shared.put_samples(samples)).await?,
+            Item::Incident(id) => match self.local.incident(*id).await {
+                Ok(incident) => timed(self.shared.put_incident(&incident)).await?,
+                // Gone from the journal (never committed): nothing to send.
+                Err(StoreError::NoIncident(_)) => {}
+                Err(e) => return Err(e),
+            },
+            Item::Deployment(id) => {
+                let deployments = self.local.deployments().await?;
+                if let Some(d) = deployments.iter().find(|d| d.id == *id) {
+                    timed(self.shared.put_deployment(d)).await?;
+                }
+            }
+            Item::Quarantine { version, at_ms } => {
+                // The rollback that quarantined it: the newest incident
+                // that moved traffic away from this version.
+                let incident = self
+                    .local
+                    .incidents()
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.from_version.as_deref() == Some(version.as_str()))
+                    .map(|i| i.id)
+                    .max();
+                timed(self.shared.quarantine(version, incident, *at_ms)).await?;
+            }
+        }
+        self.mirror.pop(n);
+        self.mirror.ok();
+        Ok(true)
+    }
+}
+
+/// One statement, bounded: a database that stops answering mid-statement
+/// counts as lost after [`super::STATEMENT_TIMEOUT`] and a bit.
+async fn timed(
+    f: impl std::future::Future<Output = Result<(), StoreError>>,
+) -> Result<(), StoreError> {
+    tokio::time::timeout(super::STATEMENT_TIMEOUT * 2, f)
+        .await
+        .map_err(|_| StoreError::Shared {
+            doing: "writing to the shared database",
+            why: "no answer within 6 s".to_owned(),
+        })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SampleStatus;
+
+    fn sample(at_ms: Millis) -> Sample {
+        Sample {
+            at_ms,
+            probe: "healthz".into(),
+            color: None,
+            deployment: None,
+            ok: true,
+            latency_ms: Some(1.0),
+            status: SampleStatus::Ok,
+            detail: String::new(),
+            requests: None,
+            errors: None,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_samples_and_counts_them_but_keeps_every_record() {
+        let m = Mirror::default();
+        m.push(Item::Incident(1));
+        let batch: Vec<Sample> = (0..1000).map(sample).collect();
+        for _ in 0..(MAX_SAMPLES / 1000) {
+            m.push_samples(&batch);
+        }
+        assert_eq!(m.dropped(), 0);
+        m.push_samples(&batch[..10]);
+        assert_eq!(m.dropped(), 10, "the overflow is counted");
+        assert_eq!(m.backlog(), MAX_SAMPLES + 1, "samples at the bound, plus the incident");
+        // The incident is still first; the oldest batch lost its first 10.
+        let (front, n) = m.front().unwrap();
+        assert!(matches!(front, Item::Incident(1)) && n == 1);
+        m.pop(1);
+        let (Item::Samples(joined), n) = m.front().unwrap() else {
+            panic!("samples next");
+        };
+        assert_eq!(joined[0].at_ms, 10, "the oldest were dropped");
+        assert!(joined.len() <= BATCH && n == 5, "batched: {} in {n}", joined.len());
+        m.pop(n);
+        assert_eq!(m.backlog(), MAX_SAMPLES - joined.len());
+    }
+}
