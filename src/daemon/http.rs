@@ -226,7 +226,11 @@ fn shared_problem(state: &AppState) -> Option<String> {
     let since = health.failing_since?;
     Some(format!(
         "shared database {} for {:.1}s: {}; {} rows held for it, {} samples dropped; protection goes on from this host's journal",
-        if health.reached { "lost" } else { "not reached" },
+        if health.reached {
+            "lost"
+        } else {
+            "not reached"
+        },
         since.elapsed().as_secs_f64(),
         health.error.unwrap_or_default(),
         mirror.backlog(),

@@ -37,7 +37,10 @@ pub(super) async fn hold(ctx: &Context<'_>, now: Millis) -> Option<String> {
         inc.state,
         store.shared().map_or("this host", |s| s.host())
     );
-    if store.close_elsewhere(&inc, IncidentState::Unknown, &why).await {
+    if store
+        .close_elsewhere(&inc, IncidentState::Unknown, &why)
+        .await
+    {
         tracing::warn!(
             rollbackd.incident = inc.id,
             "rollback #{} of host {} was left in flight: closed as unknown, not run again",
@@ -47,4 +50,3 @@ pub(super) async fn hold(ctx: &Context<'_>, now: Millis) -> Option<String> {
     }
     None
 }
-

@@ -24,8 +24,8 @@
 
 pub mod active;
 pub mod entry;
-pub mod guards;
 mod fleet;
+pub mod guards;
 mod recovery;
 
 use std::time::Duration;

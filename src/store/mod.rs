@@ -512,8 +512,7 @@ impl Store {
     /// mirror holds rows until it answers.
     pub fn attach_shared(&mut self, db: shared::Shared) {
         let mirror = shared::ship::Mirror::default();
-        let (tx, leadership) =
-            tokio::sync::watch::channel(shared::leader::Leadership::Follower);
+        let (tx, leadership) = tokio::sync::watch::channel(shared::leader::Leadership::Follower);
         tokio::spawn(shared::leader::run(db.clone(), tx));
         let mut local = self.clone();
         local.shared = None;
@@ -544,7 +543,9 @@ impl Store {
     pub fn leadership(&self) -> shared::leader::Leadership {
         self.shared
             .as_ref()
-            .map_or(shared::leader::Leadership::Alone, |l| *l.leadership.borrow())
+            .map_or(shared::leader::Leadership::Alone, |l| {
+                *l.leadership.borrow()
+            })
     }
 
     /// The mirror's state (backlog, drops, the database's health), when a

@@ -277,6 +277,7 @@ pub struct Setup {
     text: Option<String>,
     listen: bool,
     deploys: Vec<(&'static str, &'static str)>,
+    daemon_keys: String,
 }
 
 /// A configured service: its colors, its folder and its [`Env`].
@@ -297,7 +298,34 @@ impl Setup {
             text: None,
             listen: false,
             deploys: Vec::new(),
+            daemon_keys: String::new(),
         }
+    }
+
+    /// Keys added to the fast config's `[daemon]` table (`database`,
+    /// `host`): one `key = value` per line.
+    #[allow(dead_code)] // used by the fleet tests
+    pub fn daemon_keys(mut self, toml: &str) -> Setup {
+        self.daemon_keys.push_str(toml);
+        if !toml.ends_with('\n') {
+            self.daemon_keys.push('\n');
+        }
+        self
+    }
+
+    /// A shared database (SPEC section 7) for this daemon, named `host`:
+    /// the URL goes in a file of the service's folder, read through a
+    /// `file:` secret (an environment variable would be shared by every
+    /// test of this process).
+    #[allow(dead_code)] // used by the fleet tests
+    pub fn shared_database(self, url: &str, host: &str) -> Setup {
+        let file = self.dir.path().join("database-url");
+        std::fs::write(&file, format!("{url}\n")).unwrap();
+        let keys = format!(
+            "database = \"file:{}\"\nhost = \"{host}\"\n",
+            file.display()
+        );
+        self.daemon_keys(&keys)
     }
 
     /// TOML appended to the fast config (after its `[rollback]`).
@@ -335,6 +363,9 @@ impl Setup {
         };
         if self.listen {
             text = text.replace("listen = \"off\"", "listen = \"127.0.0.1:0\"");
+        }
+        if !self.daemon_keys.is_empty() {
+            text = text.replacen("[daemon]\n", &format!("[daemon]\n{}", self.daemon_keys), 1);
         }
         let env = Env::new(&text);
         for (color, version) in &self.deploys {

@@ -134,7 +134,11 @@ impl Cluster {
 
     /// Start the stopped server again, on the same port.
     pub fn restart(&self) {
-        assert!(self.pg_ctl_start(), "PostgreSQL did not restart:\n{}", self.log());
+        assert!(
+            self.pg_ctl_start(),
+            "PostgreSQL did not restart:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -144,7 +148,16 @@ impl Cluster {
     /// Run one SQL statement with `psql` and return its unaligned output.
     pub fn psql(&self, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, &self.url()])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+                &self.url(),
+            ])
             .output()
             .unwrap();
         assert!(

@@ -424,13 +424,15 @@ impl Shared {
         .fetch_optional(&self.pool)
         .await
         .map_err(pq("reading the quarantine"))?;
-        Ok(row.map(|(service, version, host, incident, at_ms)| Quarantine {
-            service,
-            version,
-            host,
-            incident,
-            at_ms,
-        }))
+        Ok(
+            row.map(|(service, version, host, incident, at_ms)| Quarantine {
+                service,
+                version,
+                host,
+                incident,
+                at_ms,
+            }),
+        )
     }
 
     /// Lift the standing quarantine of `version` (recorded with this host
@@ -454,13 +456,15 @@ impl Shared {
         .fetch_optional(&self.pool)
         .await
         .map_err(pq("lifting a quarantine"))?;
-        Ok(row.map(|(service, version, host, incident, at_ms)| Quarantine {
-            service,
-            version,
-            host,
-            incident,
-            at_ms,
-        }))
+        Ok(
+            row.map(|(service, version, host, incident, at_ms)| Quarantine {
+                service,
+                version,
+                host,
+                incident,
+                at_ms,
+            }),
+        )
     }
 
     /// Every daemon of every service, by service then host.

@@ -30,7 +30,10 @@ pub enum Item {
     /// shipped, so the latest state goes.
     Incident(i64),
     Deployment(i64),
-    Quarantine { version: String, at_ms: Millis },
+    Quarantine {
+        version: String,
+        at_ms: Millis,
+    },
 }
 
 /// The mirror's queue and what it reports. Cheap to clone.
@@ -125,7 +128,13 @@ impl Mirror {
         self.inner
             .queue
             .lock()
-            .map(|q| q.samples + q.items.iter().filter(|i| !matches!(i, Item::Samples(_))).count())
+            .map(|q| {
+                q.samples
+                    + q.items
+                        .iter()
+                        .filter(|i| !matches!(i, Item::Samples(_)))
+                        .count()
+            })
             .unwrap_or(0)
     }
 
@@ -159,7 +168,11 @@ impl Mirror {
     }
 
     fn beat(&self) -> Beat {
-        self.inner.beat.lock().map(|b| b.clone()).unwrap_or_default()
+        self.inner
+            .beat
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default()
     }
 
     fn ok(&self) {
@@ -379,7 +392,11 @@ mod tests {
         assert_eq!(m.dropped(), 0);
         m.push_samples(&batch[..10]);
         assert_eq!(m.dropped(), 10, "the overflow is counted");
-        assert_eq!(m.backlog(), MAX_SAMPLES + 1, "samples at the bound, plus the incident");
+        assert_eq!(
+            m.backlog(),
+            MAX_SAMPLES + 1,
+            "samples at the bound, plus the incident"
+        );
         // The incident is still first; the oldest batch lost its first 10.
         let (front, n) = m.front().unwrap();
         assert!(matches!(front, Item::Incident(1)) && n == 1);
@@ -388,7 +405,11 @@ mod tests {
             panic!("samples next");
         };
         assert_eq!(joined[0].at_ms, 10, "the oldest were dropped");
-        assert!(joined.len() <= BATCH && n == 5, "batched: {} in {n}", joined.len());
+        assert!(
+            joined.len() <= BATCH && n == 5,
+            "batched: {} in {n}",
+            joined.len()
+        );
         m.pop(n);
         assert_eq!(m.backlog(), MAX_SAMPLES - joined.len());
     }
