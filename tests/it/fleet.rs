@@ -80,8 +80,10 @@ fn host(
 
 /// Each host's heartbeat: `host|leader` lines, by host.
 fn leaders(pg: &Cluster) -> String {
-    pg.try_psql("SELECT host || '|' || CASE WHEN leader THEN 't' ELSE 'f' END FROM hosts ORDER BY host")
-        .unwrap_or_default()
+    pg.try_psql(
+        "SELECT host || '|' || CASE WHEN leader THEN 't' ELSE 'f' END FROM hosts ORDER BY host",
+    )
+    .unwrap_or_default()
 }
 
 async fn wait_leaders(pg: &Cluster, want: &str, limit: Duration) {
@@ -121,13 +123,14 @@ async fn only_the_leader_of_a_service_switches_it() {
     })
     .await;
     let switched = switches(shared.path());
-    assert!(switched[0].ends_with("|a"), "the leader switched: {switched:?}");
+    assert!(
+        switched[0].ends_with("|a"),
+        "the leader switched: {switched:?}"
+    );
     // The follower decided too, and held back saying why.
-    wait_for(
-        "the follower's hold",
-        Duration::from_secs(20),
-        || async { common::read(&db.log).contains("another daemon leads service beluga") },
-    )
+    wait_for("the follower's hold", Duration::from_secs(20), || async {
+        common::read(&db.log).contains("another daemon leads service beluga")
+    })
     .await;
     // The traffic moved: nothing more happens.
     wait_for("green active", Duration::from_secs(20), || async {
@@ -139,7 +142,12 @@ async fn only_the_leader_of_a_service_switches_it() {
         pause.elapsed() >= Duration::from_secs(2)
     })
     .await;
-    assert_eq!(switches(shared.path()).len(), 1, "{:?}", switches(shared.path()));
+    assert_eq!(
+        switches(shared.path()).len(),
+        1,
+        "{:?}",
+        switches(shared.path())
+    );
     // A's incident is in the shared database, tagged with its host.
     assert_eq!(
         pg.psql("SELECT host || '|' || service || '|' || from_version FROM incidents"),
@@ -176,7 +184,9 @@ async fn the_follower_takes_over_a_killed_leader_and_never_runs_its_rollback_twi
     wait_for(
         "a's rollback in flight in the shared database",
         Duration::from_secs(10),
-        || async { pg.psql("SELECT count(*) FROM incidents WHERE host = 'a' AND in_flight") == "1" },
+        || async {
+            pg.psql("SELECT count(*) FROM incidents WHERE host = 'a' AND in_flight") == "1"
+        },
     )
     .await;
     da.signal(nix::sys::signal::Signal::SIGKILL);
@@ -231,7 +241,11 @@ async fn after_a_takeover_the_new_leader_switches() {
         pg.psql("SELECT leader FROM hosts WHERE host = 'b'") == "t"
     })
     .await;
-    assert!(killed.elapsed() < Duration::from_secs(5), "{:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
     blue.set(503);
     wait_for("b's switch", Duration::from_secs(30), || async {
         !switches(shared.path()).is_empty()
@@ -273,9 +287,11 @@ async fn losing_the_database_stops_no_protection_and_loses_no_sample() {
     da.ready().await;
     let addr = da.http_addr().await;
     wait_leaders(&pg, "a|t", Duration::from_secs(20)).await;
-    wait_for("samples in the shared database", Duration::from_secs(20), || async {
-        pg.psql("SELECT count(*) FROM samples WHERE host = 'a'") != "0"
-    })
+    wait_for(
+        "samples in the shared database",
+        Duration::from_secs(20),
+        || async { pg.psql("SELECT count(*) FROM samples WHERE host = 'a'") != "0" },
+    )
     .await;
 
     pg.stop();
@@ -286,12 +302,18 @@ async fn losing_the_database_stops_no_protection_and_loses_no_sample() {
     .await;
     let (_, m) = get(&addr, "/metrics").await;
     assert_eq!(metric(&m, "rollbackd_shared_database_ok"), Some(0.0), "{m}");
-    assert_eq!(metric(&m, "rollbackd_leader"), Some(1.0), "still the switcher");
+    assert_eq!(
+        metric(&m, "rollbackd_leader"),
+        Some(1.0),
+        "still the switcher"
+    );
     // Protection goes on: the active color fails, and is switched.
     blue.set(503);
-    wait_for("the switch without the database", Duration::from_secs(30), || async {
-        !switches(shared.path()).is_empty()
-    })
+    wait_for(
+        "the switch without the database",
+        Duration::from_secs(30),
+        || async { !switches(shared.path()).is_empty() },
+    )
     .await;
     wait_for("a backlog", Duration::from_secs(10), || async {
         let (_, m) = get(&addr, "/metrics").await;

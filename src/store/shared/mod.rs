@@ -624,7 +624,7 @@ impl Shared {
                     host: r.0,
                     sample: Sample {
                         at_ms: r.1,
-                        probe: r.2.into(),
+                        probe: r.2,
                         color: r
                             .3
                             .as_deref()
