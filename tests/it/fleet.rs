@@ -63,6 +63,12 @@ fn host(
     );
     let env = Env::new("");
     let url_file = env.path("database-url");
+    // A password the server (trust authentication) ignores, and which must
+    // never be printed.
+    let url = url.replace(
+        "postgres://rollbackd@",
+        &format!("postgres://rollbackd:{PASSWORD}@"),
+    );
     std::fs::write(&url_file, format!("{url}\n")).unwrap();
     text = text.replacen(
         "[daemon]\n",
@@ -77,6 +83,8 @@ fn host(
     env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
     env
 }
+
+const PASSWORD: &str = "pw-never-printed-7f3a";
 
 /// Each host's heartbeat: `host|leader` lines, by host.
 fn leaders(pg: &Cluster) -> String {
@@ -331,7 +339,21 @@ async fn losing_the_database_stops_no_protection_and_loses_no_sample() {
     .await;
     let (code, body) = get(&addr, "/healthz").await;
     assert_eq!(code, 200, "{body}");
+    for path in ["/metrics", "/status"] {
+        let (_, body) = get(&addr, path).await;
+        assert!(
+            !body.contains(PASSWORD),
+            "{path} shows the database password"
+        );
+    }
+    let log_path = da.log.clone();
     assert!(da.stop().await.success());
+    let log = common::read(&log_path);
+    assert!(log.contains("shared database is unreachable"), "{log}");
+    assert!(
+        !log.contains(PASSWORD),
+        "the log shows the database password:\n{log}"
+    );
 
     // Every sample the local journal holds is in the shared one, once.
     let local = a.store().await.sample_count().await.unwrap();
@@ -349,5 +371,33 @@ async fn losing_the_database_stops_no_protection_and_loses_no_sample() {
         pg.psql("SELECT from_version || '|' || to_version FROM incidents WHERE host = 'a'"),
         "v2|v1",
         "the rollback made without the database"
+    );
+}
+
+/// A manual rollback from the command line (no daemon running) reaches the
+/// shared database when the command ends: its incident, and the version it
+/// quarantined for the whole fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_rollback_is_shared_with_the_fleet() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let a = host("a", &blue, &green, shared.path(), &pg.url(), 0, "");
+    a.cli_ok(&["rollback", "--reason", "bad release"]);
+    assert_eq!(switches(shared.path()).len(), 1);
+    assert_eq!(
+        pg.psql("SELECT host || '|' || trigger_kind || '|' || from_version FROM incidents"),
+        "a|manual|v2"
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT service || '|' || version || '|' || host || '|' || incident FROM quarantine"
+        ),
+        "beluga|v2|a|1"
+    );
+    // The deployment the switch recorded went too.
+    assert!(
+        pg.psql("SELECT count(*) FROM deployments WHERE host = 'a' AND source = 'rollback'") == "1"
     );
 }
