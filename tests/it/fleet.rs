@@ -401,3 +401,37 @@ async fn a_command_line_rollback_is_shared_with_the_fleet() {
         pg.psql("SELECT count(*) FROM deployments WHERE host = 'a' AND source = 'rollback'") == "1"
     );
 }
+
+/// A pause made on one host holds every daemon of the service: the leader
+/// of the pair does not switch while another host's pause stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_on_one_host_holds_the_service_everywhere() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let a = host("a", &blue, &green, shared.path(), &pg.url(), 0, "");
+    let b = host("b", &blue, &green, shared.path(), &pg.url(), 0, "");
+    a.cli_ok(&["pause", "--for", "1h", "--reason", "database maintenance"]);
+    assert_eq!(
+        pg.psql("SELECT host || '|' || reason FROM pauses WHERE resumed_ms IS NULL"),
+        "a|database maintenance"
+    );
+    let db = b.daemon();
+    db.ready().await;
+    wait_leaders(&pg, "b|t", Duration::from_secs(20)).await;
+    blue.set(503);
+    wait_for("b's hold", Duration::from_secs(30), || async {
+        common::read(&db.log).contains("are paused until")
+            && common::read(&db.log).contains("by host a: database maintenance")
+    })
+    .await;
+    assert!(switches(shared.path()).is_empty(), "switched while paused");
+    // `resume` where the pause was made ends it for the fleet.
+    a.cli_ok(&["resume"]);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pauses WHERE resumed_ms IS NULL"),
+        "0"
+    );
+    db.stop().await;
+}

@@ -34,6 +34,11 @@ pub enum Item {
         version: String,
         at_ms: Millis,
     },
+    Pause(crate::store::Pause),
+    /// This host's holds ended at `at_ms`.
+    Resume {
+        at_ms: Millis,
+    },
 }
 
 /// The mirror's queue and what it reports. Cheap to clone.
@@ -389,6 +394,8 @@ impl Shipper {
                     .max();
                 timed(self.shared.quarantine(version, incident, *at_ms)).await?;
             }
+            Item::Pause(p) => timed(self.shared.put_pause(p)).await?,
+            Item::Resume { at_ms } => timed(self.shared.resume(*at_ms)).await?,
         }
         self.mirror.pop(n);
         self.mirror.ok();
