@@ -435,3 +435,48 @@ async fn a_pause_on_one_host_holds_the_service_everywhere() {
     );
     db.stop().await;
 }
+
+/// The database lost under a pair: the leader goes on switching from
+/// memory, and the follower, which cannot know the leader is gone, does not
+/// take the lead. One switch, by the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_database_the_leader_still_switches_and_the_follower_never_does() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let a = host("a", &blue, &green, shared.path(), &pg.url(), 0, "");
+    let b = host("b", &blue, &green, shared.path(), &pg.url(), 0, "");
+    let da = a.daemon();
+    da.ready().await;
+    wait_leaders(&pg, "a|t", Duration::from_secs(20)).await;
+    let db = b.daemon();
+    db.ready().await;
+    wait_leaders(&pg, "a|t\nb|f", Duration::from_secs(20)).await;
+
+    pg.stop();
+    wait_for("a to lead from memory", Duration::from_secs(20), || async {
+        common::read(&da.log).contains("still leading service beluga from memory")
+    })
+    .await;
+    blue.set(503);
+    wait_for("a switch", Duration::from_secs(30), || async {
+        !switches(shared.path()).is_empty()
+    })
+    .await;
+    wait_for("the follower's hold", Duration::from_secs(20), || async {
+        common::read(&db.log).contains("another daemon leads service beluga")
+    })
+    .await;
+    let settle = Instant::now();
+    wait_for("2 s more", Duration::from_secs(5), || async {
+        settle.elapsed() >= Duration::from_secs(2)
+    })
+    .await;
+    let switched = switches(shared.path());
+    assert_eq!(switched.len(), 1, "{switched:?}");
+    assert!(switched[0].ends_with("|a"), "{switched:?}");
+    assert!(!common::read(&db.log).contains("now leads"), "the follower took the lead");
+    da.stop().await;
+    db.stop().await;
+}
