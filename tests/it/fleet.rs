@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, Color, Env, wait_for};
+use crate::common::{self, Color, Daemon, Env, wait_for};
 use crate::pg::Cluster;
 
 /// The migrations run on open, and rerunning them (a second host starting)
@@ -22,9 +22,13 @@ async fn the_shared_schema_is_made_once_whoever_starts_first() {
     );
     a.unwrap();
     b.unwrap();
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations-pg"))
+        .unwrap()
+        .count();
     assert_eq!(
         pg.psql("SELECT count(*) FROM _sqlx_migrations WHERE success"),
-        "1"
+        shipped.to_string(),
+        "each migration ran once"
     );
 }
 
@@ -101,6 +105,27 @@ async fn wait_leaders(pg: &Cluster, want: &str, limit: Duration) {
     .await;
 }
 
+/// Hosts `a` (the leader, whose switch command takes `a_switch_secs`) and
+/// `b` (the follower), both running; their folders, kept while the test
+/// runs.
+async fn pair(
+    pg: &Cluster,
+    blue: &Color,
+    green: &Color,
+    shared: &Path,
+    a_switch_secs: u32,
+) -> (Daemon, Daemon, [Env; 2]) {
+    let a = host("a", blue, green, shared, &pg.url(), a_switch_secs, "");
+    let b = host("b", blue, green, shared, &pg.url(), 0, "");
+    let da = a.daemon();
+    da.ready().await;
+    wait_leaders(pg, "a|t", Duration::from_secs(20)).await;
+    let db = b.daemon();
+    db.ready().await;
+    wait_leaders(pg, "a|t\nb|f", Duration::from_secs(20)).await;
+    (da, db, [a, b])
+}
+
 fn switches(shared: &Path) -> Vec<String> {
     common::read(&shared.join("switch.log"))
         .lines()
@@ -116,14 +141,7 @@ async fn only_the_leader_of_a_service_switches_it() {
     let (blue, green) = (Color::start().await, Color::start().await);
     let shared = tempfile::tempdir().unwrap();
     std::fs::write(shared.path().join("active"), "blue\n").unwrap();
-    let a = host("a", &blue, &green, shared.path(), &pg.url(), 0, "");
-    let b = host("b", &blue, &green, shared.path(), &pg.url(), 0, "");
-    let da = a.daemon();
-    da.ready().await;
-    wait_leaders(&pg, "a|t", Duration::from_secs(20)).await;
-    let db = b.daemon();
-    db.ready().await;
-    wait_leaders(&pg, "a|t\nb|f", Duration::from_secs(20)).await;
+    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 0).await;
 
     blue.set(503);
     wait_for("a switch", Duration::from_secs(30), || async {
@@ -174,14 +192,7 @@ async fn the_follower_takes_over_a_killed_leader_and_never_runs_its_rollback_twi
     let (blue, green) = (Color::start().await, Color::start().await);
     let shared = tempfile::tempdir().unwrap();
     std::fs::write(shared.path().join("active"), "blue\n").unwrap();
-    let a = host("a", &blue, &green, shared.path(), &pg.url(), 4, "");
-    let b = host("b", &blue, &green, shared.path(), &pg.url(), 0, "");
-    let da = a.daemon();
-    da.ready().await;
-    wait_leaders(&pg, "a|t", Duration::from_secs(20)).await;
-    let db = b.daemon();
-    db.ready().await;
-    wait_leaders(&pg, "a|t\nb|f", Duration::from_secs(20)).await;
+    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 4).await;
 
     blue.set(503);
     wait_for("a's switch to start", Duration::from_secs(30), || async {
@@ -235,14 +246,7 @@ async fn after_a_takeover_the_new_leader_switches() {
     let (blue, green) = (Color::start().await, Color::start().await);
     let shared = tempfile::tempdir().unwrap();
     std::fs::write(shared.path().join("active"), "blue\n").unwrap();
-    let a = host("a", &blue, &green, shared.path(), &pg.url(), 0, "");
-    let b = host("b", &blue, &green, shared.path(), &pg.url(), 0, "");
-    let da = a.daemon();
-    da.ready().await;
-    wait_leaders(&pg, "a|t", Duration::from_secs(20)).await;
-    let db = b.daemon();
-    db.ready().await;
-    wait_leaders(&pg, "a|t\nb|f", Duration::from_secs(20)).await;
+    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 0).await;
     da.signal(nix::sys::signal::Signal::SIGKILL);
     let killed = Instant::now();
     wait_for("b to lead", Duration::from_secs(10), || async {
@@ -445,14 +449,7 @@ async fn without_the_database_the_leader_still_switches_and_the_follower_never_d
     let (blue, green) = (Color::start().await, Color::start().await);
     let shared = tempfile::tempdir().unwrap();
     std::fs::write(shared.path().join("active"), "blue\n").unwrap();
-    let a = host("a", &blue, &green, shared.path(), &pg.url(), 0, "");
-    let b = host("b", &blue, &green, shared.path(), &pg.url(), 0, "");
-    let da = a.daemon();
-    da.ready().await;
-    wait_leaders(&pg, "a|t", Duration::from_secs(20)).await;
-    let db = b.daemon();
-    db.ready().await;
-    wait_leaders(&pg, "a|t\nb|f", Duration::from_secs(20)).await;
+    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 0).await;
 
     pg.stop();
     wait_for("a to lead from memory", Duration::from_secs(20), || async {
@@ -476,7 +473,10 @@ async fn without_the_database_the_leader_still_switches_and_the_follower_never_d
     let switched = switches(shared.path());
     assert_eq!(switched.len(), 1, "{switched:?}");
     assert!(switched[0].ends_with("|a"), "{switched:?}");
-    assert!(!common::read(&db.log).contains("now leads"), "the follower took the lead");
+    assert!(
+        !common::read(&db.log).contains("now leads"),
+        "the follower took the lead"
+    );
     da.stop().await;
     db.stop().await;
 }
