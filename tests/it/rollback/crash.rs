@@ -119,7 +119,7 @@ pub(super) async fn a_restart_waits_for_a_switch_command_that_outlived_the_daemo
     let daemon = env.daemon();
     wait_for(
         "the restart to wait for the command",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             store
                 .incident_events(id)
@@ -132,7 +132,7 @@ pub(super) async fn a_restart_waits_for_a_switch_command_that_outlived_the_daemo
     .await;
     assert!(store.incident(id).await.unwrap().in_flight);
     release(env.path("fifo")).await;
-    wait_for("the incident to close", Duration::from_secs(20), || async {
+    wait_for("the incident to close", Duration::from_secs(60), || async {
         !store.incident(id).await.unwrap().in_flight
     })
     .await;
