@@ -192,22 +192,25 @@ async fn the_follower_takes_over_a_killed_leader_and_never_runs_its_rollback_twi
     let (blue, green) = (Color::start().await, Color::start().await);
     let shared = tempfile::tempdir().unwrap();
     std::fs::write(shared.path().join("active"), "blue\n").unwrap();
-    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 4).await;
+    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 8).await;
 
     blue.set(503);
     wait_for("a's switch to start", Duration::from_secs(30), || async {
         !switches(shared.path()).is_empty()
     })
     .await;
-    // A's incident reached the shared database, in flight.
-    wait_for(
-        "a's rollback in flight in the shared database",
-        Duration::from_secs(10),
-        || async {
-            pg.psql("SELECT count(*) FROM incidents WHERE host = 'a' AND in_flight") == "1"
-        },
-    )
-    .await;
+    // A's incident reached the shared database, in flight (its switch
+    // command takes 8 s: time enough on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while pg.psql("SELECT count(*) FROM incidents WHERE host = 'a' AND in_flight") != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "a's rollback is not in flight in the shared database: {}\n{}",
+            pg.psql("SELECT host || ' ' || id || ' ' || state || ' ' || in_flight FROM incidents"),
+            common::read(&da.log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     da.signal(nix::sys::signal::Signal::SIGKILL);
     let killed = Instant::now();
     wait_for("b to lead", Duration::from_secs(10), || async {
@@ -216,6 +219,8 @@ async fn the_follower_takes_over_a_killed_leader_and_never_runs_its_rollback_twi
     .await;
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(5), "took over after {took:?}");
+    // The killed leader's row no longer says it leads.
+    wait_leaders(&pg, "a|f\nb|t", Duration::from_secs(5)).await;
     // B holds back while A's switch may still be running...
     wait_for("b's hold", Duration::from_secs(30), || async {
         common::read(&db.log).contains("host a's rollback #1 of service beluga is in flight")

@@ -292,6 +292,18 @@ impl Shared {
         .execute(&self.pool)
         .await
         .map_err(pq("publishing the heartbeat"))?;
+        if b.leader {
+            // The lock is one holder's: a row left saying otherwise by a
+            // leader whose session ended (killed, cut off) is out of date.
+            sqlx::query(
+                "UPDATE hosts SET leader = FALSE WHERE service = $1 AND host <> $2 AND leader",
+            )
+            .bind(&self.service)
+            .bind(&self.host)
+            .execute(&self.pool)
+            .await
+            .map_err(pq("publishing the heartbeat"))?;
+        }
         Ok(())
     }
 
