@@ -59,6 +59,14 @@ pub fn report(config: &Config) -> String {
             ""
         }
     );
+    if let Some(db) = &config.daemon.database {
+        // The reference, never its value (a URL with a password).
+        let _ = writeln!(
+            out,
+            "fleet: shared database from {db}, as host {} (docs/fleet.md)",
+            config.daemon.host
+        );
+    }
     let _ = writeln!(out, "\nprobes:");
     for p in &config.probes {
         let scope = match p.scope {

@@ -582,3 +582,65 @@ fn syntax_error_is_located() {
     let (line, _, _) = invalid(&text);
     assert_eq!(line, line_of(&text, "kind = \"http"));
 }
+
+#[test]
+fn a_shared_database_is_a_postgres_url_whose_value_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("url");
+    let with = |value: &str| {
+        std::fs::write(&file, value).unwrap();
+        GOOD.replace(
+            "[daemon]\n",
+            &format!(
+                "[daemon]\ndatabase = \"file:{}\"\nhost = \"eu-1\"\n",
+                file.display()
+            ),
+        )
+    };
+    let c = parse(&with("postgres://rollbackd:hunter2@db.internal/fleet\n")).unwrap();
+    assert_eq!(c.daemon.host, "eu-1");
+    let db = c.daemon.database.as_ref().expect("a database");
+    assert_eq!(
+        db.expose(),
+        Ok("postgres://rollbackd:hunter2@db.internal/fleet")
+    );
+    assert!(!format!("{c:?}").contains("hunter2"), "Debug shows the URL");
+    // Not PostgreSQL: an error naming the key and the reference, not the value.
+    let text = with("mysql://root:hunter2@db/fleet");
+    let (line, key, message) = invalid(&text);
+    assert_eq!(
+        (line, key.as_str()),
+        (line_of(&text, "database"), "daemon.database")
+    );
+    assert!(
+        message.contains("does not hold a postgres:// URL"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    // Written in the file: accepted, with a warning.
+    let inline = GOOD.replace(
+        "[daemon]\n",
+        "[daemon]\ndatabase = \"postgres://rollbackd:hunter2@db/fleet\"\n",
+    );
+    let c = parse(&inline).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("database is written in the file"))
+    );
+    assert!(!c.warnings.join("\n").contains("hunter2"));
+    // No database: the local file alone; the host defaults to the hostname.
+    let c = parse(GOOD).unwrap();
+    assert!(c.daemon.database.is_none() && !c.daemon.host.is_empty());
+}
+
+#[test]
+fn a_host_name_with_spaces_or_slashes_is_refused_at_its_key() {
+    let text = GOOD.replace("[daemon]\n", "[daemon]\nhost = \"eu 1/a\"\n");
+    let (line, key, message) = invalid(&text);
+    assert_eq!(
+        (line, key.as_str()),
+        (line_of(&text, "host"), "daemon.host")
+    );
+    assert!(message.contains("is not a host name"), "{message}");
+}
