@@ -68,6 +68,10 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 size_bytes: store.size_bytes(),
                 ..DatabaseDoc::default()
             },
+            // The reference only (`env:NAME`, `file:/path`): never the URL.
+            fleet: config.daemon.database.as_ref().map(
+                |db| serde_json::json!({ "host": config.daemon.host, "database": db.to_string() }),
+            ),
             config: config.path.display().to_string(),
             dry_run: config.daemon.dry_run,
             active_uncertain: uncertain.clone(),

@@ -307,6 +307,16 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
             failed_writes: Some(state.store.failed_writes()),
             file_problem: state.store.file_problem(),
         },
+        fleet: state.store.shared().map(|db| {
+            let mirror = state.store.mirror();
+            json!({
+                "host": db.host(),
+                "leadership": state.store.leadership().as_str(),
+                "database_ok": mirror.is_some_and(|m| m.health().failing_since.is_none()),
+                "backlog_rows": mirror.map_or(0, |m| m.backlog()),
+                "dropped_samples": mirror.map_or(0, |m| m.dropped()),
+            })
+        }),
         config: snap.config_path.display().to_string(),
         dry_run: snap.dry_run,
         healthy: Some(problems.is_empty()),

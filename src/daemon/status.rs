@@ -37,6 +37,10 @@ pub struct StatusDocument {
     #[serde(serialize_with = "incident_with_rfc3339_times")]
     pub last_incident: Option<crate::store::Incident>,
     pub database: DatabaseDoc,
+    /// With a shared database (SPEC section 7): this host's name, the
+    /// database's reference (never its URL) and, from the daemon, its
+    /// leadership and what it holds for the database.
+    pub fleet: Option<serde_json::Value>,
     pub config: String,
     pub dry_run: bool,
     // The daemon's own view: `/status` only.

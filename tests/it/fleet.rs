@@ -324,6 +324,14 @@ async fn losing_the_database_stops_no_protection_and_loses_no_sample() {
         Some(1.0),
         "still the switcher"
     );
+    wait_for("/status to say so", Duration::from_secs(10), || async {
+        let (_, doc) = get(&addr, "/status").await;
+        let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        doc["fleet"]["host"] == "a"
+            && doc["fleet"]["leadership"] == "leader (database lost)"
+            && doc["fleet"]["database_ok"] == false
+    })
+    .await;
     // Protection goes on: the active color fails, and is switched.
     blue.set(503);
     wait_for(
