@@ -435,11 +435,12 @@ impl Shared {
         )
     }
 
-    /// Lift the standing quarantine of `version` (recorded with this host
-    /// and the reason). `Ok(None)` when none stands.
+    /// Lift the standing quarantine of `version` (recorded with `by`, who
+    /// lifted it: `user@host`, and the reason). `Ok(None)` when none stands.
     pub async fn lift_quarantine(
         &self,
         version: &str,
+        by: &str,
         reason: &str,
         at_ms: Millis,
     ) -> Result<Option<Quarantine>, StoreError> {
@@ -451,7 +452,7 @@ impl Shared {
         .bind(&self.service)
         .bind(version)
         .bind(at_ms)
-        .bind(&self.host)
+        .bind(by)
         .bind(reason)
         .fetch_optional(&self.pool)
         .await
