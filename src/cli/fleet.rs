@@ -116,8 +116,27 @@ fn leaders(hosts: &[FleetHost], now: Millis) -> Vec<(String, Option<String>)> {
     out
 }
 
-pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
+#[derive(Args, Debug)]
+pub struct FleetArgs {
+    /// First bring the shared schema up to date (run it with the URL of
+    /// the role that owns the schema; the daemons' role need not be able
+    /// to create anything)
+    #[arg(long)]
+    pub migrate: bool,
+    /// Print the hosts and each service's leader as one JSON document
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(config: &Config, a: FleetArgs) -> anyhow::Result<()> {
+    let as_json = a.json;
     let db = require(config, "rollbackd fleet").await?;
+    if a.migrate {
+        tokio::time::timeout(Duration::from_secs(60), db.migrate())
+            .await
+            .map_err(|_| anyhow::anyhow!("shared database: migrating: no answer within 60s"))??;
+        eprintln!("the shared schema is up to date");
+    }
     let hosts = bounded(db.fleet()).await?;
     db.close().await;
     let now = now_ms();

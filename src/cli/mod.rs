@@ -99,7 +99,7 @@ pub enum Command {
     /// Rehearse on a real (staging) host: inject a fault, time the daemon's response, restore
     Drill(drill::DrillArgs),
     /// Every host and service sharing the fleet's database: active color, version, worst verdict, leader
-    Fleet(JsonFlag),
+    Fleet(fleet::FleetArgs),
     /// A version rolled back is quarantined (on every host with a shared database): lift it
     Quarantine(fleet::QuarantineArgs),
 }
@@ -328,7 +328,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Demo | Command::GenerateAssets(_) => Ok(()),
         Command::Replay(a) => replay::run(&config, a).await,
         Command::Drill(a) => drill::run(&config, a).await,
-        Command::Fleet(f) => fleet::run(&config, f.json).await,
+        Command::Fleet(a) => fleet::run(&config, a).await,
         Command::Quarantine(a) => fleet::lift(&config, a).await,
     }
 }

@@ -325,3 +325,68 @@ async fn a_version_rolled_back_on_one_host_is_quarantined_on_the_other() {
     assert!(table.contains("SILENT"), "{table}");
     drop(daemon_b);
 }
+
+/// Least privilege (docs/fleet.md): the role that owns the schema migrates
+/// it with `fleet --migrate`; the daemons' role, without `CREATE` on the
+/// schema, then opens it (its migration check asks only `SELECT`) and
+/// writes, but could not have made it.
+#[tokio::test]
+async fn the_daemons_role_needs_no_create_once_the_owner_migrated() {
+    let Some(pg) = Cluster::start() else { return };
+    for sql in [
+        "CREATE ROLE rbk_owner LOGIN",
+        "CREATE ROLE rbk_daemon LOGIN",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        "CREATE SCHEMA rollbackd AUTHORIZATION rbk_owner",
+        "GRANT USAGE ON SCHEMA rollbackd TO rbk_daemon",
+        "ALTER ROLE rbk_owner SET search_path = rollbackd",
+        "ALTER ROLE rbk_daemon SET search_path = rollbackd",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE rbk_owner IN SCHEMA rollbackd \
+         GRANT SELECT, INSERT, UPDATE ON TABLES TO rbk_daemon",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE rbk_owner IN SCHEMA rollbackd \
+         GRANT USAGE ON SEQUENCES TO rbk_daemon",
+    ] {
+        pg.psql(sql);
+    }
+    let as_role = |role: &str| {
+        rollbackd::config::secret::Secret::resolve(
+            &pg.url().replace("rollbackd@", &format!("{role}@")),
+        )
+        .unwrap()
+    };
+    use rollbackd::store::shared::Shared;
+    let early = Shared::connect(&as_role("rbk_daemon"), "d", "beluga").await;
+    let why = early.unwrap_err().to_string();
+    assert!(why.contains("permission denied for schema"), "{why}");
+
+    let blue = common::Color::start().await;
+    let green = common::Color::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("owner-url");
+    std::fs::write(
+        &url_file,
+        pg.url().replace("rollbackd@", "rbk_owner@") + "\n",
+    )
+    .unwrap();
+    let env = Env::new(
+        &common::fast_config(&blue, &green, dir.path(), "").replacen(
+            "[daemon]\n",
+            &format!("[daemon]\ndatabase = \"file:{}\"\n", url_file.display()),
+            1,
+        ),
+    );
+    let out = env.cli(&["fleet", "--migrate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        pg.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'hosts'"),
+        "rbk_owner"
+    );
+
+    let db = Shared::connect(&as_role("rbk_daemon"), "d", "beluga")
+        .await
+        .unwrap();
+    db.quarantine("v9", Some(4), 1).await.unwrap();
+    assert_eq!(db.quarantined("v9").await.unwrap().unwrap().host, "d");
+    let created = pg.psql("SELECT has_schema_privilege('rbk_daemon', 'rollbackd', 'CREATE')");
+    assert_eq!(created, "f");
+}
