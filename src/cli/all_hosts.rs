@@ -170,7 +170,7 @@ pub async fn report(
     if as_json {
         let doc = serde_json::json!({
             "service": config.service,
-            "from_ms": from,
+            "from": format_ms(from),
             "until_ms": now,
             "hosts": lines,
         });

@@ -82,7 +82,7 @@ fn host_json(h: &FleetHost, now: Millis) -> serde_json::Value {
     json!({
         "host": h.host,
         "service": h.service,
-        "seen_ms": h.seen_ms,
+        "seen": format_ms(h.seen_ms),
         "silent": h.silent_at(now),
         "leader": h.leader,
         "active_color": h.active_color,
@@ -90,7 +90,7 @@ fn host_json(h: &FleetHost, now: Millis) -> serde_json::Value {
         "worst_state": h.worst_state,
         "worst_rule": h.worst_rule,
         "open_incidents": h.open_incidents,
-        "last_sample_ms": h.last_sample_ms,
+        "last_sample": h.last_sample_ms.map(format_ms),
         "last_sample_age_ms": h.last_sample_ms.map(|at| (now - at).max(0)),
         "interval_ms": h.interval_ms,
         "backlog": h.backlog,
@@ -398,7 +398,7 @@ pub async fn lift(config: &Config, a: QuarantineArgs) -> anyhow::Result<()> {
             "shared": shared_lifted.map(|q| json!({
                 "host": q.host,
                 "incident": q.incident,
-                "quarantined_ms": q.at_ms,
+                "quarantined": format_ms(q.at_ms),
             })),
             "shared_database": shared.is_some(),
             "local_deployments": local,
