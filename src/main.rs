@@ -38,7 +38,13 @@ fn main() {
             std::process::exit(cli::EXIT_RUNTIME);
         }
     };
-    if let Err(err) = runtime.block_on(cli::dispatch(cli)) {
+    let result = runtime.block_on(async {
+        let result = cli::dispatch(cli).await;
+        // What a command wrote reaches a fleet's shared database (bounded).
+        rollbackd::store::shared::ship::drain_commands(std::time::Duration::from_secs(5)).await;
+        result
+    });
+    if let Err(err) = result {
         eprintln!("rollbackd: {}", one_line(&err));
         std::process::exit(cli::exit_code(&err));
     }

@@ -333,8 +333,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The store for a command that writes. With a shared database, what it
+/// writes is mirrored there when the command ends (`main` drains it).
 pub(crate) async fn open(config: &Config) -> anyhow::Result<Store> {
-    Ok(Store::open_dir(&config.daemon.state_dir).await?)
+    let mut store = Store::open_dir(&config.daemon.state_dir).await?;
+    if let Some(url) = &config.daemon.database {
+        store.attach_shared_for_command(crate::store::shared::Shared::connect_lazy(
+            url,
+            &config.daemon.host,
+            &config.service,
+        )?);
+    }
+    Ok(store)
 }
 
 /// The store for a command that only reads: never makes the state

@@ -1,6 +1,7 @@
 //! The rollback among a fleet's daemons (SPEC section 7): with a shared
 //! database, only the leader of a service switches it, and another host's
-//! rollback in flight is neither doubled nor left open for good.
+//! rollback in flight is neither doubled nor left open for good; a pause
+//! made on one host holds them all.
 
 use std::time::Duration;
 
@@ -20,6 +21,14 @@ pub(super) async fn hold(ctx: &Context<'_>, now: Millis) -> Option<String> {
         return Some(format!(
             "another daemon leads service {}: only the leader switches (this one probes, decides and records)",
             config.service
+        ));
+    }
+    if let Some((host, p)) = store.paused_elsewhere(now).await {
+        return Some(format!(
+            "automatic rollbacks of service {} are paused until {} by host {host}: {}",
+            config.service,
+            crate::model::format_ms(p.until_ms),
+            p.reason
         ));
     }
     let inc = store.in_flight_elsewhere().await?;

@@ -521,9 +521,31 @@ impl Store {
                 mirror: mirror.clone(),
                 shared: db.clone(),
                 local,
+                beats: true,
             }
             .run(),
         );
+        self.shared = Some(SharedLink {
+            db,
+            mirror,
+            leadership,
+        });
+    }
+
+    /// A command's store (`rollback`, `deploy`, `pause`): what it writes is
+    /// mirrored into the fleet's shared database when the command ends
+    /// (`shared::ship::drain_commands`), and it takes no part in leading.
+    pub fn attach_shared_for_command(&mut self, db: shared::Shared) {
+        let mirror = shared::ship::Mirror::default();
+        let mut local = self.clone();
+        local.shared = None;
+        shared::ship::register_command(shared::ship::Shipper {
+            mirror: mirror.clone(),
+            shared: db.clone(),
+            local,
+            beats: false,
+        });
+        let (_, leadership) = tokio::sync::watch::channel(shared::leader::Leadership::Alone);
         self.shared = Some(SharedLink {
             db,
             mirror,
@@ -573,6 +595,7 @@ impl Store {
             mirror: l.mirror.clone(),
             shared: l.db.clone(),
             local,
+            beats: true,
         }
         .drain(within)
         .await

@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::incidents::{INCIDENT_COLUMNS, IncidentRow};
+use super::shared::ship::Item;
 use super::{Incident, Store, StoreError, q};
 use crate::model::Millis;
 
@@ -26,7 +27,7 @@ impl Store {
         reason: &str,
     ) -> Result<i64, StoreError> {
         self.fence("recording a pause")?;
-        sqlx::query_scalar(
+        let id = sqlx::query_scalar(
             "INSERT INTO pauses (at_ms, until_ms, reason) VALUES (?, ?, ?) RETURNING id",
         )
         .bind(at_ms)
@@ -34,7 +35,14 @@ impl Store {
         .bind(reason)
         .fetch_one(self.db()?)
         .await
-        .map_err(q("recording a pause"))
+        .map_err(q("recording a pause"))?;
+        self.mirror_item(Item::Pause(Pause {
+            id,
+            at_ms,
+            until_ms,
+            reason: reason.to_owned(),
+        }));
+        Ok(id)
     }
 
     /// End every hold now. Returns how many were active.
@@ -48,6 +56,7 @@ impl Store {
         .execute(self.db()?)
         .await
         .map_err(q("resuming"))?;
+        self.mirror_item(Item::Resume { at_ms });
         Ok(done.rows_affected())
     }
 

@@ -141,12 +141,18 @@ impl Store {
         Ok(())
     }
 
-    /// Insert a batch in one transaction: all or nothing.
+    /// Insert a batch in one transaction: all or nothing. A batch the
+    /// local journal took goes to the shared database too (a batch it
+    /// refused is retried by the writer, and must not go twice).
     pub async fn insert_samples(&self, samples: &[Sample]) -> Result<(), StoreError> {
-        // The shared database gets them whatever the local file says.
+        self.write_samples(samples).await?;
         if let Some(mirror) = self.mirror() {
             mirror.push_samples(samples);
         }
+        Ok(())
+    }
+
+    async fn write_samples(&self, samples: &[Sample]) -> Result<(), StoreError> {
         if samples.is_empty() {
             return Ok(());
         }

@@ -1,6 +1,12 @@
 //! A fleet sharing one PostgreSQL (SPEC section 7, issue 14): real daemons
-//! against a throwaway cluster (`pg.rs`).
+//! against a throwaway cluster (`pg.rs`): one switcher per service, the
+//! takeover when the leader is killed (with and without a rollback in
+//! flight), and the database lost and back with nothing lost.
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::{self, Color, Daemon, Env, wait_for};
 use crate::pg::Cluster;
 
 /// The migrations run on open, and rerunning them (a second host starting)
@@ -16,8 +22,461 @@ async fn the_shared_schema_is_made_once_whoever_starts_first() {
     );
     a.unwrap();
     b.unwrap();
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations-pg"))
+        .unwrap()
+        .count();
     assert_eq!(
         pg.psql("SELECT count(*) FROM _sqlx_migrations WHERE success"),
-        "1"
+        shipped.to_string(),
+        "each migration ran once"
     );
+}
+
+/// One host of a pair watching the same service: its own folder (config,
+/// local journal), the shared `[active] file` and switch log in `shared`.
+/// The switch command logs, waits `switch_secs`, then moves the active file.
+fn host(
+    name: &str,
+    blue: &Color,
+    green: &Color,
+    shared: &Path,
+    url: &str,
+    switch_secs: u32,
+    extra: &str,
+) -> Env {
+    let log = shared.join("switch.log");
+    let active = shared.join("active");
+    let mut text = common::fast_config(
+        blue,
+        green,
+        shared,
+        &format!("[active]\nfile = \"{}\"\n{extra}", active.display()),
+    );
+    let command = text
+        .lines()
+        .find(|l| l.starts_with("command = "))
+        .unwrap()
+        .to_owned();
+    text = text.replace(
+        &command,
+        &format!(
+            "command = [\"/bin/sh\", \"-c\", \"echo \\\"$1 $2 $3|$ROLLBACKD_INCIDENT|{name}\\\" >> {}; sleep {switch_secs}; echo $2 > {}\", \"switch\", \"{{from}}\", \"{{to}}\", \"{{version}}\"]",
+            log.display(),
+            active.display()
+        ),
+    );
+    let env = Env::new("");
+    let url_file = env.path("database-url");
+    // A password the server (trust authentication) ignores, and which must
+    // never be printed.
+    let url = url.replace(
+        "postgres://rollbackd@",
+        &format!("postgres://rollbackd:{PASSWORD}@"),
+    );
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    text = text.replacen(
+        "[daemon]\n",
+        &format!(
+            "[daemon]\ndatabase = \"file:{}\"\nhost = \"{name}\"\n",
+            url_file.display()
+        ),
+        1,
+    );
+    std::fs::write(&env.config, text).unwrap();
+    env.cli_ok(&["deploy", "--color", "green", "--version", "v1"]);
+    env.cli_ok(&["deploy", "--color", "blue", "--version", "v2"]);
+    env
+}
+
+const PASSWORD: &str = "pw-never-printed-7f3a";
+
+/// Each host's heartbeat: `host|leader` lines, by host.
+fn leaders(pg: &Cluster) -> String {
+    pg.try_psql(
+        "SELECT host || '|' || CASE WHEN leader THEN 't' ELSE 'f' END FROM hosts ORDER BY host",
+    )
+    .unwrap_or_default()
+}
+
+async fn wait_leaders(pg: &Cluster, want: &str, limit: Duration) {
+    wait_for(&format!("hosts {want:?}"), limit, || async {
+        leaders(pg) == want
+    })
+    .await;
+}
+
+/// Hosts `a` (the leader, whose switch command takes `a_switch_secs`) and
+/// `b` (the follower), both running; their folders, kept while the test
+/// runs.
+async fn pair(
+    pg: &Cluster,
+    blue: &Color,
+    green: &Color,
+    shared: &Path,
+    a_switch_secs: u32,
+) -> (Daemon, Daemon, [Env; 2]) {
+    let a = host("a", blue, green, shared, &pg.url(), a_switch_secs, "");
+    let b = host("b", blue, green, shared, &pg.url(), 0, "");
+    let da = a.daemon();
+    da.ready().await;
+    wait_leaders(pg, "a|t", Duration::from_secs(20)).await;
+    let db = b.daemon();
+    db.ready().await;
+    wait_leaders(pg, "a|t\nb|f", Duration::from_secs(20)).await;
+    (da, db, [a, b])
+}
+
+fn switches(shared: &Path) -> Vec<String> {
+    common::read(&shared.join("switch.log"))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Two daemons watch one service: only the leader switches, and the
+/// follower probes, decides and says why it does not switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_of_a_service_switches_it() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 0).await;
+
+    blue.set(503);
+    wait_for("a switch", Duration::from_secs(30), || async {
+        !switches(shared.path()).is_empty()
+    })
+    .await;
+    let switched = switches(shared.path());
+    assert!(
+        switched[0].ends_with("|a"),
+        "the leader switched: {switched:?}"
+    );
+    // The follower decided too, and held back saying why.
+    wait_for("the follower's hold", Duration::from_secs(20), || async {
+        common::read(&db.log).contains("another daemon leads service beluga")
+    })
+    .await;
+    // The traffic moved: nothing more happens.
+    wait_for("green active", Duration::from_secs(20), || async {
+        common::read(&shared.path().join("active")).trim() == "green"
+    })
+    .await;
+    let pause = Instant::now();
+    wait_for("2 s more", Duration::from_secs(5), || async {
+        pause.elapsed() >= Duration::from_secs(2)
+    })
+    .await;
+    assert_eq!(
+        switches(shared.path()).len(),
+        1,
+        "{:?}",
+        switches(shared.path())
+    );
+    // A's incident is in the shared database, tagged with its host.
+    assert_eq!(
+        pg.psql("SELECT host || '|' || service || '|' || from_version FROM incidents"),
+        "a|beluga|v2"
+    );
+    da.stop().await;
+    db.stop().await;
+}
+
+/// The leader is killed (-9) in the middle of its switch: the follower
+/// leads within 5 s, and the rollback in flight is not run a second time
+/// (the switch command, in its own process group, finishes on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_takes_over_a_killed_leader_and_never_runs_its_rollback_twice() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 4).await;
+
+    blue.set(503);
+    wait_for("a's switch to start", Duration::from_secs(30), || async {
+        !switches(shared.path()).is_empty()
+    })
+    .await;
+    // A's incident reached the shared database, in flight.
+    wait_for(
+        "a's rollback in flight in the shared database",
+        Duration::from_secs(10),
+        || async {
+            pg.psql("SELECT count(*) FROM incidents WHERE host = 'a' AND in_flight") == "1"
+        },
+    )
+    .await;
+    da.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    wait_for("b to lead", Duration::from_secs(10), || async {
+        pg.psql("SELECT leader FROM hosts WHERE host = 'b'") == "t"
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "took over after {took:?}");
+    // B holds back while A's switch may still be running...
+    wait_for("b's hold", Duration::from_secs(30), || async {
+        common::read(&db.log).contains("host a's rollback #1 of service beluga is in flight")
+    })
+    .await;
+    // ...which lands (the orphaned command finishes), and B sees it.
+    wait_for("green active", Duration::from_secs(20), || async {
+        common::read(&shared.path().join("active")).trim() == "green"
+    })
+    .await;
+    let settle = Instant::now();
+    wait_for("3 s more", Duration::from_secs(6), || async {
+        settle.elapsed() >= Duration::from_secs(3)
+    })
+    .await;
+    let switched = switches(shared.path());
+    assert_eq!(switched.len(), 1, "exactly one switch: {switched:?}");
+    assert!(switched[0].ends_with("|a"), "{switched:?}");
+    db.stop().await;
+    drop(da);
+}
+
+/// Killed while all is well: the follower leads within 5 s, and then it is
+/// the one that switches when the active color fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_takeover_the_new_leader_switches() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 0).await;
+    da.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    wait_for("b to lead", Duration::from_secs(10), || async {
+        pg.psql("SELECT leader FROM hosts WHERE host = 'b'") == "t"
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+    blue.set(503);
+    wait_for("b's switch", Duration::from_secs(30), || async {
+        !switches(shared.path()).is_empty()
+    })
+    .await;
+    assert!(switches(shared.path())[0].ends_with("|b"));
+    db.stop().await;
+    drop(da);
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// PostgreSQL stopped mid-run: the daemon goes on probing and switches from
+/// memory, says so on `/healthz` and `/metrics`, and when the database is
+/// back it writes what it held: every sample its journal took reaches the
+/// shared database, and the rollback made meanwhile too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_database_stops_no_protection_and_loses_no_sample() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let a = host("a", &blue, &green, shared.path(), &pg.url(), 0, "");
+    let text = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace("listen = \"off\"", "listen = \"127.0.0.1:0\"");
+    std::fs::write(&a.config, text).unwrap();
+    let da = a.daemon();
+    da.ready().await;
+    let addr = da.http_addr().await;
+    wait_leaders(&pg, "a|t", Duration::from_secs(20)).await;
+    wait_for(
+        "samples in the shared database",
+        Duration::from_secs(20),
+        || async { pg.psql("SELECT count(*) FROM samples WHERE host = 'a'") != "0" },
+    )
+    .await;
+
+    pg.stop();
+    wait_for("/healthz to say so", Duration::from_secs(20), || async {
+        let (code, body) = get(&addr, "/healthz").await;
+        code == 503 && body.contains("shared database lost")
+    })
+    .await;
+    let (_, m) = get(&addr, "/metrics").await;
+    assert_eq!(metric(&m, "rollbackd_shared_database_ok"), Some(0.0), "{m}");
+    assert_eq!(
+        metric(&m, "rollbackd_leader"),
+        Some(1.0),
+        "still the switcher"
+    );
+    // Protection goes on: the active color fails, and is switched.
+    blue.set(503);
+    wait_for(
+        "the switch without the database",
+        Duration::from_secs(30),
+        || async { !switches(shared.path()).is_empty() },
+    )
+    .await;
+    wait_for("a backlog", Duration::from_secs(10), || async {
+        let (_, m) = get(&addr, "/metrics").await;
+        metric(&m, "rollbackd_shared_backlog_rows").is_some_and(|n| n > 0.0)
+    })
+    .await;
+
+    pg.restart();
+    wait_for("the backlog written", Duration::from_secs(30), || async {
+        let (code, m) = get(&addr, "/metrics").await;
+        code == 200
+            && metric(&m, "rollbackd_shared_database_ok") == Some(1.0)
+            && metric(&m, "rollbackd_shared_backlog_rows") == Some(0.0)
+    })
+    .await;
+    let (code, body) = get(&addr, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    for path in ["/metrics", "/status"] {
+        let (_, body) = get(&addr, path).await;
+        assert!(
+            !body.contains(PASSWORD),
+            "{path} shows the database password"
+        );
+    }
+    let log_path = da.log.clone();
+    assert!(da.stop().await.success());
+    let log = common::read(&log_path);
+    assert!(log.contains("shared database is unreachable"), "{log}");
+    assert!(
+        !log.contains(PASSWORD),
+        "the log shows the database password:\n{log}"
+    );
+
+    // Every sample the local journal holds is in the shared one, once.
+    let local = a.store().await.sample_count().await.unwrap();
+    let remote: i64 = pg
+        .psql("SELECT count(*) FROM samples WHERE host = 'a'")
+        .parse()
+        .unwrap();
+    assert_eq!(remote, local, "samples lost or doubled");
+    assert_eq!(
+        pg.psql("SELECT dropped FROM hosts WHERE host = 'a'"),
+        "0",
+        "nothing dropped"
+    );
+    assert_eq!(
+        pg.psql("SELECT from_version || '|' || to_version FROM incidents WHERE host = 'a'"),
+        "v2|v1",
+        "the rollback made without the database"
+    );
+}
+
+/// A manual rollback from the command line (no daemon running) reaches the
+/// shared database when the command ends: its incident, and the version it
+/// quarantined for the whole fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_rollback_is_shared_with_the_fleet() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let a = host("a", &blue, &green, shared.path(), &pg.url(), 0, "");
+    a.cli_ok(&["rollback", "--reason", "bad release"]);
+    assert_eq!(switches(shared.path()).len(), 1);
+    assert_eq!(
+        pg.psql("SELECT host || '|' || trigger_kind || '|' || from_version FROM incidents"),
+        "a|manual|v2"
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT service || '|' || version || '|' || host || '|' || incident FROM quarantine"
+        ),
+        "beluga|v2|a|1"
+    );
+    // The deployment the switch recorded went too.
+    assert!(
+        pg.psql("SELECT count(*) FROM deployments WHERE host = 'a' AND source = 'rollback'") == "1"
+    );
+}
+
+/// A pause made on one host holds every daemon of the service: the leader
+/// of the pair does not switch while another host's pause stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_on_one_host_holds_the_service_everywhere() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let a = host("a", &blue, &green, shared.path(), &pg.url(), 0, "");
+    let b = host("b", &blue, &green, shared.path(), &pg.url(), 0, "");
+    a.cli_ok(&["pause", "--for", "1h", "--reason", "database maintenance"]);
+    assert_eq!(
+        pg.psql("SELECT host || '|' || reason FROM pauses WHERE resumed_ms IS NULL"),
+        "a|database maintenance"
+    );
+    let db = b.daemon();
+    db.ready().await;
+    wait_leaders(&pg, "b|t", Duration::from_secs(20)).await;
+    blue.set(503);
+    wait_for("b's hold", Duration::from_secs(30), || async {
+        common::read(&db.log).contains("are paused until")
+            && common::read(&db.log).contains("by host a: database maintenance")
+    })
+    .await;
+    assert!(switches(shared.path()).is_empty(), "switched while paused");
+    // `resume` where the pause was made ends it for the fleet.
+    a.cli_ok(&["resume"]);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pauses WHERE resumed_ms IS NULL"),
+        "0"
+    );
+    db.stop().await;
+}
+
+/// The database lost under a pair: the leader goes on switching from
+/// memory, and the follower, which cannot know the leader is gone, does not
+/// take the lead. One switch, by the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_database_the_leader_still_switches_and_the_follower_never_does() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 0).await;
+
+    pg.stop();
+    wait_for("a to lead from memory", Duration::from_secs(20), || async {
+        common::read(&da.log).contains("still leading service beluga from memory")
+    })
+    .await;
+    blue.set(503);
+    wait_for("a switch", Duration::from_secs(30), || async {
+        !switches(shared.path()).is_empty()
+    })
+    .await;
+    wait_for("the follower's hold", Duration::from_secs(20), || async {
+        common::read(&db.log).contains("another daemon leads service beluga")
+    })
+    .await;
+    let settle = Instant::now();
+    wait_for("2 s more", Duration::from_secs(5), || async {
+        settle.elapsed() >= Duration::from_secs(2)
+    })
+    .await;
+    let switched = switches(shared.path());
+    assert_eq!(switched.len(), 1, "{switched:?}");
+    assert!(switched[0].ends_with("|a"), "{switched:?}");
+    assert!(
+        !common::read(&db.log).contains("now leads"),
+        "the follower took the lead"
+    );
+    da.stop().await;
+    db.stop().await;
 }

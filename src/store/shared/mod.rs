@@ -651,7 +651,7 @@ impl Shared {
                     host: r.0,
                     sample: Sample {
                         at_ms: r.1,
-                        probe: r.2.into(),
+                        probe: r.2,
                         color: r
                             .3
                             .as_deref()
@@ -693,6 +693,68 @@ impl Shared {
 }
 
 impl Shared {
+    pub async fn put_pause(&self, p: &crate::store::Pause) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pauses (host, service, id, at_ms, until_ms, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, host, id) DO NOTHING",
+        )
+        .bind(&self.host)
+        .bind(&self.service)
+        .bind(p.id)
+        .bind(p.at_ms)
+        .bind(p.until_ms)
+        .bind(&p.reason)
+        .execute(&self.pool)
+        .await
+        .map_err(pq("sharing a pause"))?;
+        Ok(())
+    }
+
+    /// End this host's holds still in force at `at_ms`.
+    pub async fn resume(&self, at_ms: Millis) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE pauses SET resumed_ms = $3 WHERE service = $1 AND host = $2 \
+             AND resumed_ms IS NULL AND until_ms > $3",
+        )
+        .bind(&self.service)
+        .bind(&self.host)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(pq("sharing a resume"))?;
+        Ok(())
+    }
+
+    /// Another host's hold on this service in force at `now_ms` (the one
+    /// that lasts longest), with its host.
+    pub async fn paused_elsewhere(
+        &self,
+        now_ms: Millis,
+    ) -> Result<Option<(String, crate::store::Pause)>, StoreError> {
+        let row: Option<(String, i64, i64, i64, String)> = sqlx::query_as(
+            "SELECT host, id, at_ms, until_ms, reason FROM pauses WHERE service = $1 \
+             AND host <> $2 AND resumed_ms IS NULL AND until_ms > $3 \
+             ORDER BY until_ms DESC LIMIT 1",
+        )
+        .bind(&self.service)
+        .bind(&self.host)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pq("reading pauses"))?;
+        Ok(row.map(|(host, id, at_ms, until_ms, reason)| {
+            (
+                host,
+                crate::store::Pause {
+                    id,
+                    at_ms,
+                    until_ms,
+                    reason,
+                },
+            )
+        }))
+    }
+
     /// Close another host's incident that its host left in flight (its
     /// session ended mid-rollback), as the local recovery closes one.
     pub async fn close_elsewhere(
@@ -730,6 +792,20 @@ impl super::Store {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 tracing::warn!("cannot ask the shared database for other hosts' rollbacks: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Another host's pause of this service in force at `now_ms`, if the
+    /// shared database (when there is one, and it answers) says so.
+    pub async fn paused_elsewhere(&self, now_ms: Millis) -> Option<(String, crate::store::Pause)> {
+        let db = self.shared()?;
+        match tokio::time::timeout(STATEMENT_TIMEOUT, db.paused_elsewhere(now_ms)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot ask the shared database for other hosts' pauses: {e}");
                 None
             }
             Err(_) => None,

@@ -34,6 +34,11 @@ pub enum Item {
         version: String,
         at_ms: Millis,
     },
+    Pause(crate::store::Pause),
+    /// This host's holds ended at `at_ms`.
+    Resume {
+        at_ms: Millis,
+    },
 }
 
 /// The mirror's queue and what it reports. Cheap to clone.
@@ -236,11 +241,57 @@ impl Mirror {
 }
 
 /// Writes the mirror's queue, and the heartbeat, to the shared database.
+#[derive(Clone)]
 pub struct Shipper {
     pub mirror: Mirror,
     pub shared: Shared,
     /// The local journal, read for the rows an [`Item`] names.
     pub local: Store,
+    /// Whether this is a daemon's (which publishes the host's heartbeat) or
+    /// a command's (which must not overwrite it).
+    pub beats: bool,
+}
+
+/// The mirrors of a command's stores (`rollback`, `deploy`, ...): written
+/// once, when the command ends ([`drain_commands`]).
+static COMMANDS: Mutex<Vec<Shipper>> = Mutex::new(Vec::new());
+
+/// A command's store mirrors into the shared database at its end.
+pub(crate) fn register_command(shipper: Shipper) {
+    if let Ok(mut all) = COMMANDS.lock() {
+        all.push(shipper);
+    }
+}
+
+/// At a command's end: write what its stores wrote into the shared
+/// database, bounded by `within` in all (an unreachable database costs the
+/// command that long, once, and is reported: the local journal has it all).
+pub async fn drain_commands(within: Duration) {
+    let all: Vec<Shipper> = COMMANDS
+        .lock()
+        .map(|mut a| a.drain(..).collect())
+        .unwrap_or_default();
+    let deadline = Instant::now() + within;
+    for shipper in all {
+        if shipper.mirror.backlog() == 0 {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let migrated = tokio::time::timeout(left, shipper.shared.migrate()).await;
+        let unwritten = match migrated {
+            Ok(Ok(())) => {
+                shipper
+                    .drain(deadline.saturating_duration_since(Instant::now()))
+                    .await
+            }
+            _ => shipper.mirror.backlog(),
+        };
+        if unwritten > 0 {
+            tracing::warn!(
+                "the shared database did not take this command's {unwritten} records: they are in this host's journal only"
+            );
+        }
+    }
 }
 
 impl Shipper {
@@ -296,7 +347,9 @@ impl Shipper {
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.send_beat()).await;
+        if self.beats {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.send_beat()).await;
+        }
         self.mirror.backlog()
     }
 
@@ -341,6 +394,8 @@ impl Shipper {
                     .max();
                 timed(self.shared.quarantine(version, incident, *at_ms)).await?;
             }
+            Item::Pause(p) => timed(self.shared.put_pause(p)).await?,
+            Item::Resume { at_ms } => timed(self.shared.resume(*at_ms)).await?,
         }
         self.mirror.pop(n);
         self.mirror.ok();
