@@ -22,6 +22,15 @@ pub async fn deploy(config: &Config, a: DeployArgs) -> anyhow::Result<()> {
         a.color,
         a.version
     );
+    // The pipeline already cut over: a quarantined version is recorded all
+    // the same, with a warning naming where it was rolled back.
+    let checked = super::fleet::check(config, &a.version).await;
+    for w in &checked.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(found) = &checked.found {
+        eprintln!("warning: {}", found.words());
+    }
     if a.json {
         println!(
             "{}",
@@ -31,6 +40,12 @@ pub async fn deploy(config: &Config, a: DeployArgs) -> anyhow::Result<()> {
                 "version": d.version,
                 "source": d.source,
                 "at": format_ms(d.at_ms),
+                "quarantine": checked.found.as_ref().map(|f| json!({
+                    "host": f.host,
+                    "incident": f.incident,
+                    "at": f.at_ms.map(format_ms),
+                    "source": f.source,
+                })),
             }))?
         );
     } else {

@@ -1,6 +1,13 @@
 //! `rollbackd gate --color C --for 2m [--summary FILE]`: the deploy
 //! pipeline's check before a cutover. Live progress (a bar on a terminal,
 //! plain lines otherwise), a Markdown summary, exit 0 on pass and 1 on fail.
+//!
+//! With `--version V`, the gate first asks whether V is quarantined for the
+//! service (the fleet's shared database, then this host's journal): a
+//! quarantined version fails at once, without probing, naming the host and
+//! incident of the rollback. A shared database that does not answer is a
+//! warning (stderr, JSON `warnings`, the summary), not a failure: the local
+//! check still runs, and the gate goes on.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -27,6 +34,10 @@ pub struct GateArgs {
     /// samples for its window); by default such a gate fails
     #[arg(long)]
     pub allow_unjudged: bool,
+    /// The version about to be cut over: the gate fails at once when it is
+    /// quarantined (rolled back on this or, with a shared database, any host)
+    #[arg(long)]
+    pub version: Option<String>,
     /// Write the Markdown summary here [default: $GITHUB_STEP_SUMMARY when set]
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
@@ -36,7 +47,36 @@ pub struct GateArgs {
     pub json: bool,
 }
 
+/// Append `markdown` to the summary file (`--summary`, else
+/// `$GITHUB_STEP_SUMMARY`), when there is one.
+fn write_summary(summary: Option<&PathBuf>, markdown: &str) -> anyhow::Result<()> {
+    let target = summary
+        .cloned()
+        .or_else(|| std::env::var_os("GITHUB_STEP_SUMMARY").map(PathBuf::from));
+    if let Some(path) = target {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+        f.write_all(markdown.as_bytes())
+            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+    }
+    Ok(())
+}
+
 pub async fn run(config: Config, a: GateArgs) -> anyhow::Result<()> {
+    let mut warnings = Vec::new();
+    if let Some(version) = &a.version {
+        let checked = super::fleet::check(&config, version).await;
+        for w in &checked.warnings {
+            eprintln!("warning: {w}");
+        }
+        warnings = checked.warnings;
+        if let Some(found) = checked.found {
+            return quarantined(&config, &a, &found, &warnings);
+        }
+    }
     let config = Arc::new(config);
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
@@ -94,21 +134,25 @@ pub async fn run(config: Config, a: GateArgs) -> anyhow::Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let markdown = result.markdown();
-    let target = a
-        .summary
-        .or_else(|| std::env::var_os("GITHUB_STEP_SUMMARY").map(PathBuf::from));
-    if let Some(path) = target {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
-        f.write_all(markdown.as_bytes())
-            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+    let mut markdown = result.markdown();
+    if let Some(version) = &a.version {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            markdown,
+            "\nVersion `{version}` is not quarantined for {}.",
+            config.service
+        );
+        for w in &warnings {
+            let _ = writeln!(markdown, "\n**Warning:** {w}");
+        }
     }
+    write_summary(a.summary.as_ref(), &markdown)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&result_json(&result))?);
+        let mut doc = result_json(&result);
+        doc["version"] = serde_json::json!(a.version);
+        doc["quarantine"] = serde_json::Value::Null;
+        doc["warnings"] = serde_json::json!(warnings);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{markdown}");
     }
@@ -122,6 +166,48 @@ pub async fn run(config: Config, a: GateArgs) -> anyhow::Result<()> {
         ))
         .into())
     }
+}
+
+/// A quarantined version: the gate fails without probing; the summary,
+/// `--json` and the error name the host and incident.
+fn quarantined(
+    config: &Config,
+    a: &GateArgs,
+    found: &super::fleet::Found,
+    warnings: &[String],
+) -> anyhow::Result<()> {
+    let reason = found.words();
+    let mut markdown = format!(
+        "## rollbackd gate: {} {} — FAIL\n\n**Quarantined:** {reason}.\n\nNot probed: a version rolled back on one host fails the gate on every host until it is lifted.\n",
+        config.service, a.color
+    );
+    for w in warnings {
+        markdown.push_str(&format!("\n**Warning:** {w}\n"));
+    }
+    write_summary(a.summary.as_ref(), &markdown)?;
+    if a.json {
+        let doc = serde_json::json!({
+            "service": config.service,
+            "color": a.color,
+            "version": found.version,
+            "passed": false,
+            "reasons": [reason],
+            "quarantine": {
+                "host": found.host,
+                "incident": found.incident,
+                "at": found.at_ms.map(crate::model::format_ms),
+                "source": found.source,
+            },
+            "warnings": warnings,
+            "probes": [],
+            "verdicts": [],
+            "fired": [],
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{markdown}");
+    }
+    Err(CheckFailed(format!("gate failed for {}: {reason}", a.color)).into())
 }
 
 /// `gate --json`: the result as one document; times RFC 3339, durations

@@ -3,15 +3,18 @@
 //! through the database.
 //!
 //! Exit codes (SPEC section 4): 0 ok; 1 the thing checked failed; 2 usage
-//! (clap); 78 bad configuration; 70 any other runtime error.
+//! (clap); 78 bad configuration (also: a fleet command without `[daemon]
+//! database`); 70 any other runtime error.
 //!
 //! This file holds the argument shapes and the dispatch; each command's
 //! work lives in its own file beside it.
 
+mod all_hosts;
 mod assets;
 mod check;
 mod control;
 mod drill;
+mod fleet;
 mod gate;
 mod incidents;
 mod replay;
@@ -79,7 +82,7 @@ pub enum Command {
     /// End a hold
     Resume(JsonFlag),
     /// List incidents
-    Incidents(JsonFlag),
+    Incidents(IncidentsArgs),
     /// One incident with its timeline and evidence
     Incident(IncidentArgs),
     /// Raw samples
@@ -95,6 +98,10 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Rehearse on a real (staging) host: inject a fault, time the daemon's response, restore
     Drill(drill::DrillArgs),
+    /// Every host and service sharing the fleet's database: active color, version, worst verdict, leader
+    Fleet(fleet::FleetArgs),
+    /// A version rolled back is quarantined (on every host with a shared database): lift it
+    Quarantine(fleet::QuarantineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +124,16 @@ pub struct CheckArgs {
 #[derive(Args, Debug)]
 pub struct JsonFlag {
     /// Print one JSON document instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct IncidentsArgs {
+    /// Every host's incidents of this service, from the shared database
+    #[arg(long)]
+    pub all_hosts: bool,
+    /// Print the incidents as one JSON document
     #[arg(long)]
     pub json: bool,
 }
@@ -193,6 +210,9 @@ pub struct SamplesArgs {
     /// How far back, e.g. 10m
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub since: Duration,
+    /// Every host's samples of this service, from the shared database
+    #[arg(long)]
+    pub all_hosts: bool,
     /// Print the samples as one JSON document (a list, every field)
     #[arg(long)]
     pub json: bool,
@@ -258,7 +278,9 @@ pub struct NotFound(pub String);
 
 /// The exit code for an error chain.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.downcast_ref::<config::ConfigError>().is_some() {
+    if err.downcast_ref::<config::ConfigError>().is_some()
+        || err.downcast_ref::<fleet::NoSharedDatabase>().is_some()
+    {
         EXIT_CONFIG
     } else if err.downcast_ref::<NotFound>().is_some()
         || matches!(
@@ -295,15 +317,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => control::rollback(&config, a).await,
         Command::Pause(a) => control::pause(&config, a).await,
         Command::Resume(f) => control::resume(&config, f.json).await,
-        Command::Incidents(f) => incidents::list(&config, f.json).await,
+        Command::Incidents(a) if a.all_hosts => all_hosts::incidents(&config, a.json).await,
+        Command::Incidents(a) => incidents::list(&config, a.json).await,
         Command::Incident(IncidentArgs {
             action: IncidentAction::Show { id, json, markdown },
         }) => incidents::show(&config, id, json, markdown).await,
+        Command::Samples(a) if a.all_hosts => all_hosts::samples(&config, &a).await,
         Command::Samples(a) => samples::run(&config, a).await,
         Command::Report(a) => report::run(&config, a).await,
         Command::Demo | Command::GenerateAssets(_) => Ok(()),
         Command::Replay(a) => replay::run(&config, a).await,
         Command::Drill(a) => drill::run(&config, a).await,
+        Command::Fleet(a) => fleet::run(&config, a).await,
+        Command::Quarantine(a) => fleet::lift(&config, a).await,
     }
 }
 

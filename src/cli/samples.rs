@@ -51,7 +51,7 @@ pub async fn run(config: &Config, a: SamplesArgs) -> anyhow::Result<()> {
 
 /// One table line. ERRORS is `errors/requests` for probes that count real
 /// traffic (prometheus, log); the detail is kept on one line.
-fn row(s: &Sample) -> Vec<String> {
+pub(super) fn row(s: &Sample) -> Vec<String> {
     let errors = match (s.errors, s.requests) {
         (Some(e), Some(r)) => format!("{e:.0}/{r:.0}"),
         _ => "-".into(),

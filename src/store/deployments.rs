@@ -246,6 +246,63 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `version` is quarantined in this host's journal (some
+    /// deployment of it was rolled back and not lifted since).
+    pub async fn version_quarantined(&self, version: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deployments WHERE version = ? AND quarantined = 1",
+        )
+        .bind(version)
+        .fetch_one(self.db()?)
+        .await
+        .map_err(q("reading a version's quarantine"))?;
+        Ok(n > 0)
+    }
+
+    /// Lift the local quarantine of `version` (every deployment of it may
+    /// be restored again), recorded with who, when and why. Returns how
+    /// many deployments were quarantined (0: nothing to lift, nothing
+    /// recorded).
+    pub async fn lift_quarantine(
+        &self,
+        version: &str,
+        by: &str,
+        reason: &str,
+        at_ms: Millis,
+    ) -> Result<u64, StoreError> {
+        const DOING: &str = "lifting a quarantine";
+        let mut w = self.writing(DOING, BUSY_TIMEOUT).await?;
+        let mut tx = (*w.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(DOING))?;
+        let lifted = sqlx::query(
+            "UPDATE deployments SET quarantined = 0 WHERE version = ? AND quarantined = 1",
+        )
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .map_err(q(DOING))?
+        .rows_affected();
+        if lifted > 0 {
+            sqlx::query(
+                "INSERT INTO quarantine_lifts (version, at_ms, lifted_by, reason, deployments) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(version)
+            .bind(at_ms)
+            .bind(by)
+            .bind(reason)
+            .bind(i64::try_from(lifted).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(q(DOING))?;
+        }
+        tx.commit().await.map_err(q(DOING))?;
+        w.done().await;
+        Ok(lifted)
+    }
+
     /// The most recent deployment of one color.
     pub async fn latest_deployment_of(
         &self,

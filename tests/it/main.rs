@@ -12,6 +12,7 @@ mod demo;
 mod drill;
 mod faults;
 mod fleet;
+mod fleet_cli;
 mod gate;
 mod host;
 mod layout;

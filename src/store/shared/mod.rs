@@ -237,18 +237,44 @@ impl Shared {
     }
 
     /// Run the embedded migrations (serialized across hosts by sqlx's
-    /// advisory lock).
+    /// advisory lock). A schema already up to date is left alone without
+    /// asking for more than `SELECT` on `_sqlx_migrations`: the daemons'
+    /// role needs no `CREATE` on the schema once the owner's role migrated
+    /// it (docs/fleet.md).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations-pg")
-            .run(&self.pool)
+        let migrator = sqlx::migrate!("./migrations-pg");
+        let applied: Result<Vec<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await;
+        if let Ok(applied) = applied {
+            if migrator.iter().all(|m| applied.contains(&m.version)) {
+                return Ok(());
+            }
+        }
+        // On a connection of its own: sqlx leaves its advisory lock held
+        // when a migration fails (a role without CREATE, say), so a failed
+        // run closes its session, letting the lock go for the role that
+        // may migrate.
+        let mut conn = self
+            .pool
+            .acquire()
             .await
-            .map_err(|e| StoreError::Shared {
-                doing: "migrating the shared database",
-                why: match &e {
-                    sqlx::migrate::MigrateError::Execute(s) => shared_words(s),
-                    other => other.to_string(),
-                },
-            })
+            .map_err(pq("migrating the shared database"))?;
+        match migrator.run_direct(&mut *conn).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                use sqlx::Connection;
+                let _ = conn.detach().close().await;
+                Err(StoreError::Shared {
+                    doing: "migrating the shared database",
+                    why: match &e {
+                        sqlx::migrate::MigrateError::Execute(s) => shared_words(s),
+                        other => other.to_string(),
+                    },
+                })
+            }
+        }
     }
 
     pub fn host(&self) -> &str {
@@ -447,11 +473,12 @@ impl Shared {
         )
     }
 
-    /// Lift the standing quarantine of `version` (recorded with this host
-    /// and the reason). `Ok(None)` when none stands.
+    /// Lift the standing quarantine of `version` (recorded with `by`, who
+    /// lifted it: `user@host`, and the reason). `Ok(None)` when none stands.
     pub async fn lift_quarantine(
         &self,
         version: &str,
+        by: &str,
         reason: &str,
         at_ms: Millis,
     ) -> Result<Option<Quarantine>, StoreError> {
@@ -463,7 +490,7 @@ impl Shared {
         .bind(&self.service)
         .bind(version)
         .bind(at_ms)
-        .bind(&self.host)
+        .bind(by)
         .bind(reason)
         .fetch_optional(&self.pool)
         .await
