@@ -25,6 +25,9 @@ use crate::model::{Color, Millis, Sample, SampleStatus};
 
 /// Rows per multi-row INSERT (8 values each, well under SQLite's limit).
 const ROWS_PER_INSERT: usize = 128;
+/// Most samples a batch sends in one round trip ([`insert_known`]): 9 binds
+/// each at most, well under SQLite's 32,766.
+const ONE_TRIP_MAX: usize = 1_000;
 /// Columns of the compact `samples` table, in insert order.
 const COLUMNS: &str = "at_ms, series, n, status, latency_us, detail, requests, errors";
 /// What a read selects: the sample's columns and its detail text.
@@ -149,6 +152,28 @@ impl Store {
         let mut w = self
             .writing("starting a sample batch", BUSY_TIMEOUT)
             .await?;
+        // The usual batch (every series known, the writer's size): one
+        // round trip.
+        let known: Option<Vec<i64>> = if samples.len() > ONE_TRIP_MAX {
+            None
+        } else {
+            let series = self.series();
+            samples
+                .iter()
+                .map(|s| {
+                    series
+                        .by_key
+                        .get(&(s.probe.clone(), s.color, s.deployment))
+                        .copied()
+                })
+                .collect()
+        };
+        if let Some(ids) = known {
+            if insert_known(&mut w.conn, samples, &ids).await? {
+                w.done().await;
+                return Ok(());
+            }
+        }
         let mut tx = (*w.conn)
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -222,16 +247,7 @@ impl Store {
 
         // `n` tells apart samples of one series in one millisecond: 0 for
         // the first of the batch, counted up within it.
-        let mut seen: HashMap<(Millis, i64), i64> = HashMap::new();
-        let ns: Vec<i64> = samples
-            .iter()
-            .zip(&ids)
-            .map(|(s, id)| {
-                let n = seen.entry((s.at_ms, *id)).or_insert(-1);
-                *n += 1;
-                *n
-            })
-            .collect();
+        let ns = numbers(samples, &ids);
 
         let rows: Vec<usize> = (0..samples.len()).collect();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
@@ -527,6 +543,92 @@ impl Store {
 }
 
 /// `INSERT ... VALUES (...), ...` for `rows` rows.
+/// `n` of each sample: 0 for the first of its series in a millisecond of
+/// the batch, counted up within it.
+fn numbers(samples: &[Sample], ids: &[i64]) -> Vec<i64> {
+    let mut seen: HashMap<(Millis, i64), i64> = HashMap::new();
+    samples
+        .iter()
+        .zip(ids)
+        .map(|(s, id)| {
+            let n = seen.entry((s.at_ms, *id)).or_insert(-1);
+            *n += 1;
+            *n
+        })
+        .collect()
+}
+
+/// A batch whose series are all known, as one list of statements sent in
+/// one round trip to the connection's thread (each query through sqlx is
+/// a hand-off to that thread and back, the bulk of an idle daemon's cost):
+/// `BEGIN IMMEDIATE`, the batch's detail texts (added unless present), its
+/// rows (each detail looked up by its text), `COMMIT`. `Ok(false)`: a row's
+/// key was taken (one millisecond split across batches); the transaction
+/// is rolled back and the caller takes the slower path, which numbers such
+/// rows one by one. An error leaves the transaction open: the caller's
+/// `Writing` closes the connection, which rolls it back.
+async fn insert_known(
+    conn: &mut sqlx::SqliteConnection,
+    samples: &[Sample],
+    ids: &[i64],
+) -> Result<bool, StoreError> {
+    let ns = numbers(samples, ids);
+    let mut details: Vec<&str> = samples
+        .iter()
+        .map(|s| s.detail.as_str())
+        .filter(|d| !d.is_empty())
+        .collect();
+    details.sort_unstable();
+    details.dedup();
+    let mut sql = String::from("BEGIN IMMEDIATE;\n");
+    if !details.is_empty() {
+        sql.push_str("INSERT INTO sample_details (text) VALUES ");
+        for i in 0..details.len() {
+            sql.push_str(if i == 0 { "(?)" } else { ", (?)" });
+        }
+        sql.push_str(" ON CONFLICT (text) DO NOTHING;\n");
+    }
+    for chunk in samples.chunks(ROWS_PER_INSERT) {
+        sql.push_str(&format!("INSERT INTO samples ({COLUMNS}) VALUES "));
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("(?, ?, ?, ?, ?, (SELECT id FROM sample_details WHERE text = ?), ?, ?)");
+        }
+        sql.push_str(";\n");
+    }
+    sql.push_str("COMMIT;");
+    // Small batches (an idle daemon's) repeat their shape: kept prepared.
+    // Large ones vary in size and would only churn the statement cache.
+    let mut query = sqlx::query(&sql).persistent(samples.len() <= 16);
+    for d in &details {
+        query = query.bind(*d);
+    }
+    for (i, s) in samples.iter().enumerate() {
+        query = query
+            .bind(s.at_ms)
+            .bind(ids[i])
+            .bind(ns[i])
+            .bind(status_code(s))
+            .bind(latency_us(s.latency_ms))
+            .bind((!s.detail.is_empty()).then_some(s.detail.as_str()))
+            .bind(s.requests)
+            .bind(s.errors);
+    }
+    match query.execute(&mut *conn).await {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+            sqlx::query("ROLLBACK")
+                .execute(&mut *conn)
+                .await
+                .map_err(q("inserting samples"))?;
+            Ok(false)
+        }
+        Err(e) => Err(q("inserting samples")(e)),
+    }
+}
+
 fn insert_sql(rows: usize) -> String {
     let mut sql = format!("INSERT INTO samples ({COLUMNS}) VALUES ");
     for i in 0..rows {
