@@ -599,9 +599,10 @@ async fn insert_known(
         sql.push_str(";\n");
     }
     sql.push_str("COMMIT;");
-    // Small batches (an idle daemon's) repeat their shape: kept prepared.
-    // Large ones vary in size and would only churn the statement cache.
-    let mut query = sqlx::query(&sql).persistent(samples.len() <= 16);
+    // Batches up to a few dozen (an idle daemon's; 100 probes/s) repeat
+    // their shape: kept prepared. Larger ones vary in size and would only
+    // churn the statement cache.
+    let mut query = sqlx::query(&sql).persistent(samples.len() <= 48);
     for d in &details {
         query = query.bind(*d);
     }
