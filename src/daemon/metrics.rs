@@ -348,13 +348,13 @@ impl Metrics {
                 Scope::PerColor => &["blue", "green"],
                 Scope::Shared => &["shared"],
             };
-            for color in colors {
+            for &color in colors {
                 for status in SAMPLE_STATUSES {
                     zero(
                         &self.samples,
                         &SampleLabels {
                             probe: probe.name.clone(),
-                            color: *color,
+                            color,
                             status: status.as_str(),
                         },
                     );
