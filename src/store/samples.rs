@@ -157,7 +157,7 @@ impl Store {
         let mut w = self
             .writing("starting a sample batch", BUSY_TIMEOUT)
             .await?;
-        // The usual batch (every series known, the writer's size): one
+        // A small batch (an idle daemon's) whose series are known: one
         // round trip.
         let known: Option<Vec<i64>> = if samples.len() > ONE_TRIP_MAX {
             None
@@ -547,7 +547,6 @@ impl Store {
     }
 }
 
-/// `INSERT ... VALUES (...), ...` for `rows` rows.
 /// `n` of each sample: 0 for the first of its series in a millisecond of
 /// the batch, counted up within it.
 fn numbers(samples: &[Sample], ids: &[i64]) -> Vec<i64> {
@@ -633,6 +632,7 @@ async fn insert_known(
     }
 }
 
+/// `INSERT ... VALUES (...), ...` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
     let mut sql = format!("INSERT INTO samples ({COLUMNS}) VALUES ");
     for i in 0..rows {
