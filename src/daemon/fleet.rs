@@ -172,9 +172,13 @@ impl ProbeJob {
         let cadence = Cadence::for_probe(probe, self.confirms);
         let (config, prober, color) = (&self.config, &self.prober, self.color);
         let (tx, deployments) = (&self.tx, &self.deployments);
+        // Resolved once for the task's life: a reload that changes the
+        // probe or the color's base_url restarts the task.
+        let url = crate::probe::http_url(config, probe, color);
+        let url = url.as_ref();
         schedule::drive(
             cadence,
-            move || prober.run(config, probe, color),
+            move || prober.run_at(config, probe, color, url),
             move |outcome| {
                 let deployment = color.and_then(|c| deployments.borrow().get(&c).copied());
                 let sample = outcome.into_sample(now_ms(), &probe.name, color, deployment);

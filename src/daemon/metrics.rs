@@ -97,22 +97,24 @@ const SAMPLE_STATUSES: [SampleStatus; 5] = [
 struct ProbeLabels {
     probe: String,
     /// "blue", "green", or "shared".
-    color: String,
+    color: &'static str,
 }
 
+// Labels from a fixed set are `&'static str`: a sample's lookup allocates
+// only its probe's name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SampleLabels {
     probe: String,
-    color: String,
-    status: String,
+    color: &'static str,
+    status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabels {
     rule: String,
-    severity: String,
-    color: String,
-    state: String,
+    severity: &'static str,
+    color: &'static str,
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -376,18 +378,18 @@ impl Metrics {
     /// start and after each successful reload; existing counts are kept.
     pub fn configure(&self, config: &Config) {
         for probe in &config.probes {
-            let colors: &[&str] = match probe.scope {
+            let colors: &[&'static str] = match probe.scope {
                 Scope::PerColor => &["blue", "green"],
                 Scope::Shared => &["shared"],
             };
-            for color in colors {
+            for &color in colors {
                 for status in SAMPLE_STATUSES {
                     zero(
                         &self.samples,
                         &SampleLabels {
                             probe: probe.name.clone(),
-                            color: (*color).to_owned(),
-                            status: status.as_str().to_owned(),
+                            color,
+                            status: status.as_str(),
                         },
                     );
                 }
@@ -408,15 +410,15 @@ impl Metrics {
         self.samples
             .get_or_create(&SampleLabels {
                 probe: sample.probe.clone(),
-                color: color.to_owned(),
-                status: sample.status.as_str().to_owned(),
+                color,
+                status: sample.status.as_str(),
             })
             .inc();
         if let Some(ms) = sample.latency_ms {
             self.latency
                 .get_or_create(&ProbeLabels {
                     probe: sample.probe.clone(),
-                    color: color.to_owned(),
+                    color,
                 })
                 .observe(ms / 1000.0);
         }
@@ -430,9 +432,9 @@ impl Metrics {
                 self.verdicts
                     .get_or_create(&VerdictLabels {
                         rule: v.rule.clone(),
-                        severity: v.severity.as_str().to_owned(),
-                        color: v.color.as_str().to_owned(),
-                        state: state.as_str().to_owned(),
+                        severity: v.severity.as_str(),
+                        color: v.color.as_str(),
+                        state: state.as_str(),
                     })
                     .set(i64::from(v.state == state));
             }

@@ -102,7 +102,7 @@ impl Tally {
         }
     }
 
-    fn outcome(self, what: &str, pattern: &Regex) -> Outcome {
+    fn outcome(self, what: &str, pattern: &str) -> Outcome {
         let mut notes = String::new();
         if self.rotations > 0 {
             notes.push_str(&format!("; rotated {}x", self.rotations));
@@ -515,16 +515,19 @@ pub async fn run(
     color: Option<Color>,
 ) -> Outcome {
     let vars = [("color", color.map(Color::as_str).unwrap_or(""))];
-    let pattern = match Regex::new(check.pattern.as_str()) {
-        Ok(p) => p,
+    // Compiled (for bytes) when a follower starts or the journal is read,
+    // not on every run of a followed file.
+    let compile = || match Regex::new(check.pattern.as_str()) {
+        Ok(p) => Ok(p),
         // Validated at load time; if it still fails, it says nothing about
         // the service.
-        Err(e) => return Outcome::no_data(format!("cannot use `pattern`: {e}")),
+        Err(e) => Err(Outcome::no_data(format!("cannot use `pattern`: {e}"))),
     };
+    let pattern = check.pattern.as_str();
     match &check.source {
         LogSource::File(template) => {
             let path = PathBuf::from(render(template, &vars));
-            let fingerprint = format!("{}\n{}", path.display(), pattern.as_str());
+            let fingerprint = format!("{}\n{pattern}", path.display());
             let key = (probe.to_owned(), color);
             let existing = lock(memory)
                 .files
@@ -536,7 +539,11 @@ pub async fn run(
                 None => {
                     // Joining a file reads nothing but its size; still off
                     // the async threads, as every file read here.
-                    let (p, pat) = (path.clone(), pattern.clone());
+                    let pat = match compile() {
+                        Ok(pat) => pat,
+                        Err(outcome) => return outcome,
+                    };
+                    let p = path.clone();
                     let made = tokio::task::spawn_blocking(move || {
                         let f = FollowedFile::new(p, pat);
                         let (_, problem) = f.take();
@@ -562,14 +569,14 @@ pub async fn run(
             let what = followed.path().display().to_string();
             match tokio::task::spawn_blocking(move || followed.take()).await {
                 Ok((tally, Some(problem))) if tally.lines == 0 => problem.outcome(),
-                Ok((tally, _)) => tally.outcome(&what, &pattern),
+                Ok((tally, _)) => tally.outcome(&what, pattern),
                 Err(e) => Outcome::unreachable(None, format!("log follower failed: {e}")),
             }
         }
         LogSource::Unit(template) => {
             let unit = render(template, &vars);
             let key = (probe.to_owned(), color);
-            let fingerprint = format!("{unit}\n{}", pattern.as_str());
+            let fingerprint = format!("{unit}\n{pattern}");
             let journal = {
                 let mut m = lock(memory);
                 let entry = m
@@ -580,6 +587,10 @@ pub async fn run(
                     *entry = (fingerprint, Default::default());
                 }
                 entry.1.clone()
+            };
+            let pattern = match compile() {
+                Ok(pat) => pat,
+                Err(outcome) => return outcome,
             };
             let mut journal = journal.lock().await;
             read_journal(JOURNALCTL, &mut journal, &unit, &pattern).await
@@ -676,7 +687,7 @@ async fn read_journal(
     if first {
         return Outcome::no_data(format!("started following the journal of {unit}"));
     }
-    tally.outcome(&format!("the journal of {unit}"), pattern)
+    tally.outcome(&format!("the journal of {unit}"), pattern.as_str())
 }
 
 impl Memory {

@@ -202,10 +202,29 @@ impl Prober {
     /// Run `probe` once against `color` (`None` for a shared probe), bounded
     /// by the probe's timeout. The detail is capped at [`DETAIL_CAP`].
     pub async fn run(&self, config: &Config, probe: &Probe, color: Option<Color>) -> Outcome {
-        cap_detail(self.run_uncapped(config, probe, color).await)
+        let url = http_url(config, probe, color);
+        self.run_at(config, probe, color, url.as_ref()).await
     }
 
-    async fn run_uncapped(&self, config: &Config, probe: &Probe, color: Option<Color>) -> Outcome {
+    /// [`Prober::run`] with the URL of an http probe already resolved
+    /// ([`http_url`]): a probe's task resolves it once, not on every run.
+    pub async fn run_at(
+        &self,
+        config: &Config,
+        probe: &Probe,
+        color: Option<Color>,
+        url: Option<&url::Url>,
+    ) -> Outcome {
+        cap_detail(self.run_uncapped(config, probe, color, url).await)
+    }
+
+    async fn run_uncapped(
+        &self,
+        config: &Config,
+        probe: &Probe,
+        color: Option<Color>,
+        url: Option<&url::Url>,
+    ) -> Outcome {
         if let Check::Exec(check) = &probe.check {
             // exec bounds itself: it must kill the process group on timeout,
             // which dropping its future would not do.
@@ -214,7 +233,7 @@ impl Prober {
         let started = Instant::now();
         let work = async {
             match &probe.check {
-                Check::Http(check) => self.http.run(config, check, color).await,
+                Check::Http(check) => self.http.run(check, url).await,
                 Check::Tcp(check) => tcp::run(config, check, color).await,
                 Check::Prometheus(check) => {
                     prometheus::run(&self.http, &self.scrapes, config, &probe.name, check, color)
@@ -252,6 +271,16 @@ impl Prober {
 impl Default for Prober {
     fn default() -> Self {
         Prober::new()
+    }
+}
+
+/// The URL an http probe asks on `color` (`None` for other kinds, or when
+/// the color has no `base_url`). Parsed once per probe task: parsing (IDNA
+/// included) showed in the per-run profile.
+pub fn http_url(config: &Config, probe: &Probe, color: Option<Color>) -> Option<url::Url> {
+    match &probe.check {
+        Check::Http(check) => config.endpoint_url(&check.endpoint, color),
+        _ => None,
     }
 }
 

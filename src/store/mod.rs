@@ -377,6 +377,8 @@ impl Store {
             // immutable (see `fence`).
             .idle_timeout(None)
             .max_lifetime(None)
+            // No ping (a round trip to the connection's thread) per query.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(first)
             .await
