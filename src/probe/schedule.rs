@@ -1,10 +1,14 @@
-//! When a probe runs: its own interval, started at a small random offset so
-//! probes do not fire together; a run never overlaps the previous one (the
-//! next tick waits for it); ticks missed while a slow run went on are
-//! skipped, not bunched; and after a failure, with `confirm_interval`, the
-//! probe re-runs at that pace until the failure is confirmed (enough
-//! consecutive failures) or cleared (a success), then returns to its
-//! interval.
+//! When a probe runs: its own interval, on a beat shared by every probe (the
+//! wall clock's multiples of the interval: each whole second for `1s`), so
+//! one wake-up of the daemon serves all the probes that fall due together,
+//! as one cycle of monit's does (each wake-up costs more than the request
+//! it sends: probes spread over the second took 2.5 times the CPU, see
+//! docs/benchmarks.md); a run never overlaps the previous one (the next
+//! tick waits for it); ticks missed while a slow run went on are skipped,
+//! not bunched; and after a failure, with `confirm_interval`, the probe
+//! re-runs at that pace until the failure is confirmed (enough consecutive
+//! failures) or cleared (a success), then returns to its interval on the
+//! beat.
 //!
 //! [`drive`] is the loop, generic over "run once" and "hand the result on",
 //! so it is tested on tokio's paused clock. It knows nothing of samples'
@@ -14,16 +18,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::Outcome;
 use crate::config::Probe;
 use crate::model::SampleStatus;
-
-/// The most a probe's first run is delayed, so probes spread out.
-pub const MAX_OFFSET: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cadence {
@@ -32,21 +32,44 @@ pub struct Cadence {
     /// Confirming runs after a first failure (the streak the health rules
     /// need, minus the failure that started it).
     pub confirms: u32,
-    /// Delay of the first run.
+    /// Delay of the first run: until the beat.
     pub offset: Duration,
 }
 
 impl Cadence {
-    /// The probe's cadence with a random offset in `[0, min(interval, 1s)]`.
+    /// The probe's cadence, its first run on the next beat.
     pub fn for_probe(probe: &Probe, confirms: u32) -> Cadence {
-        let cap = probe.interval.min(MAX_OFFSET);
+        Cadence::on_beat(probe, confirms, std::time::SystemTime::now())
+    }
+
+    /// The probe's cadence at wall-clock time `now`: the first run at the
+    /// next multiple of the interval since the epoch (now, if `now` is one).
+    pub fn on_beat(probe: &Probe, confirms: u32, now: std::time::SystemTime) -> Cadence {
+        let period = probe.interval.max(Duration::from_millis(1)).as_nanos();
+        let since = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let wait = (period - since % period) % period;
         Cadence {
             interval: probe.interval,
             confirm_interval: probe.confirm_interval,
             confirms,
-            offset: rand::thread_rng().gen_range(Duration::ZERO..=cap),
+            // Below the interval, which fits a u64 of nanoseconds.
+            offset: Duration::from_nanos(u64::try_from(wait).unwrap_or(0)),
         }
     }
+}
+
+/// The first beat at or after `at`, on the grid `first + k x period`.
+fn beat_at_or_after(first: Instant, period: Duration, at: Instant) -> Instant {
+    if at <= first {
+        return first;
+    }
+    let period_ns = period.as_nanos().max(1);
+    let behind = (at - first).as_nanos();
+    let ahead = behind.div_ceil(period_ns) * period_ns;
+    first + Duration::from_nanos(u64::try_from(ahead).unwrap_or(u64::MAX))
 }
 
 /// Whether an outcome starts (or continues) a confirmation: a failure or a
@@ -83,7 +106,7 @@ struct Run<F> {
 /// only at its own timeout, so a service that answers within it never
 /// fails by this. The suspicion ends with an answer that is not a failure
 /// (late or not), or once `confirms` more failures confirmed it; then the
-/// interval resumes, counted from there. Outcomes are handed on in the
+/// interval resumes, on the beat, at least half an interval from there. Outcomes are handed on in the
 /// order their runs started (a later run's answer waits for the earlier
 /// run's end), so the matrix sees the freshest run last.
 pub async fn drive<P, PF, E, EF>(
@@ -98,7 +121,13 @@ pub async fn drive<P, PF, E, EF>(
     EF: Future<Output = bool>,
 {
     let period = cadence.interval.max(Duration::from_millis(1));
-    let mut ticker = tokio::time::interval_at(Instant::now() + cadence.offset, period);
+    let first = Instant::now() + cadence.offset;
+    let mut ticker = tokio::time::interval_at(first, period);
+    // After a suspicion, the interval resumes on the beat, at least half
+    // an interval away.
+    let rejoin = |ticker: &mut tokio::time::Interval| {
+        ticker.reset_at(beat_at_or_after(first, period, Instant::now() + period / 2));
+    };
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut runs: std::collections::VecDeque<Run<PF>> = std::collections::VecDeque::new();
     // While a failure is suspected: failures seen, confirm runs started,
@@ -140,7 +169,7 @@ pub async fn drive<P, PF, E, EF>(
                 if suspected && answered {
                     suspected = false;
                     next_confirm = None;
-                    ticker.reset();
+                    rejoin(&mut ticker);
                 }
                 while runs.front().is_some_and(|r| r.outcome.is_some()) {
                     let Some(outcome) = runs.pop_front().and_then(|r| r.outcome) else { break };
@@ -167,7 +196,7 @@ pub async fn drive<P, PF, E, EF>(
                         // Confirmed: back to the interval.
                         suspected = false;
                         next_confirm = None;
-                        ticker.reset();
+                        rejoin(&mut ticker);
                     } else if next_confirm.is_none() && started < cadence.confirms {
                         next_confirm = Some(Instant::now() + pace);
                     }
@@ -359,7 +388,8 @@ mod tests {
         )
         .await;
         // The third failure lands 2 x 200 ms after the first, not 2 x 10 s.
-        assert_eq!(starts_ms(&runs), vec![0, 200, 400, 10_400, 20_400]);
+        // Confirmed at 400 ms, the interval resumes on its beat (10 s).
+        assert_eq!(starts_ms(&runs), vec![0, 200, 400, 10_000, 20_000]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -372,7 +402,7 @@ mod tests {
             Duration::from_millis(25_000),
         )
         .await;
-        assert_eq!(starts_ms(&runs), vec![0, 200, 10_200, 20_200]);
+        assert_eq!(starts_ms(&runs), vec![0, 200, 10_000, 20_000]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -460,11 +490,19 @@ mod tests {
         )
         .await;
         // Suspect after 200 ms unanswered: confirm runs at 200 and 400,
-        // then, confirmed, the interval from the third failure (1.4 s).
-        assert_eq!(starts, vec![0, 200, 400, 11_400]);
+        // then, confirmed (1.4 s), the interval on its beat (10 s), where
+        // the hang is suspected again.
+        assert_eq!(starts, vec![0, 200, 400, 10_000, 10_200, 10_400]);
         assert_eq!(
             emitted,
-            vec![(1000, Timeout), (1200, Timeout), (1400, Timeout)],
+            vec![
+                (1000, Timeout),
+                (1200, Timeout),
+                (1400, Timeout),
+                (11_000, Timeout),
+                (11_200, Timeout),
+                (11_400, Timeout)
+            ],
             "the third failure lands at timeout + 2 x confirm"
         );
     }
@@ -475,11 +513,12 @@ mod tests {
         let (starts, emitted) = run_script(
             cadence(10_000, Some(200)),
             vec![(Ok, 500)],
-            Duration::from_millis(10_600),
+            Duration::from_millis(10_100),
         )
         .await;
-        // Suspected at 200 ms, cleared by the late answer at 500 ms.
-        assert_eq!(starts, vec![0, 200, 400, 10_500]);
+        // Suspected at 200 ms, cleared by the late answer at 500 ms; the
+        // interval resumes on its beat.
+        assert_eq!(starts, vec![0, 200, 400, 10_000]);
         assert_eq!(emitted, vec![(500, Ok), (700, Ok), (900, Ok)]);
     }
 
@@ -511,20 +550,44 @@ mod tests {
     }
 
     #[test]
-    fn offsets_are_random_and_small() {
-        let probe = crate::config::Probe {
+    fn probes_started_at_different_moments_share_the_beat() {
+        use std::time::UNIX_EPOCH;
+        let probe = |interval_ms| crate::config::Probe {
             name: "p".into(),
             scope: crate::config::Scope::PerColor,
-            interval: Duration::from_secs(5),
+            interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_secs(1),
             confirm_interval: None,
             health: false,
             check: crate::config::Check::Tcp(crate::config::TcpCheck { address: None }),
         };
-        let offsets: Vec<Duration> = (0..50)
-            .map(|_| Cadence::for_probe(&probe, 2).offset)
-            .collect();
-        assert!(offsets.iter().all(|o| *o <= MAX_OFFSET));
-        assert!(offsets.iter().any(|o| *o != offsets[0]), "{offsets:?}");
+        // Started 1.25 s, 1.7 s and 2 s past a whole 10 s: the 1 s probes'
+        // first runs land on whole seconds, the 5 s one's on 5 s.
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms);
+        let first = |interval_ms: u64, ms: u64| {
+            let c = Cadence::on_beat(&probe(interval_ms), 2, at(ms));
+            (at(ms) + c.offset)
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                - 1_700_000_000_000
+        };
+        assert_eq!(first(1000, 1250), 2000);
+        assert_eq!(first(1000, 1700), 2000);
+        assert_eq!(first(1000, 2000), 2000, "on the beat: at once");
+        assert_eq!(first(5000, 1250), 5000);
+        assert_eq!(first(250, 1260), 1500);
+        assert!(Cadence::on_beat(&probe(1000), 2, at(1)).offset < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_probe_rejoins_the_beat_at_or_after_a_moment() {
+        let t0 = Instant::now();
+        let p = Duration::from_millis(1000);
+        let ms = |d: u64| t0 + Duration::from_millis(d);
+        assert_eq!(beat_at_or_after(t0, p, t0), t0);
+        assert_eq!(beat_at_or_after(t0, p, ms(1)), ms(1000));
+        assert_eq!(beat_at_or_after(t0, p, ms(2000)), ms(2000));
+        assert_eq!(beat_at_or_after(t0, p, ms(2001)), ms(3000));
     }
 }
