@@ -576,6 +576,8 @@ mod loop_tests {
         let body = &src[start..end];
         let allowed = [
             "if self.writer_tx.send(sample).await.is_err() {",
+            // `Work::take`: into the matrix, then the writer's channel.
+            "self.take(sample).await;",
             "Some(w) => w.changed().await,",
             "None => std::future::pending().await,",
             // `Live::reload`: parses the file, restarts probes, no SQL.
@@ -589,7 +591,7 @@ mod loop_tests {
             .map(str::trim)
             .filter(|l| l.contains(".await"))
             .collect();
-        assert_eq!(awaits.len(), 6, "{awaits:#?}");
+        assert_eq!(awaits.len(), 8, "{awaits:#?}");
         for line in awaits {
             assert!(allowed.contains(&line), "the work loop awaits: {line}");
         }

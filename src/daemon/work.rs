@@ -43,6 +43,11 @@ use crate::store::StoredVerdict;
 /// due). It reads no database: `state_watch` does, beside it.
 pub const HOUSEKEEPING_PERIOD: Duration = matrix::EVAL_PERIOD;
 
+/// The most samples already queued that the loop takes along with the one
+/// it woke for, before it judges: the probes of one beat land together and
+/// are judged once, not once each.
+const SAMPLE_BURST: usize = 512;
+
 /// The loop's state and the parts it drives; `run` (in `mod.rs`) builds it.
 pub(super) struct Work {
     pub(super) config: Arc<Config>,
@@ -103,9 +108,10 @@ impl Work {
             self.clock.settle(Instant::now(), clock::boottime());
             tokio::select! {
                 Some(sample) = self.samples.recv() => {
-                    self.sample(&sample);
-                    if self.writer_tx.send(sample).await.is_err() {
-                        tracing::error!("the sample writer stopped; samples are no longer stored");
+                    self.take(sample).await;
+                    for _ in 0..SAMPLE_BURST {
+                        let Ok(sample) = self.samples.try_recv() else { break };
+                        self.take(sample).await;
                     }
                 }
                 _ = housekeeping.tick() => self.housekeeping(),
@@ -151,6 +157,14 @@ impl Work {
             }
         }
         self.stop().await;
+    }
+
+    /// A sample landed: into the matrix and on to the writer.
+    async fn take(&mut self, sample: Sample) {
+        self.sample(&sample);
+        if self.writer_tx.send(sample).await.is_err() {
+            tracing::error!("the sample writer stopped; samples are no longer stored");
+        }
     }
 
     /// A sample landed: into the matrix, judged as it lands (SPEC:
