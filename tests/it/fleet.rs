@@ -243,6 +243,74 @@ async fn the_follower_takes_over_a_killed_leader_and_never_runs_its_rollback_twi
     drop(da);
 }
 
+/// The leader is killed in a switch that never ends in time: once that
+/// switch is older than it could still be running (`[rollback] timeout` +
+/// `verify_after`; the hold before that is the previous test's), the new
+/// leader closes the old leader's rollback as unknown, NOT run again, and,
+/// the active color still failing, rolls back on its own account, as a
+/// daemon restarted after a crash does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leaders_rollback_is_closed_as_unknown_after_its_bound() {
+    let Some(pg) = Cluster::start() else { return };
+    let (blue, green) = (Color::start().await, Color::start().await);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("active"), "blue\n").unwrap();
+    // A's switch takes 60 s; the bound is 3 s + 1 s.
+    let a = host("a", &blue, &green, shared.path(), &pg.url(), 60, "");
+    let b = host("b", &blue, &green, shared.path(), &pg.url(), 0, "");
+    for env in [&a, &b] {
+        let text = common::read(&env.config).replacen(
+            "verify_after = \"5s\"",
+            "verify_after = \"1s\"\ntimeout = \"3s\"",
+            1,
+        );
+        std::fs::write(&env.config, text).unwrap();
+    }
+    let da = a.daemon();
+    da.ready().await;
+    wait_leaders(&pg, "a|t", Duration::from_secs(20)).await;
+    let db = b.daemon();
+    db.ready().await;
+    wait_leaders(&pg, "a|t\nb|f", Duration::from_secs(20)).await;
+
+    blue.set(503);
+    wait_for("a's row in flight", Duration::from_secs(30), || async {
+        pg.psql("SELECT count(*) FROM incidents WHERE host = 'a' AND in_flight") == "1"
+    })
+    .await;
+    da.signal(nix::sys::signal::Signal::SIGKILL);
+    wait_for("b to lead", Duration::from_secs(10), || async {
+        pg.psql("SELECT leader FROM hosts WHERE host = 'b'") == "t"
+    })
+    .await;
+    wait_for("a's rollback closed", Duration::from_secs(30), || async {
+        pg.psql("SELECT count(*) FROM incidents WHERE host = 'a' AND NOT in_flight") == "1"
+    })
+    .await;
+    let closed = pg.psql("SELECT state || '|' || outcome FROM incidents WHERE host = 'a'");
+    assert!(
+        closed.starts_with("unknown|interrupted on host a")
+            && closed.contains("NOT run again by b"),
+        "{closed}"
+    );
+    // Then B rolled back on its own account: one switch each, a's never
+    // run a second time under a's incident.
+    wait_for("b's switch", Duration::from_secs(30), || async {
+        switches(shared.path()).iter().any(|l| l.ends_with("|b"))
+    })
+    .await;
+    let switched = switches(shared.path());
+    assert_eq!(switched.len(), 2, "{switched:?}");
+    assert!(
+        switched[0].ends_with("|a") && switched[1].ends_with("|b"),
+        "{switched:?}"
+    );
+    let b_incident = pg.psql("SELECT count(*) FROM incidents WHERE host = 'b'");
+    assert_eq!(b_incident, "1", "b's rollback is its own incident");
+    db.stop().await;
+    drop(da);
+}
+
 /// Killed while all is well: the follower leads within 5 s, and then it is
 /// the one that switches when the active color fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
