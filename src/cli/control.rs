@@ -159,7 +159,7 @@ pub async fn rollback(config: &Config, a: RollbackArgs) -> anyhow::Result<()> {
         Outcome::Escalated { incident, why } => {
             Err(CheckFailed(format!("escalated (incident #{incident}): {why}")).into())
         }
-        Outcome::Skipped { why } => Err(CheckFailed(format!("not started: {why}")).into()),
+        Outcome::Skipped { why, .. } => Err(CheckFailed(format!("not started: {why}")).into()),
     };
     // The rollback is done (and its outcome printed); deliver the notices
     // before exiting, bounded by their retry policy.
@@ -250,7 +250,7 @@ fn outcome_json(outcome: &Outcome) -> serde_json::Value {
         Outcome::Refused { incident, why }
         | Outcome::Failed { incident, why }
         | Outcome::Escalated { incident, why } => (Some(*incident), None, Some(why)),
-        Outcome::Skipped { why } => (None, None, Some(why)),
+        Outcome::Skipped { why, .. } => (None, None, Some(why)),
     };
     let word = outcome.word();
     json!({ "outcome": word, "incident": incident, "to": to, "why": why })

@@ -89,7 +89,7 @@ impl Policy {
     ) -> Option<Notice> {
         let verdict = self.verdict.take();
         let notice = match (outcome, &verdict) {
-            (Outcome::Skipped { why }, Some(v)) => recoveries.held(service, v, why),
+            (Outcome::Skipped { why, .. }, Some(v)) => recoveries.held(service, v, why),
             _ => None,
         };
         match outcome {
@@ -97,7 +97,10 @@ impl Policy {
                 self.refusals += 1;
                 self.next_attempt = Some(now + retry_delay(self.refusals));
             }
-            Outcome::Skipped { .. } => self.next_attempt = Some(now + RETRY_AFTER),
+            Outcome::Skipped { retry_in, .. } => {
+                let wait = retry_in.map_or(RETRY_AFTER, |d| d.min(RETRY_AFTER));
+                self.next_attempt = Some(now + wait);
+            }
             _ => self.refusals = 0,
         }
         notice
@@ -387,7 +390,10 @@ mod policy_tests {
     }
 
     fn skipped(why: &str) -> Outcome {
-        Outcome::Skipped { why: why.into() }
+        Outcome::Skipped {
+            why: why.into(),
+            retry_in: None,
+        }
     }
 
     /// Whether a rule still fired (unchanged) starts a rollback `after`
@@ -455,6 +461,29 @@ mod policy_tests {
         assert!(!policy.retry_due(Instant::now()));
         policy.hold_ended(Instant::now());
         assert!(policy.retry_due(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_known_to_end_is_asked_again_when_it_ends() {
+        let mut policy = Policy::default();
+        let mut recoveries = Recoveries::default();
+        policy.started(&fired(false));
+        let held = Outcome::Skipped {
+            why: "host a's rollback #1 of service svc is in flight (switching): not run here too"
+                .into(),
+            retry_in: Some(Duration::from_secs(4)),
+        };
+        policy.ended(&held, "svc", &mut recoveries, Instant::now());
+        assert!(!policy.retry_due(Instant::now() + Duration::from_millis(3_900)));
+        assert!(policy.retry_due(Instant::now() + Duration::from_secs(4)));
+        // Never later than the usual retry.
+        policy.started(&fired(false));
+        let long = Outcome::Skipped {
+            why: "held".into(),
+            retry_in: Some(Duration::from_secs(3600)),
+        };
+        policy.ended(&long, "svc", &mut recoveries, Instant::now());
+        assert!(policy.retry_due(Instant::now() + RETRY_AFTER));
     }
 
     #[tokio::test(start_paused = true)]

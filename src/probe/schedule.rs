@@ -1,6 +1,7 @@
-//! When a probe runs: its own interval, on a beat shared by every probe (the
-//! wall clock's multiples of the interval: each whole second for `1s`), so
-//! one wake-up of the daemon serves all the probes that fall due together,
+//! When a probe runs: its own interval, on a beat shared by every probe (it
+//! first runs on the wall clock's next whole second, or next multiple of an
+//! interval shorter than that, and then every interval), so one wake-up of
+//! the daemon serves all the probes that fall due together,
 //! as one cycle of monit's does (each wake-up costs more than the request
 //! it sends: probes spread over the second took 2.5 times the CPU, see
 //! docs/benchmarks.md); a run never overlaps the previous one (the next
@@ -25,6 +26,10 @@ use super::Outcome;
 use crate::config::Probe;
 use crate::model::SampleStatus;
 
+/// The beat probes share: their first runs fall on the wall clock's whole
+/// seconds (intervals that divide a second, on its fractions).
+pub const BEAT: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cadence {
     pub interval: Duration,
@@ -42,10 +47,16 @@ impl Cadence {
         Cadence::on_beat(probe, confirms, std::time::SystemTime::now())
     }
 
-    /// The probe's cadence at wall-clock time `now`: the first run at the
-    /// next multiple of the interval since the epoch (now, if `now` is one).
+    /// The probe's cadence at wall-clock time `now`: the first run on the
+    /// beat, the next multiple since the epoch of the interval or of
+    /// [`BEAT`], whichever is shorter (now, if `now` is one). A probe that
+    /// runs every few minutes still first runs within a second of its start.
     pub fn on_beat(probe: &Probe, confirms: u32, now: std::time::SystemTime) -> Cadence {
-        let period = probe.interval.max(Duration::from_millis(1)).as_nanos();
+        let period = probe
+            .interval
+            .min(BEAT)
+            .max(Duration::from_millis(1))
+            .as_nanos();
         let since = now
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -562,7 +573,8 @@ mod tests {
             check: crate::config::Check::Tcp(crate::config::TcpCheck { address: None }),
         };
         // Started 1.25 s, 1.7 s and 2 s past a whole 10 s: the 1 s probes'
-        // first runs land on whole seconds, the 5 s one's on 5 s.
+        // first runs land on whole seconds, and so does a 2 min one's; a
+        // 250 ms one on a quarter second.
         let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms);
         let first = |interval_ms: u64, ms: u64| {
             let c = Cadence::on_beat(&probe(interval_ms), 2, at(ms));
@@ -575,7 +587,7 @@ mod tests {
         assert_eq!(first(1000, 1250), 2000);
         assert_eq!(first(1000, 1700), 2000);
         assert_eq!(first(1000, 2000), 2000, "on the beat: at once");
-        assert_eq!(first(5000, 1250), 5000);
+        assert_eq!(first(120_000, 1250), 2000);
         assert_eq!(first(250, 1260), 1500);
         assert!(Cadence::on_beat(&probe(1000), 2, at(1)).offset < Duration::from_secs(1));
     }

@@ -14,30 +14,44 @@ use crate::model::{IncidentState, Millis};
 /// session ended (kill -9, a lost network) is closed once it is older than
 /// the time its switch command could still be running, exactly as
 /// `reconcile` closes a local one: never run again, its outcome named.
-pub(super) async fn hold(ctx: &Context<'_>, now: Millis) -> Option<String> {
+///
+/// Returns why it holds, and when the hold is known to end (another host's
+/// rollback reaching its bound), how soon to ask again.
+pub(super) async fn hold(ctx: &Context<'_>, now: Millis) -> Option<(String, Option<Duration>)> {
     let Context { config, store, .. } = *ctx;
     let lead = store.leadership();
     if !lead.may_switch() {
-        return Some(format!(
-            "another daemon leads service {}: only the leader switches (this one probes, decides and records)",
-            config.service
+        return Some((
+            format!(
+                "another daemon leads service {}: only the leader switches (this one probes, decides and records)",
+                config.service
+            ),
+            None,
         ));
     }
     if let Some((host, p)) = store.paused_elsewhere(now).await {
-        return Some(format!(
-            "automatic rollbacks of service {} are paused until {} by host {host}: {}",
-            config.service,
-            crate::model::format_ms(p.until_ms),
-            p.reason
+        return Some((
+            format!(
+                "automatic rollbacks of service {} are paused until {} by host {host}: {}",
+                config.service,
+                crate::model::format_ms(p.until_ms),
+                p.reason
+            ),
+            None,
         ));
     }
     let inc = store.in_flight_elsewhere().await?;
     let bound = config.rollback.timeout + config.rollback.verify_after;
     let age = Duration::from_millis(u64::try_from(now - inc.opened_ms).unwrap_or(0));
     if age < bound {
-        return Some(format!(
-            "host {}'s rollback #{} of service {} is in flight ({}): not run here too",
-            inc.host, inc.id, config.service, inc.state
+        // Asked again as soon as that rollback is past its bound, not at
+        // the usual retry a minute on: until then the service is held.
+        return Some((
+            format!(
+                "host {}'s rollback #{} of service {} is in flight ({}): not run here too",
+                inc.host, inc.id, config.service, inc.state
+            ),
+            Some(bound - age),
         ));
     }
     let why = format!(

@@ -86,8 +86,13 @@ pub enum Outcome {
     /// dry_run: everything but the command.
     DryRun { incident: i64, to: Color },
     /// Not attempted, and no incident opened: paused, in cooldown, or
-    /// another rollback holds the slot.
-    Skipped { why: String },
+    /// another rollback holds the slot. `retry_in`: when the hold is known
+    /// to end (another host's rollback in flight, at its bound), the
+    /// daemon asks again then, not at its usual retry.
+    Skipped {
+        why: String,
+        retry_in: Option<Duration>,
+    },
 }
 
 impl Outcome {
@@ -127,7 +132,7 @@ impl std::fmt::Display for Outcome {
                 write!(f, "refused (incident #{incident}): {why}")
             }
             Outcome::Failed { incident, why } => write!(f, "failed (incident #{incident}): {why}"),
-            Outcome::Skipped { why } => write!(f, "not started: {why}"),
+            Outcome::Skipped { why, .. } => write!(f, "not started: {why}"),
         }
     }
 }
@@ -199,8 +204,8 @@ pub async fn execute_guarded(
     }
     let now = now_ms();
     if req.trigger == Trigger::Automatic {
-        if let Some(why) = automatic_hold(ctx, now, guards).await? {
-            return Ok(Outcome::Skipped { why });
+        if let Some((why, retry_in)) = automatic_hold(ctx, now, guards).await? {
+            return Ok(Outcome::Skipped { why, retry_in });
         }
     }
     let current = match active {
@@ -210,6 +215,7 @@ pub async fn execute_guarded(
     let Some((from, active_dep)) = current else {
         return Ok(Outcome::Skipped {
             why: "no active color is known yet: record a deployment first".into(),
+            retry_in: None,
         });
     };
     let to = from.other();
@@ -246,6 +252,7 @@ pub async fn execute_guarded(
         Err(StoreError::RollbackInFlight(other)) => {
             return Ok(Outcome::Skipped {
                 why: format!("rollback already in flight (incident #{other})"),
+                retry_in: None,
             });
         }
         Err(e) => return Err(e.into()),
@@ -322,25 +329,31 @@ async fn automatic_hold(
     ctx: &Context<'_>,
     now: Millis,
     mut guards: Guards,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<(String, Option<Duration>)>, StoreError> {
     let Context { config, store, .. } = *ctx;
-    if let Some(why) = fleet::hold(ctx, now).await {
-        return Ok(Some(why));
+    if let Some(hold) = fleet::hold(ctx, now).await {
+        return Ok(Some(hold));
     }
     let at = tokio::time::Instant::now();
     // Every pause not resumed, whatever the wall clock says of its end.
     guards.learn_pause(store.active_pause(Millis::MIN).await?, now, at);
     if let Some(p) = guards.paused(at) {
-        return Ok(Some(format!(
-            "automatic rollbacks are paused until {}: {}",
-            format_ms(p.until_ms),
-            p.reason
+        return Ok(Some((
+            format!(
+                "automatic rollbacks are paused until {}: {}",
+                format_ms(p.until_ms),
+                p.reason
+            ),
+            None,
         )));
     }
     if let Some(inc) = store.unresolved_escalation().await? {
-        return Ok(Some(format!(
-            "rollback #{} escalated: no further automatic switch until a deployment is recorded or an operator rolls back",
-            inc.id
+        return Ok(Some((
+            format!(
+                "rollback #{} escalated: no further automatic switch until a deployment is recorded or an operator rolls back",
+                inc.id
+            ),
+            None,
         )));
     }
     guards.learn_cooldown(
@@ -348,7 +361,9 @@ async fn automatic_hold(
         now,
         at,
     );
-    Ok(guards.hold(at, config.rollback.cooldown))
+    Ok(guards
+        .hold(at, config.rollback.cooldown)
+        .map(|why| (why, None)))
 }
 
 /// When the current failure streak of `color`'s health probes began,
@@ -985,6 +1000,7 @@ mod outcome_words {
             refused,
             Outcome::Skipped {
                 why: "paused".into(),
+                retry_in: None,
             },
         ] {
             let text = o.to_string();

@@ -261,7 +261,7 @@ async fn automatic_rollback_records_the_timeline_quarantines_and_cools_down() {
 
     // Cooldown: the next automatic rollback within 30m is not attempted.
     match w.execute(automatic()).await {
-        Outcome::Skipped { why } => assert!(why.contains("cooldown"), "{why}"),
+        Outcome::Skipped { why, .. } => assert!(why.contains("cooldown"), "{why}"),
         other => panic!("expected a cooldown skip, got {other:?}"),
     }
     assert_eq!(w.store.incidents().await.unwrap().len(), 1);
@@ -326,7 +326,9 @@ async fn refusals_are_incidents_that_alert_and_do_not_start_the_cooldown() {
         .await
         .unwrap();
     match w.execute(automatic()).await {
-        Outcome::Skipped { why } => assert!(why.contains("paused") && why.contains("maintenance")),
+        Outcome::Skipped { why, .. } => {
+            assert!(why.contains("paused") && why.contains("maintenance"))
+        }
         other => panic!("expected a pause skip, got {other:?}"),
     }
     w.store.resume(now_ms()).await.unwrap();
@@ -394,7 +396,7 @@ async fn a_restored_color_that_stays_unhealthy_escalates_and_holds_automatic_swi
     // No second automatic switch, even with quarantine off and no cooldown.
     w.config.rollback.quarantine = false;
     match w.execute(automatic()).await {
-        Outcome::Skipped { why } => assert!(why.contains("escalated"), "{why}"),
+        Outcome::Skipped { why, .. } => assert!(why.contains("escalated"), "{why}"),
         other => panic!("expected an escalation hold, got {other:?}"),
     }
     // Deployments recorded afterwards (the pipeline shipped a fix to blue,
@@ -618,7 +620,7 @@ async fn reconcile_closes_or_resumes_what_a_dead_process_left_and_waits_for_a_li
     .await;
     assert_eq!(rollback::reconcile(&w.ctx()).await.unwrap(), None);
     match w.execute(manual("now")).await {
-        Outcome::Skipped { why } => assert!(why.contains("in flight"), "{why}"),
+        Outcome::Skipped { why, .. } => assert!(why.contains("in flight"), "{why}"),
         other => panic!("two rollbacks at once: {other:?}"),
     }
     assert!(w.store.incident(id).await.unwrap().in_flight);
