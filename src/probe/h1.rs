@@ -389,9 +389,8 @@ impl Conn {
                             Err(e) => last = Some(e),
                         }
                     }
-                    Err(last.unwrap_or_else(|| {
-                        Error::Dns(io::Error::other("the name has no address"))
-                    }))
+                    Err(last
+                        .unwrap_or_else(|| Error::Dns(io::Error::other("the name has no address"))))
                 }
                 None => Err(Error::Dns(io::Error::other("the URL has no host"))),
             }
@@ -588,7 +587,12 @@ async fn connect_one(addr: SocketAddr) -> Result<TcpStream, Error> {
 /// The request line and headers, ready for one write.
 fn write_request(out: &mut Vec<u8>, request: &Request<'_>) {
     let url = request.url;
-    let has = |name: &str| request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let has = |name: &str| {
+        request
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
     out.extend_from_slice(request.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(url.path().as_bytes());
@@ -666,7 +670,9 @@ fn read_head<'c>(
             close |= has_token(h.value, "close");
             keep_alive |= has_token(h.value, "keep-alive");
         } else if h.name.eq_ignore_ascii_case("location")
-            && h.value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            && h.value
+                .iter()
+                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
         {
             location = std::str::from_utf8(h.value).ok().map(str::to_owned);
         }

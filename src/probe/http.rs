@@ -81,7 +81,10 @@ impl Answer<'_, '_> {
     /// short, in words.
     async fn body(self, cap: usize) -> Result<(Vec<u8>, bool), String> {
         match self {
-            Answer::Lean(a) => a.body(cap).await.map_err(|e| describe(&e, "request failed")),
+            Answer::Lean(a) => a
+                .body(cap)
+                .await
+                .map_err(|e| describe(&e, "request failed")),
             Answer::Full(mut r) => read_capped(&mut r, cap)
                 .await
                 .map_err(|e| describe_error(&e)),
@@ -116,9 +119,14 @@ impl Clients {
     /// The lean client, when it can ask `url`: plain `http://` without a
     /// user or password (reqwest turns those into basic auth).
     fn lean_for(&self, url: &url::Url) -> Option<&h1::Pool> {
-        self.lean
-            .as_deref()
-            .filter(|_| url.scheme() == "http" && url.username().is_empty() && url.password().is_none())
+        self.lean.as_deref().filter(|_| {
+            url.scheme() == "http" && url.username().is_empty() && url.password().is_none()
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn lean_pool(&self) -> Option<&h1::Pool> {
+        self.lean.as_deref()
     }
 
     /// One request to `url` (the probe's endpoint on its color, resolved
@@ -195,8 +203,7 @@ impl Clients {
                 {
                     // As browsers do: 303, and 301/302 after a POST, become
                     // a GET.
-                    if code == 303
-                        || (method == reqwest::Method::POST && matches!(code, 301 | 302))
+                    if code == 303 || (method == reqwest::Method::POST && matches!(code, 301 | 302))
                     {
                         method = reqwest::Method::GET;
                     }
