@@ -10,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::Outcome;
+use std::sync::Arc;
+
+use super::{Outcome, h1};
 use crate::config::HttpCheck;
 use crate::model::SampleStatus;
 
@@ -25,6 +27,10 @@ pub struct Clients {
     /// Follows nothing by itself: redirects are followed in [`Clients::run`],
     /// which decides which hop gets the configured headers.
     no_redirects: reqwest::Client,
+    /// The lean HTTP/1.1 client ([`super::h1`]) for `http://` hops; `None`
+    /// when the environment names an HTTP proxy, which reqwest honours
+    /// and it does not.
+    lean: Option<Arc<h1::Pool>>,
 }
 
 fn builder() -> reqwest::ClientBuilder {
@@ -32,15 +38,66 @@ fn builder() -> reqwest::ClientBuilder {
         .user_agent(concat!("rollbackd/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
         // As many kept-alive connections as the probes one host serves at
-        // once (they share a beat: all of a color's probes ask together),
-        // which the probes in flight bound: with 32, 500 probes on a color
-        // opened and closed 468 connections a second.
-        .pool_max_idle_per_host(usize::MAX)
-        .pool_idle_timeout(Duration::from_secs(30))
+        // once (they share a beat: all of a color's probes ask together).
+        .pool_max_idle_per_host(h1::MAX_IDLE_PER_AUTHORITY)
+        .pool_idle_timeout(h1::IDLE_TIMEOUT)
+}
+
+/// Whether reqwest would send `http://` requests through a proxy named in
+/// the environment (it reads these variables; `NO_PROXY` is not weighed:
+/// with a proxy named at all, every http probe stays on reqwest).
+fn proxy_in_env() -> bool {
+    ["ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+}
+
+/// One hop's answer, from either client.
+enum Answer<'p, 'c> {
+    Lean(h1::Answer<'p, 'c>),
+    Full(reqwest::Response),
+}
+
+impl Answer<'_, '_> {
+    fn code(&self) -> u16 {
+        match self {
+            Answer::Lean(a) => a.code(),
+            Answer::Full(r) => r.status().as_u16(),
+        }
+    }
+
+    fn location(&self) -> Option<&str> {
+        match self {
+            Answer::Lean(a) => a.location(),
+            Answer::Full(r) => r
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok()),
+        }
+    }
+
+    /// The body up to `cap`, and whether it was longer; or why it was cut
+    /// short, in words.
+    async fn body(self, cap: usize) -> Result<(Vec<u8>, bool), String> {
+        match self {
+            Answer::Lean(a) => a
+                .body(cap)
+                .await
+                .map_err(|e| describe(&e, "request failed")),
+            Answer::Full(mut r) => read_capped(&mut r, cap)
+                .await
+                .map_err(|e| describe_error(&e)),
+        }
+    }
 }
 
 impl Clients {
     pub fn new() -> Clients {
+        Clients::with_lean(!proxy_in_env())
+    }
+
+    /// With or without the lean client for `http://` hops.
+    pub(crate) fn with_lean(lean: bool) -> Clients {
         let build = |b: reqwest::ClientBuilder| {
             // Building fails only when the TLS backend cannot initialise, which
             // with rustls and bundled roots does not happen at run time; fall
@@ -49,12 +106,26 @@ impl Clients {
         };
         Clients {
             no_redirects: build(builder().redirect(reqwest::redirect::Policy::none())),
+            lean: lean.then(Arc::default),
         }
     }
 
     /// The client that follows no redirect: scrapes use it.
     pub fn plain(&self) -> &reqwest::Client {
         &self.no_redirects
+    }
+
+    /// The lean client, when it can ask `url`: plain `http://` without a
+    /// user or password (reqwest turns those into basic auth).
+    fn lean_for(&self, url: &url::Url) -> Option<&h1::Pool> {
+        self.lean.as_deref().filter(|_| {
+            url.scheme() == "http" && url.username().is_empty() && url.password().is_none()
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn lean_pool(&self) -> Option<&h1::Pool> {
+        self.lean.as_deref()
     }
 
     /// One request to `url` (the probe's endpoint on its color, resolved
@@ -76,71 +147,94 @@ impl Clients {
         let (mut url, mut method) = (url, check.method.clone());
         let started = Instant::now();
         let mut hops = 0;
-        let mut response = loop {
-            let mut request = self.no_redirects.request(method.clone(), url.clone());
-            if url.origin() == origin {
-                for (name, value) in &headers {
-                    request = request.header(*name, *value);
+        let response = loop {
+            let home = url.origin() == origin;
+            let answer = match self.lean_for(&url) {
+                Some(pool) => {
+                    let request = h1::Request {
+                        method: method.as_str(),
+                        url: &url,
+                        headers: if home { &headers[..] } else { &[] },
+                    };
+                    match pool.send(&request, &check.expect_headers).await {
+                        Ok(a) => Answer::Lean(a),
+                        Err(e) => {
+                            let kind = if e.is_connect() {
+                                "connect failed"
+                            } else {
+                                "request failed"
+                            };
+                            return Outcome::failure(
+                                e.status(),
+                                Some(started.elapsed()),
+                                describe(&e, kind),
+                            );
+                        }
+                    }
                 }
-            }
-            let response = match request.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    return Outcome::failure(
-                        classify(&e),
-                        Some(started.elapsed()),
-                        describe_error(&e),
-                    );
+                None => {
+                    let mut request = self.no_redirects.request(method.clone(), url.clone());
+                    if home {
+                        for (name, value) in &headers {
+                            request = request.header(*name, *value);
+                        }
+                    }
+                    match request.send().await {
+                        Ok(r) => Answer::Full(r),
+                        Err(e) => {
+                            return Outcome::failure(
+                                classify(&e),
+                                Some(started.elapsed()),
+                                describe_error(&e),
+                            );
+                        }
+                    }
                 }
             };
-            let next = response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| url.join(l).ok());
-            let status = response.status();
+            let next = answer.location().and_then(|l| url.join(l).ok());
+            let code = answer.code();
             match next {
                 Some(next)
                     if check.follow_redirects
-                        && status.is_redirection()
+                        && (300..400).contains(&code)
                         && hops < MAX_REDIRECTS
                         && matches!(next.scheme(), "http" | "https") =>
                 {
                     // As browsers do: 303, and 301/302 after a POST, become
                     // a GET.
-                    if status == reqwest::StatusCode::SEE_OTHER
-                        || (method == reqwest::Method::POST && matches!(status.as_u16(), 301 | 302))
+                    if code == 303 || (method == reqwest::Method::POST && matches!(code, 301 | 302))
                     {
                         method = reqwest::Method::GET;
                     }
                     hops += 1;
+                    // This hop's answer is dropped unread (its connection
+                    // closed) before the next hop.
+                    drop(answer);
                     url = next;
                 }
-                _ => break response,
+                _ => break answer,
             }
         };
-        let status = response.status();
-        let missing_headers: Vec<&str> = check
-            .expect_headers
-            .iter()
-            .filter(|h| !response.headers().contains_key(h.as_str()))
-            .map(String::as_str)
-            .collect();
-        let (body, truncated) = match read_capped(&mut response, BODY_CAP).await {
+        let code = response.code();
+        let missing_headers: Vec<&str> = match &response {
+            Answer::Lean(a) => a.missing().to_vec(),
+            Answer::Full(r) => check
+                .expect_headers
+                .iter()
+                .filter(|h| !r.headers().contains_key(h.as_str()))
+                .map(String::as_str)
+                .collect(),
+        };
+        let (body, truncated) = match response.body(BODY_CAP).await {
             Ok(read) => read,
             Err(e) => {
                 return Outcome::failed(
                     Some(started.elapsed()),
-                    format!(
-                        "HTTP {}: body cut short: {}",
-                        status.as_u16(),
-                        describe_error(&e)
-                    ),
+                    format!("HTTP {code}: body cut short: {e}"),
                 );
             }
         };
         let latency = started.elapsed();
-        let code = status.as_u16();
         if !check.expect_status.iter().any(|r| r.contains(&code)) {
             return Outcome::failed(Some(latency), format!("HTTP {code}: unexpected status"));
         }
@@ -264,6 +358,23 @@ mod libc_errno {
     pub const ENFILE: i32 = nix::errno::Errno::ENFILE as i32;
     pub const ENOMEM: i32 = nix::errno::Errno::ENOMEM as i32;
     pub const ENOBUFS: i32 = nix::errno::Errno::ENOBUFS as i32;
+}
+
+/// The lean client's error in one line, after `kind` ("connect failed",
+/// "request failed"), in the words [`describe_error`] uses.
+fn describe(e: &h1::Error, kind: &str) -> String {
+    let mut text = if own_resource_error(e) {
+        format!("rollbackd's own resource error, not the service's: {kind}")
+    } else {
+        kind.to_owned()
+    };
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// reqwest's errors nest the useful cause (connection refused, reset) deep

@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod exec;
 pub mod exposition;
+pub mod h1;
 pub mod http;
 pub mod log;
 pub mod prometheus;
