@@ -117,13 +117,19 @@ async fn pair(
 ) -> (Daemon, Daemon, [Env; 2]) {
     let a = host("a", blue, green, shared, &pg.url(), a_switch_secs, "");
     let b = host("b", blue, green, shared, &pg.url(), 0, "");
+    let (da, db) = start_pair(pg, &a, &b).await;
+    (da, db, [a, b])
+}
+
+/// Starts `a`, waits for it to lead, then `b`, and waits for it to follow.
+async fn start_pair(pg: &Cluster, a: &Env, b: &Env) -> (Daemon, Daemon) {
     let da = a.daemon();
     da.ready().await;
     wait_leaders(pg, "a|t", Duration::from_secs(20)).await;
     let db = b.daemon();
     db.ready().await;
     wait_leaders(pg, "a|t\nb|f", Duration::from_secs(20)).await;
-    (da, db, [a, b])
+    (da, db)
 }
 
 fn switches(shared: &Path) -> Vec<String> {
@@ -266,12 +272,7 @@ async fn a_killed_leaders_rollback_is_closed_as_unknown_after_its_bound() {
         );
         std::fs::write(&env.config, text).unwrap();
     }
-    let da = a.daemon();
-    da.ready().await;
-    wait_leaders(&pg, "a|t", Duration::from_secs(20)).await;
-    let db = b.daemon();
-    db.ready().await;
-    wait_leaders(&pg, "a|t\nb|f", Duration::from_secs(20)).await;
+    let (da, db) = start_pair(&pg, &a, &b).await;
 
     blue.set(503);
     wait_for("a's row in flight", Duration::from_secs(30), || async {
@@ -279,7 +280,7 @@ async fn a_killed_leaders_rollback_is_closed_as_unknown_after_its_bound() {
     })
     .await;
     da.signal(nix::sys::signal::Signal::SIGKILL);
-    wait_for("b to lead", Duration::from_secs(10), || async {
+    wait_for("b to lead", Duration::from_secs(30), || async {
         pg.psql("SELECT leader FROM hosts WHERE host = 'b'") == "t"
     })
     .await;
@@ -322,7 +323,7 @@ async fn after_a_takeover_the_new_leader_switches() {
     let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 0).await;
     da.signal(nix::sys::signal::Signal::SIGKILL);
     let killed = Instant::now();
-    wait_for("b to lead", Duration::from_secs(10), || async {
+    wait_for("b to lead", Duration::from_secs(30), || async {
         pg.psql("SELECT leader FROM hosts WHERE host = 'b'") == "t"
     })
     .await;

@@ -154,17 +154,22 @@ fn assert_outcome(o: &Outcome, status: SampleStatus, needle: &str) {
     assert!(o.detail.contains(needle), "{needle:?} not in {o:?}");
 }
 
-#[tokio::test]
-async fn keep_alive_runs_share_one_connection() {
-    let s = server("/health?deep=1", |_, _, _| ok("ok")).await;
-    let clients = Clients::with_lean(true);
-    for _ in 0..5 {
+/// `times` runs in a row, each an HTTP 200.
+async fn runs_ok(clients: &Clients, check: &HttpCheck, url: &url::Url, times: usize) {
+    for _ in 0..times {
         assert_outcome(
-            &run(&clients, &check(), &s.url).await,
+            &run(clients, check, url).await,
             SampleStatus::Ok,
             "HTTP 200",
         );
     }
+}
+
+#[tokio::test]
+async fn keep_alive_runs_share_one_connection() {
+    let s = server("/health?deep=1", |_, _, _| ok("ok")).await;
+    let clients = Clients::with_lean(true);
+    runs_ok(&clients, &check(), &s.url, 5).await;
     assert_eq!(s.accepts(), 1, "five runs, one connection");
     let heads = s.heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 5);
@@ -227,13 +232,7 @@ async fn a_connection_the_server_closed_while_idle_is_replaced_by_a_fresh_one() 
     })
     .await;
     let clients = Clients::with_lean(true);
-    for _ in 0..3 {
-        assert_outcome(
-            &run(&clients, &check(), &s.url).await,
-            SampleStatus::Ok,
-            "HTTP 200",
-        );
-    }
+    runs_ok(&clients, &check(), &s.url, 3).await;
     assert_eq!(s.accepts(), 3);
 }
 
@@ -309,13 +308,7 @@ async fn a_chunked_body_is_matched_across_chunks_and_reads() {
     c.body_contains = Some("hello world".into());
     c.body_regex = Some(regex::Regex::new("^hello world$").unwrap());
     let clients = Clients::with_lean(true);
-    for _ in 0..2 {
-        assert_outcome(
-            &run(&clients, &c, &s.url).await,
-            SampleStatus::Ok,
-            "HTTP 200",
-        );
-    }
+    runs_ok(&clients, &c, &s.url, 2).await;
     assert_eq!(
         s.accepts(),
         1,
@@ -349,13 +342,7 @@ async fn a_body_over_the_cap_is_cut_there_and_its_connection_closed() {
     let s = server("/", move |_, _, _| ok(&full)).await;
     let mut c = check();
     c.body_regex = Some(regex::Regex::new("^y+$").unwrap());
-    for _ in 0..2 {
-        assert_outcome(
-            &run(&clients, &c, &s.url).await,
-            SampleStatus::Ok,
-            "HTTP 200",
-        );
-    }
+    runs_ok(&clients, &c, &s.url, 2).await;
     assert_eq!(s.accepts(), 1);
 }
 
@@ -370,13 +357,7 @@ async fn a_body_ended_by_the_close_is_read_to_the_close_and_not_reused() {
     let clients = Clients::with_lean(true);
     let mut c = check();
     c.body_regex = Some(regex::Regex::new("^hello there$").unwrap());
-    for _ in 0..2 {
-        assert_outcome(
-            &run(&clients, &c, &s.url).await,
-            SampleStatus::Ok,
-            "HTTP 200",
-        );
-    }
+    runs_ok(&clients, &c, &s.url, 2).await;
     assert_eq!(s.accepts(), 2);
     let pool = clients.lean_pool().unwrap();
     assert_eq!(pool.idle("127.0.0.1", s.url.port().unwrap()), 0);
@@ -455,13 +436,7 @@ async fn connection_close_and_http_1_0_without_keep_alive_are_not_reused() {
         })
         .await;
         let clients = Clients::with_lean(true);
-        for _ in 0..2 {
-            assert_outcome(
-                &run(&clients, &check(), &s.url).await,
-                SampleStatus::Ok,
-                "HTTP 200",
-            );
-        }
+        runs_ok(&clients, &check(), &s.url, 2).await;
         assert_eq!(s.accepts(), accepts, "{answer:?}");
     }
 }
