@@ -80,10 +80,7 @@ impl Answer<'_, '_> {
     /// short, in words.
     async fn body(self, cap: usize) -> Result<(Vec<u8>, bool), String> {
         match self {
-            Answer::Lean(a) => a
-                .body(cap)
-                .await
-                .map_err(|e| describe(&e, "request failed")),
+            Answer::Lean(a) => a.body(cap).await.map_err(|e| describe(&e)),
             Answer::Full(mut r) => read_capped(&mut r, cap)
                 .await
                 .map_err(|e| describe_error(&e)),
@@ -128,6 +125,38 @@ impl Clients {
         self.lean.as_deref()
     }
 
+    /// One hop's request, through the lean client when it can ask `url`,
+    /// else reqwest; a failure as its status and one line.
+    async fn send_hop<'c>(
+        &self,
+        method: &reqwest::Method,
+        url: &url::Url,
+        headers: &[(&str, &str)],
+        expect_headers: &'c [String],
+    ) -> Result<Answer<'_, 'c>, (SampleStatus, String)> {
+        if let Some(pool) = self.lean_for(url) {
+            let request = h1::Request {
+                method: method.as_str(),
+                url,
+                headers,
+            };
+            return pool
+                .send(&request, expect_headers)
+                .await
+                .map(Answer::Lean)
+                .map_err(|e| (e.status(), describe(&e)));
+        }
+        let mut request = self.no_redirects.request(method.clone(), url.clone());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request
+            .send()
+            .await
+            .map(Answer::Full)
+            .map_err(|e| (classify(&e), describe_error(&e)))
+    }
+
     /// One request to `url` (the probe's endpoint on its color, resolved
     /// by the caller: [`super::http_url`]).
     pub async fn run(&self, check: &HttpCheck, url: Option<&url::Url>) -> Outcome {
@@ -148,47 +177,19 @@ impl Clients {
         let started = Instant::now();
         let mut hops = 0;
         let response = loop {
-            let home = url.origin() == origin;
-            let answer = match self.lean_for(&url) {
-                Some(pool) => {
-                    let request = h1::Request {
-                        method: method.as_str(),
-                        url: &url,
-                        headers: if home { &headers[..] } else { &[] },
-                    };
-                    match pool.send(&request, &check.expect_headers).await {
-                        Ok(a) => Answer::Lean(a),
-                        Err(e) => {
-                            let kind = if e.is_connect() {
-                                "connect failed"
-                            } else {
-                                "request failed"
-                            };
-                            return Outcome::failure(
-                                e.status(),
-                                Some(started.elapsed()),
-                                describe(&e, kind),
-                            );
-                        }
-                    }
-                }
-                None => {
-                    let mut request = self.no_redirects.request(method.clone(), url.clone());
-                    if home {
-                        for (name, value) in &headers {
-                            request = request.header(*name, *value);
-                        }
-                    }
-                    match request.send().await {
-                        Ok(r) => Answer::Full(r),
-                        Err(e) => {
-                            return Outcome::failure(
-                                classify(&e),
-                                Some(started.elapsed()),
-                                describe_error(&e),
-                            );
-                        }
-                    }
+            // Configured headers go only to the probe's own origin.
+            let hop_headers = if url.origin() == origin {
+                &headers[..]
+            } else {
+                &[]
+            };
+            let answer = match self
+                .send_hop(&method, &url, hop_headers, &check.expect_headers)
+                .await
+            {
+                Ok(answer) => answer,
+                Err((status, why)) => {
+                    return Outcome::failure(status, Some(started.elapsed()), why);
                 }
             };
             let next = answer.location().and_then(|l| url.join(l).ok());
@@ -360,38 +361,44 @@ mod libc_errno {
     pub const ENOBUFS: i32 = nix::errno::Errno::ENOBUFS as i32;
 }
 
-/// The lean client's error in one line, after `kind` ("connect failed",
-/// "request failed"), in the words [`describe_error`] uses.
-fn describe(e: &h1::Error, kind: &str) -> String {
-    let mut text = if own_resource_error(e) {
-        format!("rollbackd's own resource error, not the service's: {kind}")
+/// The lean client's error in one line, in the words [`describe_error`]
+/// uses.
+fn describe(e: &h1::Error) -> String {
+    let kind = if e.is_connect() {
+        "connect failed"
     } else {
-        kind.to_owned()
+        "request failed"
     };
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    one_line(kind, e, Some(e))
 }
 
 /// reqwest's errors nest the useful cause (connection refused, reset) deep
 /// in the source chain; flatten it to one line.
 pub fn describe_error(e: &reqwest::Error) -> String {
-    let mut text = if e.is_connect() {
-        "connect failed".to_owned()
+    let kind = if e.is_connect() {
+        "connect failed"
     } else if e.is_timeout() {
-        "timed out".to_owned()
+        "timed out"
     } else {
-        "request failed".to_owned()
+        "request failed"
     };
-    if own_resource_error(e) {
-        // Not the service's failure: the watchdog could not ask.
-        text = format!("rollbackd's own resource error, not the service's: {text}");
-    }
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    one_line(kind, e, std::error::Error::source(e))
+}
+
+/// `kind`, marked as the watchdog's own failure when `e` is one (it could
+/// not ask: not the service's failure), then `chain` and its sources, each
+/// after a colon.
+fn one_line(
+    kind: &str,
+    e: &(dyn std::error::Error + 'static),
+    chain: Option<&dyn std::error::Error>,
+) -> String {
+    let mut text = if own_resource_error(e) {
+        format!("rollbackd's own resource error, not the service's: {kind}")
+    } else {
+        kind.to_owned()
+    };
+    let mut source = chain;
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
