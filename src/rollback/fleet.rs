@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::Context;
+use super::{Context, Hold};
 use crate::model::{IncidentState, Millis};
 
 /// With a shared database (SPEC section 7): only the service's leader
@@ -17,28 +17,22 @@ use crate::model::{IncidentState, Millis};
 ///
 /// Returns why it holds, and when the hold is known to end (another host's
 /// rollback reaching its bound), how soon to ask again.
-pub(super) async fn hold(ctx: &Context<'_>, now: Millis) -> Option<(String, Option<Duration>)> {
+pub(super) async fn hold(ctx: &Context<'_>, now: Millis) -> Option<Hold> {
     let Context { config, store, .. } = *ctx;
     let lead = store.leadership();
     if !lead.may_switch() {
-        return Some((
-            format!(
-                "another daemon leads service {}: only the leader switches (this one probes, decides and records)",
-                config.service
-            ),
-            None,
-        ));
+        return Some(Hold::new(format!(
+            "another daemon leads service {}: only the leader switches (this one probes, decides and records)",
+            config.service
+        )));
     }
     if let Some((host, p)) = store.paused_elsewhere(now).await {
-        return Some((
-            format!(
-                "automatic rollbacks of service {} are paused until {} by host {host}: {}",
-                config.service,
-                crate::model::format_ms(p.until_ms),
-                p.reason
-            ),
-            None,
-        ));
+        return Some(Hold::new(format!(
+            "automatic rollbacks of service {} are paused until {} by host {host}: {}",
+            config.service,
+            crate::model::format_ms(p.until_ms),
+            p.reason
+        )));
     }
     let inc = store.in_flight_elsewhere().await?;
     let bound = config.rollback.timeout + config.rollback.verify_after;
@@ -46,13 +40,13 @@ pub(super) async fn hold(ctx: &Context<'_>, now: Millis) -> Option<(String, Opti
     if age < bound {
         // Asked again as soon as that rollback is past its bound, not at
         // the usual retry a minute on: until then the service is held.
-        return Some((
-            format!(
+        return Some(Hold {
+            why: format!(
                 "host {}'s rollback #{} of service {} is in flight ({}): not run here too",
                 inc.host, inc.id, config.service, inc.state
             ),
-            Some(bound - age),
-        ));
+            retry_in: Some(bound - age),
+        });
     }
     let why = format!(
         "interrupted on host {} in state {}; its outcome is unknown and it was NOT run again by {}: check which color serves traffic",

@@ -204,7 +204,7 @@ pub async fn execute_guarded(
     }
     let now = now_ms();
     if req.trigger == Trigger::Automatic {
-        if let Some((why, retry_in)) = automatic_hold(ctx, now, guards).await? {
+        if let Some(Hold { why, retry_in }) = automatic_hold(ctx, now, guards).await? {
             return Ok(Outcome::Skipped { why, retry_in });
         }
     }
@@ -322,6 +322,24 @@ pub async fn execute_guarded(
     run.proceed().await
 }
 
+/// Why an automatic rollback may not start now, and when it is known to
+/// end (another host's rollback reaching its bound), how soon to ask again;
+/// without that, the usual retry applies.
+pub(super) struct Hold {
+    why: String,
+    retry_in: Option<Duration>,
+}
+
+impl Hold {
+    /// A hold whose end is not known here.
+    fn new(why: String) -> Self {
+        Self {
+            why,
+            retry_in: None,
+        }
+    }
+}
+
 /// Why an automatic rollback may not start now, if it may not. The pause
 /// and cooldown are judged on the monotonic clock (`guards`); the store
 /// says which pause and which last rollback there are.
@@ -329,7 +347,7 @@ async fn automatic_hold(
     ctx: &Context<'_>,
     now: Millis,
     mut guards: Guards,
-) -> Result<Option<(String, Option<Duration>)>, StoreError> {
+) -> Result<Option<Hold>, StoreError> {
     let Context { config, store, .. } = *ctx;
     if let Some(hold) = fleet::hold(ctx, now).await {
         return Ok(Some(hold));
@@ -338,32 +356,24 @@ async fn automatic_hold(
     // Every pause not resumed, whatever the wall clock says of its end.
     guards.learn_pause(store.active_pause(Millis::MIN).await?, now, at);
     if let Some(p) = guards.paused(at) {
-        return Ok(Some((
-            format!(
-                "automatic rollbacks are paused until {}: {}",
-                format_ms(p.until_ms),
-                p.reason
-            ),
-            None,
-        )));
+        return Ok(Some(Hold::new(format!(
+            "automatic rollbacks are paused until {}: {}",
+            format_ms(p.until_ms),
+            p.reason
+        ))));
     }
     if let Some(inc) = store.unresolved_escalation().await? {
-        return Ok(Some((
-            format!(
-                "rollback #{} escalated: no further automatic switch until a deployment is recorded or an operator rolls back",
-                inc.id
-            ),
-            None,
-        )));
+        return Ok(Some(Hold::new(format!(
+            "rollback #{} escalated: no further automatic switch until a deployment is recorded or an operator rolls back",
+            inc.id
+        ))));
     }
     guards.learn_cooldown(
         store.cooldown_start_ms(config.daemon.dry_run).await?,
         now,
         at,
     );
-    Ok(guards
-        .hold(at, config.rollback.cooldown)
-        .map(|why| (why, None)))
+    Ok(guards.hold(at, config.rollback.cooldown).map(Hold::new))
 }
 
 /// When the current failure streak of `color`'s health probes began,
