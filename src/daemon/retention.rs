@@ -1,7 +1,8 @@
 //! Keeping the database bounded: a periodic task that rolls raw samples
 //! older than `[daemon] retention` up into per-minute rollups, deletes them,
 //! deletes rollups older than [`ROLLUP_RETENTION`], and compacts the file
-//! (incremental vacuum, WAL truncation).
+//! (incremental vacuum, WAL truncation); with a shared database, deletes
+//! this host's samples there that are as old.
 //!
 //! The SQL lives in `store.rs`; this file only says when and with which
 //! cut-offs. The daemon starts [`maintain`] and stops it by dropping the
@@ -73,5 +74,24 @@ pub async fn maintain(store: Store, mut retention: watch::Receiver<Duration>) {
             }
             Err(e) => tracing::warn!("database maintenance failed, trying again later: {e}"),
         }
+        prune_shared(&store, now_ms() - duration_ms(raw)).await;
+    }
+}
+
+/// With a shared database, this host's samples there are kept as long as
+/// its journal keeps raw ones: without this the fleet's `samples` table
+/// only grows. A failure (the database away, a role without `DELETE`) is
+/// logged and tried again next period; protection never waits on it.
+async fn prune_shared(store: &Store, before: Millis) {
+    let Some(db) = store.shared() else { return };
+    match db.prune_samples(before).await {
+        Ok(0) => {}
+        Ok(deleted) => tracing::info!(
+            deleted_samples = deleted,
+            "old samples deleted from the shared database"
+        ),
+        Err(e) => tracing::warn!(
+            "old samples not deleted from the shared database, trying again later: {e}"
+        ),
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use rollbackd::model::{Color, Sample, SampleStatus, now_ms};
 use serde_json::Value;
 
 use crate::common::{self, Env, Setup, wait_for};
@@ -389,4 +390,69 @@ async fn the_daemons_role_needs_no_create_once_the_owner_migrated() {
     assert_eq!(db.quarantined("v9").await.unwrap().unwrap().host, "d");
     let created = pg.psql("SELECT has_schema_privilege('rbk_daemon', 'rollbackd', 'CREATE')");
     assert_eq!(created, "f");
+
+    // Pruning old samples needs the one `DELETE` docs/fleet.md grants.
+    let why = db.prune_samples(now_ms()).await.unwrap_err().to_string();
+    assert!(
+        why.contains("deleting old samples") && why.contains("permission denied for table samples"),
+        "{why}"
+    );
+    pg.psql("GRANT DELETE ON rollbackd.samples TO rbk_daemon");
+    assert_eq!(db.prune_samples(now_ms()).await.unwrap(), 0);
+}
+
+fn sample(at_ms: i64) -> Sample {
+    Sample {
+        at_ms,
+        probe: "healthz".into(),
+        color: Some(Color::Blue),
+        deployment: None,
+        ok: true,
+        latency_ms: Some(1.0),
+        status: SampleStatus::Ok,
+        detail: String::new(),
+        requests: None,
+        errors: None,
+    }
+}
+
+/// A daemon's maintenance deletes its own samples older than the
+/// retention from the shared database (or the table only grows), in
+/// bounded chunks, and leaves other hosts' and other services' rows alone.
+#[tokio::test]
+async fn a_hosts_old_shared_samples_are_pruned_and_nobody_elses() {
+    let Some(pg) = Cluster::start() else { return };
+    let secret = rollbackd::config::secret::Secret::resolve(&pg.url()).unwrap();
+    use rollbackd::store::shared::{PRUNE_CHUNK, Shared};
+    let a = Shared::connect(&secret, "a", "svc").await.unwrap();
+    let b = Shared::connect(&secret, "b", "svc").await.unwrap();
+    let other = Shared::connect(&secret, "a", "other").await.unwrap();
+    let cut = now_ms() - 3_600_000;
+    // More old rows than one chunk, so the loop has to go round.
+    let old: Vec<Sample> = (0..PRUNE_CHUNK + 5).map(|i| sample(cut - 1 - i)).collect();
+    let new = [sample(cut), sample(cut + 1000)];
+    for db in [&a, &b, &other] {
+        db.put_samples(&old).await.unwrap();
+    }
+    a.put_samples(&new).await.unwrap();
+
+    assert_eq!(a.prune_samples(cut).await.unwrap(), old.len() as u64);
+    let left = |host: &str, service: &str| {
+        pg.psql(&format!(
+            "SELECT count(*) || ' ' || coalesce(min(at_ms) >= {cut}, true) FROM samples \
+             WHERE host = '{host}' AND service = '{service}'"
+        ))
+    };
+    assert_eq!(
+        left("a", "svc"),
+        "2 true",
+        "only the old rows of a/svc went"
+    );
+    assert_eq!(left("b", "svc"), format!("{} false", old.len()));
+    assert_eq!(left("a", "other"), format!("{} false", old.len()));
+    assert_eq!(
+        a.prune_samples(cut).await.unwrap(),
+        0,
+        "nothing left to prune"
+    );
 }

@@ -32,6 +32,14 @@ pub mod ship;
 /// How long one statement may take before the database counts as lost.
 pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Old samples are deleted from the shared database this many at a time,
+/// and at most [`PRUNE_ROWS`] in one maintenance pass.
+pub const PRUNE_CHUNK: i64 = 10_000;
+/// A pass's bound: 1,000 probes a second on both colors write 1.2 M rows
+/// in the 10 minutes between passes, so a busy host keeps up, and a
+/// backlog (retention shortened, a database moved in) goes over a few.
+pub const PRUNE_ROWS: u64 = 2_000_000;
+
 /// The advisory-lock class of rollbackd's per-service leader locks (the
 /// other key is `hashtext(service)`).
 const LEADER_LOCK_CLASS: i32 = 0x7262_6b64; // "rbkd"
@@ -371,6 +379,34 @@ impl Shared {
         .await
         .map_err(pq("writing samples"))?;
         Ok(())
+    }
+
+    /// Delete this host's samples of its service taken before `before_ms`
+    /// (`[daemon] retention`, as the local journal keeps them), at most
+    /// [`PRUNE_ROWS`] in [`PRUNE_CHUNK`]s: a backlog of months goes over a
+    /// few passes, no statement runs long, and other hosts' rows are theirs
+    /// to prune. Roll-ups stay in each host's journal. Returns how many
+    /// went; the daemons' role needs `DELETE` on `samples` (docs/fleet.md).
+    pub async fn prune_samples(&self, before_ms: Millis) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        while deleted < PRUNE_ROWS {
+            let done = sqlx::query(
+                "DELETE FROM samples WHERE ctid = ANY(ARRAY(SELECT ctid FROM samples \
+                 WHERE service = $1 AND host = $2 AND at_ms < $3 LIMIT $4))",
+            )
+            .bind(&self.service)
+            .bind(&self.host)
+            .bind(before_ms)
+            .bind(PRUNE_CHUNK)
+            .execute(&self.pool)
+            .await
+            .map_err(pq("deleting old samples"))?;
+            deleted += done.rows_affected();
+            if done.rows_affected() < PRUNE_CHUNK as u64 {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Write (or bring up to date) one incident of this host's journal.
