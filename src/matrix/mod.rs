@@ -36,8 +36,10 @@
 //! [`Baseline`] of each probe, and is the worse of two numbers, both in `%`:
 //!
 //! - latency: how much slower the window is than the baseline would have
-//!   been for the same samples, `(sum of latencies / sum over the same
-//!   samples of their probe's baseline latency - 1) x 100`;
+//!   been for the same samples, `(mean latency - the baseline's mean over
+//!   the same samples) / max(that baseline, LATENCY_FLOOR_MS) x 100`: a
+//!   fast service's jitter of a millisecond or two is not a regression
+//!   ([`signal::LATENCY_FLOOR_MS`]);
 //! - error rate: by how many *percentage points* the window's error rate
 //!   exceeds the baseline's for the same requests (1% -> 3% is +2, not
 //!   +200%: a relative increase of a small error rate is noise).

@@ -56,9 +56,17 @@ pub fn latency_p95<'a>(points: impl Iterator<Item = &'a Point>) -> Reading {
     }
 }
 
-/// Percent by which `current` is worse than `baseline` (negative = better).
+/// In `degradation`, a latency baseline counts as at least this: on a
+/// service answering in 2 ms, a loaded host adds 1 ms (+50%) out of
+/// nothing, and the default High rule (`degradation > 50%`) would roll
+/// back a healthy release. With the floor, such a service must be 10 ms
+/// slower to reach +50%; a baseline above the floor is unchanged.
+pub const LATENCY_FLOOR_MS: f64 = 20.0;
+
+/// Percent by which `current` is slower than `baseline` (negative =
+/// faster), of the baseline counted as at least [`LATENCY_FLOOR_MS`].
 pub fn degradation(current: f64, baseline: f64) -> Option<f64> {
-    (baseline > 0.0).then(|| (current / baseline - 1.0) * 100.0)
+    (baseline > 0.0).then(|| (current - baseline) / baseline.max(LATENCY_FLOOR_MS) * 100.0)
 }
 
 #[cfg(test)]
@@ -101,6 +109,8 @@ mod tests {
         assert_eq!(latency_p95(pts.iter()).value, Some(95.0));
         assert_eq!(latency_avg(pts.iter()).value, Some(50.5));
         assert_eq!(degradation(150.0, 100.0), Some(50.0));
+        assert_eq!(degradation(3.0, 2.0), Some(5.0), "of the 20 ms floor");
+        assert_eq!(degradation(1.0, 2.0), Some(-5.0));
     }
 
     #[test]

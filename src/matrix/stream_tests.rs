@@ -660,6 +660,28 @@ fn degradation_counts_error_rate_in_points_and_latency_in_percent() {
     // No baseline: inconclusive, and it says why.
     let v = run(180.0, |_| false, Baseline::default());
     assert_eq!(v.state, State::Inconclusive, "{v:#?}");
+
+    // A fast service: 2 ms -> 3.5 ms is +75% of its baseline, but 1.5 ms is
+    // a loaded machine's noise, not a release to roll back. The baseline
+    // counts as at least the floor: +7.5%, clear.
+    let fast = Baseline {
+        latency_ms: Some(2.0),
+        error_rate: Some(0.0),
+    };
+    let v = run(3.5, |_| false, fast);
+    assert_eq!(v.state, State::Clear, "{v:#?}");
+    assert!(
+        (v.value.unwrap() - 1.5 / signal::LATENCY_FLOOR_MS * 100.0).abs() < 1e-9,
+        "{v:#?}"
+    );
+    // 2 ms -> 40 ms is a regression whatever the floor: +190%, fires.
+    let v = run(40.0, |_| false, fast);
+    assert_eq!(v.state, State::Fired, "{v:#?}");
+    assert!(
+        v.detail.contains("latency 40.0ms vs 2.0ms baseline"),
+        "{}",
+        v.detail
+    );
 }
 
 #[test]

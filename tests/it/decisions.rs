@@ -172,10 +172,10 @@ async fn a_restart_right_after_a_deploy_does_not_judge_it_on_the_old_samples() {
     let hook = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     // No cooldown to hide behind: a second rollback could run at once.
-    // High rules only alert: the default latency degradation (50% over
-    // the previous deployment) compares loopback latencies of about 2 ms,
-    // where a loaded machine makes +1 ms (+50%) out of nothing; what v2's
-    // failures would fire, if counted against v3, is the Critical row.
+    // High rules only alert: what v2's failures would fire, if counted
+    // against v3, is the Critical row, and this keeps the test about it
+    // alone (the latency floor of `degradation` already keeps loopback
+    // jitter from firing the default High rule).
     let env = Env::new(&config(
         &blue.url,
         &green.url,
