@@ -705,6 +705,35 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// A check of `probe` on `color` at `at_ms` that got an answer, good
+    /// (`ok`) or bad, in `latency_ms`: no deployment, no detail, one request.
+    /// Tests and benchmarks build their samples from it (other fields by
+    /// struct update).
+    pub fn answer(
+        at_ms: Millis,
+        probe: &str,
+        color: Option<Color>,
+        ok: bool,
+        latency_ms: f64,
+    ) -> Sample {
+        Sample {
+            at_ms,
+            probe: probe.to_owned(),
+            color,
+            deployment: None,
+            ok,
+            latency_ms: Some(latency_ms),
+            status: if ok {
+                SampleStatus::Ok
+            } else {
+                SampleStatus::Failed
+            },
+            detail: String::new(),
+            requests: None,
+            errors: None,
+        }
+    }
+
     /// Whether the target answered (well or badly): what tells a broken
     /// service from a blind watchdog (SPEC section 2, "An answer is not
     /// blindness").

@@ -799,20 +799,11 @@ mod decision_tests {
 #[cfg(test)]
 mod stream_tests {
     use super::*;
-    use crate::model::SampleStatus;
 
     fn sample(at_ms: Millis) -> Sample {
         Sample {
-            at_ms,
-            probe: "healthz".into(),
-            color: Some(Color::Blue),
             deployment: Some(1),
-            ok: true,
-            latency_ms: Some(1.0),
-            status: SampleStatus::Ok,
-            detail: String::new(),
-            requests: None,
-            errors: None,
+            ..Sample::answer(at_ms, "healthz", Some(Color::Blue), true, 1.0)
         }
     }
 

@@ -320,21 +320,10 @@ pub async fn write_verdicts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Color, SampleStatus};
+    use crate::model::Color;
 
     fn sample(i: i64) -> Sample {
-        Sample {
-            at_ms: 1_000 + i,
-            probe: "healthz".into(),
-            color: Some(Color::Blue),
-            deployment: None,
-            ok: true,
-            latency_ms: Some(1.0),
-            status: SampleStatus::Ok,
-            detail: String::new(),
-            requests: None,
-            errors: None,
-        }
+        Sample::answer(1_000 + i, "healthz", Some(Color::Blue), true, 1.0)
     }
 
     #[tokio::test]

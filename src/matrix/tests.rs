@@ -31,22 +31,7 @@ fn config() -> Config {
 }
 
 fn sample(at_s: i64, probe: &str, color: Option<Color>, ok: bool) -> Sample {
-    Sample {
-        at_ms: at_s * 1000,
-        probe: probe.into(),
-        color,
-        deployment: None,
-        ok,
-        latency_ms: Some(10.0),
-        status: if ok {
-            SampleStatus::Ok
-        } else {
-            SampleStatus::Failed
-        },
-        detail: String::new(),
-        requests: None,
-        errors: None,
-    }
+    Sample::answer(at_s * 1000, probe, color, ok, 10.0)
 }
 
 fn state_of(vs: &[Verdict], prefix: &str) -> State {

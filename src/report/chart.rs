@@ -481,25 +481,9 @@ fn parse_chart(block: &str) -> Result<ParsedChart, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SampleStatus;
 
     fn sample(at_ms: Millis, color: Option<Color>, ok: bool, latency: f64) -> Sample {
-        Sample {
-            at_ms,
-            probe: "healthz".into(),
-            color,
-            deployment: None,
-            ok,
-            latency_ms: Some(latency),
-            status: if ok {
-                SampleStatus::Ok
-            } else {
-                SampleStatus::Failed
-            },
-            detail: String::new(),
-            requests: None,
-            errors: None,
-        }
+        Sample::answer(at_ms, "healthz", color, ok, latency)
     }
 
     #[test]

@@ -770,25 +770,14 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Sample;
     use crate::model::{Color, EventKind, IncidentState, Severity, Trigger};
-    use crate::model::{Sample, SampleStatus};
 
     fn sample(at_ms: Millis, probe: &str, color: Color, ok: bool) -> Sample {
         Sample {
-            at_ms,
-            probe: probe.into(),
-            color: Some(color),
             deployment: Some(1),
-            ok,
-            latency_ms: Some(12.5),
-            status: if ok {
-                SampleStatus::Ok
-            } else {
-                SampleStatus::Failed
-            },
             detail: if ok { String::new() } else { "HTTP 503".into() },
-            requests: None,
-            errors: None,
+            ..Sample::answer(at_ms, probe, Some(color), ok, 12.5)
         }
     }
 

@@ -2,7 +2,7 @@
 //! test covers `incident show --markdown`): well-formed xycharts, a line
 //! per color, and the fault and the decision marked.
 
-use rollbackd::model::{Color, Sample, SampleStatus, Severity, now_ms};
+use rollbackd::model::{Color, Sample, Severity, now_ms};
 use rollbackd::report::chart::parse_charts;
 use rollbackd::store::StoredVerdict;
 
@@ -10,20 +10,8 @@ use crate::common::{self, Env};
 
 fn sample(at_ms: i64, color: Color, ok: bool, latency: f64) -> Sample {
     Sample {
-        at_ms,
-        probe: "healthz".into(),
-        color: Some(color),
         deployment: Some(2),
-        ok,
-        latency_ms: Some(latency),
-        status: if ok {
-            SampleStatus::Ok
-        } else {
-            SampleStatus::Failed
-        },
-        detail: String::new(),
-        requests: None,
-        errors: None,
+        ..Sample::answer(at_ms, "healthz", Some(color), ok, latency)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rollbackd::model::{Color, Sample, SampleStatus, now_ms};
+use rollbackd::model::{Color, Sample, now_ms};
 use serde_json::Value;
 
 use crate::common::{self, Env, Setup, wait_for};
@@ -402,18 +402,7 @@ async fn the_daemons_role_needs_no_create_once_the_owner_migrated() {
 }
 
 fn sample(at_ms: i64) -> Sample {
-    Sample {
-        at_ms,
-        probe: "healthz".into(),
-        color: Some(Color::Blue),
-        deployment: None,
-        ok: true,
-        latency_ms: Some(1.0),
-        status: SampleStatus::Ok,
-        detail: String::new(),
-        requests: None,
-        errors: None,
-    }
+    Sample::answer(at_ms, "healthz", Some(Color::Blue), true, 1.0)
 }
 
 /// A daemon's maintenance deletes its own samples older than the

@@ -419,21 +419,9 @@ async fn timed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SampleStatus;
 
     fn sample(at_ms: Millis) -> Sample {
-        Sample {
-            at_ms,
-            probe: "healthz".into(),
-            color: None,
-            deployment: None,
-            ok: true,
-            latency_ms: Some(1.0),
-            status: SampleStatus::Ok,
-            detail: String::new(),
-            requests: None,
-            errors: None,
-        }
+        Sample::answer(at_ms, "healthz", None, true, 1.0)
     }
 
     #[test]

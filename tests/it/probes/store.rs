@@ -8,18 +8,7 @@ use super::*;
 // the writer
 
 pub(super) fn sample(i: i64) -> Sample {
-    Sample {
-        at_ms: 1_000_000 + i,
-        probe: "healthz".into(),
-        color: Some(Color::Blue),
-        deployment: None,
-        ok: true,
-        latency_ms: Some(1.0),
-        status: SampleStatus::Ok,
-        detail: String::new(),
-        requests: None,
-        errors: None,
-    }
+    Sample::answer(1_000_000 + i, "healthz", Some(Color::Blue), true, 1.0)
 }
 
 /// Another connection holding the write lock, as a CLI command or a
