@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rollbackd::config::Config;
 use rollbackd::matrix::Engine;
-use rollbackd::model::{Color, Sample, SampleStatus};
+use rollbackd::model::{Color, Sample};
 
 const PROBES: usize = 100;
 const HEALTH_PROBES: usize = 10;
@@ -100,22 +100,7 @@ fn config(extra_rules: &str) -> Config {
 fn sample(at_ms: i64, probe: &str, color: Color, seq: u64) -> Sample {
     let h = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
     let ok = h % 100 != 0;
-    Sample {
-        at_ms,
-        probe: probe.to_owned(),
-        color: Some(color),
-        deployment: None,
-        ok,
-        latency_ms: Some(20.0 + (h % 200) as f64),
-        status: if ok {
-            SampleStatus::Ok
-        } else {
-            SampleStatus::Failed
-        },
-        detail: String::new(),
-        requests: None,
-        errors: None,
-    }
+    Sample::answer(at_ms, probe, Some(color), ok, 20.0 + (h % 200) as f64)
 }
 
 struct Figures {

@@ -239,27 +239,12 @@ pub async fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Sample, SampleStatus};
+    use crate::model::Sample;
 
     fn sample(host: &str, ok: bool, latency: f64) -> HostSample {
         HostSample {
             host: host.into(),
-            sample: Sample {
-                at_ms: 0,
-                probe: "healthz".into(),
-                color: Some(Color::Blue),
-                deployment: None,
-                ok,
-                latency_ms: Some(latency),
-                status: if ok {
-                    SampleStatus::Ok
-                } else {
-                    SampleStatus::Failed
-                },
-                detail: String::new(),
-                requests: None,
-                errors: None,
-            },
+            sample: Sample::answer(0, "healthz", Some(Color::Blue), ok, latency),
         }
     }
 

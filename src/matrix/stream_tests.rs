@@ -65,20 +65,9 @@ fn sample(
     counts: Option<(f64, f64)>,
 ) -> Sample {
     Sample {
-        at_ms,
-        probe: probe.into(),
-        color,
-        deployment: None,
-        ok,
-        latency_ms: Some(latency_ms),
-        status: if ok {
-            SampleStatus::Ok
-        } else {
-            SampleStatus::Failed
-        },
-        detail: String::new(),
         requests: counts.map(|c| c.0),
         errors: counts.map(|c| c.1),
+        ..Sample::answer(at_ms, probe, color, ok, latency_ms)
     }
 }
 

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use super::*;
-use crate::model::SampleStatus;
 
 const CONFIG: &str = r#"
 [service]
@@ -45,22 +44,7 @@ fn engine() -> Engine {
 
 /// A blue healthz sample stamped `wall_ms` on the wall clock.
 fn sample(wall_ms: Millis, ok: bool) -> Sample {
-    Sample {
-        at_ms: wall_ms,
-        probe: "healthz".into(),
-        color: Some(Color::Blue),
-        deployment: None,
-        ok,
-        latency_ms: Some(10.0),
-        status: if ok {
-            SampleStatus::Ok
-        } else {
-            SampleStatus::Failed
-        },
-        detail: String::new(),
-        requests: None,
-        errors: None,
-    }
+    Sample::answer(wall_ms, "healthz", Some(Color::Blue), ok, 10.0)
 }
 
 fn state(vs: &[Verdict], rule: &str) -> State {

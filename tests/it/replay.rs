@@ -3,7 +3,7 @@
 
 use std::time::UNIX_EPOCH;
 
-use rollbackd::model::{Color, Sample, SampleStatus, now_ms};
+use rollbackd::model::{Color, Sample, now_ms};
 
 use crate::common::Env;
 
@@ -52,20 +52,8 @@ command = ["/bin/true", "{to}"]
 
 fn sample(at_ms: i64, color: Color, ok: bool, deployment: Option<i64>) -> Sample {
     Sample {
-        at_ms,
-        probe: "healthz".into(),
-        color: Some(color),
         deployment,
-        ok,
-        latency_ms: Some(12.0),
-        status: if ok {
-            SampleStatus::Ok
-        } else {
-            SampleStatus::Failed
-        },
-        detail: String::new(),
-        requests: None,
-        errors: None,
+        ..Sample::answer(at_ms, "healthz", Some(color), ok, 12.0)
     }
 }
 

@@ -1,26 +1,14 @@
 //! `rollbackd report`: numbers computed from a real database.
 
-use rollbackd::model::{Color, Sample, SampleStatus, Severity, now_ms};
+use rollbackd::model::{Color, Sample, Severity, now_ms};
 use rollbackd::store::StoredVerdict;
 
 use crate::common::{self, Env};
 
 fn sample(at_ms: i64, probe: &str, color: Option<Color>, ok: bool, latency: f64) -> Sample {
     Sample {
-        at_ms,
-        probe: probe.into(),
-        color,
         deployment: Some(2),
-        ok,
-        latency_ms: Some(latency),
-        status: if ok {
-            SampleStatus::Ok
-        } else {
-            SampleStatus::Failed
-        },
-        detail: String::new(),
-        requests: None,
-        errors: None,
+        ..Sample::answer(at_ms, probe, color, ok, latency)
     }
 }
 
