@@ -228,8 +228,11 @@ impl Prober {
     ) -> Outcome {
         if let Check::Exec(check) = &probe.check {
             // exec bounds itself: it must kill the process group on timeout,
-            // which dropping its future would not do.
-            return exec::run(check, color, probe.timeout).await;
+            // which dropping its future would not do. Boxed: its future
+            // holds two 4 KiB read buffers, and inline they would make every
+            // probe's run (one allocation per run in flight, `schedule`)
+            // that large, an http probe's too (about 10 KiB instead of 1.6).
+            return Box::pin(exec::run(check, color, probe.timeout)).await;
         }
         let started = Instant::now();
         let work = async {
@@ -369,6 +372,47 @@ impl Transitions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every run in flight is one allocation of `run_at`'s future
+    /// (`schedule`): 100 http probes on both colors hold 200 at once. It
+    /// stays small because exec's run (two 4 KiB read buffers) is boxed;
+    /// inline, it made every probe's run about 10 KiB, and 1000 probes a
+    /// second 5 MiB more resident (docs/benchmarks.md).
+    #[test]
+    fn a_runs_future_is_small_whatever_kinds_of_probe_exist() {
+        let config = Config::parse(
+            std::path::Path::new("/tmp/t.toml"),
+            r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "t"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "a"
+kind = "http"
+path = "/a"
+health = true
+[[probe]]
+name = "x"
+kind = "exec"
+command = ["/bin/true"]
+[rollback]
+command = ["/bin/true"]
+"#,
+        )
+        .unwrap();
+        let prober = Prober::new();
+        for probe in &config.probes {
+            let run = prober.run_at(&config, probe, Some(Color::Blue), None);
+            let size = std::mem::size_of_val(&run);
+            assert!(size < 4096, "{}: {size} bytes", probe.name);
+        }
+    }
 
     #[test]
     fn refused_and_reset_connections_answer_the_rest_does_not() {
