@@ -916,4 +916,21 @@ mod tests {
         assert_eq!(store.resume(150).await.unwrap(), 1);
         assert!(store.active_pause(160).await.unwrap().is_none());
     }
+
+    /// A daemon holds a pause for its length on the monotonic clock
+    /// (`Guards::learn_pause`, reading every pause not resumed): after the
+    /// wall clock stepped forward past the pause's end, the daemon still
+    /// holds it, and `resume` must end it all the same, or nothing could.
+    #[tokio::test]
+    async fn resume_ends_a_pause_the_wall_clock_says_ran_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_dir(dir.path()).await.unwrap();
+        store.pause(100, 200, "maintenance").await.unwrap();
+        // What the daemon reads: still there, whatever the wall clock says.
+        assert!(store.active_pause(Millis::MIN).await.unwrap().is_some());
+        // The clock stepped: at 10_000 nothing is in force by it...
+        assert_eq!(store.resume(10_000).await.unwrap(), 0);
+        // ...and yet the hold the daemon keeps is ended.
+        assert!(store.active_pause(Millis::MIN).await.unwrap().is_none());
+    }
 }

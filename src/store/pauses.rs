@@ -45,19 +45,22 @@ impl Store {
         Ok(id)
     }
 
-    /// End every hold now. Returns how many were active.
+    /// End every hold now; returns how many were in force at `at_ms`.
+    /// Holds the wall clock says have run out are ended too: a daemon
+    /// keeps a hold for its length on the monotonic clock
+    /// (`Guards::learn_pause`), so after the wall clock stepped forward it
+    /// may still be keeping one of them.
     pub async fn resume(&self, at_ms: Millis) -> Result<u64, StoreError> {
         self.fence("resuming")?;
-        let done = sqlx::query(
-            "UPDATE pauses SET resumed_ms = ? WHERE resumed_ms IS NULL AND until_ms > ?",
+        let ends: Vec<Millis> = sqlx::query_scalar(
+            "UPDATE pauses SET resumed_ms = ? WHERE resumed_ms IS NULL RETURNING until_ms",
         )
         .bind(at_ms)
-        .bind(at_ms)
-        .execute(self.db()?)
+        .fetch_all(self.db()?)
         .await
         .map_err(q("resuming"))?;
         self.mirror_item(Item::Resume { at_ms });
-        Ok(done.rows_affected())
+        Ok(ends.iter().filter(|&&until| until > at_ms).count() as u64)
     }
 
     /// The hold in force at `now`, if any (the one that lasts longest).
