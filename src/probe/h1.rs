@@ -11,9 +11,9 @@
 //! put back taken first). A connection is put back only after its answer
 //! was read to the end with nothing left over, and only when the server
 //! keeps it alive. A kept connection the server closed while idle is
-//! dropped at checkout when that shows already, or else the request is
-//! sent again, once, on a fresh connection, when the reused one ended
-//! before any byte of an answer. It owns no redirects, headers' secrecy or
+//! dropped at checkout when that shows already, or else an idempotent
+//! request (not a POST) is sent again, once, on a fresh connection, when
+//! the reused one ended before any byte of an answer. It owns no redirects, headers' secrecy or
 //! verdicts: [`super::http`] does.
 
 use std::io;
@@ -60,6 +60,17 @@ pub struct Request<'a> {
     pub method: &'a str,
     pub url: &'a url::Url,
     pub headers: &'a [(&'a str, &'a str)],
+}
+
+impl Request<'_> {
+    /// Whether sending it twice does what sending it once does (RFC 9110,
+    /// 9.2.2): only such a request is sent again after a reused connection
+    /// closed under it.
+    fn idempotent(&self) -> bool {
+        ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+            .iter()
+            .any(|m| self.method.eq_ignore_ascii_case(m))
+    }
 }
 
 /// Why a request got no complete answer.
@@ -225,8 +236,13 @@ impl Pool {
                     });
                 }
                 // Once: the next turn has a fresh connection, whose
-                // failure is the sample's.
-                Err((e, received)) if reused && !received && e.closed_while_idle() => continue,
+                // failure is the sample's. Only an idempotent request: the
+                // server may have acted on a POST before it closed.
+                Err((e, received))
+                    if reused && !received && e.closed_while_idle() && request.idempotent() =>
+                {
+                    continue;
+                }
                 Err((e, _)) => return Err(e),
             }
         }

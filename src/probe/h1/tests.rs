@@ -267,6 +267,38 @@ async fn a_reused_connection_closed_before_any_answer_is_retried_once_on_a_fresh
     );
 }
 
+/// A POST is not idempotent (RFC 9110, 9.2.2): the server may have acted
+/// on it before the connection closed, so it is never sent twice. The
+/// close is the sample's failure.
+#[tokio::test]
+async fn a_post_on_a_reused_connection_closed_before_any_answer_is_not_sent_again() {
+    let s = server("/", |conn, n, _| {
+        if (conn, n) == (0, 1) {
+            Reply::Close
+        } else {
+            ok("ok")
+        }
+    })
+    .await;
+    let clients = Clients::with_lean(true);
+    let post = HttpCheck {
+        method: reqwest::Method::POST,
+        ..check()
+    };
+    assert_outcome(
+        &run(&clients, &post, &s.url).await,
+        SampleStatus::Ok,
+        "HTTP 200",
+    );
+    assert_outcome(
+        &run(&clients, &post, &s.url).await,
+        SampleStatus::Failed,
+        "connection closed before",
+    );
+    assert_eq!(s.accepts(), 1, "no second connection");
+    assert_eq!(s.heads.lock().unwrap().len(), 2, "each POST sent once");
+}
+
 #[tokio::test]
 async fn a_fresh_connection_closed_before_any_answer_is_the_samples_failure() {
     let s = server("/", |conn, n, _| {
