@@ -240,7 +240,7 @@ fn watch_file(file: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recom
     };
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let relevant = match res {
-            Ok(ev) => ev.paths.iter().any(|p| p.file_name() == name.as_deref()),
+            Ok(ev) => wakes(&ev, name.as_deref()),
             Err(_) => true,
         };
         if relevant {
@@ -252,9 +252,80 @@ fn watch_file(file: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recom
     Ok(watcher)
 }
 
+/// Whether `ev` may have changed the file called `name`. Opening and
+/// reading it (`Access` events, which inotify reports too) does not: the
+/// watcher's own reader opens it on every wake, and counting that as a
+/// change kept the state watcher reading the file and the database in a
+/// loop, at a full core (seen in the fleet tests).
+fn wakes(ev: &notify::Event, name: Option<&std::ffi::OsStr>) -> bool {
+    !matches!(ev.kind, notify::EventKind::Access(_))
+        && ev.paths.iter().any(|p| p.file_name() == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opening_or_reading_the_file_is_no_change_writing_or_replacing_it_is() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        use notify::{Event, EventKind};
+        let name = Some(std::ffi::OsStr::new("active"));
+        let on = |kind| Event::new(kind).add_path("/run/app/active".into());
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+        ] {
+            assert!(!wakes(&on(kind), name), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Any,
+        ] {
+            assert!(wakes(&on(kind), name), "{kind:?}");
+        }
+        let other = Event::new(EventKind::Modify(ModifyKind::Any)).add_path("/run/app/x".into());
+        assert!(!wakes(&other, name), "another file");
+    }
+
+    /// With a real watch: a write wakes it, and then reading the file
+    /// many times wakes nothing (before, each read woke it, and the wake's
+    /// own read woke it again, for ever).
+    #[tokio::test]
+    async fn a_real_watch_wakes_on_a_write_and_not_on_reads() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("active");
+        std::fs::write(&file, "blue\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let _watcher = watch_file(&file, tx).unwrap();
+        std::fs::write(&file, "green\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the write wakes the watch");
+        // The write's later events (truncate, then write) may wake it
+        // once more: let them pass, a bounded number of times.
+        for _ in 0..10 {
+            if tokio::time::timeout(Duration::from_millis(300), rx.recv())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        for _ in 0..20 {
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), "green\n");
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), rx.recv())
+                .await
+                .is_err(),
+            "reading the file woke the watch"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_read_racing_a_writer_is_retried_until_the_color_lands() {

@@ -98,11 +98,21 @@ fn leaders(pg: &Cluster) -> String {
     .unwrap_or_default()
 }
 
+/// Waits for the hosts table to say `want`; on timeout, says what it said
+/// last.
 async fn wait_leaders(pg: &Cluster, want: &str, limit: Duration) {
-    wait_for(&format!("hosts {want:?}"), limit, || async {
-        leaders(pg) == want
-    })
-    .await;
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = leaders(pg);
+        if seen == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for hosts {want:?}; the last seen: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Hosts `a` (the leader, whose switch command takes `a_switch_secs`) and

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::common;
 
@@ -15,7 +17,21 @@ pub struct Cluster {
     pub port: u16,
     /// The non-root user the server runs as when the tests run as root.
     run_as: Option<String>,
+    /// One cluster at a time: two at once, each with a pair of daemons,
+    /// loaded a 2-core machine enough to stretch the 5 s takeover and the
+    /// 20 s waits of the fleet tests (seen locally, not only under CI).
+    /// Released after the server stopped (fields drop after `Drop::drop`).
+    _turn: MutexGuard<'static, ()>,
+    /// When psql last ran (see [`PSQL_SPACING`]).
+    last_psql: Mutex<Option<Instant>>,
 }
+
+/// A psql call is a process and a server backend: the fleet tests' waits,
+/// polling it every 50 ms, kept most of a core busy and starved the
+/// daemons they waited for. Calls are spaced at least this far apart.
+const PSQL_SPACING: Duration = Duration::from_millis(200);
+
+static TURN: Mutex<()> = Mutex::new(());
 
 /// The directory holding `initdb` and `pg_ctl`, newest version first.
 fn bin_dir() -> Option<PathBuf> {
@@ -37,6 +53,8 @@ impl Cluster {
             common::have_tool("/usr/lib/postgresql/*/bin/initdb", "postgresql");
             return None;
         };
+        // A test that panicked held it: the lock guards nothing but turns.
+        let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::Builder::new()
             .prefix("rollbackd-pg-")
             .tempdir()
@@ -57,6 +75,8 @@ impl Cluster {
             bin,
             port: 0,
             run_as,
+            _turn: turn,
+            last_psql: Mutex::new(None),
         };
         let data = cluster.data();
         let out = cluster
@@ -153,6 +173,14 @@ impl Cluster {
 
     /// [`Cluster::psql`], with its error (a table not made yet) returned.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
+        {
+            let mut last = self.last_psql.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(at) = *last {
+                // Spacing a poll, not waiting for readiness.
+                std::thread::sleep(PSQL_SPACING.saturating_sub(at.elapsed()));
+            }
+            *last = Some(Instant::now());
+        }
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .arg(self.url())
