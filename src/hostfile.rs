@@ -2,7 +2,8 @@
 //! blocks until a writer comes, reads that never end), a device (`/dev/zero`
 //! reads for ever), a socket, a directory. Every open here is `O_NONBLOCK`
 //! and refuses anything but a regular file, naming what it found; reads are
-//! bounded. Used by the log followers and the config loader.
+//! bounded. Used by the log followers and the config loader; and
+//! [`may_change`], what the file watches wake on.
 //!
 //! It owns no state and knows nothing of probes or configuration.
 
@@ -85,6 +86,14 @@ pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
     }
     String::from_utf8(bytes)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
+}
+
+/// Whether a file watch's event may have changed the file's content. Opening
+/// and reading it do not (inotify reports them too, our own reads
+/// included): a watch whose handler reads the file on any event wakes
+/// itself for ever.
+pub fn may_change(event: &notify::Event) -> bool {
+    !matches!(event.kind, notify::EventKind::Access(_))
 }
 
 #[cfg(test)]

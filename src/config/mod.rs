@@ -282,6 +282,31 @@ fn placeholders(text: &str) -> impl Iterator<Item = &str> {
 /// `[daemon] assumed_noise`: the failure rate `check` prices rules at.
 pub const DEFAULT_ASSUMED_NOISE: f64 = 0.02;
 
+/// The smallest whole configuration the unit tests start from: one http
+/// health probe `healthz` on two colors nobody answers for, and a rollback
+/// command that does nothing.
+#[cfg(test)]
+pub(crate) const TEST_CONFIG: &str = r#"
+[daemon]
+state_dir = "state"
+listen = "off"
+[service]
+name = "t"
+[colors.blue]
+base_url = "http://127.0.0.1:9"
+[colors.green]
+base_url = "http://127.0.0.1:9"
+[[probe]]
+name = "healthz"
+kind = "http"
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+health = true
+[rollback]
+command = ["/bin/true"]
+"#;
+
 impl Config {
     /// Read, parse and validate: the one path used by `check`, `run` and reload.
     /// Only a regular file of at most [`CONFIG_CAP`] bytes is read: a FIFO

@@ -503,28 +503,14 @@ mod task_tests {
     use crate::model::{Sample, Severity, now_ms};
     use crate::rollback::{PANIC_FAULT, Trigger};
 
-    const CONFIG: &str = r#"
-[daemon]
-state_dir = "state"
-listen = "off"
-[service]
-name = "t"
-[colors.blue]
-base_url = "http://127.0.0.1:9"
-[colors.green]
-base_url = "http://127.0.0.1:9"
-[[probe]]
-name = "healthz"
-kind = "http"
-path = "/healthz"
-interval = "1s"
-timeout = "500ms"
-health = true
-[rollback]
-command = ["/bin/true"]
-verify_target = false
-verify_after = "1s"
-"#;
+    /// The unit tests' configuration, its rollback verified by nothing
+    /// but a 1 s wait.
+    fn config_text() -> String {
+        format!(
+            "{}verify_target = false\nverify_after = \"1s\"\n",
+            crate::config::TEST_CONFIG
+        )
+    }
 
     fn request(reason: &str) -> Request {
         Request {
@@ -563,7 +549,7 @@ verify_after = "1s"
     async fn the_task_rolls_back_the_judged_color_from_the_matrix_streak_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rollbackd.toml");
-        std::fs::write(&path, CONFIG).unwrap();
+        std::fs::write(&path, config_text()).unwrap();
         let config = Arc::new(Config::load(&path).unwrap());
         let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
         let now = now_ms();
@@ -641,7 +627,7 @@ verify_after = "1s"
     async fn a_panicked_rollback_closes_its_incident_frees_the_slot_and_retries_later() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rollbackd.toml");
-        let text = CONFIG;
+        let text = config_text();
         std::fs::write(&path, text).unwrap();
         let config = Arc::new(Config::load(&path).unwrap());
         let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();

@@ -312,26 +312,7 @@ mod tests {
     use super::*;
     use crate::model::now_ms;
 
-    const CONFIG: &str = r#"
-[daemon]
-state_dir = "state"
-listen = "off"
-[service]
-name = "t"
-[colors.blue]
-base_url = "http://127.0.0.1:9"
-[colors.green]
-base_url = "http://127.0.0.1:9"
-[[probe]]
-name = "healthz"
-kind = "http"
-path = "/healthz"
-interval = "1s"
-timeout = "500ms"
-health = true
-[rollback]
-command = ["/bin/true"]
-"#;
+    use crate::config::TEST_CONFIG as CONFIG;
 
     async fn next(handle: &mut Handle) -> Seen {
         tokio::time::timeout(Duration::from_secs(10), handle.seen.recv())

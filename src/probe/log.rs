@@ -440,9 +440,8 @@ impl<S: Sink> FollowedFile<S> {
         let on_read = self.on_read.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let relevant = match &event {
-                // Opening or reading the file (ours included: inotify
-                // reports our own reads) adds nothing to read.
-                Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => false,
+                // Our own reads wake nothing.
+                Ok(e) if !crate::hostfile::may_change(e) => false,
                 Ok(e) => e
                     .paths
                     .iter()

@@ -380,30 +380,11 @@ mod tests {
     /// second 5 MiB more resident (docs/benchmarks.md).
     #[test]
     fn a_runs_future_is_small_whatever_kinds_of_probe_exist() {
+        // The future is one type whatever the probe's kind: one probe
+        // measures it.
         let config = Config::parse(
             std::path::Path::new("/tmp/t.toml"),
-            r#"
-[daemon]
-state_dir = "state"
-listen = "off"
-[service]
-name = "t"
-[colors.blue]
-base_url = "http://127.0.0.1:9"
-[colors.green]
-base_url = "http://127.0.0.1:9"
-[[probe]]
-name = "a"
-kind = "http"
-path = "/a"
-health = true
-[[probe]]
-name = "x"
-kind = "exec"
-command = ["/bin/true"]
-[rollback]
-command = ["/bin/true"]
-"#,
+            crate::config::TEST_CONFIG,
         )
         .unwrap();
         let prober = Prober::new();

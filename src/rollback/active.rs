@@ -252,14 +252,12 @@ fn watch_file(file: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recom
     Ok(watcher)
 }
 
-/// Whether `ev` may have changed the file called `name`. Opening and
-/// reading it (`Access` events, which inotify reports too) does not: the
-/// watcher's own reader opens it on every wake, and counting that as a
-/// change kept the state watcher reading the file and the database in a
-/// loop, at a full core (seen in the fleet tests).
+/// Whether `ev` may have changed the file called `name`. The state
+/// watcher reads the file on every wake, so counting its own open and read
+/// as a change kept it reading the file and the database in a loop, at a
+/// full core (seen in the fleet tests).
 fn wakes(ev: &notify::Event, name: Option<&std::ffi::OsStr>) -> bool {
-    !matches!(ev.kind, notify::EventKind::Access(_))
-        && ev.paths.iter().any(|p| p.file_name() == name)
+    crate::hostfile::may_change(ev) && ev.paths.iter().any(|p| p.file_name() == name)
 }
 
 #[cfg(test)]
@@ -394,26 +392,10 @@ mod tests {
         let path = dir.path().join("rollbackd.toml");
         std::fs::write(
             &path,
-            r#"
-[daemon]
-state_dir = "state"
-listen = "off"
-[service]
-name = "t"
-[colors.blue]
-base_url = "http://127.0.0.1:9"
-[colors.green]
-base_url = "http://127.0.0.1:9"
-[[probe]]
-name = "healthz"
-kind = "http"
-path = "/healthz"
-health = true
-[rollback]
-command = ["/bin/true"]
-[active]
-file = "active-color"
-"#,
+            format!(
+                "{}[active]\nfile = \"active-color\"\n",
+                crate::config::TEST_CONFIG
+            ),
         )
         .unwrap();
         let config = Config::load(&path).unwrap();

@@ -142,6 +142,22 @@ async fn start_pair(pg: &Cluster, a: &Env, b: &Env) -> (Daemon, Daemon) {
     (da, db)
 }
 
+/// The follower either tried and held back, or saw a's switch land first
+/// (then it had nothing to roll back); either way it must not switch,
+/// which the callers assert by counting switches.
+async fn follower_held_or_saw_the_switch(db: &Daemon) {
+    wait_for(
+        "the follower's hold or a's switch seen",
+        Duration::from_secs(30),
+        || async {
+            let log = common::read(&db.log);
+            log.contains("another daemon leads service beluga")
+                || log.contains("active color is now green")
+        },
+    )
+    .await;
+}
+
 fn switches(shared: &Path) -> Vec<String> {
     common::read(&shared.join("switch.log"))
         .lines()
@@ -169,20 +185,7 @@ async fn only_the_leader_of_a_service_switches_it() {
         switched[0].ends_with("|a"),
         "the leader switched: {switched:?}"
     );
-    // The follower decided too, and held back saying why.
-    // The follower either tried and held back, or saw a's switch land
-    // first (then it had nothing to roll back); either way it must not
-    // switch, which the count below asserts.
-    wait_for(
-        "the follower's hold or a's switch seen",
-        Duration::from_secs(30),
-        || async {
-            let log = common::read(&db.log);
-            log.contains("another daemon leads service beluga")
-                || log.contains("active color is now green")
-        },
-    )
-    .await;
+    follower_held_or_saw_the_switch(&db).await;
     // The traffic moved: nothing more happens.
     wait_for("green active", Duration::from_secs(20), || async {
         common::read(&shared.path().join("active")).trim() == "green"
@@ -562,19 +565,7 @@ async fn without_the_database_the_leader_still_switches_and_the_follower_never_d
         !switches(shared.path()).is_empty()
     })
     .await;
-    // The follower either tried and held back, or saw a's switch land
-    // first (then it had nothing to roll back); either way it must not
-    // switch, which the count below asserts.
-    wait_for(
-        "the follower's hold or a's switch seen",
-        Duration::from_secs(30),
-        || async {
-            let log = common::read(&db.log);
-            log.contains("another daemon leads service beluga")
-                || log.contains("active color is now green")
-        },
-    )
-    .await;
+    follower_held_or_saw_the_switch(&db).await;
     let settle = Instant::now();
     wait_for("2 s more", Duration::from_secs(5), || async {
         settle.elapsed() >= Duration::from_secs(2)

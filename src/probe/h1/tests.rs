@@ -236,18 +236,23 @@ async fn a_connection_the_server_closed_while_idle_is_replaced_by_a_fresh_one() 
     assert_eq!(s.accepts(), 3);
 }
 
-#[tokio::test]
-async fn a_reused_connection_closed_before_any_answer_is_retried_once_on_a_fresh_one() {
-    // The first connection takes the second request and closes without a
-    // word: the client cannot have seen it coming.
-    let s = server("/", |conn, n, _| {
+/// A server whose first connection takes the second request and closes
+/// without a word: the client cannot have seen it coming. Every other
+/// request is answered `200`.
+async fn closes_the_second_request() -> Server {
+    server("/", |conn, n, _| {
         if (conn, n) == (0, 1) {
             Reply::Close
         } else {
             ok("ok")
         }
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_before_any_answer_is_retried_once_on_a_fresh_one() {
+    let s = closes_the_second_request().await;
     let clients = Clients::with_lean(true);
     assert_outcome(
         &run(&clients, &check(), &s.url).await,
@@ -272,14 +277,7 @@ async fn a_reused_connection_closed_before_any_answer_is_retried_once_on_a_fresh
 /// close is the sample's failure.
 #[tokio::test]
 async fn a_post_on_a_reused_connection_closed_before_any_answer_is_not_sent_again() {
-    let s = server("/", |conn, n, _| {
-        if (conn, n) == (0, 1) {
-            Reply::Close
-        } else {
-            ok("ok")
-        }
-    })
-    .await;
+    let s = closes_the_second_request().await;
     let clients = Clients::with_lean(true);
     let post = HttpCheck {
         method: reqwest::Method::POST,
