@@ -21,6 +21,7 @@
 //! before it judges the color the cutover made active.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
@@ -72,9 +73,17 @@ pub struct Handle {
     look: Arc<Notify>,
     config: watch::Sender<Arc<Config>>,
     task: JoinHandle<()>,
+    reads: Arc<AtomicU64>,
 }
 
 impl Handle {
+    /// How many times the watcher has read the database (and the `[active]
+    /// file`) since it started: about one a [`PERIOD`] when nothing
+    /// happens.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
     /// Read again now (after a rollback, which changes the active color).
     pub fn look_now(&self) {
         self.look.notify_one();
@@ -108,11 +117,15 @@ pub fn start(
     let (seen_tx, seen_rx) = mpsc::channel(4);
     let (config_tx, config_rx) = watch::channel(config.clone());
     let look = Arc::new(Notify::new());
+    let reads = Arc::new(AtomicU64::new(0));
     let task = tokio::spawn(run(
         config_rx,
         store.clone(),
         hub.clone(),
-        look.clone(),
+        Wakes {
+            look: look.clone(),
+            reads: reads.clone(),
+        },
         seen_tx,
         last,
         active,
@@ -122,14 +135,21 @@ pub fn start(
         look,
         config: config_tx,
         task,
+        reads,
     }
+}
+
+/// The watcher's side of [`Handle::look_now`] and [`Handle::reads`].
+struct Wakes {
+    look: Arc<Notify>,
+    reads: Arc<AtomicU64>,
 }
 
 async fn run(
     mut config: watch::Receiver<Arc<Config>>,
     store: Store,
     hub: Hub,
-    look: Arc<Notify>,
+    wakes: Wakes,
     tx: mpsc::Sender<Seen>,
     mut last: Seen,
     active_tx: watch::Sender<Option<Color>>,
@@ -149,7 +169,7 @@ async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = look.notified() => cooldown_due = true,
+            _ = wakes.look.notified() => cooldown_due = true,
             _ = active_file.changed() => {}
             changed = config.changed() => {
                 if changed.is_err() {
@@ -163,6 +183,7 @@ async fn run(
                 bake_due = Some(Instant::now());
             }
         }
+        wakes.reads.fetch_add(1, Ordering::Relaxed);
         let read = read_some(
             &current,
             &store,
@@ -377,6 +398,53 @@ mod tests {
         assert_eq!(seen.pause, None);
         assert!(!active.has_changed().unwrap(), "blue all along");
 
+        handle.stop().await;
+    }
+
+    /// The watcher's own read of the `[active] file` is no change to it.
+    /// inotify reports opening and reading a file too; a watch that woke
+    /// the watcher on those made it read the file and the database again
+    /// at once, for ever, at a full core. Idle, it reads once a period.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn its_own_reads_of_the_active_file_do_not_wake_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("active-color");
+        std::fs::write(&file, "blue\n").unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        let text = format!(
+            "{CONFIG}\n[active]\nfile = {:?}\n",
+            file.display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let store = Store::open_dir(&config.daemon.state_dir).await.unwrap();
+        let (hub, _worker) = Hub::start(crate::notifier::Policy::default());
+        let (active, first) = read(&config, &store, &Seen::default(), true).await.unwrap();
+        assert_eq!(active, Some(Color::Blue));
+        let (active_tx, mut active) = watch::channel(active);
+        let handle = start(&config, &store, &hub, first, active_tx);
+
+        // Its first read, on starting, then two periods of nothing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.reads() == 0 {
+            assert!(Instant::now() < deadline, "the watcher never read");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = handle.reads();
+        tokio::time::sleep(PERIOD * 2).await;
+        let idle = handle.reads() - before;
+        assert!(
+            idle <= 3,
+            "{idle} reads in two idle periods: the watcher wakes itself"
+        );
+
+        // And it still sees a switch write the file.
+        std::fs::write(&file, "green\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), active.changed())
+            .await
+            .expect("the write was seen")
+            .expect("the watcher runs");
+        assert_eq!(*active.borrow(), Some(Color::Green));
         handle.stop().await;
     }
 }
