@@ -395,6 +395,20 @@ impl Nginx {
         n
     }
 
+    /// Ask until nginx serves `color` or `within` has passed; what it
+    /// served last. Right after a reload an old worker may still take a
+    /// connection or two, and on a loaded machine hold a slow request to
+    /// the former color (up to `serves`' 5 s timeout) for a while.
+    pub async fn settles_on(&self, color: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut serves = self.serves().await;
+        while serves.as_deref() != Some(color) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            serves = self.serves().await;
+        }
+        serves
+    }
+
     /// The color nginx sends the users to now (its `X-Color`).
     pub async fn serves(&self) -> Option<String> {
         let r = reqwest::Client::new()
@@ -726,16 +740,7 @@ async fn expect_rollback(w: &World, t0: i64, limit: Duration) -> Result_ {
             .any(|e| e.message.contains("switch confirmed by traffic")),
         "the switch was not confirmed by the entry: {events:?}"
     );
-    // During nginx's reload the old worker may take a connection or two
-    // more: the new one serves within moments.
-    // Generous: on a loaded machine an old worker may still hold a slow
-    // request to the bad color (up to `serves`' 5 s timeout) for a while.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut serves = w.nginx.serves().await;
-    while serves.as_deref() != Some("green") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        serves = w.nginx.serves().await;
-    }
+    let serves = w.nginx.settles_on("green", Duration::from_secs(20)).await;
     ensure!(
         serves.as_deref() == Some("green"),
         "nginx serves {serves:?} after the rollback, not green; switch calls {:?}; timeline {events:?}; nginx: {}",

@@ -528,9 +528,13 @@ pub(super) async fn kill9_mid_rollback() -> Result_ {
         after >= before,
         "samples lost: {before} before, {after} after"
     );
+    // The restarted daemon saw the entry serve green; an old nginx worker
+    // may still take a request or two right after the reload.
+    let serves = w.nginx.settles_on("green", Duration::from_secs(20)).await;
     ensure!(
-        w.nginx.serves().await.as_deref() == Some("green"),
-        "not on green"
+        serves.as_deref() == Some("green"),
+        "not on green: nginx serves {serves:?}; timeline {:?}",
+        w.timeline(inc.id).await
     );
     w.stop().await;
     Ok(Found {
