@@ -282,11 +282,13 @@ fn placeholders(text: &str) -> impl Iterator<Item = &str> {
 /// `[daemon] assumed_noise`: the failure rate `check` prices rules at.
 pub const DEFAULT_ASSUMED_NOISE: f64 = 0.02;
 
-/// The smallest whole configuration the unit tests start from: one http
-/// health probe `healthz` on two colors nobody answers for, and a rollback
-/// command that does nothing.
+/// The head of the unit tests' configurations, a literal for `concat!`:
+/// `[daemon]` (a relative state directory, no listener), `[service]` and two
+/// colors nobody answers for. A test adds its probes and `[rollback]`.
 #[cfg(test)]
-pub(crate) const TEST_CONFIG: &str = r#"
+macro_rules! test_config_head {
+    () => {
+        r#"
 [daemon]
 state_dir = "state"
 listen = "off"
@@ -296,7 +298,19 @@ name = "t"
 base_url = "http://127.0.0.1:9"
 [colors.green]
 base_url = "http://127.0.0.1:9"
-[[probe]]
+"#
+    };
+}
+#[cfg(test)]
+pub(crate) use test_config_head;
+
+/// The smallest whole configuration the unit tests start from: one http
+/// health probe `healthz` on [`test_config_head`]'s colors, and a rollback
+/// command that does nothing.
+#[cfg(test)]
+pub(crate) const TEST_CONFIG: &str = concat!(
+    test_config_head!(),
+    r#"[[probe]]
 name = "healthz"
 kind = "http"
 path = "/healthz"
@@ -305,7 +319,8 @@ timeout = "500ms"
 health = true
 [rollback]
 command = ["/bin/true"]
-"#;
+"#
+);
 
 impl Config {
     /// Read, parse and validate: the one path used by `check`, `run` and reload.

@@ -194,17 +194,9 @@ impl ProbeJob {
 mod tests {
     use super::*;
 
-    const CONFIG: &str = r#"
-[daemon]
-state_dir = "state"
-listen = "off"
-[service]
-name = "t"
-[colors.blue]
-base_url = "http://127.0.0.1:9"
-[colors.green]
-base_url = "http://127.0.0.1:9"
-[[probe]]
+    const CONFIG: &str = concat!(
+        crate::config::test_config_head!(),
+        r#"[[probe]]
 name = "a"
 kind = "http"
 path = "/a"
@@ -225,7 +217,8 @@ interval = "1s"
 timeout = "500ms"
 [rollback]
 command = ["/bin/true"]
-"#;
+"#
+    );
 
     fn ids(fleet: &Fleet) -> Vec<(&str, tokio::task::Id)> {
         fleet
