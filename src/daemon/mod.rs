@@ -277,7 +277,10 @@ fn start_watcher(config: &Config) -> Option<ConfigWatcher> {
         return None;
     }
     match ConfigWatcher::start(&config.path) {
-        Ok(w) => Some(w),
+        Ok(mut w) => {
+            w.catch_up(config);
+            Some(w)
+        }
         Err(e) => {
             tracing::error!(
                 "cannot watch {} for changes ({e}); SIGHUP still reloads",

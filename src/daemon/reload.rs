@@ -257,6 +257,20 @@ impl ConfigWatcher {
         })
     }
 
+    /// An edit saved after `loaded` was read but before the watch began sent
+    /// no event. Read the file once now: if it differs from `loaded`, or no
+    /// longer loads, that is a pending change like any other, so the usual
+    /// reload takes it (or names what is wrong with it).
+    pub fn catch_up(&mut self, loaded: &Config) {
+        let differs = match Config::load(&self.path) {
+            Ok(now) => !diff(loaded, &now).is_empty(),
+            Err(_) => true,
+        };
+        if differs {
+            self.due.get_or_insert(Instant::now() + self.debounce);
+        }
+    }
+
     /// Resolves once the file changed and events have been quiet for the
     /// debounce period. Never resolves if the watcher's thread is gone.
     pub async fn changed(&mut self) {
@@ -453,5 +467,41 @@ low = "alert"
         // ...once: nothing more is pending.
         let again = tokio::time::timeout(Duration::from_millis(600), watcher.changed()).await;
         assert!(again.is_err(), "one burst was reported twice");
+    }
+
+    /// CI once saw a burst of saves made just after start-up never reload:
+    /// they landed between reading the file and the watch beginning.
+    #[tokio::test]
+    async fn an_edit_made_before_the_watch_began_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollbackd.toml");
+        std::fs::write(&path, BASE).unwrap();
+        let loaded = Config::load(&path).unwrap();
+
+        // Unchanged on disk: nothing to catch up on.
+        let mut watcher = ConfigWatcher::with_debounce(&path, Duration::from_millis(100)).unwrap();
+        watcher.catch_up(&loaded);
+        let quiet = tokio::time::timeout(Duration::from_millis(600), watcher.changed()).await;
+        assert!(quiet.is_err(), "an unchanged file was reported");
+        drop(watcher);
+
+        // Saved after the read, before the watch: reported once.
+        std::fs::write(&path, BASE.replace("1000ms", "900ms")).unwrap();
+        let mut watcher = ConfigWatcher::with_debounce(&path, Duration::from_millis(100)).unwrap();
+        watcher.catch_up(&loaded);
+        tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+            .await
+            .expect("the earlier edit is reported");
+        let again = tokio::time::timeout(Duration::from_millis(600), watcher.changed()).await;
+        assert!(again.is_err(), "the earlier edit was reported twice");
+
+        // A file that no longer loads is a change too: the reload names
+        // its fault.
+        std::fs::write(&path, "[daemon\n").unwrap();
+        let mut watcher = ConfigWatcher::with_debounce(&path, Duration::from_millis(100)).unwrap();
+        watcher.catch_up(&loaded);
+        tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+            .await
+            .expect("a broken file is reported");
     }
 }
