@@ -1,5 +1,5 @@
-//! `incidents`, `samples` and `report` with `--all-hosts`: the same views
-//! over every host of the fleet, read from the shared PostgreSQL (SPEC
+//! `incidents`, `incident show`, `samples` and `report` with `--all-hosts`:
+//! the same views over every host of the fleet, read from the shared PostgreSQL (SPEC
 //! section 7), each row naming its host. Without `[daemon] database`:
 //! one line and exit 78 (see `fleet.rs`).
 
@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::NotFound;
 use super::fleet::{bounded, require};
 use super::table::{Align, render};
 use crate::config::Config;
 use crate::model::{Color, LatencyMean, Millis, duration_ms, format_ms, now_ms};
+use crate::report::incident;
 use crate::store::shared::HostSample;
 
 pub async fn incidents(config: &Config, as_json: bool) -> anyhow::Result<()> {
@@ -55,6 +57,64 @@ pub async fn incidents(config: &Config, as_json: bool) -> anyhow::Result<()> {
         )
     );
     Ok(())
+}
+
+/// `incident show N --all-hosts [--host H]`: H's incident N as H's own
+/// `incident show N` prints it, from the shared database. Without
+/// `--host`, the one host that has an incident N; more than one is a usage
+/// error naming them.
+pub async fn incident(
+    config: &Config,
+    id: i64,
+    host: Option<&str>,
+    as_json: bool,
+    markdown: bool,
+) -> anyhow::Result<()> {
+    let db = require(config, "incident show --all-hosts").await?;
+    let host = match host {
+        Some(h) => h.to_owned(),
+        None => {
+            let hosts = bounded(db.hosts_with_incident(id)).await?;
+            match hosts.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(NotFound(format!(
+                        "no incident #{id} on any host in the shared database (see `rollbackd incidents --all-hosts`)"
+                    ))
+                    .into());
+                }
+                many => {
+                    return Err(NotFound(format!(
+                        "hosts {} each have an incident #{id}: name one with --host",
+                        many.join(", ")
+                    ))
+                    .into());
+                }
+            }
+        }
+    };
+    let Some((inc, events)) = bounded(db.incident_of(&host, id)).await? else {
+        return Err(NotFound(format!(
+            "no incident #{id} of host {host} in the shared database (see `rollbackd incidents --all-hosts`)"
+        ))
+        .into());
+    };
+    let chart = if markdown {
+        let (from, until) = incident::chart_span(&inc, &events);
+        let samples = bounded(db.samples_of_host_between(&host, from, until)).await?;
+        Some(incident::chart_of(&samples, &inc, &events))
+    } else {
+        None
+    };
+    db.close().await;
+    super::incidents::print_incident(
+        &config.service,
+        Some(&host),
+        &inc,
+        &events,
+        as_json,
+        chart.as_deref(),
+    )
 }
 
 pub async fn samples(config: &Config, a: &super::SamplesArgs) -> anyhow::Result<()> {

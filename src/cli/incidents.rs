@@ -12,7 +12,7 @@ use crate::model::{EventKind, IncidentState, format_ms};
 use crate::report::incident::{
     self, color, downtime, evidence_line, label, precise, short_duration, version,
 };
-use crate::store::{IncidentEvent, StoreError};
+use crate::store::{Incident, IncidentEvent, StoreError};
 
 pub async fn list(config: &Config, as_json: bool) -> anyhow::Result<()> {
     let list = open_read_only(config).await?.incidents().await?;
@@ -75,30 +75,63 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         Err(e) => return Err(e.into()),
     };
     let events = store.incident_events(id).await?;
+    let chart = if markdown {
+        Some(incident::chart(&store, &inc, &events).await?)
+    } else {
+        None
+    };
+    print_incident(
+        &config.service,
+        None,
+        &inc,
+        &events,
+        as_json,
+        chart.as_deref(),
+    )
+}
+
+/// One incident as `incident show` prints it: JSON, Markdown (when
+/// `chart` is given) or text. `host` names another host of the fleet whose
+/// incident this is (`--all-hosts`); `None` for this host's own.
+pub fn print_incident(
+    service: &str,
+    host: Option<&str>,
+    inc: &Incident,
+    events: &[IncidentEvent],
+    as_json: bool,
+    chart: Option<&str>,
+) -> anyhow::Result<()> {
     if as_json {
         let evidence: Value = serde_json::from_str(&inc.evidence).unwrap_or(json!(inc.evidence));
+        let mut doc = json!({
+            "incident": inc,
+            "evidence": evidence,
+            "timeline": events,
+            "milestones": milestones(events),
+        });
+        if let Some(host) = host {
+            doc["host"] = json!(host);
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&super::with_rfc3339_times(json!({
-                "incident": inc,
-                "evidence": evidence,
-                "timeline": events,
-                "milestones": milestones(&events),
-            })))?
+            serde_json::to_string_pretty(&super::with_rfc3339_times(doc))?
         );
         return Ok(());
     }
-    if markdown {
-        let chart = incident::chart(&store, &inc, &events).await?;
-        print!(
-            "{}",
-            incident::markdown(&config.service, &inc, &events, &chart)
-        );
+    if let Some(chart) = chart {
+        let service = match host {
+            Some(h) => format!("{service} on host {h}"),
+            None => service.to_owned(),
+        };
+        print!("{}", incident::markdown(&service, inc, events, chart));
         return Ok(());
     }
     println!(
-        "incident #{} ({}, {})",
-        inc.id, inc.severity, inc.trigger_kind
+        "incident #{}{} ({}, {})",
+        inc.id,
+        host.map(|h| format!(" on host {h}")).unwrap_or_default(),
+        inc.severity,
+        inc.trigger_kind
     );
     println!("  reason:   {}", inc.reason);
     if let Some(rule) = &inc.rule {
@@ -119,10 +152,10 @@ pub async fn show(config: &Config, id: i64, as_json: bool, markdown: bool) -> an
         "  outcome:  {}",
         inc.outcome.clone().unwrap_or_else(|| "in progress".into())
     );
-    println!("  downtime: {}", downtime(&inc));
+    println!("  downtime: {}", downtime(inc));
     println!("  evidence: {}", evidence_line(&inc.evidence));
     println!("timeline (UTC):");
-    for e in &events {
+    for e in events {
         println!(
             "  {}  {:<20} {}",
             precise(e.at_ms),

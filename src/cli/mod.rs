@@ -196,6 +196,14 @@ pub enum IncidentAction {
         /// Markdown, for an issue or a postmortem
         #[arg(long, conflicts_with = "json")]
         markdown: bool,
+        /// Another host's incident, from the shared database (its
+        /// timeline, evidence and charts as that host's journal has them)
+        #[arg(long)]
+        all_hosts: bool,
+        /// Whose incident N it is (with --all-hosts; needed when more than
+        /// one host has an incident N)
+        #[arg(long, requires = "all_hosts")]
+        host: Option<String>,
     },
 }
 
@@ -320,7 +328,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Incidents(a) if a.all_hosts => all_hosts::incidents(&config, a.json).await,
         Command::Incidents(a) => incidents::list(&config, a.json).await,
         Command::Incident(IncidentArgs {
-            action: IncidentAction::Show { id, json, markdown },
+            action:
+                IncidentAction::Show {
+                    id,
+                    json,
+                    markdown,
+                    all_hosts: true,
+                    host,
+                },
+        }) => all_hosts::incident(&config, id, host.as_deref(), json, markdown).await,
+        Command::Incident(IncidentArgs {
+            action: IncidentAction::Show {
+                id, json, markdown, ..
+            },
         }) => incidents::show(&config, id, json, markdown).await,
         Command::Samples(a) if a.all_hosts => all_hosts::samples(&config, &a).await,
         Command::Samples(a) => samples::run(&config, a).await,

@@ -24,6 +24,14 @@ pub async fn chart(
     inc: &Incident,
     events: &[IncidentEvent],
 ) -> Result<String, StoreError> {
+    let (from, until) = chart_span(inc, events);
+    let samples = store.samples_between(from, until).await?;
+    Ok(chart_of(&samples, inc, events))
+}
+
+/// The first and last moments of an incident: its opening or first event,
+/// and its close (or now) or last event.
+fn incident_bounds(inc: &Incident, events: &[IncidentEvent]) -> (Millis, Millis) {
     let first = events
         .iter()
         .map(|e| e.at_ms)
@@ -37,8 +45,27 @@ pub async fn chart(
         .max()
         .unwrap_or(inc.opened_ms)
         .max(inc.closed_ms.unwrap_or(now));
-    let (from, until) = (first - CHART_MARGIN_MS, (last + CHART_MARGIN_MS).min(now));
-    let samples = store.samples_between(from, until).await?;
+    (first, last)
+}
+
+/// The samples an incident's chart reads: `[from, until)`.
+pub fn chart_span(inc: &Incident, events: &[IncidentEvent]) -> (Millis, Millis) {
+    let (first, last) = incident_bounds(inc, events);
+    (
+        first - CHART_MARGIN_MS,
+        (last + CHART_MARGIN_MS).min(crate::model::now_ms()),
+    )
+}
+
+/// [`chart`] drawn from `samples`, the ones [`chart_span`] names (this
+/// host's journal, or a host's rows in the shared database).
+pub fn chart_of(
+    samples: &[crate::model::Sample],
+    inc: &Incident,
+    events: &[IncidentEvent],
+) -> String {
+    let (first, last) = incident_bounds(inc, events);
+    let (from, until) = chart_span(inc, events);
     let start = samples
         .iter()
         .map(|s| s.at_ms)
@@ -46,7 +73,7 @@ pub async fn chart(
         .unwrap_or(from)
         .min(first);
     let mut timeline = crate::report::chart::Timeline::new(start, until.max(last));
-    for s in &samples {
+    for s in samples {
         timeline.add(s);
     }
     for (state, kind) in [
@@ -64,7 +91,7 @@ pub async fn chart(
             timeline.mark(e.at_ms, kind);
         }
     }
-    Ok(timeline.markdown())
+    timeline.markdown()
 }
 
 /// The post-mortem starter: summary, severity, timeline, the charts

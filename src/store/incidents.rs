@@ -76,31 +76,33 @@ pub struct IncidentEvent {
     pub message: String,
 }
 
+/// An incident's row as both backends return it (the shared database's
+/// query names its columns to match: `shared/timeline.rs`).
 #[derive(FromRow)]
 pub(super) struct IncidentRow {
-    id: i64,
-    opened_ms: i64,
-    closed_ms: Option<i64>,
-    trigger_kind: String,
-    severity: String,
-    rule: Option<String>,
-    reason: String,
-    evidence: String,
-    from_color: Option<String>,
-    to_color: Option<String>,
-    from_version: Option<String>,
-    to_version: Option<String>,
-    state: String,
-    outcome: Option<String>,
-    downtime_ms: Option<i64>,
-    in_flight: Option<i64>,
-    holder: Option<String>,
-    switch_pgid: Option<i64>,
+    pub(super) id: i64,
+    pub(super) opened_ms: i64,
+    pub(super) closed_ms: Option<i64>,
+    pub(super) trigger_kind: String,
+    pub(super) severity: String,
+    pub(super) rule: Option<String>,
+    pub(super) reason: String,
+    pub(super) evidence: String,
+    pub(super) from_color: Option<String>,
+    pub(super) to_color: Option<String>,
+    pub(super) from_version: Option<String>,
+    pub(super) to_version: Option<String>,
+    pub(super) state: String,
+    pub(super) outcome: Option<String>,
+    pub(super) downtime_ms: Option<i64>,
+    pub(super) in_flight: Option<i64>,
+    pub(super) holder: Option<String>,
+    pub(super) switch_pgid: Option<i64>,
 }
 
 /// A stored word parsed into its type, or [`StoreError::Unrecognised`]
 /// naming the text (never a panic, never a silent default).
-fn parsed<T: std::str::FromStr<Err = String>>(
+pub(super) fn parsed<T: std::str::FromStr<Err = String>>(
     what: &'static str,
     text: &str,
 ) -> Result<T, StoreError> {
@@ -286,6 +288,7 @@ impl Store {
         insert_event(&mut tx, id, at_ms, kind, message).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
+        self.mirror_item(Item::Incident(id));
         Ok(())
     }
 
@@ -332,6 +335,7 @@ impl Store {
         insert_event(&mut tx, id, at_ms, IncidentState::Switching.into(), message).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
+        self.mirror_item(Item::Incident(id));
         Ok(())
     }
 
@@ -440,8 +444,22 @@ impl Store {
     }
 
     pub async fn incident_events(&self, id: i64) -> Result<Vec<IncidentEvent>, StoreError> {
+        Ok(self
+            .numbered_incident_events(id)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// The timeline with each event's id in the journal (what the mirror
+    /// keys it by in the shared database).
+    pub(super) async fn numbered_incident_events(
+        &self,
+        id: i64,
+    ) -> Result<Vec<(i64, IncidentEvent)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT at_ms, state, message FROM incident_events WHERE incident_id = ? ORDER BY at_ms, id",
+            "SELECT id, at_ms, state, message FROM incident_events WHERE incident_id = ? ORDER BY at_ms, id",
         )
         .bind(id)
         .fetch_all(self.db()?)
@@ -449,11 +467,14 @@ impl Store {
         .map_err(q("reading an incident timeline"))?;
         rows.into_iter()
             .map(|r| {
-                Ok(IncidentEvent {
-                    at_ms: r.get("at_ms"),
-                    state: parsed("a timeline event kind", r.get("state"))?,
-                    message: r.get("message"),
-                })
+                Ok((
+                    r.get("id"),
+                    IncidentEvent {
+                        at_ms: r.get("at_ms"),
+                        state: parsed("a timeline event kind", r.get("state"))?,
+                        message: r.get("message"),
+                    },
+                ))
             })
             .collect()
     }

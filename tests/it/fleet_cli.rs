@@ -37,6 +37,7 @@ async fn one_host_quarantine_gate_deploy_and_lift_without_a_shared_database() {
         &["incidents", "--all-hosts"],
         &["samples", "--all-hosts"],
         &["report", "--all-hosts"],
+        &["incident", "show", "1", "--all-hosts"],
     ] {
         let out = env.cli(args);
         let stderr = text(&out.stderr);
@@ -253,6 +254,61 @@ async fn a_version_rolled_back_on_one_host_is_quarantined_on_the_other() {
         table.starts_with("HOST") && table.contains("\na ") && table.contains("v2"),
         "{table}"
     );
+
+    // ...with its whole record: once A closed it, B's `incident show 1
+    // --all-hosts` says what A's own `incident show 1` says.
+    let own = || json(&a.env, &["incident", "show", "1", "--json"]);
+    let theirs = || json(&b, &["incident", "show", "1", "--all-hosts", "--json"]);
+    wait_for(
+        "a's closed incident and its timeline in the shared database",
+        Duration::from_secs(30),
+        || async {
+            let (own, theirs) = (own(), theirs());
+            !own["incident"]["closed"].is_null()
+                && theirs["timeline"] == own["timeline"]
+                && theirs["incident"]["state"] == own["incident"]["state"]
+        },
+    )
+    .await;
+    let (own, theirs) = (own(), theirs());
+    assert_eq!(theirs["host"], "a", "{theirs}");
+    for key in ["timeline", "evidence", "milestones"] {
+        assert_eq!(theirs[key], own[key], "{key}: {theirs}\n{own}");
+    }
+    for key in ["outcome", "downtime_ms", "from_version", "closed"] {
+        assert_eq!(theirs["incident"][key], own["incident"][key], "{key}");
+    }
+    assert!(
+        own["timeline"].as_array().unwrap().len() >= 3,
+        "a timeline of the rollback: {own}"
+    );
+    let shown = b.cli_ok(&["incident", "show", "1", "--all-hosts", "--host", "a"]);
+    assert!(
+        shown.starts_with("incident #1 on host a (") && shown.contains("timeline (UTC):"),
+        "{shown}"
+    );
+    let report = b.cli_ok(&["incident", "show", "1", "--all-hosts", "--markdown"]);
+    assert!(
+        report.starts_with("# Incident #1: ") && report.contains("beluga on host a"),
+        "{report}"
+    );
+    assert!(
+        report.contains("xychart-beta"),
+        "a's samples are charted: {report}"
+    );
+    // An incident no host has, and one B does not have: usage errors.
+    for args in [
+        &["incident", "show", "9", "--all-hosts"][..],
+        &["incident", "show", "1", "--all-hosts", "--host", "b"],
+    ] {
+        let out = b.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("no incident #"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 
     // The fleet: both hosts, one leader (A).
     let fleet = json(&b, &["fleet", "--json"]);

@@ -4,8 +4,8 @@
 //! Each daemon keeps its local SQLite file as its journal: every decision,
 //! switch and crash recovery reads and writes there, so protection never
 //! waits on a network database. With `[daemon] database`, the store also
-//! mirrors what it writes (samples, incidents, deployments, quarantines,
-//! a heartbeat) into PostgreSQL, every row tagged with host and service,
+//! mirrors what it writes (samples, incidents with their timelines,
+//! deployments, quarantines, a heartbeat) into PostgreSQL, every row tagged with host and service,
 //! through a bounded queue ([`ship`]) that survives the database's absence
 //! and catches up when it returns. What only the shared database can say
 //! (a version quarantined on another host, the fleet, incidents of every
@@ -22,12 +22,13 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::{Deployment, Incident, StoreError};
+use super::{Deployment, StoreError};
 use crate::config::secret::Secret;
 use crate::model::{Millis, Sample};
 
 pub mod leader;
 pub mod ship;
+mod timeline;
 
 /// How long one statement may take before the database counts as lost.
 pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -409,39 +410,6 @@ impl Shared {
         Ok(deleted)
     }
 
-    /// Write (or bring up to date) one incident of this host's journal.
-    pub async fn put_incident(&self, i: &Incident) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO incidents (host, service, id, opened_ms, closed_ms, trigger_kind, \
-             severity, rule, reason, from_color, to_color, from_version, to_version, state, \
-             outcome, in_flight) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             ON CONFLICT (service, host, id) DO UPDATE SET closed_ms = $5, rule = $8, \
-             reason = $9, from_color = $10, to_color = $11, from_version = $12, \
-             to_version = $13, state = $14, outcome = $15, in_flight = $16",
-        )
-        .bind(&self.host)
-        .bind(&self.service)
-        .bind(i.id)
-        .bind(i.opened_ms)
-        .bind(i.closed_ms)
-        .bind(i.trigger_kind.as_str())
-        .bind(i.severity.as_str())
-        .bind(&i.rule)
-        .bind(&i.reason)
-        .bind(i.from_color.map(|c| c.as_str()))
-        .bind(i.to_color.map(|c| c.as_str()))
-        .bind(&i.from_version)
-        .bind(&i.to_version)
-        .bind(i.state.as_str())
-        .bind(&i.outcome)
-        .bind(i.in_flight)
-        .execute(&self.pool)
-        .await
-        .map_err(pq("writing an incident"))?;
-        Ok(())
-    }
-
     pub async fn put_deployment(&self, d: &Deployment) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO deployments (host, service, id, color, version, at_ms, source) \
@@ -667,6 +635,20 @@ impl Shared {
         color: Option<crate::model::Color>,
         since_ms: Millis,
     ) -> Result<Vec<HostSample>, StoreError> {
+        self.samples_where(None, probe, color, since_ms, Millis::MAX)
+            .await
+    }
+
+    /// This service's samples in `[from, until)`, of one host, probe and
+    /// color when given; oldest first, at most 100,000.
+    async fn samples_where(
+        &self,
+        host: Option<&str>,
+        probe: Option<&str>,
+        color: Option<crate::model::Color>,
+        from_ms: Millis,
+        until_ms: Millis,
+    ) -> Result<Vec<HostSample>, StoreError> {
         type Row = (
             String,
             i64,
@@ -681,14 +663,17 @@ impl Shared {
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT host, at_ms, probe, color, ok, latency_ms, status, detail, requests, errors \
-             FROM samples WHERE service = $1 AND at_ms >= $2 \
-             AND ($3::text IS NULL OR probe = $3) AND ($4::text IS NULL OR color = $4) \
+             FROM samples WHERE service = $1 AND at_ms >= $2 AND at_ms < $3 \
+             AND ($4::text IS NULL OR probe = $4) AND ($5::text IS NULL OR color = $5) \
+             AND ($6::text IS NULL OR host = $6) \
              ORDER BY at_ms, host LIMIT 100000",
         )
         .bind(&self.service)
-        .bind(since_ms)
+        .bind(from_ms)
+        .bind(until_ms)
         .bind(probe)
         .bind(color.map(|c| c.as_str()))
+        .bind(host)
         .fetch_all(&self.pool)
         .await
         .map_err(pq("reading samples"))?;

@@ -370,7 +370,10 @@ impl Shipper {
         match &item {
             Item::Samples(samples) => timed(self.shared.put_samples(samples)).await?,
             Item::Incident(id) => match self.local.incident(*id).await {
-                Ok(incident) => timed(self.shared.put_incident(&incident)).await?,
+                Ok(incident) => {
+                    let events = self.local.numbered_incident_events(*id).await?;
+                    timed(self.shared.put_incident_with_timeline(&incident, &events)).await?
+                }
                 // Gone from the journal (never committed): nothing to send.
                 Err(StoreError::NoIncident(_)) => {}
                 Err(e) => return Err(e),

@@ -1,0 +1,153 @@
+//! One incident's whole record in the shared database: the row with its
+//! evidence and downtime, its timeline, and the samples around it, so that
+//! `incident show N --all-hosts --host H` on any host of the fleet shows
+//! what `incident show N` shows on H. The mirror writes it
+//! (`ship.rs`, at every change of the incident); commands read it.
+
+use super::{Shared, pq};
+use crate::model::{Millis, Sample};
+use crate::store::incidents::{IncidentRow, parsed};
+use crate::store::{Incident, IncidentEvent, StoreError};
+
+impl Shared {
+    /// Write (or bring up to date) one incident of this host's journal with
+    /// its timeline. Events are keyed by their id in the journal: an event
+    /// shipped twice is written once, and none is ever rewritten.
+    pub async fn put_incident_with_timeline(
+        &self,
+        i: &Incident,
+        events: &[(i64, IncidentEvent)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(pq("writing an incident"))?;
+        sqlx::query(
+            "INSERT INTO incidents (host, service, id, opened_ms, closed_ms, trigger_kind, \
+             severity, rule, reason, from_color, to_color, from_version, to_version, state, \
+             outcome, in_flight, evidence, downtime_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18) \
+             ON CONFLICT (service, host, id) DO UPDATE SET closed_ms = $5, rule = $8, \
+             reason = $9, from_color = $10, to_color = $11, from_version = $12, \
+             to_version = $13, state = $14, outcome = $15, in_flight = $16, evidence = $17, \
+             downtime_ms = $18",
+        )
+        .bind(&self.host)
+        .bind(&self.service)
+        .bind(i.id)
+        .bind(i.opened_ms)
+        .bind(i.closed_ms)
+        .bind(i.trigger_kind.as_str())
+        .bind(i.severity.as_str())
+        .bind(&i.rule)
+        .bind(&i.reason)
+        .bind(i.from_color.map(|c| c.as_str()))
+        .bind(i.to_color.map(|c| c.as_str()))
+        .bind(&i.from_version)
+        .bind(&i.to_version)
+        .bind(i.state.as_str())
+        .bind(&i.outcome)
+        .bind(i.in_flight)
+        .bind(&i.evidence)
+        .bind(i.downtime_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(pq("writing an incident"))?;
+        if !events.is_empty() {
+            let ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
+            let at: Vec<i64> = events.iter().map(|(_, e)| e.at_ms).collect();
+            let state: Vec<&str> = events.iter().map(|(_, e)| e.state.as_str()).collect();
+            let message: Vec<&str> = events.iter().map(|(_, e)| e.message.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO incident_events (host, service, incident_id, id, at_ms, state, \
+                 message) \
+                 SELECT $1, $2, $3, * FROM UNNEST($4::bigint[], $5::bigint[], $6::text[], \
+                 $7::text[]) ON CONFLICT (service, host, id) DO NOTHING",
+            )
+            .bind(&self.host)
+            .bind(&self.service)
+            .bind(i.id)
+            .bind(ids)
+            .bind(at)
+            .bind(state)
+            .bind(message)
+            .execute(&mut *tx)
+            .await
+            .map_err(pq("writing an incident's timeline"))?;
+        }
+        tx.commit().await.map_err(pq("writing an incident"))?;
+        Ok(())
+    }
+
+    /// The hosts of this service whose journal has an incident `id`.
+    pub async fn hosts_with_incident(&self, id: i64) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT host FROM incidents WHERE service = $1 AND id = $2 ORDER BY host",
+        )
+        .bind(&self.service)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pq("reading incidents"))
+    }
+
+    /// Incident `id` of `host` (this service), with its timeline; `None`
+    /// when the shared database has no such incident.
+    pub async fn incident_of(
+        &self,
+        host: &str,
+        id: i64,
+    ) -> Result<Option<(Incident, Vec<IncidentEvent>)>, StoreError> {
+        // Named as the journal names them, so one conversion serves both.
+        let row: Option<IncidentRow> = sqlx::query_as(
+            "SELECT id, opened_ms, closed_ms, trigger_kind, severity, rule, reason, evidence, \
+             from_color, to_color, from_version, to_version, state, outcome, downtime_ms, \
+             CASE WHEN in_flight THEN 1::bigint END AS in_flight, NULL::text AS holder, \
+             NULL::bigint AS switch_pgid \
+             FROM incidents WHERE service = $1 AND host = $2 AND id = $3",
+        )
+        .bind(&self.service)
+        .bind(host)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pq("reading an incident"))?;
+        let Some(row) = row else { return Ok(None) };
+        let incident = Incident::try_from(row)?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT at_ms, state, message FROM incident_events \
+             WHERE service = $1 AND host = $2 AND incident_id = $3 ORDER BY at_ms, id",
+        )
+        .bind(&self.service)
+        .bind(host)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pq("reading an incident's timeline"))?;
+        let events = rows
+            .into_iter()
+            .map(|(at_ms, state, message)| {
+                Ok(IncidentEvent {
+                    at_ms,
+                    state: parsed("a timeline event kind", &state)?,
+                    message,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some((incident, events)))
+    }
+
+    /// `host`'s samples of this service in `[from, until)`, oldest first
+    /// (an incident's chart).
+    pub async fn samples_of_host_between(
+        &self,
+        host: &str,
+        from_ms: Millis,
+        until_ms: Millis,
+    ) -> Result<Vec<Sample>, StoreError> {
+        Ok(self
+            .samples_where(Some(host), None, None, from_ms, until_ms)
+            .await?
+            .into_iter()
+            .map(|s| s.sample)
+            .collect())
+    }
+}
