@@ -95,6 +95,7 @@ fn host_json(h: &FleetHost, now: Millis) -> serde_json::Value {
         "interval_ms": h.interval_ms,
         "backlog": h.backlog,
         "dropped": h.dropped,
+        "verdicts": h.verdicts,
     })
 }
 
@@ -458,6 +459,7 @@ mod tests {
             leader,
             backlog: 0,
             dropped: 0,
+            verdicts: Vec::new(),
         }
     }
 

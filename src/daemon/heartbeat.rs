@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::matrix::{State, Verdict};
 use crate::model::{Color, Millis};
 use crate::store::Store;
-use crate::store::shared::Beat;
 use crate::store::shared::leader::Leadership;
+use crate::store::shared::{Beat, HostVerdict};
 
 /// The worst current verdict on `active`: a fired rule before an
 /// inconclusive one before a clear one, the more severe first.
@@ -80,6 +80,18 @@ pub async fn run(config: Arc<Config>, store: Store, snapshot: watch::Receiver<Sn
                 store.leadership(),
                 Leadership::Leader | Leadership::LeaderOffline
             ),
+            verdicts: snap
+                .verdicts
+                .iter()
+                .filter(|v| Some(v.color) == snap.active)
+                .map(|v| HostVerdict {
+                    rule: v.rule.clone(),
+                    severity: v.severity.as_str().to_owned(),
+                    state: v.state.as_str().to_owned(),
+                    value: v.value,
+                    detail: v.detail.clone(),
+                })
+                .collect(),
         });
         if snap.stopping || snapshot.has_changed().is_err() {
             return;

@@ -166,16 +166,36 @@ fn switches(shared: &Path) -> Vec<String> {
 }
 
 /// Two daemons watch one service: only the leader switches, and the
-/// follower probes, decides and says why it does not switch.
+/// follower probes, decides (its verdicts are in `fleet`) and says why it
+/// does not switch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_of_a_service_switches_it() {
     let Some(pg) = Cluster::start() else { return };
     let (blue, green) = (Color::start().await, Color::start().await);
     let shared = tempfile::tempdir().unwrap();
     std::fs::write(shared.path().join("active"), "blue\n").unwrap();
-    let (da, db, _hosts) = pair(&pg, &blue, &green, shared.path(), 0).await;
+    // A's switch takes 6 s: blue stays active, and failing, that long.
+    let (da, db, hosts) = pair(&pg, &blue, &green, shared.path(), 6).await;
 
     blue.set(503);
+    wait_for(
+        "the follower's fired verdict in `fleet`",
+        Duration::from_secs(30),
+        || async {
+            let out = hosts[1].cli_ok(&["fleet", "--json"]);
+            let fleet: serde_json::Value = serde_json::from_str(&out).unwrap();
+            fleet["hosts"].as_array().unwrap().iter().any(|h| {
+                h["host"] == "b"
+                    && !h["leader"].as_bool().unwrap()
+                    && h["verdicts"].as_array().unwrap().iter().any(|v| {
+                        v["state"] == "fired"
+                            && v["severity"] == "critical"
+                            && v["rule"].as_str().is_some_and(|r| !r.is_empty())
+                    })
+            })
+        },
+    )
+    .await;
     wait_for("a switch", Duration::from_secs(30), || async {
         !switches(shared.path()).is_empty()
     })

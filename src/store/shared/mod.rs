@@ -78,6 +78,19 @@ pub struct Beat {
     pub open_incidents: i64,
     pub last_sample_ms: Option<Millis>,
     pub leader: bool,
+    /// Every rule's current verdict on the active color.
+    pub verdicts: Vec<HostVerdict>,
+}
+
+/// One rule's current verdict as a host's heartbeat carries it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct HostVerdict {
+    pub rule: String,
+    pub severity: String,
+    /// `fired`, `inconclusive` or `clear`.
+    pub state: String,
+    pub value: Option<f64>,
+    pub detail: String,
 }
 
 /// One daemon as `rollbackd fleet` shows it.
@@ -98,6 +111,9 @@ pub struct FleetHost {
     /// rows it had to drop (as its last heartbeat said).
     pub backlog: i64,
     pub dropped: i64,
+    /// Its current verdicts on its active color, as its last heartbeat
+    /// said (a follower decides too).
+    pub verdicts: Vec<HostVerdict>,
 }
 
 impl FleetHost {
@@ -303,12 +319,12 @@ impl Shared {
         sqlx::query(
             "INSERT INTO hosts (host, service, started_ms, seen_ms, interval_ms, active_color, \
              active_version, worst_state, worst_rule, open_incidents, last_sample_ms, leader, \
-             backlog, dropped) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             backlog, dropped, verdicts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT (service, host) DO UPDATE SET started_ms = $3, seen_ms = $4, \
              interval_ms = $5, active_color = $6, active_version = $7, worst_state = $8, \
              worst_rule = $9, open_incidents = $10, last_sample_ms = $11, leader = $12, \
-             backlog = $13, dropped = $14",
+             backlog = $13, dropped = $14, verdicts = $15",
         )
         .bind(&self.host)
         .bind(&self.service)
@@ -324,6 +340,7 @@ impl Shared {
         .bind(b.leader)
         .bind(backlog)
         .bind(dropped)
+        .bind(serde_json::to_string(&b.verdicts).unwrap_or_else(|_| "[]".to_owned()))
         .execute(&self.pool)
         .await
         .map_err(pq("publishing the heartbeat"))?;
@@ -526,11 +543,12 @@ impl Shared {
             bool,
             i64,
             i64,
+            String,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT host, service, seen_ms, interval_ms, active_color, active_version, \
-             worst_state, worst_rule, open_incidents, last_sample_ms, leader, backlog, dropped \
-             FROM hosts ORDER BY service, host",
+             worst_state, worst_rule, open_incidents, last_sample_ms, leader, backlog, dropped, \
+             verdicts FROM hosts ORDER BY service, host",
         )
         .fetch_all(&self.pool)
         .await
@@ -551,6 +569,9 @@ impl Shared {
                 leader: r.10,
                 backlog: r.11,
                 dropped: r.12,
+                // Written by rollbackd's own heartbeat; a row it cannot read
+                // (a newer version's) shows no verdicts rather than failing.
+                verdicts: serde_json::from_str(&r.13).unwrap_or_default(),
             })
             .collect())
     }
