@@ -140,8 +140,26 @@ pub async fn run(config: &Config, a: FleetArgs) -> anyhow::Result<()> {
     }
     let hosts = bounded(db.fleet()).await?;
     db.close().await;
+    print(&hosts, as_json)
+}
+
+/// `status --all-hosts`: `fleet`, for this configuration's service only.
+pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<()> {
+    let db = require(config, "status --all-hosts").await?;
+    let hosts: Vec<FleetHost> = bounded(db.fleet())
+        .await?
+        .into_iter()
+        .filter(|h| h.service == config.service)
+        .collect();
+    db.close().await;
+    print(&hosts, as_json)
+}
+
+/// The hosts as a table, or one JSON document (hosts, and each service's
+/// leader).
+fn print(hosts: &[FleetHost], as_json: bool) -> anyhow::Result<()> {
     let now = now_ms();
-    let leaders = leaders(&hosts, now);
+    let leaders = leaders(hosts, now);
     if as_json {
         let doc = json!({
             "hosts": hosts.iter().map(|h| host_json(h, now)).collect::<Vec<_>>(),

@@ -70,7 +70,7 @@ pub enum Command {
     /// Validate the configuration; print probes, the matrix and detection times
     Check(CheckArgs),
     /// Whether the daemon runs, what protection is in force, active color, verdicts, last incident
-    Status(JsonFlag),
+    Status(StatusArgs),
     /// Record a cutover made by a pipeline
     Deploy(DeployArgs),
     /// Before a cutover: probe a color for a while, judge it, exit 0 (pass) or 1 (fail)
@@ -123,6 +123,17 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug)]
 pub struct JsonFlag {
+    /// Print one JSON document instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Every host watching this service, from the shared database (what
+    /// `fleet` shows, for this service)
+    #[arg(long)]
+    pub all_hosts: bool,
     /// Print one JSON document instead of text
     #[arg(long)]
     pub json: bool,
@@ -319,7 +330,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => run(config).await,
         Command::Check(_) => Ok(()),
-        Command::Status(f) => status::run(&config, f.json).await,
+        Command::Status(a) if a.all_hosts => fleet::status(&config, a.json).await,
+        Command::Status(a) => status::run(&config, a.json).await,
         Command::Deploy(a) => control::deploy(&config, a).await,
         Command::Gate(a) => gate::run(config, a).await,
         Command::Rollback(a) => control::rollback(&config, a).await,

@@ -38,6 +38,7 @@ async fn one_host_quarantine_gate_deploy_and_lift_without_a_shared_database() {
         &["samples", "--all-hosts"],
         &["report", "--all-hosts"],
         &["incident", "show", "1", "--all-hosts"],
+        &["status", "--all-hosts"],
     ] {
         let out = env.cli(args);
         let stderr = text(&out.stderr);
@@ -320,6 +321,22 @@ async fn a_version_rolled_back_on_one_host_is_quarantined_on_the_other() {
         .collect();
     assert_eq!(hosts, ["a", "b"], "{fleet}");
     assert_eq!(fleet["services"][0]["leader"], "a", "{fleet}");
+    // `status --all-hosts`: the same, for this service.
+    let status = json(&b, &["status", "--all-hosts", "--json"]);
+    let names: Vec<(&str, bool)> = status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["host"].as_str().unwrap(), h["leader"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(names, [("a", true), ("b", false)], "{status}");
+    assert_eq!(status["services"][0]["service"], "beluga", "{status}");
+    assert_eq!(status["services"][0]["leader"], "a", "{status}");
+    let table = b.cli_ok(&["status", "--all-hosts"]);
+    assert!(
+        table.starts_with("SERVICE") && table.contains("leader"),
+        "{table}"
+    );
     let leading = fleet["hosts"]
         .as_array()
         .unwrap()
