@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::{Connection, FromRow};
+use sqlx::FromRow;
 
 use super::shared::ship::Item;
 use super::{BUSY_TIMEOUT, Store, StoreError, q};
@@ -79,10 +79,7 @@ impl Store {
     ) -> Result<Deployment, StoreError> {
         const DOING: &str = "recording a deployment";
         let mut w = self.writing(DOING, busy).await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q(DOING))?;
+        let mut tx = w.begin(DOING).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO deployments (color, version, at_ms, source) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -223,10 +220,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         const DOING: &str = "quarantining a deployment";
         let mut w = self.writing(DOING, busy).await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q(DOING))?;
+        let mut tx = w.begin(DOING).await?;
         sqlx::query(
             "UPDATE deployments SET quarantined = 1 WHERE id = ? \
              OR (id < ? AND version = ? AND version NOT IN ('', 'unknown'))",
@@ -272,10 +266,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         const DOING: &str = "lifting a quarantine";
         let mut w = self.writing(DOING, BUSY_TIMEOUT).await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q(DOING))?;
+        let mut tx = w.begin(DOING).await?;
         let lifted = sqlx::query(
             "UPDATE deployments SET quarantined = 0 WHERE version = ? AND quarantined = 1",
         )

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::{Connection, FromRow, Row};
+use sqlx::{FromRow, Row};
 
 use super::shared::ship::Item;
 use super::{BUSY_TIMEOUT, Store, StoreError, q};
@@ -172,10 +172,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         const DOING: &str = "opening an incident";
         let mut w = self.writing(DOING, busy).await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q(DOING))?;
+        let mut tx = w.begin(DOING).await?;
         let inserted = sqlx::query_scalar::<_, i64>(
             "INSERT INTO incidents (opened_ms, trigger_kind, severity, rule, reason, evidence, from_color, to_color, \
              from_version, to_version, state, in_flight, holder) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -236,10 +233,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         const DOING: &str = "advancing an incident";
         let mut w = self.writing(DOING, busy).await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q(DOING))?;
+        let mut tx = w.begin(DOING).await?;
         let changed = sqlx::query("UPDATE incidents SET state = ? WHERE id = ?")
             .bind(state.as_str())
             .bind(id)
@@ -281,10 +275,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         const DOING: &str = "adding an incident event";
         let mut w = self.writing(DOING, busy).await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q(DOING))?;
+        let mut tx = w.begin(DOING).await?;
         insert_event(&mut tx, id, at_ms, kind, message).await?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
@@ -316,10 +307,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         const DOING: &str = "recording the switch command's process group";
         let mut w = self.writing(DOING, busy).await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q(DOING))?;
+        let mut tx = w.begin(DOING).await?;
         let changed = sqlx::query("UPDATE incidents SET switch_pgid = ? WHERE id = ?")
             .bind(i64::from(pgid))
             .bind(id)
@@ -363,10 +351,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         const DOING: &str = "closing an incident";
         let mut w = self.writing(DOING, busy).await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q(DOING))?;
+        let mut tx = w.begin(DOING).await?;
         sqlx::query(
             "UPDATE incidents SET state = ?, outcome = ?, downtime_ms = ?, closed_ms = ?, in_flight = NULL WHERE id = ?",
         )

@@ -165,6 +165,19 @@ struct Writing {
 }
 
 impl Writing {
+    /// The write transaction, begun with `BEGIN IMMEDIATE`: the write lock
+    /// is taken (or waited for, up to `busy`) before anything is read.
+    async fn begin(
+        &mut self,
+        doing: &'static str,
+    ) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>, StoreError> {
+        use sqlx::Connection as _;
+        (*self.conn)
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(q(doing))
+    }
+
     /// After a successful commit: the connection may go back to the pool
     /// (with the pool's busy timeout again).
     async fn done(&mut self) {
@@ -425,9 +438,8 @@ impl Store {
         let _ = self.cooldown_start_ms(true).await;
     }
 
-    /// A connection for one write transaction, begun with `BEGIN IMMEDIATE`
-    /// (the write lock is taken, or waited for, up front) and with `busy`
-    /// as its busy timeout.
+    /// A connection for one write transaction ([`Writing::begin`]), with
+    /// `busy` as its busy timeout.
     async fn writing(&self, doing: &'static str, busy: Duration) -> Result<Writing, StoreError> {
         if let Err(e) = self.fence(doing) {
             self.kept.failed_write();

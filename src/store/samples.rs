@@ -18,8 +18,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::Connection;
-
 use super::{BUSY_TIMEOUT, MINUTE_MS, MinuteStats, RetentionReport, Store, StoreError, q};
 use crate::model::{Color, Millis, Sample, SampleStatus};
 
@@ -189,10 +187,7 @@ impl Store {
                 return Ok(());
             }
         }
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q("starting a sample batch"))?;
+        let mut tx = w.begin("starting a sample batch").await?;
 
         // Series ids: from the cache; a miss looks again (another process
         // may have added it), then adds the row. Rows added here join the
@@ -467,10 +462,7 @@ impl Store {
             let end = (oldest.div_euclid(MINUTE_MS) * MINUTE_MS + CHUNK_MS).min(before_ms);
             self.refresh_series(self.db()?).await?;
             let mut w = self.writing("rolling up samples", BUSY_TIMEOUT).await?;
-            let mut tx = (*w.conn)
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(q("rolling up samples"))?;
+            let mut tx = w.begin("rolling up samples").await?;
             let rows: Vec<(i64, Millis, i64, Option<i64>)> = sqlx::query_as(
                 "SELECT series, at_ms, status, latency_us FROM samples WHERE at_ms < ?",
             )

@@ -2,7 +2,7 @@
 //! reports and the bake check. Stored states become `matrix::State`.
 
 use serde::Serialize;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 
 use super::{BUSY_TIMEOUT, Store, StoreError, q};
 use crate::matrix::State;
@@ -29,10 +29,7 @@ impl Store {
     pub async fn insert_verdict(&self, v: &StoredVerdict) -> Result<(), StoreError> {
         const DOING: &str = "recording a verdict";
         let mut w = self.writing(DOING, BUSY_TIMEOUT).await?;
-        let mut tx = (*w.conn)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(q(DOING))?;
+        let mut tx = w.begin(DOING).await?;
         sqlx::query(
             "INSERT INTO verdicts (at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
