@@ -439,6 +439,12 @@ async fn notify_ready_watchdog_reload_stopping_and_flush_on_sigterm() {
         "SIGTERM exits 0, got {exit}\n{}",
         daemon.log()
     );
+    // The datagram was sent before the exit; the reader thread may not
+    // have taken it yet.
+    wait_for("STOPPING=1", Duration::from_secs(5), || async {
+        notify.count("STOPPING=1") >= 1
+    })
+    .await;
     assert_eq!(notify.count("STOPPING=1"), 1);
     let store = rollbackd::store::Store::open_dir(&dir.path().join("state"))
         .await

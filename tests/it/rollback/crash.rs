@@ -88,7 +88,7 @@ pub(super) async fn wait_switching(env: &Env, store: &Store, daemon: &common::Da
                     .in_flight_incident()
                     .await
                     .unwrap()
-                    .is_some_and(|i| i.state == IncidentState::Switching)
+                    .is_some_and(|i| i.state == IncidentState::Switching && i.switch_pgid.is_some())
         },
     )
     .await;
