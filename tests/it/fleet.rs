@@ -32,6 +32,65 @@ async fn the_shared_schema_is_made_once_whoever_starts_first() {
     );
 }
 
+/// PostgreSQL's text cannot hold a NUL character, and a probe's output
+/// can (an exec check printing binary, a log line, a switch command's
+/// output in a timeline). The mirror writes such rows, with U+FFFD in the
+/// NUL's place, instead of failing on them forever: it writes in order, so
+/// one refused row would hold back every row behind it.
+#[tokio::test]
+async fn a_nul_character_is_written_not_refused_forever() {
+    use rollbackd::model::{
+        Color as Side, EventKind, IncidentState, Sample, Severity, Trigger, now_ms,
+    };
+    use rollbackd::store::{Incident, IncidentEvent};
+    let Some(pg) = Cluster::start() else { return };
+    let secret = rollbackd::config::secret::Secret::resolve(&pg.url()).unwrap();
+    let db = rollbackd::store::shared::Shared::connect(&secret, "a", "svc")
+        .await
+        .unwrap();
+    let now = now_ms();
+    let sample = Sample {
+        detail: "exit 1: bin\0ary".into(),
+        ..Sample::answer(now, "check", Some(Side::Blue), false, 1.0)
+    };
+    db.put_samples(&[sample]).await.unwrap();
+    let back = db.samples_all_hosts(None, None, 0).await.unwrap();
+    assert_eq!(back[0].sample.detail, "exit 1: bin\u{fffd}ary");
+
+    let incident = Incident {
+        id: 1,
+        opened_ms: now,
+        closed_ms: Some(now + 1),
+        trigger_kind: Trigger::Manual,
+        severity: Severity::Critical,
+        rule: None,
+        reason: "nul\0here".into(),
+        evidence: "{}".into(),
+        from_color: Some(Side::Blue),
+        to_color: Some(Side::Green),
+        from_version: Some("v\u{0}2".into()),
+        to_version: Some("v1".into()),
+        state: IncidentState::Verified,
+        outcome: Some("moved: exit 0: \0".into()),
+        downtime_ms: Some(1),
+        in_flight: false,
+        holder: None,
+        switch_pgid: None,
+    };
+    let event = IncidentEvent {
+        at_ms: now,
+        state: EventKind::from(IncidentState::Switched),
+        message: "traffic moved: exit 0: \0".into(),
+    };
+    db.put_incident_with_timeline(&incident, &[(1, event)])
+        .await
+        .unwrap();
+    let (shown, timeline) = db.incident_of("a", 1).await.unwrap().unwrap();
+    assert_eq!(shown.reason, "nul\u{fffd}here");
+    assert_eq!(shown.from_version.as_deref(), Some("v\u{fffd}2"));
+    assert_eq!(timeline[0].message, "traffic moved: exit 0: \u{fffd}");
+}
+
 /// One host of a pair watching the same service: its own folder (config,
 /// local journal), the shared `[active] file` and switch log in `shared`.
 /// The switch command logs, waits `switch_secs`, then moves the active file.

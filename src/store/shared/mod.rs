@@ -163,6 +163,24 @@ pub struct HostSample {
     pub sample: Sample,
 }
 
+/// Text as PostgreSQL can hold it: its `text` refuses a NUL character,
+/// which a probe's output (an exec check printing binary, a log line) or
+/// a switch command's can carry. The mirror writes in order, so one row
+/// refused for it would hold back every row behind it, forever: the NUL
+/// goes as U+FFFD instead. The local journal keeps the text as it was.
+pub(super) fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// [`pg_text`] of an optional text.
+pub(super) fn pg_opt(s: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
+    s.as_deref().map(pg_text)
+}
+
 fn pq(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Shared {
         doing,
@@ -244,8 +262,8 @@ impl Shared {
         Ok(Shared {
             pool,
             options,
-            host: host.to_owned(),
-            service: service.to_owned(),
+            host: pg_text(host).into_owned(),
+            service: pg_text(service).into_owned(),
         })
     }
 
@@ -256,8 +274,8 @@ impl Shared {
         Ok(Shared {
             pool: pool_options().connect_lazy_with(options.clone()),
             options,
-            host: host.to_owned(),
-            service: service.to_owned(),
+            host: pg_text(host).into_owned(),
+            service: pg_text(service).into_owned(),
         })
     }
 
@@ -332,9 +350,9 @@ impl Shared {
         .bind(crate::model::now_ms())
         .bind(b.interval_ms)
         .bind(&b.active_color)
-        .bind(&b.active_version)
+        .bind(pg_opt(&b.active_version))
         .bind(&b.worst_state)
-        .bind(&b.worst_rule)
+        .bind(pg_opt(&b.worst_rule))
         .bind(i32::try_from(b.open_incidents).unwrap_or(i32::MAX))
         .bind(b.last_sample_ms)
         .bind(b.leader)
@@ -365,7 +383,7 @@ impl Shared {
             return Ok(());
         }
         let at: Vec<i64> = samples.iter().map(|s| s.at_ms).collect();
-        let probe: Vec<&str> = samples.iter().map(|s| s.probe.as_ref()).collect();
+        let probe: Vec<_> = samples.iter().map(|s| pg_text(&s.probe)).collect();
         let color: Vec<Option<&str>> = samples
             .iter()
             .map(|s| s.color.map(|c| c.as_str()))
@@ -373,7 +391,7 @@ impl Shared {
         let ok: Vec<bool> = samples.iter().map(|s| s.ok).collect();
         let latency: Vec<Option<f64>> = samples.iter().map(|s| s.latency_ms).collect();
         let status: Vec<&str> = samples.iter().map(|s| s.status.as_str()).collect();
-        let detail: Vec<&str> = samples.iter().map(|s| s.detail.as_str()).collect();
+        let detail: Vec<_> = samples.iter().map(|s| pg_text(&s.detail)).collect();
         let requests: Vec<Option<f64>> = samples.iter().map(|s| s.requests).collect();
         let errors: Vec<Option<f64>> = samples.iter().map(|s| s.errors).collect();
         sqlx::query(
@@ -436,9 +454,9 @@ impl Shared {
         .bind(&self.service)
         .bind(d.id)
         .bind(d.color.as_str())
-        .bind(&d.version)
+        .bind(pg_text(&d.version))
         .bind(d.at_ms)
-        .bind(&d.source)
+        .bind(pg_text(&d.source))
         .execute(&self.pool)
         .await
         .map_err(pq("writing a deployment"))?;
@@ -462,7 +480,7 @@ impl Shared {
              ON CONFLICT (service, version) WHERE lifted_ms IS NULL DO NOTHING",
         )
         .bind(&self.service)
-        .bind(version)
+        .bind(pg_text(version))
         .bind(&self.host)
         .bind(incident)
         .bind(at_ms)
@@ -479,7 +497,7 @@ impl Shared {
              WHERE service = $1 AND version = $2 AND lifted_ms IS NULL",
         )
         .bind(&self.service)
-        .bind(version)
+        .bind(pg_text(version))
         .fetch_optional(&self.pool)
         .await
         .map_err(pq("reading the quarantine"))?;
@@ -509,10 +527,10 @@ impl Shared {
              RETURNING service, version, host, incident, at_ms",
         )
         .bind(&self.service)
-        .bind(version)
+        .bind(pg_text(version))
         .bind(at_ms)
-        .bind(by)
-        .bind(reason)
+        .bind(pg_text(by))
+        .bind(pg_text(reason))
         .fetch_optional(&self.pool)
         .await
         .map_err(pq("lifting a quarantine"))?;
@@ -757,7 +775,7 @@ impl Shared {
         .bind(p.id)
         .bind(p.at_ms)
         .bind(p.until_ms)
-        .bind(&p.reason)
+        .bind(pg_text(&p.reason))
         .execute(&self.pool)
         .await
         .map_err(pq("sharing a pause"))?;
@@ -826,7 +844,7 @@ impl Shared {
         .bind(&inc.host)
         .bind(inc.id)
         .bind(state.as_str())
-        .bind(outcome)
+        .bind(pg_text(outcome))
         .bind(at_ms)
         .execute(&self.pool)
         .await

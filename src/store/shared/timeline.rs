@@ -4,7 +4,7 @@
 //! what `incident show N` shows on H. The mirror writes it
 //! (`ship.rs`, at every change of the incident); commands read it.
 
-use super::{Shared, pq};
+use super::{Shared, pg_opt, pg_text, pq};
 use crate::model::{Millis, Sample};
 use crate::store::incidents::{IncidentRow, parsed};
 use crate::store::{Incident, IncidentEvent, StoreError};
@@ -37,16 +37,16 @@ impl Shared {
         .bind(i.closed_ms)
         .bind(i.trigger_kind.as_str())
         .bind(i.severity.as_str())
-        .bind(&i.rule)
-        .bind(&i.reason)
+        .bind(pg_opt(&i.rule))
+        .bind(pg_text(&i.reason))
         .bind(i.from_color.map(|c| c.as_str()))
         .bind(i.to_color.map(|c| c.as_str()))
-        .bind(&i.from_version)
-        .bind(&i.to_version)
+        .bind(pg_opt(&i.from_version))
+        .bind(pg_opt(&i.to_version))
         .bind(i.state.as_str())
-        .bind(&i.outcome)
+        .bind(pg_opt(&i.outcome))
         .bind(i.in_flight)
-        .bind(&i.evidence)
+        .bind(pg_text(&i.evidence))
         .bind(i.downtime_ms)
         .execute(&mut *tx)
         .await
@@ -55,7 +55,7 @@ impl Shared {
             let ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
             let at: Vec<i64> = events.iter().map(|(_, e)| e.at_ms).collect();
             let state: Vec<&str> = events.iter().map(|(_, e)| e.state.as_str()).collect();
-            let message: Vec<&str> = events.iter().map(|(_, e)| e.message.as_str()).collect();
+            let message: Vec<_> = events.iter().map(|(_, e)| pg_text(&e.message)).collect();
             sqlx::query(
                 "INSERT INTO incident_events (host, service, incident_id, id, at_ms, state, \
                  message) \
