@@ -33,8 +33,8 @@ pub struct Changes {
     pub rules_added: Vec<String>,
     pub rules_removed: Vec<String>,
     pub rules_changed: Vec<String>,
-    /// Other top-level parts that differ: `daemon`, `colors`, `active`,
-    /// `actions`, `rollback`, `notify`.
+    /// Other top-level parts that differ: `daemon`, `service`, `colors`,
+    /// `active`, `entry`, `actions`, `rollback`, `notify`.
     pub sections: Vec<&'static str>,
 }
 
@@ -157,11 +157,12 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         new.rules.iter().map(|r| (r.name.as_str(), r)),
     );
     let mut sections = Vec::new();
-    let pairs: [(&'static str, bool); 7] = [
+    let pairs: [(&'static str, bool); 8] = [
         ("daemon", same(&old.daemon, &new.daemon)),
         ("service", old.service == new.service),
         ("colors", same(&old.colors, &new.colors)),
         ("active", old.active_file == new.active_file),
+        ("entry", same(&old.entry, &new.entry)),
         ("actions", same(&old.actions, &new.actions)),
         ("rollback", same(&old.rollback, &new.rollback)),
         ("notify", same(&old.notify, &new.notify)),
@@ -351,6 +352,24 @@ window = "15m"
         let changes = diff(&parse(BASE), &parse(BASE));
         assert!(changes.is_empty(), "{changes:?}");
         assert_eq!(changes.summary(), "no changes");
+    }
+
+    /// `[entry]` is applied by a reload (`EntryWatch::reconfigure`), so a
+    /// change of it is a change: named in the summary, and an edit of it
+    /// alone saved while the daemon starts is caught up on.
+    #[test]
+    fn an_entry_change_is_a_change() {
+        let with_entry = |url: &str| {
+            BASE.replace(
+                "[rollback]",
+                &format!("[entry]\nurl = \"{url}\"\ncolor_header = \"X-Color\"\n\n[rollback]"),
+            )
+        };
+        let a = parse(&with_entry("http://127.0.0.1:3/healthz"));
+        let b = parse(&with_entry("http://127.0.0.1:4/healthz"));
+        assert_eq!(diff(&a, &b).sections, ["entry"]);
+        assert_eq!(diff(&parse(BASE), &a).sections, ["entry"]);
+        assert!(diff(&a, &a).is_empty());
     }
 
     #[test]
