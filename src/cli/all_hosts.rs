@@ -99,6 +99,14 @@ pub async fn incident(
         ))
         .into());
     };
+    if events.is_empty() {
+        // Incidents shipped before the mirror carried timelines, or by a
+        // host still on such a version, have none in the shared database.
+        eprintln!(
+            "note: the shared database has no timeline of host {host}'s incident #{id} \
+             (shipped by an older rollbackd); `rollbackd incident show {id}` on {host} has it"
+        );
+    }
     let chart = if markdown {
         let (from, until) = incident::chart_span(&inc, &events);
         let samples = bounded(db.samples_of_host_between(&host, from, until)).await?;

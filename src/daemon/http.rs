@@ -315,6 +315,7 @@ async fn status(State(state): State<AppState>) -> impl IntoResponse {
                 "database_ok": mirror.is_some_and(|m| m.health().failing_since.is_none()),
                 "backlog_rows": mirror.map_or(0, |m| m.backlog()),
                 "dropped_samples": mirror.map_or(0, |m| m.dropped()),
+                "refused_rows": mirror.map_or(0, |m| m.refused()),
             })
         }),
         config: snap.config_path.display().to_string(),

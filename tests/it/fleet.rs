@@ -91,6 +91,65 @@ async fn a_nul_character_is_written_not_refused_forever() {
     assert_eq!(timeline[0].message, "traffic moved: exit 0: \u{fffd}");
 }
 
+/// A row the shared database can never take (here a timeline event of a
+/// kind this build cannot read, as a newer rollbackd may have written
+/// before a downgrade) is set aside after a few tries while the database
+/// answers, and counted; the deployment queued behind it still goes.
+/// Before, the mirror retried it forever and wrote nothing more.
+#[tokio::test]
+async fn a_row_that_never_goes_is_set_aside_and_the_rows_behind_it_go() {
+    use rollbackd::store::shared::ship::{Item, Mirror, Shipper};
+    let Some(pg) = Cluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = rollbackd::store::Store::open_dir(dir.path()).await.unwrap();
+    let raw = sqlx::sqlite::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("rollbackd.db").display()
+    ))
+    .await
+    .unwrap();
+    for sql in [
+        "INSERT INTO incidents (id, opened_ms, trigger_kind, severity, reason, state) \
+         VALUES (1, 1, 'manual', 'critical', 'r', 'verified')",
+        "INSERT INTO incident_events (incident_id, at_ms, state, message) \
+         VALUES (1, 1, 'from-the-future', 'm')",
+    ] {
+        sqlx::query(sql).execute(&raw).await.unwrap();
+    }
+    raw.close().await;
+    let deployment = store
+        .record_deployment(rollbackd::model::Color::Green, "v1", "test", 1)
+        .await
+        .unwrap();
+
+    let secret = rollbackd::config::secret::Secret::resolve(&pg.url()).unwrap();
+    let shared = rollbackd::store::shared::Shared::connect(&secret, "a", "svc")
+        .await
+        .unwrap();
+    let mirror = Mirror::default();
+    mirror.push(Item::Incident(1));
+    mirror.push(Item::Deployment(deployment.id));
+    let shipper = tokio::spawn(
+        Shipper {
+            mirror: mirror.clone(),
+            shared,
+            local: store.clone(),
+            beats: true,
+        }
+        .run(),
+    );
+    wait_for(
+        "the deployment behind the refused row",
+        Duration::from_secs(30),
+        || async { pg.psql("SELECT count(*) FROM deployments WHERE version = 'v1'") == "1" },
+    )
+    .await;
+    assert_eq!(mirror.refused(), 1, "the one row, counted");
+    assert_eq!(mirror.backlog(), 0);
+    assert_eq!(pg.psql("SELECT count(*) FROM incidents"), "0");
+    shipper.abort();
+}
+
 /// One host of a pair watching the same service: its own folder (config,
 /// local journal), the shared `[active] file` and switch log in `shared`.
 /// The switch command logs, waits `switch_secs`, then moves the active file.

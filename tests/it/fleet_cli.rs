@@ -310,6 +310,25 @@ async fn a_version_rolled_back_on_one_host_is_quarantined_on_the_other() {
             text(&out.stderr)
         );
     }
+    // An incident an older rollbackd shipped (no timeline in the shared
+    // database) is shown, saying where its timeline is.
+    pg.psql(
+        "INSERT INTO incidents (host, service, id, opened_ms, trigger_kind, severity, reason, \
+         state, in_flight) VALUES ('old', 'beluga', 5, 1, 'manual', 'high', 'by hand', \
+         'verified', FALSE)",
+    );
+    let out = b.cli(&["incident", "show", "5", "--all-hosts"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        text(&out.stdout).starts_with("incident #5 on host old (high, manual)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.contains("no timeline of host old's incident #5"),
+        "{stderr}"
+    );
 
     // The fleet: both hosts, one leader (A).
     let fleet = json(&b, &["fleet", "--json"]);

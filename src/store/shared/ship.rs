@@ -3,8 +3,10 @@
 //! While the database is away the queue holds it, bounded by
 //! [`MAX_SAMPLES`] samples (the oldest samples are dropped and counted
 //! beyond it; incidents, deployments and quarantines are never dropped),
-//! and it is written when the database returns. Nothing waits on it: a
-//! push is a lock and a `VecDeque` push.
+//! and it is written when the database returns. A row the database
+//! refuses [`REFUSALS`] times while it answers the heartbeat is set aside
+//! and counted, so it never holds back the rows behind it. Nothing waits
+//! on it: a push is a lock and a `VecDeque` push.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,11 @@ pub const MAX_SAMPLES: usize = 100_000;
 const BATCH: usize = 5_000;
 /// The heartbeat's pace, and the retry pace while the database is away.
 const PACE: Duration = Duration::from_secs(1);
+/// Tries of the queue's front that the database refuses while it answers
+/// the heartbeat (so it is this row, not an outage) before the row is set
+/// aside: the queue is written in order, and one row it can never take
+/// must not hold back every row behind it.
+const REFUSALS: u32 = 5;
 
 /// What the local store wrote, for the shared database.
 #[derive(Clone, Debug)]
@@ -73,6 +80,8 @@ struct Queue {
     items: VecDeque<Item>,
     samples: usize,
     dropped: u64,
+    /// Rows set aside because the database refused them (see [`REFUSALS`]).
+    refused: u64,
 }
 
 /// How the shared database has answered lately.
@@ -123,7 +132,14 @@ impl Mirror {
 
     pub fn push(&self, item: Item) {
         if let Ok(mut q) = self.inner.queue.lock() {
-            q.items.push_back(item);
+            // An incident is read from the journal when it goes, so one
+            // waiting behind the front already carries this change (the
+            // front may be mid-write with the state before it).
+            let waiting =
+                |i: &Item| matches!((i, &item), (Item::Incident(a), Item::Incident(b)) if a == b);
+            if !q.items.iter().skip(1).any(waiting) {
+                q.items.push_back(item);
+            }
         }
         self.inner.wake.notify_one();
     }
@@ -155,6 +171,38 @@ impl Mirror {
     /// Samples dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.inner.queue.lock().map(|q| q.dropped).unwrap_or(0)
+    }
+
+    /// Rows the database refused again and again while it answered, set
+    /// aside (they stay in this host's journal).
+    pub fn refused(&self) -> u64 {
+        self.inner.queue.lock().map(|q| q.refused).unwrap_or(0)
+    }
+
+    /// Set the queue's first item aside (one pushed item: a refused batch
+    /// of joined samples loses only its first part), counted and logged.
+    fn set_aside(&self, why: &StoreError) {
+        let Ok(mut q) = self.inner.queue.lock() else {
+            return;
+        };
+        let (what, rows) = match q.items.pop_front() {
+            Some(Item::Samples(s)) => {
+                q.samples -= s.len();
+                ("samples", s.len())
+            }
+            Some(Item::Incident(_)) => ("an incident", 1),
+            Some(Item::Deployment(_)) => ("a deployment", 1),
+            Some(Item::Quarantine { .. }) => ("a quarantine", 1),
+            Some(Item::Pause(_)) => ("a pause", 1),
+            Some(Item::Resume { .. }) => ("a resume", 1),
+            None => return,
+        };
+        q.refused += rows as u64;
+        drop(q);
+        tracing::error!(
+            rollbackd.error = %why,
+            "the shared database refused {what} ({rows} rows) {REFUSALS} times while it answered: set aside so the rows behind it go; this host's journal keeps it"
+        );
     }
 
     pub fn health(&self) -> MirrorHealth {
@@ -309,22 +357,43 @@ impl Shipper {
             }
         }
         let mut last_beat: Option<Instant> = None;
+        let mut answers = false;
+        let mut refusals = 0;
         loop {
             if last_beat.is_none_or(|t| t.elapsed() >= PACE) {
                 last_beat = Some(Instant::now());
-                if let Err(e) = self.send_beat().await {
-                    self.mirror.failed(&e);
-                }
+                answers = match self.send_beat().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.mirror.failed(&e);
+                        false
+                    }
+                };
             }
             match self.step().await {
                 // Written: go on at once.
-                Ok(true) => continue,
+                Ok(true) => {
+                    refusals = 0;
+                    continue;
+                }
                 // Nothing held: sleep until something is, or the beat.
                 Ok(false) => {
                     let _ = tokio::time::timeout(PACE, self.mirror.inner.wake.notified()).await;
                 }
                 Err(e) => {
                     self.mirror.failed(&e);
+                    // The database took the heartbeat but not this row (or
+                    // the journal holds a row this build cannot read).
+                    let refused = matches!(
+                        e,
+                        StoreError::Shared { .. } | StoreError::Unrecognised { .. }
+                    );
+                    refusals = if answers && refused { refusals + 1 } else { 0 };
+                    if refusals >= REFUSALS {
+                        self.mirror.set_aside(&e);
+                        refusals = 0;
+                        continue;
+                    }
                     tokio::time::sleep(PACE).await;
                 }
             }
@@ -355,7 +424,9 @@ impl Shipper {
 
     async fn send_beat(&self) -> Result<(), StoreError> {
         let backlog = i64::try_from(self.mirror.backlog()).unwrap_or(i64::MAX);
-        let dropped = i64::try_from(self.mirror.dropped()).unwrap_or(i64::MAX);
+        // What `fleet` shows as dropped: rows this host could not write.
+        let dropped =
+            i64::try_from(self.mirror.dropped() + self.mirror.refused()).unwrap_or(i64::MAX);
         timed(self.shared.beat(&self.mirror.beat(), backlog, dropped)).await?;
         self.mirror.ok();
         Ok(())
@@ -425,6 +496,23 @@ mod tests {
 
     fn sample(at_ms: Millis) -> Sample {
         Sample::answer(at_ms, "healthz", None, true, 1.0)
+    }
+
+    /// While the database is away, an incident's every event queues a
+    /// look at it: one waiting is enough (it is read when it goes), but
+    /// the front may be mid-write, so one more may wait behind it.
+    #[test]
+    fn an_incident_waits_in_the_queue_once_behind_the_front() {
+        let m = Mirror::default();
+        for _ in 0..3 {
+            m.push(Item::Incident(7));
+        }
+        assert_eq!(m.backlog(), 2, "the front and one behind it");
+        m.push(Item::Deployment(1));
+        m.push(Item::Incident(8));
+        m.push(Item::Incident(7));
+        m.push(Item::Incident(8));
+        assert_eq!(m.backlog(), 4, "7, 7, the deployment, 8");
     }
 
     #[test]

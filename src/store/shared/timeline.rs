@@ -12,7 +12,9 @@ use crate::store::{Incident, IncidentEvent, StoreError};
 impl Shared {
     /// Write (or bring up to date) one incident of this host's journal with
     /// its timeline. Events are keyed by their id in the journal: an event
-    /// shipped twice is written once, and none is ever rewritten.
+    /// shipped twice is one row. Rows are overwritten with what the journal
+    /// says, so a host whose journal started again (its ids from 1) shows
+    /// its new incidents, not a mix with the old ones.
     pub async fn put_incident_with_timeline(
         &self,
         i: &Incident,
@@ -25,10 +27,10 @@ impl Shared {
              outcome, in_flight, evidence, downtime_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
              $17, $18) \
-             ON CONFLICT (service, host, id) DO UPDATE SET closed_ms = $5, rule = $8, \
-             reason = $9, from_color = $10, to_color = $11, from_version = $12, \
-             to_version = $13, state = $14, outcome = $15, in_flight = $16, evidence = $17, \
-             downtime_ms = $18",
+             ON CONFLICT (service, host, id) DO UPDATE SET opened_ms = $4, closed_ms = $5, \
+             trigger_kind = $6, severity = $7, rule = $8, reason = $9, from_color = $10, \
+             to_color = $11, from_version = $12, to_version = $13, state = $14, outcome = $15, \
+             in_flight = $16, evidence = $17, downtime_ms = $18",
         )
         .bind(&self.host)
         .bind(&self.service)
@@ -60,7 +62,9 @@ impl Shared {
                 "INSERT INTO incident_events (host, service, incident_id, id, at_ms, state, \
                  message) \
                  SELECT $1, $2, $3, * FROM UNNEST($4::bigint[], $5::bigint[], $6::text[], \
-                 $7::text[]) ON CONFLICT (service, host, id) DO NOTHING",
+                 $7::text[]) ON CONFLICT (service, host, id) DO UPDATE SET \
+                 incident_id = EXCLUDED.incident_id, at_ms = EXCLUDED.at_ms, \
+                 state = EXCLUDED.state, message = EXCLUDED.message",
             )
             .bind(&self.host)
             .bind(&self.service)
