@@ -360,7 +360,7 @@ async fn local(config: &Config, version: &str) -> anyhow::Result<Option<Found>> 
     if !config.daemon.state_dir.join("rollbackd.db").exists() {
         return Ok(None);
     }
-    let store = super::open_read_only(config).await?;
+    let store = super::open_journal(config).await?;
     if !store.version_quarantined(version).await? {
         return Ok(None);
     }

@@ -380,8 +380,29 @@ pub(crate) async fn open(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// The store for a command that only reads: never makes the state
-/// directory or the database, never migrates (`Store::open_read_only`).
+/// directory or the database, never migrates. With `[daemon] database`,
+/// its reads run on this host's rows there, or (saying why on stderr) on
+/// the journal when the shared database cannot answer for this host
+/// (`Store::open_reader`).
 pub(crate) async fn open_read_only(config: &Config) -> anyhow::Result<Store> {
+    let shared = match &config.daemon.database {
+        Some(url) => Some(crate::store::shared::Shared::connect_lazy(
+            url,
+            &config.daemon.host,
+            &config.service,
+        )?),
+        None => None,
+    };
+    let (store, note) = Store::open_reader(&config.daemon.state_dir, shared).await?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    Ok(store)
+}
+
+/// This host's journal alone, read-only (`Store::open_read_only`): for
+/// what only the journal holds (the local quarantine, replay's samples).
+pub(crate) async fn open_journal(config: &Config) -> anyhow::Result<Store> {
     Ok(Store::open_read_only(&config.daemon.state_dir).await?)
 }
 

@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use super::{ReplayArgs, open_read_only};
+use super::{ReplayArgs, open_journal};
 
 use crate::config::{Actions, Config};
 use crate::matrix::{self, Baselines, Decision, Engine, State, Verdict, noise};
@@ -65,7 +65,7 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
             config.path.display()
         );
     }
-    let store = open_read_only(config).await?;
+    let store = open_journal(config).await?;
     let now = now_ms();
     let start = now - duration_ms(a.since);
     let warmup = rules

@@ -69,9 +69,14 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
                 ..DatabaseDoc::default()
             },
             // The reference only (`env:NAME`, `file:/path`): never the URL.
-            fleet: config.daemon.database.as_ref().map(
-                |db| serde_json::json!({ "host": config.daemon.host, "database": db.to_string() }),
-            ),
+            fleet: config.daemon.database.as_ref().map(|db| {
+                serde_json::json!({
+                    "host": config.daemon.host,
+                    "database": db.to_string(),
+                    // Which backend this answer came from (SPEC section 7).
+                    "read_from": if store.reads_shared().is_some() { "shared" } else { "journal" },
+                })
+            }),
             config: config.path.display().to_string(),
             dry_run: config.daemon.dry_run,
             active_uncertain: uncertain.clone(),
@@ -194,6 +199,12 @@ pub async fn run(config: &Config, as_json: bool) -> anyhow::Result<()> {
         store.path().display(),
         store.size_bytes()
     );
+    if store.reads_shared().is_some() {
+        println!(
+            "read from: the shared database (this host's rows, as {})",
+            config.daemon.host
+        );
+    }
     Ok(())
 }
 

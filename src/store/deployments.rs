@@ -31,8 +31,9 @@ impl From<&Deployment> for crate::matrix::Cutover {
     }
 }
 
+/// A deployment's row as both backends return it.
 #[derive(FromRow)]
-struct DeploymentRow {
+pub(super) struct DeploymentRow {
     id: i64,
     color: String,
     version: String,
@@ -42,7 +43,7 @@ struct DeploymentRow {
 }
 
 impl DeploymentRow {
-    fn into_deployment(self) -> Deployment {
+    pub(super) fn into_deployment(self) -> Deployment {
         Deployment {
             id: self.id,
             // The CHECK constraint in the schema admits only the two colors.
@@ -116,6 +117,9 @@ impl Store {
     }
 
     async fn latest_deployment_read(&self) -> Result<Option<Deployment>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return Ok(db.own_deployments(None, None, Some(1)).await?.pop());
+        }
         let row: Option<DeploymentRow> = sqlx::query_as(
             "SELECT id, color, version, at_ms, source, quarantined FROM deployments ORDER BY id DESC LIMIT 1",
         )
@@ -149,6 +153,12 @@ impl Store {
         color: Color,
         before_id: i64,
     ) -> Result<Option<Deployment>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return Ok(db
+                .own_deployments(Some(color), Some(before_id), Some(1))
+                .await?
+                .pop());
+        }
         let row: Option<DeploymentRow> = sqlx::query_as(
             "SELECT id, color, version, at_ms, source, quarantined FROM deployments \
              WHERE color = ? AND id < ? ORDER BY id DESC LIMIT 1",
@@ -167,6 +177,9 @@ impl Store {
     }
 
     async fn deployments_read(&self) -> Result<Vec<Deployment>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_deployments(None, None, None).await;
+        }
         let rows: Vec<DeploymentRow> = sqlx::query_as(
             "SELECT id, color, version, at_ms, source, quarantined FROM deployments ORDER BY id",
         )
@@ -237,6 +250,7 @@ impl Store {
             version: version.to_owned(),
             at_ms: crate::model::now_ms(),
         });
+        self.mirror_item(Item::DeploymentsOf(version.to_owned()));
         Ok(())
     }
 
@@ -291,6 +305,9 @@ impl Store {
         }
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
+        if lifted > 0 {
+            self.mirror_item(Item::DeploymentsOf(version.to_owned()));
+        }
         Ok(lifted)
     }
 

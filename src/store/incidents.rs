@@ -371,6 +371,9 @@ impl Store {
     }
 
     pub async fn incident(&self, id: i64) -> Result<Incident, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_incident(id).await;
+        }
         let row: Option<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?"
         ))
@@ -384,6 +387,9 @@ impl Store {
     }
 
     pub async fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_incidents().await;
+        }
         let rows: Vec<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents ORDER BY id"
         ))
@@ -419,6 +425,9 @@ impl Store {
     }
 
     async fn stored_in_flight_read(&self) -> Result<Option<Incident>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_in_flight().await;
+        }
         let row: Option<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE in_flight IS NOT NULL"
         ))
@@ -429,6 +438,9 @@ impl Store {
     }
 
     pub async fn incident_events(&self, id: i64) -> Result<Vec<IncidentEvent>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_incident_events(id).await;
+        }
         Ok(self
             .numbered_incident_events(id)
             .await?
@@ -477,6 +489,9 @@ impl Store {
     }
 
     async fn cooldown_read(&self, dry_run: bool) -> Result<Option<Millis>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_cooldown_start(dry_run).await;
+        }
         sqlx::query_scalar(
             "SELECT MAX(i.opened_ms) FROM incidents i WHERE i.trigger_kind = ? \
              AND (EXISTS (SELECT 1 FROM incident_events e WHERE e.incident_id = i.id AND e.state = ?) \
@@ -499,6 +514,9 @@ impl Store {
     }
 
     async fn unresolved_escalation_read(&self) -> Result<Option<Incident>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_unresolved_escalation().await;
+        }
         let row: Option<IncidentRow> = sqlx::query_as(&format!(
             "SELECT {INCIDENT_COLUMNS} FROM incidents i WHERE i.state = ? \
              AND NOT EXISTS (SELECT 1 FROM deployments d WHERE d.at_ms > i.closed_ms) \

@@ -72,6 +72,9 @@ impl Store {
     }
 
     async fn active_pause_read(&self, now_ms: Millis) -> Result<Option<Pause>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_active_pause(now_ms).await;
+        }
         let row = sqlx::query(
             "SELECT id, at_ms, until_ms, reason FROM pauses WHERE resumed_ms IS NULL AND until_ms > ? \
              ORDER BY until_ms DESC LIMIT 1",
@@ -118,7 +121,7 @@ impl Store {
         expect: &str,
         notify: bool,
     ) -> Result<i64, StoreError> {
-        sqlx::query_scalar(
+        let id = sqlx::query_scalar(
             "INSERT INTO drills (started_ms, deadline_ms, inject, expect, notify) VALUES (?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(started_ms)
@@ -128,7 +131,21 @@ impl Store {
         .bind(i64::from(notify))
         .fetch_one(self.db()?)
         .await
-        .map_err(q("recording a drill"))
+        .map_err(q("recording a drill"))?;
+        self.mirror_item(Item::Drill(id));
+        Ok(id)
+    }
+
+    /// Drill `id` as recorded (what the mirror ships).
+    pub(super) async fn drill(&self, id: i64) -> Result<Option<Drill>, StoreError> {
+        let row: Option<DrillRow> = sqlx::query_as(
+            "SELECT id, started_ms, deadline_ms, ended_ms, expect, notify FROM drills WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(self.db()?)
+        .await
+        .map_err(q("reading a drill"))?;
+        Ok(row.map(Drill::from))
     }
 
     /// Record how a drill ended, and mark the incidents opened while it ran
@@ -160,6 +177,7 @@ impl Store {
         .await
         .map_err(q("marking a drill's incidents"))?;
         tx.commit().await.map_err(q("ending a drill"))?;
+        self.mirror_item(Item::Drill(id));
         Ok(())
     }
 
@@ -183,7 +201,7 @@ impl Store {
         at_ms: Millis,
         incident: Option<i64>,
     ) -> Result<Option<Drill>, StoreError> {
-        let row = sqlx::query(
+        let row: Option<DrillRow> = sqlx::query_as(
             "SELECT id, started_ms, deadline_ms, ended_ms, expect, notify FROM drills \
              WHERE (started_ms <= ?1 AND ?1 <= COALESCE(ended_ms, deadline_ms) + ?2) \
              OR id = (SELECT drill_id FROM incidents WHERE id = ?3) \
@@ -195,7 +213,7 @@ impl Store {
         .fetch_optional(self.db()?)
         .await
         .map_err(q("reading drills"))?;
-        Ok(row.map(drill_from_row))
+        Ok(row.map(Drill::from))
     }
 
     /// Drills that overlap `[from, until)`, oldest first: their samples are
@@ -205,7 +223,10 @@ impl Store {
         from_ms: Millis,
         until_ms: Millis,
     ) -> Result<Vec<Drill>, StoreError> {
-        let rows = sqlx::query(
+        if let Some(db) = self.reads_shared() {
+            return db.own_drills_between(from_ms, until_ms).await;
+        }
+        let rows: Vec<DrillRow> = sqlx::query_as(
             "SELECT id, started_ms, deadline_ms, ended_ms, expect, notify FROM drills \
              WHERE started_ms < ? AND COALESCE(ended_ms, deadline_ms) >= ? ORDER BY id",
         )
@@ -214,7 +235,7 @@ impl Store {
         .fetch_all(self.db()?)
         .await
         .map_err(q("reading drills"))?;
-        Ok(rows.into_iter().map(drill_from_row).collect())
+        Ok(rows.into_iter().map(Drill::from).collect())
     }
 
     /// Incidents opened at or after `since_ms`, oldest first, with the
@@ -245,13 +266,26 @@ impl Store {
     }
 }
 
-fn drill_from_row(r: sqlx::sqlite::SqliteRow) -> Drill {
-    Drill {
-        id: r.get("id"),
-        started_ms: r.get("started_ms"),
-        deadline_ms: r.get("deadline_ms"),
-        ended_ms: r.get("ended_ms"),
-        expect: r.get("expect"),
-        notify: r.get::<i64, _>("notify") != 0,
+/// A drill's row as both backends return it.
+#[derive(sqlx::FromRow)]
+pub(super) struct DrillRow {
+    id: i64,
+    started_ms: i64,
+    deadline_ms: i64,
+    ended_ms: Option<i64>,
+    expect: String,
+    notify: bool,
+}
+
+impl From<DrillRow> for Drill {
+    fn from(r: DrillRow) -> Drill {
+        Drill {
+            id: r.id,
+            started_ms: r.started_ms,
+            deadline_ms: r.deadline_ms,
+            ended_ms: r.ended_ms,
+            expect: r.expect,
+            notify: r.notify,
+        }
     }
 }

@@ -89,6 +89,12 @@ fn latency_us(ms: Option<f64>) -> Option<i64> {
     ms.map(|l| (l * 1000.0).round() as i64)
 }
 
+/// A latency as the journal keeps it (whole microseconds): what the
+/// mirror writes to the shared database, so both backends answer alike.
+pub(super) fn stored_latency(ms: Option<f64>) -> Option<f64> {
+    latency_us(ms).map(|us| us as f64 / 1000.0)
+}
+
 type RawRow = (
     Millis,
     i64,
@@ -367,6 +373,9 @@ impl Store {
         color: Option<Color>,
         since_ms: Millis,
     ) -> Result<Vec<Sample>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_samples(probe, color, since_ms, Millis::MAX).await;
+        }
         let filter = self.series_filter(probe, color).await?.unwrap_or_default();
         self.read_samples(
             &format!("{SELECT} WHERE s.at_ms >= ? {filter} ORDER BY s.at_ms, s.series, s.n"),
@@ -393,6 +402,9 @@ impl Store {
         from_ms: Millis,
         until_ms: Millis,
     ) -> Result<Vec<Sample>, StoreError> {
+        if let Some(db) = self.reads_shared() {
+            return db.own_samples(None, None, from_ms, until_ms).await;
+        }
         self.read_samples(
             &format!("{SELECT} WHERE s.at_ms >= ? AND s.at_ms < ? ORDER BY s.at_ms, s.series, s.n"),
             &[from_ms, until_ms],

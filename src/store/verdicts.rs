@@ -2,8 +2,8 @@
 //! reports and the bake check. Stored states become `matrix::State`.
 
 use serde::Serialize;
-use sqlx::Row;
 
+use super::shared::ship::Item;
 use super::{BUSY_TIMEOUT, Store, StoreError, q};
 use crate::matrix::State;
 use crate::model::{Color, Millis, Severity};
@@ -30,9 +30,9 @@ impl Store {
         const DOING: &str = "recording a verdict";
         let mut w = self.writing(DOING, BUSY_TIMEOUT).await?;
         let mut tx = w.begin(DOING).await?;
-        sqlx::query(
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO verdicts (at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(v.at_ms)
         .bind(&v.rule)
@@ -45,17 +45,21 @@ impl Store {
         .bind(v.window_ms)
         .bind(v.baseline)
         .bind(&v.detail)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(q(DOING))?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
+        self.mirror_item(Item::Verdict(id, Box::new(v.clone())));
         Ok(())
     }
 
     /// The latest stored verdict of every (rule, color).
     pub async fn latest_verdicts(&self) -> Result<Vec<StoredVerdict>, StoreError> {
-        let rows = sqlx::query(
+        if let Some(db) = self.reads_shared() {
+            return db.own_latest_verdicts().await;
+        }
+        let rows: Vec<VerdictRow> = sqlx::query_as(
             "SELECT v.at_ms, v.rule, v.severity, v.color, v.state, v.n, v.value, v.threshold, v.window_ms, \
              v.baseline, v.detail FROM verdicts v \
              JOIN (SELECT MAX(id) AS id FROM verdicts GROUP BY rule, color) last ON last.id = v.id \
@@ -64,7 +68,7 @@ impl Store {
         .fetch_all(self.db()?)
         .await
         .map_err(q("reading verdicts"))?;
-        rows.into_iter().map(verdict_from_row).collect()
+        rows.into_iter().map(StoredVerdict::try_from).collect()
     }
 
     /// Stored verdicts in `[from, until)`, oldest first.
@@ -73,42 +77,63 @@ impl Store {
         from_ms: Millis,
         until_ms: Millis,
     ) -> Result<Vec<StoredVerdict>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail \
-             FROM verdicts WHERE at_ms >= ? AND at_ms < ? ORDER BY id",
-        )
+        if let Some(db) = self.reads_shared() {
+            return db.own_verdicts_between(from_ms, until_ms).await;
+        }
+        let rows: Vec<VerdictRow> = sqlx::query_as(&format!(
+            "SELECT {VERDICT_COLUMNS} FROM verdicts WHERE at_ms >= ? AND at_ms < ? ORDER BY id"
+        ))
         .bind(from_ms)
         .bind(until_ms)
         .fetch_all(self.db()?)
         .await
         .map_err(q("reading verdicts"))?;
-        rows.into_iter().map(verdict_from_row).collect()
+        rows.into_iter().map(StoredVerdict::try_from).collect()
     }
 }
 
-fn verdict_from_row(r: sqlx::sqlite::SqliteRow) -> Result<StoredVerdict, StoreError> {
-    let state: String = r.get("state");
-    let state = [State::Fired, State::Clear, State::Inconclusive]
-        .into_iter()
-        .find(|s| s.as_str() == state)
-        .ok_or_else(|| StoreError::Unrecognised {
-            what: "a verdict state",
-            why: format!("unknown verdict state {state:?}"),
-        })?;
-    Ok(StoredVerdict {
-        at_ms: r.get("at_ms"),
-        rule: r.get("rule"),
-        severity: r
-            .get::<String, _>("severity")
-            .parse()
-            .unwrap_or(Severity::Low),
-        color: r.get::<String, _>("color").parse().unwrap_or(Color::Blue),
-        state,
-        n: r.get("n"),
-        value: r.get("value"),
-        threshold: r.get("threshold"),
-        window_ms: r.get("window_ms"),
-        baseline: r.get("baseline"),
-        detail: r.get("detail"),
-    })
+/// A verdict's row as both backends return it.
+#[derive(sqlx::FromRow)]
+pub(super) struct VerdictRow {
+    at_ms: i64,
+    rule: String,
+    severity: String,
+    color: String,
+    state: String,
+    n: i64,
+    value: Option<f64>,
+    threshold: f64,
+    window_ms: i64,
+    baseline: Option<f64>,
+    detail: String,
+}
+
+/// The columns of [`VerdictRow`], in both backends' words.
+pub(super) const VERDICT_COLUMNS: &str =
+    "at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail";
+
+impl TryFrom<VerdictRow> for StoredVerdict {
+    type Error = StoreError;
+    fn try_from(r: VerdictRow) -> Result<StoredVerdict, StoreError> {
+        let state = [State::Fired, State::Clear, State::Inconclusive]
+            .into_iter()
+            .find(|s| s.as_str() == r.state)
+            .ok_or_else(|| StoreError::Unrecognised {
+                what: "a verdict state",
+                why: format!("unknown verdict state {:?}", r.state),
+            })?;
+        Ok(StoredVerdict {
+            at_ms: r.at_ms,
+            rule: r.rule,
+            severity: r.severity.parse().unwrap_or(Severity::Low),
+            color: r.color.parse().unwrap_or(Color::Blue),
+            state,
+            n: r.n,
+            value: r.value,
+            threshold: r.threshold,
+            window_ms: r.window_ms,
+            baseline: r.baseline,
+            detail: r.detail,
+        })
+    }
 }

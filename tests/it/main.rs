@@ -13,6 +13,7 @@ mod drill;
 mod faults;
 mod fleet;
 mod fleet_cli;
+mod fleet_store;
 mod gate;
 mod host;
 mod layout;

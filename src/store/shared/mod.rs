@@ -27,8 +27,12 @@ use crate::config::secret::Secret;
 use crate::model::{Millis, Sample};
 
 pub mod leader;
+mod own;
 pub mod ship;
 mod timeline;
+
+/// The most samples `--all-hosts` and another host's incident chart read.
+const ALL_HOSTS_SAMPLES: i64 = 100_000;
 
 /// How long one statement may take before the database counts as lost.
 pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -389,16 +393,20 @@ impl Shared {
             .map(|s| s.color.map(|c| c.as_str()))
             .collect();
         let ok: Vec<bool> = samples.iter().map(|s| s.ok).collect();
-        let latency: Vec<Option<f64>> = samples.iter().map(|s| s.latency_ms).collect();
+        let latency: Vec<Option<f64>> = samples
+            .iter()
+            .map(|s| crate::store::samples::stored_latency(s.latency_ms))
+            .collect();
         let status: Vec<&str> = samples.iter().map(|s| s.status.as_str()).collect();
         let detail: Vec<_> = samples.iter().map(|s| pg_text(&s.detail)).collect();
         let requests: Vec<Option<f64>> = samples.iter().map(|s| s.requests).collect();
         let errors: Vec<Option<f64>> = samples.iter().map(|s| s.errors).collect();
+        let deployment: Vec<Option<i64>> = samples.iter().map(|s| s.deployment).collect();
         sqlx::query(
             "INSERT INTO samples (host, service, at_ms, probe, color, ok, latency_ms, status, \
-             detail, requests, errors) \
+             detail, requests, errors, deployment) \
              SELECT $1, $2, * FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::bool[], \
-             $7::float8[], $8::text[], $9::text[], $10::float8[], $11::float8[])",
+             $7::float8[], $8::text[], $9::text[], $10::float8[], $11::float8[], $12::bigint[])",
         )
         .bind(&self.host)
         .bind(&self.service)
@@ -411,6 +419,7 @@ impl Shared {
         .bind(detail)
         .bind(requests)
         .bind(errors)
+        .bind(deployment)
         .execute(&self.pool)
         .await
         .map_err(pq("writing samples"))?;
@@ -447,8 +456,9 @@ impl Shared {
 
     pub async fn put_deployment(&self, d: &Deployment) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO deployments (host, service, id, color, version, at_ms, source) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (service, host, id) DO NOTHING",
+            "INSERT INTO deployments (host, service, id, color, version, at_ms, source, quarantined) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (service, host, id) \
+             DO UPDATE SET quarantined = EXCLUDED.quarantined",
         )
         .bind(&self.host)
         .bind(&self.service)
@@ -457,6 +467,7 @@ impl Shared {
         .bind(pg_text(&d.version))
         .bind(d.at_ms)
         .bind(pg_text(&d.source))
+        .bind(d.quarantined)
         .execute(&self.pool)
         .await
         .map_err(pq("writing a deployment"))?;
@@ -674,12 +685,12 @@ impl Shared {
         color: Option<crate::model::Color>,
         since_ms: Millis,
     ) -> Result<Vec<HostSample>, StoreError> {
-        self.samples_where(None, probe, color, since_ms, Millis::MAX)
+        self.samples_where(None, probe, color, since_ms, Millis::MAX, ALL_HOSTS_SAMPLES)
             .await
     }
 
     /// This service's samples in `[from, until)`, of one host, probe and
-    /// color when given; oldest first, at most 100,000.
+    /// color when given; oldest first, at most `limit`.
     async fn samples_where(
         &self,
         host: Option<&str>,
@@ -687,6 +698,7 @@ impl Shared {
         color: Option<crate::model::Color>,
         from_ms: Millis,
         until_ms: Millis,
+        limit: i64,
     ) -> Result<Vec<HostSample>, StoreError> {
         type Row = (
             String,
@@ -699,13 +711,14 @@ impl Shared {
             String,
             Option<f64>,
             Option<f64>,
+            Option<i64>,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT host, at_ms, probe, color, ok, latency_ms, status, detail, requests, errors \
-             FROM samples WHERE service = $1 AND at_ms >= $2 AND at_ms < $3 \
+            "SELECT host, at_ms, probe, color, ok, latency_ms, status, detail, requests, errors, \
+             deployment FROM samples WHERE service = $1 AND at_ms >= $2 AND at_ms < $3 \
              AND ($4::text IS NULL OR probe = $4) AND ($5::text IS NULL OR color = $5) \
              AND ($6::text IS NULL OR host = $6) \
-             ORDER BY at_ms, host LIMIT 100000",
+             ORDER BY at_ms, host, probe, color LIMIT $7",
         )
         .bind(&self.service)
         .bind(from_ms)
@@ -713,6 +726,7 @@ impl Shared {
         .bind(probe)
         .bind(color.map(|c| c.as_str()))
         .bind(host)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(pq("reading samples"))?;
@@ -730,7 +744,7 @@ impl Shared {
                             .map(str::parse)
                             .transpose()
                             .map_err(|e: String| bad("a color", e))?,
-                        deployment: None,
+                        deployment: r.10,
                         ok: r.4,
                         latency_ms: r.5,
                         status: r.6.parse().map_err(|e: String| bad("a sample status", e))?,

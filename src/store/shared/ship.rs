@@ -46,6 +46,13 @@ pub enum Item {
     Resume {
         at_ms: Millis,
     },
+    /// A verdict recorded, with its id in the journal.
+    Verdict(i64, Box<crate::store::StoredVerdict>),
+    /// A drill started or ended: its row is read from the journal.
+    Drill(i64),
+    /// The quarantine marks of a version's deployments changed: they are
+    /// read from the journal when shipped.
+    DeploymentsOf(String),
 }
 
 /// The mirror's queue and what it reports. Cheap to clone.
@@ -195,6 +202,9 @@ impl Mirror {
             Some(Item::Quarantine { .. }) => ("a quarantine", 1),
             Some(Item::Pause(_)) => ("a pause", 1),
             Some(Item::Resume { .. }) => ("a resume", 1),
+            Some(Item::Verdict(..)) => ("a verdict", 1),
+            Some(Item::Drill(_)) => ("a drill", 1),
+            Some(Item::DeploymentsOf(_)) => ("a version's deployments", 1),
             None => return,
         };
         q.refused += rows as u64;
@@ -470,6 +480,19 @@ impl Shipper {
             }
             Item::Pause(p) => timed(self.shared.put_pause(p)).await?,
             Item::Resume { at_ms } => timed(self.shared.resume(*at_ms)).await?,
+            Item::Verdict(id, v) => timed(self.shared.put_verdict(*id, v)).await?,
+            Item::Drill(id) => {
+                if let Some(d) = self.local.drill(*id).await? {
+                    timed(self.shared.put_drill(&d)).await?;
+                }
+            }
+            Item::DeploymentsOf(version) => {
+                for d in self.local.deployments().await? {
+                    if d.version == *version {
+                        timed(self.shared.put_deployment(&d)).await?;
+                    }
+                }
+            }
         }
         self.mirror.pop(n);
         self.mirror.ok();

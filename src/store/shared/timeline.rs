@@ -9,6 +9,15 @@ use crate::model::{Millis, Sample};
 use crate::store::incidents::{IncidentRow, parsed};
 use crate::store::{Incident, IncidentEvent, StoreError};
 
+/// An incident's columns named as the journal names them, so that one
+/// conversion (`IncidentRow`) serves both backends. The switch command's
+/// process group stays in the journal: only the host that ran it can
+/// signal it.
+pub(super) const INCIDENT_COLUMNS: &str = "id, opened_ms, closed_ms, trigger_kind, severity, \
+     rule, reason, evidence, from_color, to_color, from_version, to_version, state, outcome, \
+     downtime_ms, CASE WHEN in_flight THEN 1::bigint END AS in_flight, holder, \
+     NULL::bigint AS switch_pgid";
+
 impl Shared {
     /// Write (or bring up to date) one incident of this host's journal with
     /// its timeline. Events are keyed by their id in the journal: an event
@@ -24,13 +33,13 @@ impl Shared {
         sqlx::query(
             "INSERT INTO incidents (host, service, id, opened_ms, closed_ms, trigger_kind, \
              severity, rule, reason, from_color, to_color, from_version, to_version, state, \
-             outcome, in_flight, evidence, downtime_ms) \
+             outcome, in_flight, evidence, downtime_ms, holder) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18) \
+             $17, $18, $19) \
              ON CONFLICT (service, host, id) DO UPDATE SET opened_ms = $4, closed_ms = $5, \
              trigger_kind = $6, severity = $7, rule = $8, reason = $9, from_color = $10, \
              to_color = $11, from_version = $12, to_version = $13, state = $14, outcome = $15, \
-             in_flight = $16, evidence = $17, downtime_ms = $18",
+             in_flight = $16, evidence = $17, downtime_ms = $18, holder = $19",
         )
         .bind(&self.host)
         .bind(&self.service)
@@ -50,6 +59,7 @@ impl Shared {
         .bind(i.in_flight)
         .bind(pg_text(&i.evidence))
         .bind(i.downtime_ms)
+        .bind(pg_opt(&i.holder))
         .execute(&mut *tx)
         .await
         .map_err(pq("writing an incident"))?;
@@ -101,13 +111,9 @@ impl Shared {
         id: i64,
     ) -> Result<Option<(Incident, Vec<IncidentEvent>)>, StoreError> {
         // Named as the journal names them, so one conversion serves both.
-        let row: Option<IncidentRow> = sqlx::query_as(
-            "SELECT id, opened_ms, closed_ms, trigger_kind, severity, rule, reason, evidence, \
-             from_color, to_color, from_version, to_version, state, outcome, downtime_ms, \
-             CASE WHEN in_flight THEN 1::bigint END AS in_flight, NULL::text AS holder, \
-             NULL::bigint AS switch_pgid \
-             FROM incidents WHERE service = $1 AND host = $2 AND id = $3",
-        )
+        let row: Option<IncidentRow> = sqlx::query_as(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE service = $1 AND host = $2 AND id = $3"
+        ))
         .bind(&self.service)
         .bind(host)
         .bind(id)
@@ -148,7 +154,14 @@ impl Shared {
         until_ms: Millis,
     ) -> Result<Vec<Sample>, StoreError> {
         Ok(self
-            .samples_where(Some(host), None, None, from_ms, until_ms)
+            .samples_where(
+                Some(host),
+                None,
+                None,
+                from_ms,
+                until_ms,
+                super::ALL_HOSTS_SAMPLES,
+            )
             .await?
             .into_iter()
             .map(|s| s.sample)
