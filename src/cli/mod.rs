@@ -365,16 +365,29 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// How long a command that writes to a new journal waits for the shared
+/// database to give this host's history back.
+const RESTORE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The store for a command that writes. With a shared database, what it
 /// writes is mirrored there when the command ends (`main` drains it).
 pub(crate) async fn open(config: &Config) -> anyhow::Result<Store> {
     let mut store = Store::open_dir(&config.daemon.state_dir).await?;
     if let Some(url) = &config.daemon.database {
-        store.attach_shared_for_command(crate::store::shared::Shared::connect_lazy(
-            url,
-            &config.daemon.host,
-            &config.service,
-        )?);
+        let db =
+            crate::store::shared::Shared::connect_lazy(url, &config.daemon.host, &config.service)?;
+        // A new journal (a host rebuilt) first takes this host's history
+        // back, as the daemon does: `deploy` then numbers after it.
+        match store.restore_from(&db, RESTORE_WITHIN).await {
+            Ok(Some(restored)) => eprintln!(
+                "note: this journal was new: took back this host's history from the shared database ({restored})"
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!(
+                "warning: this journal is new and this host's history could not be taken back from the shared database: {e}"
+            ),
+        }
+        store.attach_shared_for_command(db);
     }
     Ok(store)
 }

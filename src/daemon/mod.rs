@@ -76,6 +76,27 @@ pub enum DaemonError {
     },
 }
 
+/// How long a daemon starting with a new journal waits for the shared
+/// database to give this host's history back.
+const RESTORE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A new journal takes this host's history back from the shared database
+/// (`Store::restore_from`), before anything reads or writes it. A failure
+/// is logged: the daemon protects with what it has.
+async fn restore(store: &Store, db: &Shared) {
+    match store.restore_from(db, RESTORE_WITHIN).await {
+        Ok(Some(restored)) => tracing::warn!(
+            rollbackd.host = db.host(),
+            "this journal was new: took back this host's history from the shared database ({restored})"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(
+            rollbackd.error = %e,
+            "this journal is new and this host's history could not be taken back from the shared database: {e} (new rows may be numbered as old ones there)"
+        ),
+    }
+}
+
 /// Run until a [`Control::Shutdown`] arrives (or the channel closes).
 pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(), DaemonError> {
     let config = Arc::new(config);
@@ -86,11 +107,9 @@ pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(),
     if let Some(url) = &config.daemon.database {
         // Connected lazily: the daemon starts, and protects, while the
         // shared database is away (its shipper and lock retry).
-        store.attach_shared(Shared::connect_lazy(
-            url,
-            &config.daemon.host,
-            &config.service,
-        )?);
+        let db = Shared::connect_lazy(url, &config.daemon.host, &config.service)?;
+        restore(&store, &db).await;
+        store.attach_shared(db);
         tracing::info!(
             rollbackd.host = config.daemon.host.as_str(),
             "sharing service {} with a fleet through {url} (as host {})",

@@ -208,6 +208,33 @@ async fn the_read_commands_answer_alike_from_the_shared_database_and_the_journal
     assert_eq!(status["fleet"]["read_from"], "journal", "{status}");
     pg.psql("UPDATE hosts SET backlog = 0 WHERE host = 'a'");
 
+    // The host rebuilt, its journal gone for good: the first command takes
+    // this host's history back from the shared database, and numbers its
+    // own rows after it (the old ones there are kept, not written over).
+    std::fs::remove_dir_all(&state).unwrap();
+    let (_, err) = run(&a.env, &["deploy", "--color", "blue", "--version", "v3"]);
+    assert!(
+        err.contains(
+            "note: this journal was new: took back this host's history from the shared database (3 deployments, 1 incidents"
+        ),
+        "{err}"
+    );
+    let (out, _) = run(&journal_env, &["incidents", "--json"]);
+    assert_eq!(json(&out), journal.incidents, "incidents taken back");
+    let (out, _) = run(&journal_env, &["incident", "show", "1", "--json"]);
+    assert_eq!(json(&out), journal.incident, "the timeline taken back");
+    let status = json(&run(&journal_env, &["status", "--json"]).0);
+    assert_eq!(status["pause"], journal.status["pause"], "{status}");
+    assert_eq!(status["verdicts"], journal.status["verdicts"], "{status}");
+    assert_eq!(status["active"]["deployment"]["id"], 4, "{status}");
+    assert_eq!(
+        pg.psql("SELECT string_agg(id || ' ' || version, ', ' ORDER BY id) FROM deployments WHERE host = 'a'"),
+        "1 v1, 2 v2, 3 v1, 4 v3"
+    );
+    // Not new any more: nothing is taken back twice.
+    let (_, err) = run(&a.env, &["deploy", "--color", "green", "--version", "v4"]);
+    assert!(!err.contains("took back"), "{err}");
+
     // The shared database down: the journal answers, saying why.
     pg.stop();
     let (out, err) = run(&a.env, &["incident", "show", "1", "--json"]);

@@ -29,6 +29,7 @@ use crate::model::{Millis, Sample};
 pub mod leader;
 mod own;
 pub mod ship;
+pub use own::History;
 mod timeline;
 
 /// The most samples `--all-hosts` and another host's incident chart read.

@@ -302,3 +302,105 @@ impl Shared {
         Ok(row.unwrap_or((0, 0)))
     }
 }
+
+/// This host's rows of this service, for a journal started anew
+/// (`Store::restore_from`): each keeps the id its journal gave it.
+#[derive(Debug, Default)]
+pub struct History {
+    pub deployments: Vec<Deployment>,
+    pub incidents: Vec<Incident>,
+    /// (event id, incident id, event).
+    pub events: Vec<(i64, i64, IncidentEvent)>,
+    /// (pause, when it was resumed).
+    pub pauses: Vec<(Pause, Option<Millis>)>,
+    /// The latest verdict of every (rule, color), with its id.
+    pub verdicts: Vec<(i64, StoredVerdict)>,
+    pub drills: Vec<Drill>,
+}
+
+impl History {
+    pub fn is_empty(&self) -> bool {
+        self.deployments.is_empty()
+            && self.incidents.is_empty()
+            && self.pauses.is_empty()
+            && self.verdicts.is_empty()
+            && self.drills.is_empty()
+    }
+}
+
+impl Shared {
+    /// Everything a new journal takes back of this host's history.
+    pub async fn own_history(&self) -> Result<History, StoreError> {
+        let events: Vec<(i64, i64, i64, String, String)> = sqlx::query_as(
+            "SELECT id, incident_id, at_ms, state, message FROM incident_events \
+             WHERE service = $1 AND host = $2 ORDER BY id",
+        )
+        .bind(&self.service)
+        .bind(&self.host)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pq("reading this host's timelines"))?;
+        let events = events
+            .into_iter()
+            .map(|(id, incident, at_ms, state, message)| {
+                Ok((
+                    id,
+                    incident,
+                    IncidentEvent {
+                        at_ms,
+                        state: crate::store::incidents::parsed("a timeline event kind", &state)?,
+                        message,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let pauses: Vec<(i64, i64, i64, String, Option<i64>)> = sqlx::query_as(
+            "SELECT id, at_ms, until_ms, reason, resumed_ms FROM pauses \
+             WHERE service = $1 AND host = $2 ORDER BY id",
+        )
+        .bind(&self.service)
+        .bind(&self.host)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pq("reading this host's pauses"))?;
+        #[derive(sqlx::FromRow)]
+        struct Numbered {
+            id: i64,
+            #[sqlx(flatten)]
+            row: VerdictRow,
+        }
+        let verdicts: Vec<Numbered> = sqlx::query_as(&format!(
+            "SELECT DISTINCT ON (rule, color) id, {VERDICT_COLUMNS} FROM verdicts \
+             WHERE service = $1 AND host = $2 ORDER BY rule, color, id DESC"
+        ))
+        .bind(&self.service)
+        .bind(&self.host)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pq("reading this host's verdicts"))?;
+        Ok(History {
+            deployments: self.own_deployments(None, None, None).await?,
+            incidents: self.own_incidents().await?,
+            events,
+            pauses: pauses
+                .into_iter()
+                .map(|(id, at_ms, until_ms, reason, resumed)| {
+                    (
+                        Pause {
+                            id,
+                            at_ms,
+                            until_ms,
+                            reason,
+                        },
+                        resumed,
+                    )
+                })
+                .collect(),
+            verdicts: verdicts
+                .into_iter()
+                .map(|n| Ok((n.id, StoredVerdict::try_from(n.row)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?,
+            drills: self.own_drills_between(Millis::MIN, Millis::MAX).await?,
+        })
+    }
+}

@@ -433,6 +433,10 @@ impl Shipper {
     }
 
     async fn send_beat(&self) -> Result<(), StoreError> {
+        // Under the writing lock, so that a beat counted before a write
+        // cannot land after a later one: a stopping daemon's last beat
+        // (after its drain) is the one that stays, backlog and all.
+        let _writing = self.mirror.inner.writing.lock().await;
         let backlog = i64::try_from(self.mirror.backlog()).unwrap_or(i64::MAX);
         // What `fleet` shows as dropped: rows this host could not write.
         let dropped =
