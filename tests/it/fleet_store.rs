@@ -2,13 +2,15 @@
 //! the read commands run on this host's rows in PostgreSQL and answer what
 //! the journal answers; they still answer when the journal is gone, and
 //! fall back to it (saying why) when the shared database cannot answer
-//! for this host. Real daemon, real PostgreSQL (`pg.rs`), the real CLI.
+//! for this host. A new journal (a host rebuilt) takes the host's history
+//! back from PostgreSQL, in a command and in the daemon, and numbers its
+//! new rows after it. Real daemon, real PostgreSQL (`pg.rs`), the real CLI.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Env, Setup, wait_for};
+use crate::common::{self, Env, Setup, wait_for};
 use crate::pg::Cluster;
 
 fn text(bytes: &[u8]) -> String {
@@ -234,6 +236,25 @@ async fn the_read_commands_answer_alike_from_the_shared_database_and_the_journal
     // Not new any more: nothing is taken back twice.
     let (_, err) = run(&a.env, &["deploy", "--color", "green", "--version", "v4"]);
     assert!(!err.contains("took back"), "{err}");
+    // A daemon that starts on a new journal takes it back too, before it
+    // reads the active deployment.
+    std::fs::remove_dir_all(&state).unwrap();
+    let daemon = a.daemon().await;
+    let log = common::read(&daemon.log);
+    assert!(
+        log.contains("this journal was new: took back this host's history from the shared database (5 deployments, 1 incidents"),
+        "{log}"
+    );
+    let status = json(&run(&journal_env, &["status", "--json"]).0);
+    assert_eq!(
+        (
+            &status["active"]["deployment"]["id"],
+            &status["active"]["deployment"]["version"]
+        ),
+        (&Value::from(5), &Value::from("v4")),
+        "{status}"
+    );
+    assert!(daemon.stop().await.success());
 
     // The shared database down: the journal answers, saying why.
     pg.stop();
