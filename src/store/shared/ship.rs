@@ -19,6 +19,11 @@ use crate::store::{Store, StoreError};
 /// Samples held for the database at most (about 20-40 MB): past it the
 /// oldest are dropped, and counted.
 pub const MAX_SAMPLES: usize = 100_000;
+
+/// The most verdicts the queue holds (about 3 MB): a rule that flaps
+/// through a long outage must not grow it for ever. Past it the oldest
+/// waiting verdicts are dropped and counted, as samples are.
+pub const MAX_VERDICTS: usize = 10_000;
 /// Samples written in one statement at most.
 const BATCH: usize = 5_000;
 /// The heartbeat's pace, and the retry pace while the database is away.
@@ -86,6 +91,9 @@ struct Inner {
 struct Queue {
     items: VecDeque<Item>,
     samples: usize,
+    /// [`Item::Verdict`]s held.
+    verdicts: usize,
+    /// Samples and verdicts dropped for room.
     dropped: u64,
     /// Rows set aside because the database refused them (see [`REFUSALS`]).
     refused: u64,
@@ -144,8 +152,25 @@ impl Mirror {
             // front may be mid-write with the state before it).
             let waiting =
                 |i: &Item| matches!((i, &item), (Item::Incident(a), Item::Incident(b)) if a == b);
+            if matches!(item, Item::Verdict(..)) {
+                q.verdicts += 1;
+            }
             if !q.items.iter().skip(1).any(waiting) {
                 q.items.push_back(item);
+            }
+            // Over the bound: the oldest verdict that is not being written.
+            while q.verdicts > MAX_VERDICTS {
+                let Some(at) = q
+                    .items
+                    .iter()
+                    .skip(1)
+                    .position(|i| matches!(i, Item::Verdict(..)))
+                else {
+                    break;
+                };
+                q.items.remove(at + 1);
+                q.verdicts -= 1;
+                q.dropped += 1;
             }
         }
         self.inner.wake.notify_one();
@@ -175,7 +200,7 @@ impl Mirror {
         (at > 0).then_some(at)
     }
 
-    /// Samples dropped because the queue was full.
+    /// Samples and verdicts dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.inner.queue.lock().map(|q| q.dropped).unwrap_or(0)
     }
@@ -202,7 +227,10 @@ impl Mirror {
             Some(Item::Quarantine { .. }) => ("a quarantine", 1),
             Some(Item::Pause(_)) => ("a pause", 1),
             Some(Item::Resume { .. }) => ("a resume", 1),
-            Some(Item::Verdict(..)) => ("a verdict", 1),
+            Some(Item::Verdict(..)) => {
+                q.verdicts -= 1;
+                ("a verdict", 1)
+            }
             Some(Item::Drill(_)) => ("a drill", 1),
             Some(Item::DeploymentsOf(_)) => ("a version's deployments", 1),
             None => return,
@@ -290,8 +318,10 @@ impl Mirror {
     fn pop(&self, n: usize) {
         if let Ok(mut q) = self.inner.queue.lock() {
             for _ in 0..n {
-                if let Some(Item::Samples(s)) = q.items.pop_front() {
-                    q.samples -= s.len();
+                match q.items.pop_front() {
+                    Some(Item::Samples(s)) => q.samples -= s.len(),
+                    Some(Item::Verdict(..)) => q.verdicts -= 1,
+                    _ => {}
                 }
             }
         }
@@ -573,5 +603,56 @@ mod tests {
         );
         m.pop(n);
         assert_eq!(m.backlog(), MAX_SAMPLES - joined.len());
+    }
+
+    fn verdict(at_ms: Millis) -> Item {
+        Item::Verdict(
+            at_ms,
+            Box::new(crate::store::StoredVerdict {
+                at_ms,
+                rule: "critical: error_rate >= 5% over 1m".into(),
+                severity: crate::model::Severity::Critical,
+                color: crate::model::Color::Blue,
+                state: crate::matrix::State::Fired,
+                n: 5,
+                value: Some(10.0),
+                threshold: 5.0,
+                window_ms: 60_000,
+                baseline: None,
+                detail: String::new(),
+            }),
+        )
+    }
+
+    /// A rule flapping through a long outage: the verdicts held stay
+    /// bounded, the oldest waiting ones dropped and counted; the one being
+    /// written (the front) and every other record stay.
+    #[test]
+    fn a_flood_of_verdicts_is_bounded_and_counted_but_keeps_every_record() {
+        let m = Mirror::default();
+        m.push(verdict(0));
+        m.push(Item::Incident(1));
+        for at in 1..(MAX_VERDICTS as Millis + 5) {
+            m.push(verdict(at));
+        }
+        assert_eq!(m.dropped(), 5, "the overflow is counted");
+        assert_eq!(
+            m.backlog(),
+            MAX_VERDICTS + 1,
+            "verdicts at the bound, plus the incident"
+        );
+        let (front, _) = m.front().unwrap();
+        assert!(matches!(front, Item::Verdict(0, _)), "the front stays");
+        m.pop(1);
+        assert!(matches!(m.front().unwrap().0, Item::Incident(1)));
+        m.pop(1);
+        let Item::Verdict(oldest, _) = m.front().unwrap().0 else {
+            panic!("verdicts next");
+        };
+        assert_eq!(oldest, 6, "the oldest waiting were dropped");
+        // Popping keeps the count: the bound applies to what is held.
+        m.pop(1);
+        m.push(verdict(99_999));
+        assert_eq!(m.dropped(), 5);
     }
 }
