@@ -210,6 +210,16 @@ async fn the_read_commands_answer_alike_from_the_shared_database_and_the_journal
     assert_eq!(status["fleet"]["read_from"], "journal", "{status}");
     pg.psql("UPDATE hosts SET backlog = 0 WHERE host = 'a'");
 
+    // A schema older than this binary (no `drills` yet): the journal.
+    pg.psql("ALTER TABLE drills RENAME TO drills_later");
+    let (out, err) = run(&a.env, &["incidents", "--json"]);
+    assert_eq!(json(&out), journal.incidents);
+    assert!(
+        err.contains("note: the shared database's schema is older than this rollbackd"),
+        "{err}"
+    );
+    pg.psql("ALTER TABLE drills_later RENAME TO drills");
+
     // The host rebuilt, its journal gone for good: the first command takes
     // this host's history back from the shared database, and numbers its
     // own rows after it (the old ones there are kept, not written over).

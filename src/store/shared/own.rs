@@ -278,8 +278,8 @@ impl Shared {
     pub async fn holds_whole_journals(&self) -> Result<bool, StoreError> {
         sqlx::query_scalar(
             "SELECT to_regclass('drills') IS NOT NULL \
-             AND EXISTS (SELECT 1 FROM information_schema.columns \
-             WHERE table_name = 'samples' AND column_name = 'deployment')",
+             AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('samples') \
+             AND attname = 'deployment' AND NOT attisdropped)",
         )
         .fetch_one(&self.pool)
         .await
