@@ -455,11 +455,14 @@ impl Shared {
         Ok(deleted)
     }
 
+    /// One deployment of this host's journal with its quarantine mark,
+    /// keyed by its id there (written over one an earlier journal of this
+    /// host gave the same id: the journal says).
     pub async fn put_deployment(&self, d: &Deployment) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO deployments (host, service, id, color, version, at_ms, source, quarantined) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (service, host, id) \
-             DO UPDATE SET quarantined = EXCLUDED.quarantined",
+             DO UPDATE SET color = $4, version = $5, at_ms = $6, source = $7, quarantined = $8",
         )
         .bind(&self.host)
         .bind(&self.service)

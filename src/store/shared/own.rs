@@ -20,13 +20,17 @@ const DEPLOYMENT_COLUMNS: &str = "id, color, version, at_ms, source, quarantined
 impl Shared {
     // --- what the mirror writes --------------------------------------------
 
-    /// One verdict of this host's journal, keyed by its id there.
+    /// One verdict of this host's journal, keyed by its id there (written
+    /// over what an earlier journal of this host gave the same id, as
+    /// incidents are: the journal says).
     pub async fn put_verdict(&self, id: i64, v: &StoredVerdict) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO verdicts (host, service, id, at_ms, rule, severity, color, state, n, \
              value, threshold, window_ms, baseline, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (service, host, id) DO NOTHING",
+             ON CONFLICT (service, host, id) DO UPDATE SET at_ms = $4, rule = $5, \
+             severity = $6, color = $7, state = $8, n = $9, value = $10, threshold = $11, \
+             window_ms = $12, baseline = $13, detail = $14",
         )
         .bind(&self.host)
         .bind(&self.service)
