@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use super::{ReplayArgs, open_journal};
+use super::{ReplayArgs, open_read_only};
 
 use crate::config::{Actions, Config};
 use crate::matrix::{self, Baselines, Decision, Engine, State, Verdict, noise};
@@ -56,8 +56,10 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         return synthetic(config, &rules, &a, rate);
     }
     // Replay writes nothing: not even an empty database where none was.
+    // With a shared database, this host's samples there may be replayed
+    // without its journal (`open_read_only`).
     let db = config.db_path();
-    if !db.exists() {
+    if !db.exists() && config.daemon.database.is_none() {
         anyhow::bail!(
             "no database at {}: nothing to replay (is `state_dir` in {} the daemon's? \
              to try other rules on this host's samples, keep --config and pass --rules FILE)",
@@ -65,7 +67,7 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
             config.path.display()
         );
     }
-    let store = open_journal(config).await?;
+    let store = open_read_only(config).await?;
     let now = now_ms();
     let start = now - duration_ms(a.since);
     let warmup = rules
@@ -80,7 +82,10 @@ pub async fn run(config: &Config, a: ReplayArgs) -> anyhow::Result<()> {
         None => None,
     };
     let step = duration_ms(a.step).max(1);
-    let origin = format!("database {}", config.db_path().display());
+    let origin = match store.reads_shared() {
+        Some(shared) => format!("the shared database (host {})", shared.host()),
+        None => format!("database {}", config.db_path().display()),
+    };
     // The samples stream from the database into the replay, which runs
     // beside on a blocking thread: memory stays bounded (a few chunks in
     // flight) whatever the period.

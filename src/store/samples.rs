@@ -390,6 +390,8 @@ impl Store {
         Ok(SamplePages {
             store: self,
             after: (since_ms, -1, -1),
+            // Probe names are never empty: every sample at `since_ms` is after it.
+            shared_after: (since_ms, String::new(), String::new()),
             details: HashMap::new(),
             rows: Vec::with_capacity(PAGE),
             done: false,
@@ -671,6 +673,9 @@ fn insert_sql(rows: usize) -> String {
 pub struct SamplePages<'a> {
     store: &'a Store,
     after: (Millis, i64, i64),
+    /// The cursor in the shared database, when the store reads there:
+    /// (at_ms, probe, color or "").
+    shared_after: (Millis, String, String),
     details: HashMap<i64, String>,
     /// The page read last, reused for the next one.
     rows: Vec<raw::Row>,
@@ -687,6 +692,19 @@ impl SamplePages<'_> {
             return Ok(None);
         }
         let store = self.store;
+        if let Some(db) = store.reads_shared() {
+            let page = db.own_sample_page(&self.shared_after, PAGE as i64).await?;
+            self.done = page.len() < PAGE;
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
+            self.shared_after = (
+                last.at_ms,
+                last.probe.clone(),
+                last.color.map_or("", |c| c.as_str()).to_owned(),
+            );
+            return Ok(Some(page));
+        }
         // `db` checks the fence; the read itself is on a pooled connection.
         store.db()?;
         let conn = store.pool.acquire().await.map_err(q("reading samples"))?;

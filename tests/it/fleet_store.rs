@@ -66,6 +66,9 @@ struct Reads {
     samples: Vec<Value>,
     report: Value,
     status: Value,
+    /// `replay`'s samples and rollbacks (its times are counted from now).
+    replay: (Value, usize),
+    replay_origin: String,
 }
 
 fn reads(env: &Env) -> (Reads, Vec<String>) {
@@ -82,6 +85,17 @@ fn reads(env: &Env) -> (Reads, Vec<String>) {
         samples: sorted_samples(&take(&["samples", "--since", "1h", "--json"])),
         report: json(&take(&["report", "--deployment", "2", "--json"])),
         status: status_doc(&take(&["status", "--json"])),
+        replay: (Value::Null, 0),
+        replay_origin: String::new(),
+    };
+    let replay = json(&take(&["replay", "--since", "10m", "--json"]));
+    let r = Reads {
+        replay: (
+            replay["samples"].clone(),
+            replay["rollbacks"].as_array().map_or(0, Vec::len),
+        ),
+        replay_origin: replay["origin"].as_str().unwrap_or_default().to_owned(),
+        ..r
     };
     (r, notes)
 }
@@ -98,6 +112,11 @@ fn assert_same(theirs: &Reads, journal: &Reads, what: &str) {
     assert_eq!(theirs.samples, journal.samples, "{what}: samples");
     assert_eq!(theirs.report, journal.report, "{what}: report");
     assert_eq!(theirs.status, journal.status, "{what}: status");
+    assert_eq!(theirs.replay, journal.replay, "{what}: replay");
+    assert_eq!(
+        theirs.replay_origin, "the shared database (host a)",
+        "{what}: replay"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,6 +188,12 @@ async fn the_read_commands_answer_alike_from_the_shared_database_and_the_journal
     );
     assert!(!journal.status["verdicts"].as_array().unwrap().is_empty());
     assert!(!journal.status["pause"].is_null(), "{}", journal.status);
+    assert!(
+        journal.replay.0.as_u64().unwrap() > 0,
+        "a replay of the samples: {:?}",
+        journal.replay
+    );
+    assert!(journal.replay_origin.starts_with("database "));
     assert!(journal.samples.iter().any(|s| s["deployment"].is_i64()));
     assert!(
         !journal.report["fired"].as_array().unwrap().is_empty()
@@ -275,4 +300,59 @@ async fn the_read_commands_answer_alike_from_the_shared_database_and_the_journal
             && err.contains("reading this host's journal"),
         "{err}"
     );
+}
+
+/// `replay` streams this host's samples from the shared database in pages
+/// (`store::PAGE` each), as it does from the journal: every sample once,
+/// in time order, across page boundaries that fall between samples taken
+/// in the same millisecond (two colors and a shared probe), and none of
+/// another host's.
+#[tokio::test]
+async fn replay_pages_through_the_shared_database_without_losing_a_sample() {
+    use rollbackd::model::{Color as Side, Sample};
+    use rollbackd::store::{PAGE, Store};
+    let Some(pg) = Cluster::start() else { return };
+    let secret = rollbackd::config::secret::Secret::resolve(&pg.url()).unwrap();
+    let mine = rollbackd::store::shared::Shared::connect(&secret, "a", "svc")
+        .await
+        .unwrap();
+    let theirs = rollbackd::store::shared::Shared::connect(&secret, "b", "svc")
+        .await
+        .unwrap();
+    // 3 samples per millisecond: more than two pages' worth.
+    let per_ms = |at: i64| {
+        [Some(Side::Blue), Some(Side::Green), None].map(|color| {
+            let probe = if color.is_some() {
+                "healthz"
+            } else {
+                "dependency"
+            };
+            Sample::answer(at, probe, color, at % 7 != 0, 1.0)
+        })
+    };
+    let samples: Vec<Sample> = (1_000..1_000 + (PAGE as i64)).flat_map(per_ms).collect();
+    for chunk in samples.chunks(5_000) {
+        mine.put_samples(chunk).await.unwrap();
+    }
+    theirs.put_samples(&per_ms(5_000)).await.unwrap();
+
+    let none = tempfile::tempdir().unwrap();
+    let store = Store::open_shared_reads(none.path(), mine).await;
+    let mut pages = store.sample_pages(1_500).await.unwrap();
+    let mut read = Vec::new();
+    let mut n = 0;
+    while let Some(page) = pages.next_page().await.unwrap() {
+        assert!(page.len() <= PAGE);
+        read.extend(page);
+        n += 1;
+        assert!(n < 10, "the pages end");
+    }
+    let want: Vec<&Sample> = samples.iter().filter(|s| s.at_ms >= 1_500).collect();
+    assert_eq!(read.len(), want.len(), "every sample once");
+    assert!(n >= 3, "{n} pages");
+    let key = |s: &Sample| (s.at_ms, s.probe.clone(), s.color.map(|c| c.as_str()));
+    assert!(read.windows(2).all(|w| key(&w[0]) < key(&w[1])), "in order");
+    let mut want: Vec<_> = want.into_iter().cloned().collect();
+    want.sort_by_key(key);
+    assert_eq!(read, want);
 }

@@ -32,6 +32,50 @@ pub mod ship;
 pub use own::History;
 mod timeline;
 
+/// A sample's columns in the shared database, as [`SampleRow`].
+const SAMPLE_COLUMNS: &str = "host, at_ms, probe, color, ok, latency_ms, status, detail, \
+     requests, errors, deployment";
+
+type SampleRow = (
+    String,
+    i64,
+    String,
+    Option<String>,
+    bool,
+    Option<f64>,
+    String,
+    String,
+    Option<f64>,
+    Option<f64>,
+    Option<i64>,
+);
+
+/// A shared sample's row as the store's type (a word this build does not
+/// know is an error naming it).
+fn host_sample(r: SampleRow) -> Result<HostSample, StoreError> {
+    let bad = |what: &'static str, why: String| StoreError::Unrecognised { what, why };
+    Ok(HostSample {
+        host: r.0,
+        sample: Sample {
+            at_ms: r.1,
+            probe: r.2,
+            color: r
+                .3
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e: String| bad("a color", e))?,
+            deployment: r.10,
+            ok: r.4,
+            latency_ms: r.5,
+            status: r.6.parse().map_err(|e: String| bad("a sample status", e))?,
+            detail: r.7,
+            requests: r.8,
+            errors: r.9,
+        },
+    })
+}
+
 /// The most samples `--all-hosts` and another host's incident chart read.
 const ALL_HOSTS_SAMPLES: i64 = 100_000;
 
@@ -704,26 +748,12 @@ impl Shared {
         until_ms: Millis,
         limit: i64,
     ) -> Result<Vec<HostSample>, StoreError> {
-        type Row = (
-            String,
-            i64,
-            String,
-            Option<String>,
-            bool,
-            Option<f64>,
-            String,
-            String,
-            Option<f64>,
-            Option<f64>,
-            Option<i64>,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT host, at_ms, probe, color, ok, latency_ms, status, detail, requests, errors, \
-             deployment FROM samples WHERE service = $1 AND at_ms >= $2 AND at_ms < $3 \
+        let rows: Vec<SampleRow> = sqlx::query_as(&format!(
+            "SELECT {SAMPLE_COLUMNS} FROM samples WHERE service = $1 AND at_ms >= $2 AND at_ms < $3 \
              AND ($4::text IS NULL OR probe = $4) AND ($5::text IS NULL OR color = $5) \
              AND ($6::text IS NULL OR host = $6) \
-             ORDER BY at_ms, host, probe, color LIMIT $7",
-        )
+             ORDER BY at_ms, host, probe, color LIMIT $7"
+        ))
         .bind(&self.service)
         .bind(from_ms)
         .bind(until_ms)
@@ -734,31 +764,7 @@ impl Shared {
         .fetch_all(&self.pool)
         .await
         .map_err(pq("reading samples"))?;
-        rows.into_iter()
-            .map(|r| {
-                let bad = |what: &'static str, why: String| StoreError::Unrecognised { what, why };
-                Ok(HostSample {
-                    host: r.0,
-                    sample: Sample {
-                        at_ms: r.1,
-                        probe: r.2,
-                        color: r
-                            .3
-                            .as_deref()
-                            .map(str::parse)
-                            .transpose()
-                            .map_err(|e: String| bad("a color", e))?,
-                        deployment: r.10,
-                        ok: r.4,
-                        latency_ms: r.5,
-                        status: r.6.parse().map_err(|e: String| bad("a sample status", e))?,
-                        detail: r.7,
-                        requests: r.8,
-                        errors: r.9,
-                    },
-                })
-            })
-            .collect()
+        rows.into_iter().map(host_sample).collect()
     }
 
     /// A connection of its own for the leader lock (never pooled: a pooled

@@ -277,6 +277,34 @@ impl Shared {
             .collect())
     }
 
+    /// Up to `limit` of this host's samples after `after` (at_ms, probe,
+    /// color; a shared probe's color is ""), in that order: one page of
+    /// `replay`'s stream.
+    pub async fn own_sample_page(
+        &self,
+        after: &(Millis, String, String),
+        limit: i64,
+    ) -> Result<Vec<Sample>, StoreError> {
+        let rows: Vec<super::SampleRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM samples WHERE service = $1 AND host = $2 \
+             AND (at_ms, probe, COALESCE(color, '')) > ($3, $4, $5) \
+             ORDER BY at_ms, probe, COALESCE(color, '') LIMIT $6",
+            super::SAMPLE_COLUMNS
+        ))
+        .bind(&self.service)
+        .bind(&self.host)
+        .bind(after.0)
+        .bind(&after.1)
+        .bind(&after.2)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pq("reading samples"))?;
+        rows.into_iter()
+            .map(|r| super::host_sample(r).map(|s| s.sample))
+            .collect()
+    }
+
     /// Whether this database's schema has every table the read verbs ask
     /// (a database not yet migrated to this version answers `false`).
     pub async fn holds_whole_journals(&self) -> Result<bool, StoreError> {
