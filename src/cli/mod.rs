@@ -414,7 +414,7 @@ pub(crate) async fn open_read_only(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// This host's journal alone, read-only (`Store::open_read_only`): for
-/// what only the journal holds (the local quarantine, replay's samples).
+/// what only the journal holds (the local quarantine).
 pub(crate) async fn open_journal(config: &Config) -> anyhow::Result<Store> {
     Ok(Store::open_read_only(&config.daemon.state_dir).await?)
 }

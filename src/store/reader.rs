@@ -1,5 +1,5 @@
 //! The store of a command that only reads (`status`, `incidents`,
-//! `incident show`, `samples`, `report`): this host's journal, or, with
+//! `incident show`, `samples`, `report`, `replay`): this host's journal, or, with
 //! `[daemon] database`, this host's rows in the shared database, the
 //! fleet's store of record (SPEC section 7, docs/fleet.md "One store, two
 //! backends"). The read verbs choose their query by [`Store::reads_shared`];
@@ -15,7 +15,7 @@ use super::{Store, StoreError, shared};
 impl Store {
     /// The store of a command that only reads, with a shared database:
     /// its read verbs (what `status`, `incidents`, `incident show`,
-    /// `samples` and `report` call) run on this host's rows of this service
+    /// `samples`, `report` and `replay` call) run on this host's rows of this service
     /// in `db`, the fleet's store of record, so they answer when this
     /// host's journal is gone. The journal is opened read-only when it is
     /// there (its path and size are shown); when it is not, a verb that
@@ -49,7 +49,7 @@ impl Store {
     }
 
     /// The store of a command that only reads (`status`, `incidents`,
-    /// `incident show`, `samples`, `report`). Without `shared`, this
+    /// `incident show`, `samples`, `report`, `replay`). Without `shared`, this
     /// host's journal. With it, the shared database, the fleet's store of
     /// record ([`Store::open_shared_reads`]), unless it cannot answer for
     /// this host: unreachable, a schema older than this binary, or this
