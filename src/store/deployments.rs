@@ -250,7 +250,7 @@ impl Store {
             version: version.to_owned(),
             at_ms: crate::model::now_ms(),
         });
-        self.mirror_item(Item::DeploymentsOf(version.to_owned()));
+        self.mirror_item(Item::DeploymentsOf(Some(version.to_owned())));
         Ok(())
     }
 
@@ -306,7 +306,7 @@ impl Store {
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
         if lifted > 0 {
-            self.mirror_item(Item::DeploymentsOf(version.to_owned()));
+            self.mirror_item(Item::DeploymentsOf(Some(version.to_owned())));
         }
         Ok(lifted)
     }

@@ -540,6 +540,9 @@ impl Store {
     /// mirror holds rows until it answers.
     pub fn attach_shared(&mut self, db: shared::Shared) {
         let mirror = shared::ship::Mirror::default();
+        // Every deployment once, as the journal has it: rows an older
+        // version shipped get their quarantine marks (a few rows).
+        mirror.push(shared::ship::Item::DeploymentsOf(None));
         let (tx, leadership) = tokio::sync::watch::channel(shared::leader::Leadership::Follower);
         tokio::spawn(shared::leader::run(db.clone(), tx));
         let mut local = self.clone();

@@ -55,9 +55,11 @@ pub enum Item {
     Verdict(i64, Box<crate::store::StoredVerdict>),
     /// A drill started or ended: its row is read from the journal.
     Drill(i64),
-    /// The quarantine marks of a version's deployments changed: they are
-    /// read from the journal when shipped.
-    DeploymentsOf(String),
+    /// The quarantine marks of a version's deployments changed (of every
+    /// deployment with `None`: a daemon's start, so that rows shipped by
+    /// an older version get theirs): they are read from the journal when
+    /// shipped.
+    DeploymentsOf(Option<String>),
 }
 
 /// The mirror's queue and what it reports. Cheap to clone.
@@ -522,7 +524,7 @@ impl Shipper {
             }
             Item::DeploymentsOf(version) => {
                 for d in self.local.deployments().await? {
-                    if d.version == *version {
+                    if version.as_ref().is_none_or(|v| d.version == *v) {
                         timed(self.shared.put_deployment(&d)).await?;
                     }
                 }
