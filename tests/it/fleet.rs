@@ -457,6 +457,13 @@ async fn a_killed_leaders_rollback_is_closed_as_unknown_after_its_bound() {
     let (da, db) = start_pair(&pg, &a, &b).await;
 
     blue.set(503);
+    // Killed in its switch: once the command runs (its line is first) and
+    // the row in flight is shared. The row is shipped as the incident
+    // opens, before the target is verified: killed then, A never switches.
+    wait_for("a's switch to start", Duration::from_secs(30), || async {
+        switches(shared.path()).iter().any(|l| l.ends_with("|a"))
+    })
+    .await;
     wait_for("a's row in flight", Duration::from_secs(30), || async {
         pg.psql("SELECT count(*) FROM incidents WHERE host = 'a' AND in_flight") == "1"
     })
