@@ -10,7 +10,7 @@ use std::path::Path;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
-use super::{Store, StoreError, shared};
+use super::{Store, StoreError, q, shared};
 
 impl Store {
     /// The store of a command that only reads, with a shared database:
@@ -49,13 +49,15 @@ impl Store {
     }
 
     /// The store of a command that only reads (`status`, `incidents`,
-    /// `incident show`, `samples`, `report`, `replay`). Without `shared`, this
-    /// host's journal. With it, the shared database, the fleet's store of
-    /// record ([`Store::open_shared_reads`]), unless it cannot answer for
-    /// this host: unreachable, a schema older than this binary, or this
-    /// host's journal holding rows it does not (its mirror's backlog, or
-    /// rows dropped while it was away). Then the journal, with a note
-    /// saying why for the operator.
+    /// `incident show`, `samples`, `report`, `replay`). Without `shared`,
+    /// this host's journal. With it, the shared database, the fleet's store
+    /// of record ([`Store::open_shared_reads`]), unless it cannot answer
+    /// for this host: unreachable, a schema older than this binary, or
+    /// this host's journal holding rows it does not (its newest records'
+    /// ids are ahead, or its daemon's last heartbeat says rows wait in the
+    /// mirror or were dropped). Then the journal, with a note saying why
+    /// for the operator; without a journal on this machine, the shared
+    /// database as it is, with a note.
     pub async fn open_reader(
         state_dir: &Path,
         shared: Option<shared::Shared>,
@@ -63,26 +65,88 @@ impl Store {
         let Some(db) = shared else {
             return Ok((Store::open_read_only(state_dir).await?, None));
         };
+        let journal = Store::open_read_only(state_dir).await;
         let why = match db.holds_whole_journals().await {
-            Err(e) => format!("the shared database cannot be read ({e})"),
-            Ok(false) => "the shared database's schema is older than this rollbackd (a daemon of this version migrates it)".to_owned(),
-            Ok(true) => match db.own_gap().await {
-                Err(e) => format!("the shared database cannot be read ({e})"),
-                Ok((waiting, dropped)) if waiting > 0 || dropped > 0 => {
-                    let gap = format!(
-                        "this host's journal holds rows the shared database does not yet ({waiting} waiting, {dropped} dropped or set aside)"
-                    );
-                    if !state_dir.join("rollbackd.db").exists() {
-                        let note = format!("{gap}, and it is not on this machine: reading the shared database as it is");
-                        return Ok((Store::open_shared_reads(state_dir, db).await, Some(note)));
-                    }
-                    gap
-                }
-                Ok(_) => return Ok((Store::open_shared_reads(state_dir, db).await, None)),
+            Err(e) => Err(format!("the shared database cannot be read ({e})")),
+            Ok(false) => Err("the shared database's schema is older than this rollbackd (a daemon of this version migrates it)".to_owned()),
+            Ok(true) => match &journal {
+                Ok(journal) => match journal.ahead_of(&db).await {
+                    Err(e) => Err(format!(
+                        "this host's journal and the shared database could not be compared ({e})"
+                    )),
+                    Ok(Some(why)) => Err(why),
+                    Ok(None) => Ok(()),
+                },
+                Err(_) => Ok(()),
             },
         };
-        db.close().await;
-        let store = Store::open_read_only(state_dir).await?;
-        Ok((store, Some(format!("{why}: reading this host's journal"))))
+        match (why, journal) {
+            (Ok(()), _) => Ok((Store::open_shared_reads(state_dir, db).await, None)),
+            (Err(why), Ok(journal)) => {
+                db.close().await;
+                Ok((journal, Some(format!("{why}: reading this host's journal"))))
+            }
+            (Err(why), Err(e)) => match db.holds_whole_journals().await {
+                Ok(true) => Ok((
+                    Store::open_shared_reads(state_dir, db).await,
+                    Some(format!(
+                        "{why}, and this host's journal cannot be read ({e}): reading the shared database as it is"
+                    )),
+                )),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Why the shared database cannot answer for this host as its journal
+    /// does, if it cannot: the journal's newest records are ahead of what
+    /// it holds (a command's rows it could not take), or this host's daemon
+    /// said in its last heartbeat that rows wait or were dropped.
+    async fn ahead_of(&self, db: &shared::Shared) -> Result<Option<String>, StoreError> {
+        let (waiting, dropped) = db.own_gap().await?;
+        if waiting > 0 || dropped > 0 {
+            return Ok(Some(format!(
+                "this host's journal holds rows the shared database does not yet ({waiting} waiting, {dropped} dropped or set aside)"
+            )));
+        }
+        let theirs = db.own_marks().await?;
+        let mine = self.marks().await?;
+        let ahead: Vec<String> = MARKED
+            .iter()
+            .zip(mine.iter().zip(theirs.iter()))
+            .filter(|(_, (m, t))| m > t)
+            .map(|(table, (m, t))| format!("{table} up to #{m}, it has #{t}"))
+            .collect();
+        Ok((!ahead.is_empty()).then(|| {
+            format!(
+                "this host's journal holds rows the shared database does not ({})",
+                ahead.join("; ")
+            )
+        }))
+    }
+
+    /// The newest id of each of [`MARKED`] in the journal (0: none).
+    async fn marks(&self) -> Result<Vec<i64>, StoreError> {
+        let mut out = Vec::with_capacity(MARKED.len());
+        for table in MARKED {
+            out.push(
+                sqlx::query_scalar(&format!("SELECT COALESCE(MAX(id), 0) FROM {table}"))
+                    .fetch_one(self.db()?)
+                    .await
+                    .map_err(q("reading the journal's newest ids"))?,
+            );
+        }
+        Ok(out)
     }
 }
+
+/// The record tables whose newest ids tell a journal ahead of the shared
+/// database (named alike in both).
+pub(super) const MARKED: [&str; 6] = [
+    "deployments",
+    "incidents",
+    "incident_events",
+    "pauses",
+    "verdicts",
+    "drills",
+];

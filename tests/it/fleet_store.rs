@@ -234,6 +234,18 @@ async fn the_read_commands_answer_alike_from_the_shared_database_and_the_journal
     let status = json(&run(&a.env, &["status", "--json"]).0);
     assert_eq!(status["fleet"]["read_from"], "journal", "{status}");
     pg.psql("UPDATE hosts SET backlog = 0 WHERE host = 'a'");
+    // A command's row the shared database did not take (it was away when
+    // `pause` ended): the journal's newest ids are ahead, so it answers.
+    pg.psql("UPDATE pauses SET host = 'elsewhere' WHERE host = 'a'");
+    let (out, err) = run(&a.env, &["status", "--json"]);
+    assert_eq!(status_doc(&out), journal.status);
+    assert!(
+        err.contains(
+            "note: this host's journal holds rows the shared database does not (pauses up to #1, it has #0): reading this host's journal"
+        ),
+        "{err}"
+    );
+    pg.psql("UPDATE pauses SET host = 'a' WHERE host = 'elsewhere'");
 
     // A schema older than this binary (no `drills` yet): the journal.
     pg.psql("ALTER TABLE drills RENAME TO drills_later");

@@ -320,6 +320,25 @@ impl Shared {
 }
 
 impl Shared {
+    /// The newest id this host has in each of `store::reader::MARKED`
+    /// (0: none).
+    pub async fn own_marks(&self) -> Result<Vec<i64>, StoreError> {
+        let mut out = Vec::with_capacity(crate::store::reader::MARKED.len());
+        for table in crate::store::reader::MARKED {
+            out.push(
+                sqlx::query_scalar(&format!(
+                    "SELECT COALESCE(MAX(id), 0) FROM {table} WHERE service = $1 AND host = $2"
+                ))
+                .bind(&self.service)
+                .bind(&self.host)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(pq("reading this host's newest ids"))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// What this host's last heartbeat said its journal holds that this
     /// database does not: rows waiting in its mirror, and rows it dropped
     /// or set aside (none when it never beat).
