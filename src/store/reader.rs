@@ -15,35 +15,37 @@ use super::{Store, StoreError, q, shared};
 impl Store {
     /// The store of a command that only reads, with a shared database:
     /// its read verbs (what `status`, `incidents`, `incident show`,
-    /// `samples`, `report` and `replay` call) run on this host's rows of this service
-    /// in `db`, the fleet's store of record, so they answer when this
-    /// host's journal is gone. The journal is opened read-only when it is
-    /// there (its path and size are shown); when it is not, a verb that
-    /// only the journal answers fails naming it.
+    /// `samples`, `report` and `replay` call) run on this host's rows of
+    /// this service in `db`, the fleet's store of record, so they answer
+    /// when this host's journal is gone. The journal is opened read-only
+    /// when it is there (its path and size are shown); when it is not, a
+    /// verb that only the journal answers fails naming it.
     pub async fn open_shared_reads(state_dir: &Path, db: shared::Shared) -> Store {
-        let mut store = match Store::open_read_only(state_dir).await {
-            Ok(store) => store,
-            Err(_) => {
-                let path = state_dir.join("rollbackd.db");
-                let options = SqliteConnectOptions::new()
-                    .filename(&path)
-                    .read_only(true)
-                    .create_if_missing(false);
-                Store {
-                    pool: SqlitePoolOptions::new()
-                        .max_connections(1)
-                        .connect_lazy_with(options),
-                    identity: None,
-                    path,
-                    kept: Default::default(),
-                    last: Default::default(),
-                    mapped_writable: false,
-                    series: Default::default(),
-                    shared: None,
-                    reads: None,
-                }
+        let journal = Store::open_read_only(state_dir).await.ok();
+        Store::with_shared_reads(journal, state_dir, db)
+    }
+
+    fn with_shared_reads(journal: Option<Store>, state_dir: &Path, db: shared::Shared) -> Store {
+        let mut store = journal.unwrap_or_else(|| {
+            let path = state_dir.join("rollbackd.db");
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .read_only(true)
+                .create_if_missing(false);
+            Store {
+                pool: SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(options),
+                identity: None,
+                path,
+                kept: Default::default(),
+                last: Default::default(),
+                mapped_writable: false,
+                series: Default::default(),
+                shared: None,
+                reads: None,
             }
-        };
+        });
         store.reads = Some(db);
         store
     }
@@ -56,8 +58,8 @@ impl Store {
     /// this host's journal holding rows it does not (its newest records'
     /// ids are ahead, or its daemon's last heartbeat says rows wait in the
     /// mirror or were dropped). Then the journal, with a note saying why
-    /// for the operator; without a journal on this machine, the shared
-    /// database as it is, with a note.
+    /// for the operator. Without a journal on this machine, the shared
+    /// database as it is (with a note when its host says it is behind).
     pub async fn open_reader(
         state_dir: &Path,
         shared: Option<shared::Shared>,
@@ -67,35 +69,34 @@ impl Store {
         };
         let journal = Store::open_read_only(state_dir).await;
         let why = match db.holds_whole_journals().await {
-            Err(e) => Err(format!("the shared database cannot be read ({e})")),
-            Ok(false) => Err("the shared database's schema is older than this rollbackd (a daemon of this version migrates it)".to_owned()),
-            Ok(true) => match &journal {
-                Ok(journal) => match journal.ahead_of(&db).await {
-                    Err(e) => Err(format!(
+            Err(e) => format!("the shared database cannot be read ({e})"),
+            Ok(false) => "the shared database's schema is older than this rollbackd (a daemon of this version migrates it)".to_owned(),
+            Ok(true) => {
+                let Ok(local) = &journal else {
+                    let note = match db.own_gap().await {
+                        Ok((waiting, dropped)) if waiting > 0 || dropped > 0 => Some(format!(
+                            "this host's last heartbeat says {waiting} rows wait for the shared database and {dropped} were dropped or set aside, and its journal is not on this machine: reading the shared database as it is"
+                        )),
+                        _ => None,
+                    };
+                    return Ok((Store::with_shared_reads(None, state_dir, db), note));
+                };
+                match local.ahead_of(&db).await {
+                    Err(e) => format!(
                         "this host's journal and the shared database could not be compared ({e})"
-                    )),
-                    Ok(Some(why)) => Err(why),
-                    Ok(None) => Ok(()),
-                },
-                Err(_) => Ok(()),
-            },
-        };
-        match (why, journal) {
-            (Ok(()), _) => Ok((Store::open_shared_reads(state_dir, db).await, None)),
-            (Err(why), Ok(journal)) => {
-                db.close().await;
-                Ok((journal, Some(format!("{why}: reading this host's journal"))))
+                    ),
+                    Ok(Some(why)) => why,
+                    Ok(None) => {
+                        return Ok((Store::with_shared_reads(journal.ok(), state_dir, db), None));
+                    }
+                }
             }
-            (Err(why), Err(e)) => match db.holds_whole_journals().await {
-                Ok(true) => Ok((
-                    Store::open_shared_reads(state_dir, db).await,
-                    Some(format!(
-                        "{why}, and this host's journal cannot be read ({e}): reading the shared database as it is"
-                    )),
-                )),
-                _ => Err(e),
-            },
-        }
+        };
+        db.close().await;
+        Ok((
+            journal?,
+            Some(format!("{why}: reading this host's journal")),
+        ))
     }
 
     /// Why the shared database cannot answer for this host as its journal
