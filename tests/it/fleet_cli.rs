@@ -120,7 +120,9 @@ async fn one_host_quarantine_gate_deploy_and_lift_without_a_shared_database() {
         "--version",
         "v2",
         "--for",
-        "1s",
+        // Health is proven by 5 samples at 200ms: 1.5s leaves room for a
+        // late beat on a loaded machine (1s once saw only 4).
+        "1500ms",
         "--allow-unjudged",
     ]);
     let stdout = text(&out.stdout);
@@ -391,7 +393,9 @@ async fn a_version_rolled_back_on_one_host_is_quarantined_on_the_other() {
         "--version",
         "v2",
         "--for",
-        "1s",
+        // Health is proven by 5 samples at 200ms: 1.5s leaves room for a
+        // late beat on a loaded machine (1s once saw only 4).
+        "1500ms",
         "--allow-unjudged",
     ]);
     assert_eq!(
