@@ -166,25 +166,9 @@ impl Store {
             .map_err(q(DOING))?;
         }
         for (id, v) in &h.verdicts {
-            sqlx::query(
-                "INSERT INTO verdicts (id, at_ms, rule, severity, color, state, n, value, threshold, \
-                 window_ms, baseline, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(v.at_ms)
-            .bind(&v.rule)
-            .bind(v.severity.as_str())
-            .bind(v.color.as_str())
-            .bind(v.state.as_str())
-            .bind(v.n)
-            .bind(v.value)
-            .bind(v.threshold)
-            .bind(v.window_ms)
-            .bind(v.baseline)
-            .bind(&v.detail)
-            .execute(&mut *tx)
-            .await
-            .map_err(q(DOING))?;
+            super::verdicts::insert_verdict_row(&mut tx, Some(*id), v)
+                .await
+                .map_err(q(DOING))?;
         }
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;

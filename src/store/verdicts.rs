@@ -30,24 +30,9 @@ impl Store {
         const DOING: &str = "recording a verdict";
         let mut w = self.writing(DOING, BUSY_TIMEOUT).await?;
         let mut tx = w.begin(DOING).await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO verdicts (at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(v.at_ms)
-        .bind(&v.rule)
-        .bind(v.severity.as_str())
-        .bind(v.color.as_str())
-        .bind(v.state.as_str())
-        .bind(v.n)
-        .bind(v.value)
-        .bind(v.threshold)
-        .bind(v.window_ms)
-        .bind(v.baseline)
-        .bind(&v.detail)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(q(DOING))?;
+        let id = insert_verdict_row(&mut tx, None, v)
+            .await
+            .map_err(q(DOING))?;
         tx.commit().await.map_err(q(DOING))?;
         w.done().await;
         self.mirror_item(Item::Verdict(id, Box::new(v.clone())));
@@ -90,6 +75,34 @@ impl Store {
         .map_err(q("reading verdicts"))?;
         rows.into_iter().map(StoredVerdict::try_from).collect()
     }
+}
+
+/// Insert one verdict in the journal's transaction, with `id` (a verdict
+/// taken back from the shared database: `restore.rs`) or a new one;
+/// returns its id.
+pub(super) async fn insert_verdict_row(
+    tx: &mut sqlx::SqliteConnection,
+    id: Option<i64>,
+    v: &StoredVerdict,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO verdicts (id, at_ms, rule, severity, color, state, n, value, threshold, window_ms, baseline, detail) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(id)
+    .bind(v.at_ms)
+    .bind(&v.rule)
+    .bind(v.severity.as_str())
+    .bind(v.color.as_str())
+    .bind(v.state.as_str())
+    .bind(v.n)
+    .bind(v.value)
+    .bind(v.threshold)
+    .bind(v.window_ms)
+    .bind(v.baseline)
+    .bind(&v.detail)
+    .fetch_one(tx)
+    .await
 }
 
 /// A verdict's row as both backends return it.

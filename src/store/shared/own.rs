@@ -96,11 +96,7 @@ impl Shared {
     }
 
     pub async fn own_incident_events(&self, id: i64) -> Result<Vec<IncidentEvent>, StoreError> {
-        Ok(self
-            .incident_of(&self.host, id)
-            .await?
-            .map(|(_, events)| events)
-            .unwrap_or_default())
+        self.events_of(&self.host, id).await
     }
 
     /// The rollback in flight on this host, if its journal had one.

@@ -122,6 +122,13 @@ impl Shared {
         .map_err(pq("reading an incident"))?;
         let Some(row) = row else { return Ok(None) };
         let incident = Incident::try_from(row)?;
+        let events = self.events_of(host, id).await?;
+        Ok(Some((incident, events)))
+    }
+
+    /// The timeline of `host`'s incident `id`, oldest first (none when the
+    /// shared database has no such incident, or no timeline of it).
+    pub async fn events_of(&self, host: &str, id: i64) -> Result<Vec<IncidentEvent>, StoreError> {
         let rows: Vec<(i64, String, String)> = sqlx::query_as(
             "SELECT at_ms, state, message FROM incident_events \
              WHERE service = $1 AND host = $2 AND incident_id = $3 ORDER BY at_ms, id",
@@ -132,8 +139,7 @@ impl Shared {
         .fetch_all(&self.pool)
         .await
         .map_err(pq("reading an incident's timeline"))?;
-        let events = rows
-            .into_iter()
+        rows.into_iter()
             .map(|(at_ms, state, message)| {
                 Ok(IncidentEvent {
                     at_ms,
@@ -141,8 +147,7 @@ impl Shared {
                     message,
                 })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some((incident, events)))
+            .collect()
     }
 
     /// `host`'s samples of this service in `[from, until)`, oldest first
